@@ -16,7 +16,7 @@ mod ids;
 pub use codec::{Codec, DecodeError};
 pub use error::{close, ErrorCode};
 pub use frames::*;
-pub use ids::{ConvId, ConvIdError, GroupId, MessageId, Seq, UserId};
+pub use ids::{ConvId, ConvIdError, ConvKind, GroupId, MessageId, Seq, UserId};
 
 /// The protocol version this crate speaks, sent in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,257 @@
+//! The conformance suite every [`Store`] backend must pass.
+//!
+//! Each backend's tests call [`run_all`] on a fresh, empty store. The functions panic on a
+//! failed expectation, as tests do; conversation and group ids are made unique per run so a
+//! shared database (such as a CQL keyspace) can be reused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::{Group, GroupKind, Member, NewMessage, Role, Store, StoreError};
+use protocol::{ConvId, GroupId, MessageId, MessageKind, Seq, UserId};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}{t:x}{n}")
+}
+
+/// A text message from `from` in `conv` with the given idempotency key.
+pub fn new_msg(conv: &ConvId, from: &str, client_msg_id: &str) -> NewMessage {
+    NewMessage {
+        conv: conv.clone(),
+        from: UserId::new(from),
+        client_msg_id: client_msg_id.to_owned(),
+        id: MessageId::new(unique("m")),
+        kind: MessageKind::Text,
+        body: format!("body {client_msg_id}"),
+        attachment: None,
+        mentions: vec![],
+        reply_to: None,
+        ts: 1_700_000_000_000,
+        participants: match conv.kind() {
+            protocol::ConvKind::Direct(a, b) => vec![UserId::new(a), UserId::new(b)],
+            protocol::ConvKind::Group(_) => vec![],
+        },
+    }
+}
+
+/// Runs every check of the suite.
+pub async fn run_all<S: Store + Clone>(store: &S) {
+    seqs_are_gap_free_and_ordered(store).await;
+    appends_are_idempotent(store).await;
+    concurrent_appends_keep_seq_dense(store).await;
+    history_pages_backwards(store).await;
+    after_pages_forwards(store).await;
+    read_cursors_only_move_forward(store).await;
+    groups_and_members(store).await;
+    conversation_list(store).await;
+    users(store).await;
+}
+
+/// Seq starts at 1 and grows by one per message, per conversation.
+pub async fn seqs_are_gap_free_and_ordered<S: Store>(store: &S) {
+    let a = ConvId::group(&GroupId::new(unique("g")));
+    let b = ConvId::group(&GroupId::new(unique("g")));
+    assert_eq!(store.last_seq(&a).await.unwrap(), Seq(0));
+    for i in 1..=5u64 {
+        let x = store.append(new_msg(&a, "u1", &format!("a{i}"))).await.unwrap();
+        assert_eq!(x.message.seq, Seq(i));
+        assert!(!x.duplicate);
+    }
+    let y = store.append(new_msg(&b, "u1", "b1")).await.unwrap();
+    assert_eq!(y.message.seq, Seq(1));
+    assert_eq!(store.last_seq(&a).await.unwrap(), Seq(5));
+}
+
+/// The same (conv, sender, client_msg_id) stores once; another sender's key is separate.
+pub async fn appends_are_idempotent<S: Store>(store: &S) {
+    let c = ConvId::group(&GroupId::new(unique("g")));
+    let first = store.append(new_msg(&c, "u1", "same")).await.unwrap();
+    let mut retry = new_msg(&c, "u1", "same");
+    retry.body = "changed".into();
+    let second = store.append(retry).await.unwrap();
+    assert!(second.duplicate);
+    assert_eq!(second.message, first.message);
+    let other = store.append(new_msg(&c, "u2", "same")).await.unwrap();
+    assert!(!other.duplicate);
+    assert_eq!(other.message.seq, Seq(2));
+    assert_eq!(store.last_seq(&c).await.unwrap(), Seq(2));
+}
+
+/// Many concurrent appends to one conversation get seqs 1..=n exactly once.
+pub async fn concurrent_appends_keep_seq_dense<S: Store + Clone>(store: &S) {
+    let c = ConvId::group(&GroupId::new(unique("g")));
+    let n = 200u64;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let s = store.clone();
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            s.append(new_msg(&c, "u1", &format!("k{i}"))).await.unwrap().message.seq
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().0);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+    let _ = Arc::new(());
+}
+
+/// `history` returns newest first and pages with `before`.
+pub async fn history_pages_backwards<S: Store>(store: &S) {
+    let c = ConvId::group(&GroupId::new(unique("g")));
+    for i in 0..25 {
+        store.append(new_msg(&c, "u1", &format!("h{i}"))).await.unwrap();
+    }
+    let p1 = store.history(&c, None, 10).await.unwrap();
+    let seqs: Vec<u64> = p1.messages.iter().map(|m| m.seq.0).collect();
+    assert_eq!(seqs, (16..=25).rev().collect::<Vec<_>>());
+    assert!(p1.has_more);
+    let p3 = store.history(&c, Some(Seq(6)), 10).await.unwrap();
+    let seqs: Vec<u64> = p3.messages.iter().map(|m| m.seq.0).collect();
+    assert_eq!(seqs, vec![5, 4, 3, 2, 1]);
+    assert!(!p3.has_more);
+    let exact = store.history(&c, Some(Seq(11)), 10).await.unwrap();
+    assert_eq!(exact.messages.len(), 10);
+    assert!(!exact.has_more);
+    assert_eq!(exact.messages[0].body, "body h9");
+    let empty = store
+        .history(&ConvId::group(&GroupId::new(unique("g"))), None, 10)
+        .await
+        .unwrap();
+    assert!(empty.messages.is_empty() && !empty.has_more);
+}
+
+/// `after` returns oldest first from the cursor and says whether more follow.
+pub async fn after_pages_forwards<S: Store>(store: &S) {
+    let c = ConvId::group(&GroupId::new(unique("g")));
+    for i in 0..12 {
+        store.append(new_msg(&c, "u1", &format!("s{i}"))).await.unwrap();
+    }
+    let p = store.after(&c, Seq(3), 5).await.unwrap();
+    let seqs: Vec<u64> = p.messages.iter().map(|m| m.seq.0).collect();
+    assert_eq!(seqs, vec![4, 5, 6, 7, 8]);
+    assert!(p.has_more);
+    let p = store.after(&c, Seq(8), 5).await.unwrap();
+    let seqs: Vec<u64> = p.messages.iter().map(|m| m.seq.0).collect();
+    assert_eq!(seqs, vec![9, 10, 11, 12]);
+    assert!(!p.has_more);
+    assert!(store.after(&c, Seq(12), 5).await.unwrap().messages.is_empty());
+    assert!(store.after(&c, Seq(u64::MAX), 5).await.unwrap().messages.is_empty());
+}
+
+/// A read cursor never moves back.
+pub async fn read_cursors_only_move_forward<S: Store>(store: &S) {
+    let c = ConvId::group(&GroupId::new(unique("g")));
+    let u = UserId::new(unique("u"));
+    assert_eq!(store.set_read(&u, &c, Seq(5)).await.unwrap(), Seq(5));
+    assert_eq!(store.set_read(&u, &c, Seq(3)).await.unwrap(), Seq(5));
+    assert_eq!(store.set_read(&u, &c, Seq(7)).await.unwrap(), Seq(7));
+}
+
+/// Groups, members, roles and the reverse index.
+pub async fn groups_and_members<S: Store>(store: &S) {
+    let gid = GroupId::new(unique("g"));
+    let owner = UserId::new(unique("o"));
+    let other = UserId::new(unique("m"));
+    let group = Group {
+        id: gid.clone(),
+        name: "Project X".into(),
+        kind: GroupKind::Project,
+        created_by: owner.clone(),
+        created_at: 1,
+    };
+    let m = |u: &UserId, role| Member {
+        user: u.clone(),
+        role,
+        joined_at: 1,
+    };
+    store
+        .create_group(group.clone(), vec![m(&owner, Role::Owner)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_group(group.clone(), vec![]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.group(&gid).await.unwrap(), Some(group));
+    assert_eq!(store.group(&GroupId::new(unique("none"))).await.unwrap(), None);
+    store.put_member(&gid, m(&other, Role::Member)).await.unwrap();
+    let members = store.members(&gid).await.unwrap();
+    assert_eq!(members.len(), 2);
+    assert!(members.iter().any(|x| x.user == owner && x.role == Role::Owner));
+    assert_eq!(store.user_groups(&other).await.unwrap(), vec![gid.clone()]);
+    store.put_member(&gid, m(&other, Role::Admin)).await.unwrap();
+    assert!(store
+        .members(&gid)
+        .await
+        .unwrap()
+        .iter()
+        .any(|x| x.user == other && x.role == Role::Admin));
+    assert!(store.remove_member(&gid, &other).await.unwrap());
+    assert!(!store.remove_member(&gid, &other).await.unwrap());
+    assert!(store.user_groups(&other).await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .put_member(&GroupId::new(unique("none")), m(&other, Role::Member))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// The conversation list has direct conversations and groups, with unread counts.
+pub async fn conversation_list<S: Store>(store: &S) {
+    let a = UserId::new(unique("a"));
+    let b = UserId::new(unique("b"));
+    let dm = ConvId::direct(&a, &b);
+    for i in 0..3 {
+        store
+            .append(new_msg(&dm, a.as_str(), &format!("d{i}")))
+            .await
+            .unwrap();
+    }
+    let gid = GroupId::new(unique("g"));
+    store
+        .create_group(
+            Group {
+                id: gid.clone(),
+                name: "G".into(),
+                kind: GroupKind::Study,
+                created_by: a.clone(),
+                created_at: 1,
+            },
+            vec![Member {
+                user: b.clone(),
+                role: Role::Member,
+                joined_at: 1,
+            }],
+        )
+        .await
+        .unwrap();
+    store.set_read(&b, &dm, Seq(1)).await.unwrap();
+    let list = store.conversations(&b).await.unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    let d = list.iter().find(|c| c.conv == dm).unwrap();
+    assert_eq!((d.last_seq, d.read_seq, d.unread), (Seq(3), Seq(1), 2));
+    let g = list.iter().find(|c| c.conv == ConvId::group(&gid)).unwrap();
+    assert_eq!((g.last_seq, g.unread), (Seq(0), 0));
+    assert_eq!(store.conversations(&a).await.unwrap().len(), 1);
+}
+
+/// Users become known once touched.
+pub async fn users<S: Store>(store: &S) {
+    let u = UserId::new(unique("u"));
+    assert!(!store.user_exists(&u).await.unwrap());
+    store.touch_user(&u, 5).await.unwrap();
+    store.touch_user(&u, 6).await.unwrap();
+    assert!(store.user_exists(&u).await.unwrap());
+}

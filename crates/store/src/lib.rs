@@ -1,0 +1,79 @@
+//! Persistence for the chat server, behind the [`Store`] trait.
+//!
+//! The gateway talks only to `dyn Store`; which engine sits behind it is a configuration
+//! choice. [`embedded::EmbeddedStore`] keeps everything in one redb file under the data
+//! directory (the default: nothing to install). The ScyllaDB backend for cluster mode
+//! implements the same trait, and [`conformance`] holds the one test suite every backend
+//! must pass.
+//!
+//! The contract that matters most: [`Store::append`] returns only once the message is durable,
+//! assigns the conversation's next `seq` with no gaps, and is idempotent per
+//! (conversation, sender, `client_msg_id`) forever, not just for a cache window.
+
+pub mod conformance;
+pub mod embedded;
+mod error;
+mod model;
+
+pub use error::StoreError;
+pub use model::*;
+
+use async_trait::async_trait;
+use protocol::{ConvId, ConvSummary, GroupId, Seq, UserId};
+
+/// Result alias for store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything the gateway persists. Every method is safe to call concurrently.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a message with the conversation's next seq, durably, before returning. A message
+    /// whose (conv, from, client_msg_id) was stored before is not stored again: the first copy
+    /// comes back with `duplicate: true`.
+    async fn append(&self, msg: NewMessage) -> Result<Appended>;
+
+    /// Up to `limit` messages with seq below `before` (or the newest), newest first, and
+    /// whether older ones exist.
+    async fn history(&self, conv: &ConvId, before: Option<Seq>, limit: usize) -> Result<Page>;
+
+    /// Up to `limit` messages with seq above `after`, oldest first, and whether more follow.
+    async fn after(&self, conv: &ConvId, after: Seq, limit: usize) -> Result<Page>;
+
+    /// The highest seq in a conversation (0 when empty).
+    async fn last_seq(&self, conv: &ConvId) -> Result<Seq>;
+
+    /// The user's conversations (direct ones they took part in and their groups), with last
+    /// seq and read cursor, most recently active first.
+    async fn conversations(&self, user: &UserId) -> Result<Vec<ConvSummary>>;
+
+    /// Moves a read cursor forward (never back); returns the cursor after the call.
+    async fn set_read(&self, user: &UserId, conv: &ConvId, seq: Seq) -> Result<Seq>;
+
+    /// Records that a user exists (first authenticated contact), keeping an existing record.
+    async fn touch_user(&self, user: &UserId, now: u64) -> Result<()>;
+
+    /// Whether a user is known.
+    async fn user_exists(&self, user: &UserId) -> Result<bool>;
+
+    /// Creates a group with its first members; `Conflict` if the id is taken.
+    async fn create_group(&self, group: Group, members: Vec<Member>) -> Result<()>;
+
+    /// One group, if it exists.
+    async fn group(&self, id: &GroupId) -> Result<Option<Group>>;
+
+    /// A group's members.
+    async fn members(&self, id: &GroupId) -> Result<Vec<Member>>;
+
+    /// Adds a member or changes their role; `NotFound` if the group does not exist.
+    async fn put_member(&self, id: &GroupId, member: Member) -> Result<()>;
+
+    /// Removes a member; returns whether they were one.
+    async fn remove_member(&self, id: &GroupId, user: &UserId) -> Result<bool>;
+
+    /// The groups a user belongs to.
+    async fn user_groups(&self, user: &UserId) -> Result<Vec<GroupId>>;
+
+    /// Makes everything written so far durable and stops background work; later calls fail
+    /// with `Unavailable`.
+    async fn close(&self) -> Result<()>;
+}
