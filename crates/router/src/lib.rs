@@ -1,0 +1,128 @@
+//! Delivery of frames to the sessions of users, wherever they are connected.
+//!
+//! The gateway hands every outgoing event to a [`Router`] as an [`Envelope`] (who should get
+//! it, and what). The router brings it to every node that holds a session of one of those
+//! users and gives it to that node's [`Sink`], which pushes it into the sessions' queues. The
+//! [`local::LocalRouter`] serves a single process: publishing calls the sink directly. The
+//! Redis backend for cluster mode implements the same trait; [`conformance`] is the test
+//! suite both pass.
+
+pub mod conformance;
+pub mod local;
+
+use async_trait::async_trait;
+use protocol::{GroupId, ServerFrame, UserId};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Who an envelope is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Audience {
+    /// Every session of these users.
+    Users(Vec<UserId>),
+    /// Every node (for control messages such as cache invalidation).
+    AllNodes,
+}
+
+/// Something a node must do besides pushing a frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Close the audience's sessions (all of them, or only `session`) with this close code.
+    Disconnect {
+        /// WebSocket close code sent to the client.
+        code: u16,
+        /// Close reason text.
+        reason: String,
+        /// Only this session, when set.
+        session: Option<String>,
+    },
+    /// A group's membership or settings changed: drop cached copies.
+    GroupChanged {
+        /// The group.
+        group: GroupId,
+    },
+}
+
+/// What an envelope carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// A frame to push to each session of the audience.
+    Frame(ServerFrame),
+    /// A control message for the nodes.
+    Control(Control),
+}
+
+/// One routed event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Who gets it.
+    pub audience: Audience,
+    /// A session that must not get it (the sender's own device, which gets an `ack`).
+    pub skip_session: Option<String>,
+    /// What it is.
+    pub payload: Payload,
+}
+
+impl Envelope {
+    /// A frame for these users.
+    pub fn frame(users: Vec<UserId>, frame: ServerFrame) -> Self {
+        Self {
+            audience: Audience::Users(users),
+            skip_session: None,
+            payload: Payload::Frame(frame),
+        }
+    }
+
+    /// A control message for these users' sessions.
+    pub fn control(users: Vec<UserId>, control: Control) -> Self {
+        Self {
+            audience: Audience::Users(users),
+            skip_session: None,
+            payload: Payload::Control(control),
+        }
+    }
+
+    /// A control message for every node.
+    pub fn broadcast(control: Control) -> Self {
+        Self {
+            audience: Audience::AllNodes,
+            skip_session: None,
+            payload: Payload::Control(control),
+        }
+    }
+}
+
+/// The node-local receiver of routed envelopes (the gateway's session hub). `deliver` must
+/// not block: it only enqueues into bounded session queues.
+pub trait Sink: Send + Sync + 'static {
+    /// Handles one envelope arriving at this node.
+    fn deliver(&self, envelope: Arc<Envelope>);
+}
+
+/// Why routing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The routing backend is unreachable; the caller should report `unavailable`.
+    #[error("router unavailable: {0}")]
+    Unavailable(String),
+    /// The router was used before a sink was attached.
+    #[error("router has no sink attached")]
+    NoSink,
+}
+
+/// Delivery between nodes.
+#[async_trait]
+pub trait Router: Send + Sync + 'static {
+    /// Attaches this node's sink; envelopes for local sessions go there. Call once at start.
+    fn attach(&self, sink: Arc<dyn Sink>);
+
+    /// Brings an envelope to every node concerned. Returns once it was handed to the
+    /// transport (not once delivered: delivery is at-least-once with `sync` as the repair).
+    async fn publish(&self, envelope: Envelope) -> Result<(), RouterError>;
+
+    /// This node now holds a session of `user` (presence).
+    async fn session_opened(&self, user: &UserId) -> Result<(), RouterError>;
+
+    /// This node no longer holds any session of `user`.
+    async fn session_closed(&self, user: &UserId) -> Result<(), RouterError>;
+}
