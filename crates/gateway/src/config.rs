@@ -1,0 +1,254 @@
+//! The server's configuration: one struct with defaults, loaded from a TOML file and
+//! overridden by `CHATD_`-prefixed environment variables (`CHATD_SERVER__LISTEN`, with `__`
+//! between section and key). Every key is documented in `config/default.toml` and
+//! `docs/CONFIG.md`; a test keeps the example file in step with this struct.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listener, data directory, sessions.
+    pub server: ServerConfig,
+    /// Token checking and minting.
+    pub auth: AuthConfig,
+    /// Persistence backend.
+    pub store: StoreConfig,
+    /// Delivery backend.
+    pub router: RouterConfig,
+    /// Limits on clients.
+    pub limits: LimitsConfig,
+    /// Moderation rules.
+    pub moderation: ModerationConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port (logged at start-up).
+    pub listen: String,
+    /// Where the embedded store and the generated signing secret live.
+    pub data_dir: PathBuf,
+    /// Most concurrent WebSocket sessions on this node; further upgrades get 503.
+    pub max_connections: usize,
+    /// Most concurrent sessions (devices) of one user; further upgrades get 429.
+    pub max_sessions_per_user: usize,
+    /// Interval the client is asked to heartbeat at, and the server's WebSocket ping interval.
+    pub heartbeat_ms: u64,
+    /// A session with no inbound frame for this long is closed with 4004.
+    pub idle_timeout_ms: u64,
+    /// Capacity of each session's outbound queue; overflow closes it with 4000.
+    pub outbound_queue: usize,
+    /// Most queued frames the writer sends before one flush.
+    pub write_batch: usize,
+    /// WebSocket read buffer per connection, bytes (small keeps idle connections cheap).
+    pub ws_read_buffer: usize,
+    /// WebSocket write buffer per connection, bytes.
+    pub ws_write_buffer: usize,
+    /// On shutdown, how long sessions get to close before the store is flushed.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            max_connections: 100_000,
+            max_sessions_per_user: 16,
+            heartbeat_ms: 30_000,
+            idle_timeout_ms: 90_000,
+            outbound_queue: 1024,
+            write_batch: 64,
+            ws_read_buffer: 4096,
+            ws_write_buffer: 0,
+            shutdown_grace_ms: 3_000,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 signing secret. Unset: read `<data_dir>/jwt.secret`, creating it with a random
+    /// secret on first start. Set it through `CHATD_AUTH__JWT_SECRET`, never in a committed file.
+    pub jwt_secret: Option<String>,
+    /// Lifetime of tokens minted by `chatd token`, seconds.
+    pub token_ttl_secs: u64,
+    /// Clock skew tolerated when checking `exp`, seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl_secs: 24 * 3600,
+            leeway_secs: 5,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `embedded` (redb file under `server.data_dir`).
+    pub backend: String,
+    /// Most writes committed together (group commit).
+    pub max_batch: usize,
+    /// Queue in front of the store writer.
+    pub queue: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: "embedded".into(),
+            max_batch: 1024,
+            queue: 8192,
+        }
+    }
+}
+
+/// `[router]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// `local` (this process only).
+    pub backend: String,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            backend: "local".into(),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest inbound WebSocket message, bytes; larger closes the session with 1009.
+    pub max_frame_bytes: usize,
+    /// Longest message body, in characters.
+    pub max_body_chars: usize,
+    /// Sustained sends (and typing notices) per second per session.
+    pub send_per_sec: u32,
+    /// Burst allowance on top of `send_per_sec`.
+    pub send_burst: u32,
+    /// Largest `history` page (larger requests are clamped).
+    pub history_max: u32,
+    /// Most messages per conversation in one `synced` reply (larger requests are clamped).
+    pub sync_max: u32,
+    /// Most conversations in one `sync` request.
+    pub sync_max_conversations: usize,
+    /// Most users in one message's `mentions`.
+    pub max_mentions: usize,
+    /// Largest HTTP request body, bytes.
+    pub max_http_body: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_body_chars: 8000,
+            send_per_sec: 50,
+            send_burst: 100,
+            history_max: 200,
+            sync_max: 500,
+            sync_max_conversations: 200,
+            max_mentions: 100,
+            max_http_body: 1024 * 1024,
+        }
+    }
+}
+
+/// `[moderation]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModerationConfig {
+    /// Directory of rule files; empty string: built-in detectors only.
+    pub rules_dir: PathBuf,
+    /// How often to check the rule files for changes, ms (0: never).
+    pub reload_poll_ms: u64,
+}
+
+impl Default for ModerationConfig {
+    fn default() -> Self {
+        Self {
+            rules_dir: PathBuf::from("config/moderation"),
+            reload_poll_ms: 2000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            fig = fig.merge(Toml::file_exact(file));
+        }
+        fig.merge(Env::prefixed("CHATD_").split("__"))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The configuration as TOML with secrets redacted, for the start-up log.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        if c.auth.jwt_secret.is_some() {
+            c.auth.jwt_secret = Some("<redacted>".into());
+        }
+        toml::to_string(&c).unwrap_or_else(|e| format!("<unprintable config: {e}>"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_file(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    }
+
+    #[test]
+    fn default_toml_is_the_defaults() {
+        let file = Config::load(Some(&repo_file("config/default.toml"))).unwrap();
+        assert_eq!(file, Config::default(), "config/default.toml drifted from Config::default()");
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let text = std::fs::read_to_string(repo_file("docs/CONFIG.md")).unwrap();
+        let value = toml::Value::try_from(Config::default()).unwrap();
+        let table = value.as_table().unwrap();
+        for (section, keys) in table {
+            for key in keys.as_table().unwrap().keys() {
+                let name = format!("`{section}.{key}`");
+                assert!(text.contains(&name), "docs/CONFIG.md does not document {name}");
+            }
+        }
+        // jwt_secret has no default, so it is absent from the serialized defaults.
+        assert!(text.contains("`auth.jwt_secret`"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[server]\nlisten_adress = \"x\"\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("listen_adress"), "{err}");
+    }
+}

@@ -1,0 +1,304 @@
+//! The node's session registry: which sessions of which users are connected here, and the
+//! [`router::Sink`] that pushes routed envelopes into their queues.
+//!
+//! Lag policy: every session has a bounded outbound queue. Delivery never waits: when a
+//! session's queue is full, the session is closed with 4000 (slow consumer) and its client
+//! reconnects and `sync`s; nothing is lost because everything delivered is in history.
+
+use crate::membership::Membership;
+use bytes::Bytes;
+use dashmap::DashMap;
+use protocol::{Codec, ServerFrame, UserId};
+use router::{Audience, Control, Envelope, Payload, Router, Sink};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A server frame encoded lazily, at most once per codec, however many sessions it goes to.
+pub struct SharedFrame {
+    frame: ServerFrame,
+    json: OnceLock<Bytes>,
+    msgpack: OnceLock<Bytes>,
+}
+
+impl SharedFrame {
+    /// Wraps a frame.
+    pub fn new(frame: ServerFrame) -> Arc<Self> {
+        Arc::new(Self {
+            frame,
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        })
+    }
+
+    /// The frame's bytes in `codec`.
+    pub fn encoded(&self, codec: Codec) -> Bytes {
+        let cell = match codec {
+            Codec::Json => &self.json,
+            Codec::MsgPack => &self.msgpack,
+        };
+        cell.get_or_init(|| codec.encode(&self.frame)).clone()
+    }
+
+    /// The frame itself.
+    pub fn frame(&self) -> &ServerFrame {
+        &self.frame
+    }
+}
+
+/// The hub's view of one connected session.
+pub struct SessionHandle {
+    /// Session id, as sent in `hello`.
+    pub id: String,
+    /// The authenticated user.
+    pub user: UserId,
+    /// The session's codec.
+    pub codec: Codec,
+    queue: mpsc::Sender<Arc<SharedFrame>>,
+    cancel: CancellationToken,
+    close: OnceLock<(u16, String)>,
+}
+
+impl SessionHandle {
+    /// A handle and the receiving end of its outbound queue.
+    pub fn new(
+        id: String,
+        user: UserId,
+        codec: Codec,
+        capacity: usize,
+    ) -> (Arc<Self>, mpsc::Receiver<Arc<SharedFrame>>) {
+        let (queue, rx) = mpsc::channel(capacity.max(1));
+        let handle = Arc::new(Self {
+            id,
+            user,
+            codec,
+            queue,
+            cancel: CancellationToken::new(),
+            close: OnceLock::new(),
+        });
+        (handle, rx)
+    }
+
+    /// Queues a frame without waiting; a full queue closes the session as a slow consumer.
+    pub fn push(&self, frame: Arc<SharedFrame>) {
+        match self.queue.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(session = %self.id, user = %self.user, "outbound queue full; closing slow consumer");
+                self.close(protocol::close::SLOW_CONSUMER, "slow consumer: reconnect and sync");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Queues a frame, waiting for room (for replies to the session's own requests, so a
+    /// client that pipelines requests is slowed down rather than disconnected).
+    pub async fn reply(&self, frame: ServerFrame) {
+        tokio::select! {
+            _ = self.queue.send(SharedFrame::new(frame)) => {}
+            _ = self.cancel.cancelled() => {}
+        }
+    }
+
+    /// Asks the session to close with this code; the first reason wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        let _ = self.close.set((code, reason.to_owned()));
+        self.cancel.cancel();
+    }
+
+    /// The close code and reason, once closing.
+    pub fn close_reason(&self) -> Option<&(u16, String)> {
+        self.close.get()
+    }
+
+    /// Resolves when the session is asked to close.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Whether the session was asked to close.
+    pub fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// All sessions on this node.
+pub struct Hub {
+    sessions: DashMap<UserId, Vec<Arc<SessionHandle>>>,
+    count: AtomicUsize,
+    membership: Arc<Membership>,
+}
+
+/// Why a session could not be registered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RegisterError {
+    /// The user has too many sessions.
+    TooManySessions,
+}
+
+impl Hub {
+    /// An empty hub that invalidates `membership` on group-change control messages.
+    pub fn new(membership: Arc<Membership>) -> Arc<Self> {
+        Arc::new(Self {
+            sessions: DashMap::new(),
+            count: AtomicUsize::new(0),
+            membership,
+        })
+    }
+
+    /// Adds a session; returns whether it is the user's first on this node.
+    pub fn register(
+        &self,
+        handle: Arc<SessionHandle>,
+        max_per_user: usize,
+    ) -> Result<bool, RegisterError> {
+        let mut entry = self.sessions.entry(handle.user.clone()).or_default();
+        if entry.len() >= max_per_user {
+            return Err(RegisterError::TooManySessions);
+        }
+        entry.push(handle);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(entry.len() == 1)
+    }
+
+    /// Removes a session; returns whether the user has no session left on this node.
+    pub fn unregister(&self, handle: &SessionHandle) -> bool {
+        let mut last = false;
+        let removed = self
+            .sessions
+            .remove_if_mut(&handle.user, |_, list| {
+                let before = list.len();
+                list.retain(|s| s.id != handle.id);
+                if list.len() < before {
+                    self.count.fetch_sub(1, Ordering::Relaxed);
+                }
+                list.is_empty()
+            })
+            .is_some();
+        if removed {
+            last = true;
+        }
+        last
+    }
+
+    /// Number of sessions on this node.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether no session is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sessions of a user on this node.
+    pub fn sessions_of(&self, user: &UserId) -> Vec<Arc<SessionHandle>> {
+        self.sessions
+            .get(user)
+            .map(|l| l.value().clone())
+            .unwrap_or_default()
+    }
+
+    /// Closes every session (shutdown).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for entry in self.sessions.iter() {
+            for s in entry.value() {
+                s.close(code, reason);
+            }
+        }
+    }
+
+    fn each_session(&self, users: &[UserId], mut f: impl FnMut(&Arc<SessionHandle>)) {
+        for user in users {
+            if let Some(list) = self.sessions.get(user) {
+                for s in list.value() {
+                    f(s);
+                }
+            }
+        }
+    }
+}
+
+impl Sink for Hub {
+    fn deliver(&self, envelope: Arc<Envelope>) {
+        match (&envelope.audience, &envelope.payload) {
+            (Audience::Users(users), Payload::Frame(frame)) => {
+                let shared = SharedFrame::new(frame.clone());
+                let skip = envelope.skip_session.as_deref();
+                self.each_session(users, |s| {
+                    if Some(s.id.as_str()) != skip {
+                        s.push(shared.clone());
+                    }
+                });
+            }
+            (Audience::AllNodes, Payload::Frame(_)) => {
+                tracing::warn!("ignoring a frame addressed to all nodes");
+            }
+            (audience, Payload::Control(control)) => match control {
+                Control::Disconnect {
+                    code,
+                    reason,
+                    session,
+                } => {
+                    let close = |s: &Arc<SessionHandle>| {
+                        if session.as_deref().is_none_or(|id| id == s.id) {
+                            s.close(*code, reason);
+                        }
+                    };
+                    match audience {
+                        Audience::Users(users) => self.each_session(users, close),
+                        Audience::AllNodes => self.close_all(*code, reason),
+                    }
+                }
+                Control::GroupChanged { group } => self.membership.invalidate(group),
+            },
+        }
+    }
+}
+
+/// Hub registration that undoes itself when dropped, even when the session task panics.
+pub struct Registration {
+    hub: Arc<Hub>,
+    router: Arc<dyn Router>,
+    handle: Arc<SessionHandle>,
+}
+
+impl Registration {
+    /// Registers `handle` and announces presence when it is the user's first session here.
+    pub async fn new(
+        hub: Arc<Hub>,
+        router: Arc<dyn Router>,
+        handle: Arc<SessionHandle>,
+        max_per_user: usize,
+    ) -> Result<Self, RegisterError> {
+        let first = hub.register(handle.clone(), max_per_user)?;
+        if first {
+            if let Err(e) = router.session_opened(&handle.user).await {
+                tracing::warn!(error = %e, "presence update failed");
+            }
+        }
+        Ok(Self {
+            hub,
+            router,
+            handle,
+        })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.handle.close(protocol::close::GOING_AWAY, "session ended");
+        if self.hub.unregister(&self.handle) {
+            let router = self.router.clone();
+            let user = self.handle.user.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = router.session_closed(&user).await {
+                        tracing::warn!(error = %e, "presence update failed");
+                    }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The chat server node: HTTP and WebSocket front end, sessions, the send pipeline and the
+//! `/v1` API, wired to a store and a router chosen by configuration.
+//!
+//! `main.rs` is a thin CLI over [`server::Node`]; integration tests start the binary.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod membership;
+pub mod ops;
+pub mod server;
+pub mod session;
+pub mod state;

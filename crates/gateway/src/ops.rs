@@ -1,0 +1,328 @@
+//! What the server does with each client frame: one function per frame type, called from the
+//! session's reader in frame order. Each returns the reply frame (if any); failures become an
+//! `error` frame with the request's `rid`.
+
+use crate::error::ApiError;
+use crate::hub::SessionHandle;
+use crate::state::{now_ms, Access, AppState};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use protocol::{
+    Attachment, ClientFrame, ConvId, ErrorCode, Message, MessageId, MessageKind, Rid, Seq,
+    ServerFrame, SyncedConv, Target, UserId,
+};
+use router::Envelope;
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use store::NewMessage;
+
+/// Per-session state the handlers use.
+pub struct SessionCtx {
+    /// The session.
+    pub handle: Arc<SessionHandle>,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl SessionCtx {
+    /// Context for a session, with its send-rate limiter.
+    pub fn new(handle: Arc<SessionHandle>, per_sec: u32, burst: u32) -> Self {
+        let per_sec = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            handle,
+            limiter: RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst)),
+        }
+    }
+
+    fn user(&self) -> &UserId {
+        &self.handle.user
+    }
+
+    fn check_rate(&self) -> Result<(), ApiError> {
+        self.limiter.check().map_err(|_| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                "too many messages; slow down and retry",
+            )
+        })
+    }
+}
+
+/// Handles one decoded client frame and returns the reply, if the frame has one.
+pub async fn handle(state: &AppState, ctx: &SessionCtx, frame: ClientFrame) -> Option<ServerFrame> {
+    let rid = frame.rid().cloned();
+    let result = match frame {
+        ClientFrame::Send {
+            rid,
+            client_msg_id,
+            to,
+            kind,
+            body,
+            attachment,
+            mentions,
+            reply_to,
+        } => {
+            send(
+                state,
+                ctx,
+                SendRequest {
+                    rid,
+                    client_msg_id,
+                    to,
+                    kind,
+                    body,
+                    attachment,
+                    mentions,
+                    reply_to,
+                },
+            )
+            .await
+        }
+        ClientFrame::History {
+            rid,
+            conv,
+            before_seq,
+            limit,
+        } => history(state, ctx, rid, conv, before_seq, limit).await,
+        ClientFrame::Sync {
+            rid,
+            cursors,
+            limit,
+        } => sync(state, ctx, rid, cursors, limit).await,
+        ClientFrame::Conversations { rid } => conversations(state, ctx, rid).await,
+        ClientFrame::Read { rid: _, conv, seq } => read(state, ctx, conv, seq).await,
+        ClientFrame::Typing { conv } => typing(state, ctx, conv).await,
+        ClientFrame::Ping { rid } => Ok(Some(ServerFrame::Pong { rid })),
+    };
+    match result {
+        Ok(reply) => reply,
+        Err(e) => Some(e.frame(rid)),
+    }
+}
+
+/// The fields of a `send` frame.
+pub struct SendRequest {
+    rid: Option<Rid>,
+    client_msg_id: String,
+    to: Target,
+    kind: MessageKind,
+    body: String,
+    attachment: Option<Attachment>,
+    mentions: Vec<UserId>,
+    reply_to: Option<Seq>,
+}
+
+fn validate_send(state: &AppState, req: &SendRequest) -> Result<(), ApiError> {
+    let limits = &state.config.limits;
+    if req.client_msg_id.is_empty() || req.client_msg_id.len() > 64 {
+        return Err(ApiError::bad_request("client_msg_id must be 1 to 64 bytes"));
+    }
+    let chars = req.body.chars().count();
+    if chars > limits.max_body_chars {
+        return Err(ApiError::bad_request(format!(
+            "body is {chars} characters; the limit is {}",
+            limits.max_body_chars
+        )));
+    }
+    match req.kind {
+        MessageKind::Text => {
+            if req.body.trim().is_empty() {
+                return Err(ApiError::bad_request("a text message needs a non-empty body"));
+            }
+            if req.attachment.is_some() {
+                return Err(ApiError::bad_request("a text message has no attachment"));
+            }
+        }
+        MessageKind::Image | MessageKind::File => {
+            let Some(a) = &req.attachment else {
+                return Err(ApiError::bad_request("images and files need an attachment"));
+            };
+            if a.file_id.is_empty() || a.file_id.len() > 128 || a.name.chars().count() > 255 {
+                return Err(ApiError::bad_request(
+                    "attachment.file_id must be 1 to 128 bytes and attachment.name at most 255 characters",
+                ));
+            }
+            if req.kind == MessageKind::Image && !a.mime.starts_with("image/") {
+                return Err(ApiError::bad_request("an image attachment needs an image/* mime type"));
+            }
+        }
+    }
+    if req.mentions.len() > limits.max_mentions {
+        return Err(ApiError::bad_request(format!(
+            "at most {} mentions",
+            limits.max_mentions
+        )));
+    }
+    if req.mentions.iter().any(|m| !m.is_valid()) {
+        return Err(ApiError::bad_request("mentions must be user ids"));
+    }
+    if req.reply_to == Some(Seq(0)) {
+        return Err(ApiError::bad_request("reply_to must be a seq of 1 or more"));
+    }
+    Ok(())
+}
+
+async fn send(state: &AppState, ctx: &SessionCtx, req: SendRequest) -> Result<Option<ServerFrame>, ApiError> {
+    validate_send(state, &req)?;
+    ctx.check_rate()?;
+    let me = ctx.user();
+    let (conv, access) = match &req.to {
+        Target::User(other) => {
+            if !other.is_valid() {
+                return Err(ApiError::bad_request("to.user is not a valid user id"));
+            }
+            if !state.user_exists(other).await? {
+                return Err(ApiError::not_found(format!("no user {other}")));
+            }
+            let conv = ConvId::direct(me, other);
+            let access = Access::Direct([me.clone(), other.clone()]);
+            (conv, access)
+        }
+        Target::Group(g) => {
+            if !g.is_valid() {
+                return Err(ApiError::bad_request("to.group is not a valid group id"));
+            }
+            let conv = ConvId::group(g);
+            let access = state.access(me, &conv).await?;
+            (conv, access)
+        }
+    };
+    let participants = match &access {
+        Access::Direct(_) => access.audience(),
+        Access::Group(_) => Vec::new(),
+    };
+    let appended = state
+        .store
+        .append(NewMessage {
+            conv: conv.clone(),
+            from: me.clone(),
+            client_msg_id: req.client_msg_id.clone(),
+            id: MessageId::new(uuid::Uuid::now_v7().to_string()),
+            kind: req.kind,
+            body: req.body,
+            attachment: req.attachment,
+            mentions: req.mentions,
+            reply_to: req.reply_to,
+            ts: now_ms(),
+            participants,
+        })
+        .await?;
+    let message: Message = appended.message;
+    let ack = ServerFrame::Ack {
+        rid: req.rid,
+        client_msg_id: req.client_msg_id,
+        conv,
+        seq: Some(message.seq),
+        id: message.id.clone(),
+        ts: message.ts,
+        duplicate: appended.duplicate,
+        moderation: None,
+    };
+    if !appended.duplicate {
+        let mut envelope = Envelope::frame(access.audience(), ServerFrame::Message(message));
+        envelope.skip_session = Some(ctx.handle.id.clone());
+        // The message is durable: if delivery fails now, recipients get it from `sync`.
+        if let Err(e) = state.router.publish(envelope).await {
+            tracing::warn!(error = %e, "publish failed after persist; recipients will sync");
+        }
+    }
+    Ok(Some(ack))
+}
+
+async fn history(
+    state: &AppState,
+    ctx: &SessionCtx,
+    rid: Option<Rid>,
+    conv: ConvId,
+    before: Option<Seq>,
+    limit: Option<u32>,
+) -> Result<Option<ServerFrame>, ApiError> {
+    state.access(ctx.user(), &conv).await?;
+    let max = state.config.limits.history_max.max(1);
+    let limit = limit.unwrap_or(50).clamp(1, max) as usize;
+    let page = state.store.history(&conv, before, limit).await?;
+    Ok(Some(ServerFrame::History {
+        rid,
+        conv,
+        messages: page.messages,
+        has_more: page.has_more,
+    }))
+}
+
+async fn sync(
+    state: &AppState,
+    ctx: &SessionCtx,
+    rid: Option<Rid>,
+    cursors: BTreeMap<ConvId, Seq>,
+    limit: Option<u32>,
+) -> Result<Option<ServerFrame>, ApiError> {
+    let limits = &state.config.limits;
+    if cursors.len() > limits.sync_max_conversations {
+        return Err(ApiError::bad_request(format!(
+            "at most {} conversations per sync",
+            limits.sync_max_conversations
+        )));
+    }
+    let max = limits.sync_max.max(1);
+    let limit = limit.unwrap_or(max).clamp(1, max) as usize;
+    let mut conversations = Vec::with_capacity(cursors.len());
+    for (conv, after) in cursors {
+        state.access(ctx.user(), &conv).await?;
+        let page = state.store.after(&conv, after, limit).await?;
+        conversations.push(SyncedConv {
+            conv,
+            messages: page.messages,
+            has_more: page.has_more,
+        });
+    }
+    Ok(Some(ServerFrame::Synced { rid, conversations }))
+}
+
+async fn conversations(
+    state: &AppState,
+    ctx: &SessionCtx,
+    rid: Option<Rid>,
+) -> Result<Option<ServerFrame>, ApiError> {
+    let conversations = state.store.conversations(ctx.user()).await?;
+    Ok(Some(ServerFrame::Conversations { rid, conversations }))
+}
+
+async fn read(
+    state: &AppState,
+    ctx: &SessionCtx,
+    conv: ConvId,
+    seq: Seq,
+) -> Result<Option<ServerFrame>, ApiError> {
+    let access = state.access(ctx.user(), &conv).await?;
+    let last = state.store.last_seq(&conv).await?;
+    let seq = Seq(seq.0.min(last.0));
+    let now = state.store.set_read(ctx.user(), &conv, seq).await?;
+    let frame = ServerFrame::Read {
+        conv,
+        user: ctx.user().clone(),
+        seq: now,
+    };
+    let mut envelope = Envelope::frame(access.audience(), frame);
+    envelope.skip_session = Some(ctx.handle.id.clone());
+    state.router.publish(envelope).await?;
+    Ok(None)
+}
+
+async fn typing(state: &AppState, ctx: &SessionCtx, conv: ConvId) -> Result<Option<ServerFrame>, ApiError> {
+    ctx.check_rate()?;
+    let access = state.access(ctx.user(), &conv).await?;
+    let others: Vec<UserId> = access
+        .audience()
+        .into_iter()
+        .filter(|u| u != ctx.user())
+        .collect();
+    if others.is_empty() {
+        return Ok(None);
+    }
+    let frame = ServerFrame::Typing {
+        conv,
+        user: ctx.user().clone(),
+    };
+    state.router.publish(Envelope::frame(others, frame)).await?;
+    Ok(None)
+}

@@ -1,0 +1,127 @@
+//! The node's shared state, behind one cheap handle that every task clones.
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::membership::{GroupView, Membership};
+use dashmap::DashSet;
+use protocol::{ConvId, ConvKind, GroupId, UserId};
+use router::Router;
+use std::sync::Arc;
+use store::Store;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+/// The contents of [`AppState`].
+pub struct Inner {
+    /// Effective configuration.
+    pub config: Config,
+    /// Token checking.
+    pub auth: Auth,
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Delivery.
+    pub router: Arc<dyn Router>,
+    /// Sessions on this node.
+    pub hub: Arc<Hub>,
+    /// Cached groups and members.
+    pub membership: Arc<Membership>,
+    /// Users known to exist (cache of the store's user table).
+    pub known_users: DashSet<UserId>,
+    /// Permits for WebSocket sessions (`server.max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Who may see a conversation, resolved for one caller.
+pub enum Access {
+    /// A direct conversation: both users.
+    Direct([UserId; 2]),
+    /// A group conversation.
+    Group(Arc<GroupView>),
+}
+
+impl Access {
+    /// Everyone who receives the conversation's messages.
+    pub fn audience(&self) -> Vec<UserId> {
+        match self {
+            Access::Direct([a, b]) if a == b => vec![a.clone()],
+            Access::Direct(pair) => pair.to_vec(),
+            Access::Group(g) => g.members.as_ref().clone(),
+        }
+    }
+}
+
+impl Inner {
+    /// Records a user as known (first authenticated contact).
+    pub async fn touch_user(&self, user: &UserId) -> Result<(), ApiError> {
+        if self.known_users.contains(user) {
+            return Ok(());
+        }
+        self.store.touch_user(user, now_ms()).await?;
+        self.known_users.insert(user.clone());
+        Ok(())
+    }
+
+    /// Whether a user exists.
+    pub async fn user_exists(&self, user: &UserId) -> Result<bool, ApiError> {
+        if self.known_users.contains(user) {
+            return Ok(true);
+        }
+        let exists = self.store.user_exists(user).await?;
+        if exists {
+            self.known_users.insert(user.clone());
+        }
+        Ok(exists)
+    }
+
+    /// The group, or `not_found`.
+    pub async fn group(&self, id: &GroupId) -> Result<Arc<GroupView>, ApiError> {
+        self.membership
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no group {id}")))
+    }
+
+    /// Checks that `user` may read and write `conv`, and says who else is in it.
+    pub async fn access(&self, user: &UserId, conv: &ConvId) -> Result<Access, ApiError> {
+        match conv.kind() {
+            ConvKind::Direct(a, b) => {
+                if a != user.as_str() && b != user.as_str() {
+                    return Err(ApiError::forbidden(format!("{conv} is not yours")));
+                }
+                Ok(Access::Direct([UserId::new(a), UserId::new(b)]))
+            }
+            ConvKind::Group(g) => {
+                let view = self.group(&GroupId::new(g)).await?;
+                if view.role_of(user).is_none() {
+                    return Err(ApiError::forbidden(format!(
+                        "you are not a member of group {g}"
+                    )));
+                }
+                Ok(Access::Group(view))
+            }
+        }
+    }
+}
