@@ -199,7 +199,12 @@ impl Config {
         if let Some(file) = file {
             fig = fig.merge(Toml::file_exact(file));
         }
-        fig.merge(Env::prefixed("CHATD_").split("__"))
+        // Only CHATD_<SECTION>__<KEY> variables are configuration; CHATD_LOG and CHATD_CONFIG
+        // are read by the binary itself.
+        let env = Env::prefixed("CHATD_")
+            .filter(|k| k.as_str().contains("__"))
+            .split("__");
+        fig.merge(env)
             .extract()
             .map_err(Box::new)
     }
