@@ -1,5 +1,7 @@
 //! Chat as clients see it: direct messages, groups, devices, history, sync, read, typing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use protocol::{ClientFrame, Codec, ConvId, MessageKind, Seq, ServerFrame, Target, UserId};
 use std::collections::BTreeMap;
 use std::time::Duration;

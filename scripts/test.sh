@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, docs, then every test against real
+# services (a real chatd over WebSocket, and for cluster mode a real Redis and a real CQL
+# database, which this script installs and starts when missing, and stops afterwards).
+#
+# Usage: scripts/test.sh            # everything
+#        SKIP_SERVICES=1 scripts/test.sh   # without Redis/Cassandra (their tests then fail loudly)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+features=(--features gateway/test-hooks)
+started_services=0
+
+step() { printf '\n==> %s\n' "$*"; }
+
+cleanup() {
+  if [ "$started_services" = 1 ]; then
+    step "stopping test services"
+    scripts/services/env.sh stop || true
+  fi
+}
+trap cleanup EXIT
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --locked --workspace --all-targets "${features[@]}" -- -D warnings
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
+
+step "build the chatd binary the end-to-end tests start"
+cargo build --locked -p gateway --bins "${features[@]}"
+
+if [ -z "${SKIP_SERVICES:-}" ] && [ -x scripts/services/env.sh ]; then
+  step "starting Redis and the CQL database"
+  started_services=1
+  scripts/services/env.sh start
+  # shellcheck disable=SC1091
+  source .cache/services.env
+  export CHATD_TEST_REDIS_URL CHATD_TEST_CQL
+fi
+
+step "cargo test (every crate, every test)"
+cargo test --locked --workspace "${features[@]}" -- --include-ignored
