@@ -99,9 +99,9 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `embedded` (redb file under `server.data_dir`).
+    /// `embedded` (a fjall database under `server.data_dir`).
     pub backend: String,
-    /// Most writes committed together (group commit).
+    /// Most writes made durable by one journal sync (group commit).
     pub max_batch: usize,
     /// Queue in front of the store writer.
     pub queue: usize,
@@ -204,9 +204,7 @@ impl Config {
         let env = Env::prefixed("CHATD_")
             .filter(|k| k.as_str().contains("__"))
             .split("__");
-        fig.merge(env)
-            .extract()
-            .map_err(Box::new)
+        fig.merge(env).extract().map_err(Box::new)
     }
 
     /// The configuration as TOML with secrets redacted, for the start-up log.
@@ -224,13 +222,19 @@ mod tests {
     use super::*;
 
     fn repo_file(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(rel)
     }
 
     #[test]
     fn default_toml_is_the_defaults() {
         let file = Config::load(Some(&repo_file("config/default.toml"))).unwrap();
-        assert_eq!(file, Config::default(), "config/default.toml drifted from Config::default()");
+        assert_eq!(
+            file,
+            Config::default(),
+            "config/default.toml drifted from Config::default()"
+        );
     }
 
     #[test]
@@ -241,7 +245,10 @@ mod tests {
         for (section, keys) in table {
             for key in keys.as_table().unwrap().keys() {
                 let name = format!("`{section}.{key}`");
-                assert!(text.contains(&name), "docs/CONFIG.md does not document {name}");
+                assert!(
+                    text.contains(&name),
+                    "docs/CONFIG.md does not document {name}"
+                );
             }
         }
         // jwt_secret has no default, so it is absent from the serialized defaults.

@@ -61,7 +61,10 @@ pub async fn seqs_are_gap_free_and_ordered<S: Store>(store: &S) {
     let b = ConvId::group(&GroupId::new(unique("g")));
     assert_eq!(store.last_seq(&a).await.unwrap(), Seq(0));
     for i in 1..=5u64 {
-        let x = store.append(new_msg(&a, "u1", &format!("a{i}"))).await.unwrap();
+        let x = store
+            .append(new_msg(&a, "u1", &format!("a{i}")))
+            .await
+            .unwrap();
         assert_eq!(x.message.seq, Seq(i));
         assert!(!x.duplicate);
     }
@@ -94,7 +97,11 @@ pub async fn concurrent_appends_keep_seq_dense<S: Store + Clone>(store: &S) {
         let s = store.clone();
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
-            s.append(new_msg(&c, "u1", &format!("k{i}"))).await.unwrap().message.seq
+            s.append(new_msg(&c, "u1", &format!("k{i}")))
+                .await
+                .unwrap()
+                .message
+                .seq
         }));
     }
     let mut seqs = Vec::new();
@@ -110,7 +117,10 @@ pub async fn concurrent_appends_keep_seq_dense<S: Store + Clone>(store: &S) {
 pub async fn history_pages_backwards<S: Store>(store: &S) {
     let c = ConvId::group(&GroupId::new(unique("g")));
     for i in 0..25 {
-        store.append(new_msg(&c, "u1", &format!("h{i}"))).await.unwrap();
+        store
+            .append(new_msg(&c, "u1", &format!("h{i}")))
+            .await
+            .unwrap();
     }
     let p1 = store.history(&c, None, 10).await.unwrap();
     let seqs: Vec<u64> = p1.messages.iter().map(|m| m.seq.0).collect();
@@ -135,7 +145,10 @@ pub async fn history_pages_backwards<S: Store>(store: &S) {
 pub async fn after_pages_forwards<S: Store>(store: &S) {
     let c = ConvId::group(&GroupId::new(unique("g")));
     for i in 0..12 {
-        store.append(new_msg(&c, "u1", &format!("s{i}"))).await.unwrap();
+        store
+            .append(new_msg(&c, "u1", &format!("s{i}")))
+            .await
+            .unwrap();
     }
     let p = store.after(&c, Seq(3), 5).await.unwrap();
     let seqs: Vec<u64> = p.messages.iter().map(|m| m.seq.0).collect();
@@ -145,8 +158,18 @@ pub async fn after_pages_forwards<S: Store>(store: &S) {
     let seqs: Vec<u64> = p.messages.iter().map(|m| m.seq.0).collect();
     assert_eq!(seqs, vec![9, 10, 11, 12]);
     assert!(!p.has_more);
-    assert!(store.after(&c, Seq(12), 5).await.unwrap().messages.is_empty());
-    assert!(store.after(&c, Seq(u64::MAX), 5).await.unwrap().messages.is_empty());
+    assert!(store
+        .after(&c, Seq(12), 5)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    assert!(store
+        .after(&c, Seq(u64::MAX), 5)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
 }
 
 /// A read cursor never moves back.
@@ -184,13 +207,24 @@ pub async fn groups_and_members<S: Store>(store: &S) {
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.group(&gid).await.unwrap(), Some(group));
-    assert_eq!(store.group(&GroupId::new(unique("none"))).await.unwrap(), None);
-    store.put_member(&gid, m(&other, Role::Member)).await.unwrap();
+    assert_eq!(
+        store.group(&GroupId::new(unique("none"))).await.unwrap(),
+        None
+    );
+    store
+        .put_member(&gid, m(&other, Role::Member))
+        .await
+        .unwrap();
     let members = store.members(&gid).await.unwrap();
     assert_eq!(members.len(), 2);
-    assert!(members.iter().any(|x| x.user == owner && x.role == Role::Owner));
+    assert!(members
+        .iter()
+        .any(|x| x.user == owner && x.role == Role::Owner));
     assert_eq!(store.user_groups(&other).await.unwrap(), vec![gid.clone()]);
-    store.put_member(&gid, m(&other, Role::Admin)).await.unwrap();
+    store
+        .put_member(&gid, m(&other, Role::Admin))
+        .await
+        .unwrap();
     assert!(store
         .members(&gid)
         .await

@@ -1,7 +1,7 @@
 //! Persistence for the chat server, behind the [`Store`] trait.
 //!
 //! The gateway talks only to `dyn Store`; which engine sits behind it is a configuration
-//! choice. [`embedded::EmbeddedStore`] keeps everything in one redb file under the data
+//! choice. [`embedded::EmbeddedStore`] keeps everything in a fjall (LSM) database under the data
 //! directory (the default: nothing to install). The ScyllaDB backend for cluster mode
 //! implements the same trait, and [`conformance`] holds the one test suite every backend
 //! must pass.
