@@ -47,6 +47,7 @@ pub async fn run_all<S: Store + Clone>(store: &S) {
     seqs_are_gap_free_and_ordered(store).await;
     appends_are_idempotent(store).await;
     concurrent_appends_keep_seq_dense(store).await;
+    concurrent_retries_store_once(store).await;
     history_pages_backwards(store).await;
     after_pages_forwards(store).await;
     read_cursors_only_move_forward(store).await;
@@ -111,6 +112,28 @@ pub async fn concurrent_appends_keep_seq_dense<S: Store + Clone>(store: &S) {
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
     let _ = Arc::new(());
+}
+
+/// Retries of one message racing each other (likely in one group commit) store it once.
+pub async fn concurrent_retries_store_once<S: Store + Clone>(store: &S) {
+    let c = ConvId::group(&GroupId::new(unique("g")));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = store.clone();
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            s.append(new_msg(&c, "u1", "racy")).await.unwrap()
+        }));
+    }
+    let mut fresh = 0;
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.message.seq, Seq(1));
+        fresh += usize::from(!a.duplicate);
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(store.last_seq(&c).await.unwrap(), Seq(1));
+    assert_eq!(store.history(&c, None, 10).await.unwrap().messages.len(), 1);
 }
 
 /// `history` returns newest first and pages with `before`.

@@ -7,9 +7,10 @@
 //! instead (see docs/ARCHITECTURE.md and docs/BENCHMARKS.md for the numbers).
 //!
 //! All writes go through one writer thread. It takes every job that is waiting (up to
-//! `max_batch`), applies each as one atomic write batch across keyspaces, then makes the
-//! journal durable once with `fdatasync`: that is the group commit, so durability costs one
-//! sync per batch, not per message. Each caller gets its answer only after that sync.
+//! `max_batch`), writes all the appends among them as one atomic write batch across
+//! keyspaces, then makes the journal durable once with `fdatasync`: that is the group
+//! commit, so durability costs one journal write and one sync per batch, not per message.
+//! Each caller gets its answer only after that sync.
 //!
 //! Readers never see a message before it is durable: the writer keeps a per-conversation
 //! durable watermark that it raises only after the sync, and reads stop at it. Reads run on
@@ -26,6 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+/// Memtable size per keyspace: small enough that the hot skiplist stays in cache.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Separates the parts of a composite key; ids never contain a NUL byte.
 const SEP: u8 = 0;
 
@@ -36,8 +40,6 @@ struct Keyspaces {
     messages: Keyspace,
     /// `conv \0 sender \0 client_msg_id` -> seq(be). Kept as long as the message.
     idempotency: Keyspace,
-    /// `conv` -> last seq(be) ++ last ts(be).
-    conv_meta: Keyspace,
     /// `user \0 conv` for the direct conversations a user takes part in.
     user_convs: Keyspace,
     /// `user \0 conv` -> read cursor seq(be).
@@ -58,7 +60,26 @@ struct Keyspaces {
 /// A job run by the writer thread. It returns the function that delivers its answer once
 /// the batch is durable; an `Err` means a storage failure (every caller in the batch then
 /// sees `Unavailable`).
-type Job = Box<dyn FnOnce(&Keyspaces, &mut Vec<(String, u64)>) -> Result<Finisher> + Send>;
+type Job = Box<dyn FnOnce(&Keyspaces, &mut WriterState) -> Result<Finisher> + Send>;
+
+/// What only the writer thread touches.
+#[derive(Default)]
+struct WriterState {
+    /// (conversation, seq) appended in the current batch, made visible after its sync.
+    touched: Vec<(String, u64)>,
+    /// Last seq per conversation, so an append needs no read for it. The writer is the only
+    /// one that changes it; the map is cleared when it grows past [`LAST_SEQ_CACHE`].
+    last_seq: std::collections::HashMap<String, u64>,
+    /// The appends of the current batch, written by one atomic write batch at its end
+    /// (one journal write for the whole group instead of one per message).
+    appends: Option<fjall::OwnedWriteBatch>,
+    /// Messages appended in the current batch by idempotency key, so that a retry within
+    /// the same batch (not yet in the keyspaces) is still recognized.
+    pending: std::collections::HashMap<Vec<u8>, protocol::Message>,
+}
+
+/// Most conversations whose last seq the writer keeps in memory.
+const LAST_SEQ_CACHE: usize = 1 << 20;
 type Finisher = Box<dyn FnOnce() + Send>;
 
 /// Tuning of the embedded backend.
@@ -148,7 +169,6 @@ impl Keyspaces {
         Ok(Self {
             messages: ks("messages")?,
             idempotency: ks("idempotency")?,
-            conv_meta: ks("conv_meta")?,
             user_convs: ks("user_convs")?,
             read: ks("read_cursors")?,
             users: ks("users")?,
@@ -165,20 +185,35 @@ impl Keyspaces {
         self.durable.get(conv).map(|v| *v).unwrap_or(u64::MAX)
     }
 
+    /// (last seq, last ts) of a conversation, read from its newest message: no separate
+    /// counter needs writing per message.
     fn conv_meta(&self, conv: &str) -> Result<(u64, u64)> {
-        match self.conv_meta.get(conv.as_bytes()).map_err(backend)? {
-            Some(v) => Ok((u64_at(&v, 0)?, u64_at(&v, 8)?)),
+        let mut p = conv.as_bytes().to_vec();
+        p.push(SEP);
+        match self.messages.prefix(&p).next_back() {
+            Some(g) => {
+                let (k, v) = g.into_inner().map_err(backend)?;
+                let seq = u64_at(&k, p.len())?;
+                let m: protocol::Message = decode(&v)?;
+                Ok((seq, m.ts))
+            }
             None => Ok((0, 0)),
         }
     }
 
-    fn append(&self, msg: NewMessage, touched: &mut Vec<(String, u64)>) -> Result<Appended> {
+    fn append(&self, msg: NewMessage, state: &mut WriterState) -> Result<Appended> {
         let conv = msg.conv.as_str();
         let idem_key = key(&[
             conv.as_bytes(),
             msg.from.as_str().as_bytes(),
             msg.client_msg_id.as_bytes(),
         ]);
+        if let Some(message) = state.pending.get(&idem_key) {
+            return Ok(Appended {
+                message: message.clone(),
+                duplicate: true,
+            });
+        }
         if let Some(seq) = self.idempotency.get(&idem_key).map_err(backend)? {
             let seq = u64_at(&seq, 0)?;
             let stored = self
@@ -191,17 +226,16 @@ impl Keyspaces {
                 duplicate: true,
             });
         }
-        let (last, _) = self.conv_meta(conv)?;
+        let last = match state.last_seq.get(conv) {
+            Some(last) => *last,
+            None => self.conv_meta(conv)?.0,
+        };
         let seq = last + 1;
         // Everything up to `last` is durable (synced by an earlier batch, or on disk at
         // start), so readers may see it; the new seq becomes visible after this batch's sync.
         self.durable.entry(conv.to_owned()).or_insert(last);
-        let mut meta = [0u8; 16];
-        meta[..8].copy_from_slice(&seq.to_be_bytes());
-        meta[8..].copy_from_slice(&msg.ts.to_be_bytes());
-        let mut batch = self.db.batch();
-        batch.insert(&self.idempotency, idem_key, seq.to_be_bytes());
-        batch.insert(&self.conv_meta, conv.as_bytes(), meta);
+        let batch = state.appends.get_or_insert_with(|| self.db.batch());
+        batch.insert(&self.idempotency, idem_key.clone(), seq.to_be_bytes());
         for p in &msg.participants {
             batch.insert(
                 &self.user_convs,
@@ -216,8 +250,9 @@ impl Keyspaces {
             msg_key(conv_owned.as_str(), seq),
             encode(&message)?,
         );
-        batch.commit().map_err(backend)?;
-        touched.push((conv_owned.to_string(), seq));
+        state.pending.insert(idem_key, message.clone());
+        state.last_seq.insert(conv_owned.to_string(), seq);
+        state.touched.push((conv_owned.to_string(), seq));
         Ok(Appended {
             message,
             duplicate: false,
@@ -297,11 +332,11 @@ impl EmbeddedStore {
     /// be a logical error such as `NotFound`).
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Keyspaces, &mut Vec<(String, u64)>) -> Result<Result<T>> + Send + 'static,
+        f: impl FnOnce(&Keyspaces, &mut WriterState) -> Result<Result<T>> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |ks, touched| {
-            let outcome = f(ks, touched)?;
+        let job: Job = Box::new(move |ks, state| {
+            let outcome = f(ks, state)?;
             Ok(Box::new(move || {
                 let _ = tx.send(outcome);
             }))
@@ -328,7 +363,7 @@ impl EmbeddedStore {
 
 fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize, stop: &AtomicBool) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
-    let mut touched: Vec<(String, u64)> = Vec::with_capacity(max_batch);
+    let mut state = WriterState::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -338,12 +373,22 @@ fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize, st
             }
         }
         let count = batch.len();
-        match run_batch(ks, batch.drain(..), &mut touched) {
+        match run_batch(ks, batch.drain(..), &mut state) {
             Ok(finishers) => finishers.into_iter().for_each(|f| f()),
             // Dropping the finishers tells every caller the write was not acknowledged.
-            Err(e) => tracing::error!(error = %e, jobs = count, "store batch failed"),
+            Err(e) => {
+                tracing::error!(error = %e, jobs = count, "store batch failed");
+                // Seqs handed out in the failed batch may not be on disk: forget them.
+                state.last_seq.clear();
+                state.pending.clear();
+                state.appends = None;
+            }
         }
-        touched.clear();
+        state.touched.clear();
+        // Bounded memory; only between batches, when every seq is in the keyspaces.
+        if state.last_seq.len() >= LAST_SEQ_CACHE {
+            state.last_seq.clear();
+        }
         if stop.load(Ordering::SeqCst) {
             rx.close();
             while rx.try_recv().is_ok() {}
@@ -355,14 +400,18 @@ fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize, st
 fn run_batch(
     ks: &Keyspaces,
     jobs: impl Iterator<Item = Job>,
-    touched: &mut Vec<(String, u64)>,
+    state: &mut WriterState,
 ) -> Result<Vec<Finisher>> {
     let mut finishers = Vec::new();
     for job in jobs {
-        finishers.push(job(ks, touched)?);
+        finishers.push(job(ks, state)?);
+    }
+    state.pending.clear();
+    if let Some(appends) = state.appends.take() {
+        appends.commit().map_err(backend)?;
     }
     ks.db.persist(PersistMode::SyncData).map_err(backend)?;
-    for (conv, seq) in touched.iter() {
+    for (conv, seq) in state.touched.iter() {
         if let Some(mut v) = ks.durable.get_mut(conv.as_str()) {
             *v = (*v).max(*seq);
         }
@@ -373,7 +422,7 @@ fn run_batch(
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended> {
-        self.write(move |ks, touched| Ok(Ok(ks.append(msg, touched)?)))
+        self.write(move |ks, state| Ok(Ok(ks.append(msg, state)?)))
             .await
     }
 
