@@ -85,7 +85,13 @@ where
             .unwrap();
     }
     assert!(sink.wait_for(|g| g.len() >= 100).await, "not all delivered");
-    let got: Vec<String> = sink.got.lock().unwrap().iter().filter_map(|e| rid_of(e)).collect();
+    let got: Vec<String> = sink
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| rid_of(e))
+        .collect();
     let want: Vec<String> = (0..100).map(|i: u32| i.to_string()).collect();
     assert_eq!(got, want);
     node.session_closed(&alice).await.unwrap();
@@ -107,6 +113,8 @@ where
     b.attach(sink_b.clone());
     let bob = UserId::new(format!("bob{}", std::process::id()));
     b.session_opened(&bob).await.unwrap();
+    // Presence reaches the other node through the backend; give it a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     a.publish(Envelope::frame(vec![bob.clone()], pong(7)))
         .await
         .unwrap();

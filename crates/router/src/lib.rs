@@ -9,6 +9,7 @@
 
 pub mod conformance;
 pub mod local;
+pub mod redis;
 
 use async_trait::async_trait;
 use protocol::{GroupId, ServerFrame, UserId};

@@ -45,7 +45,10 @@ impl Router for LocalRouter {
 mod tests {
     #[tokio::test]
     async fn conformance() {
-        crate::conformance::run_all(|| async { std::sync::Arc::new(super::LocalRouter::new()) }, false)
-            .await;
+        crate::conformance::run_all(
+            || async { std::sync::Arc::new(super::LocalRouter::new()) },
+            false,
+        )
+        .await;
     }
 }
