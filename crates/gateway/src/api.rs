@@ -26,7 +26,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers, None).ok_or_else(|| auth_error(crate::auth::AuthError::Missing))?;
+        let token = bearer(&parts.headers, None)
+            .ok_or_else(|| auth_error(crate::auth::AuthError::Missing))?;
         let claims = state.auth.verify(&token).map_err(auth_error)?;
         let user = UserId::new(claims.sub);
         state.touch_user(&user).await?;
@@ -47,7 +48,9 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 Err(ApiError::new(ErrorCode::TooLarge, "request body too large"))
             }
             Err(e) => Err(ApiError::bad_request(e.body_text())),
@@ -134,7 +137,9 @@ async fn create_group(
     }];
     for user in req.members {
         if !user.is_valid() {
-            return Err(ApiError::bad_request(format!("members: {user:?} is not a user id")));
+            return Err(ApiError::bad_request(format!(
+                "members: {user:?} is not a user id"
+            )));
         }
         if user == me || members.iter().any(|m| m.user == user) {
             continue;
@@ -155,13 +160,27 @@ async fn create_group(
         created_by: me.clone(),
         created_at: now,
     };
-    state.store.create_group(group.clone(), members.clone()).await?;
+    state
+        .store
+        .create_group(group.clone(), members.clone())
+        .await?;
     let joined: Vec<UserId> = members.iter().map(|m| m.user.clone()).collect();
-    notify(&state, joined, EventKind::MemberJoined, &group.id, &me, None).await;
+    notify(
+        &state,
+        joined,
+        EventKind::MemberJoined,
+        &group.id,
+        &me,
+        None,
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(GroupDetail { group, members })).into_response())
 }
 
-async fn my_groups(State(state): State<AppState>, Caller(me): Caller) -> Result<Json<Vec<GroupRow>>, ApiError> {
+async fn my_groups(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+) -> Result<Json<Vec<GroupRow>>, ApiError> {
     let mut rows = Vec::new();
     for id in state.store.user_groups(&me).await? {
         if let Some(view) = state.membership.get(&id).await? {
@@ -216,7 +235,9 @@ async fn add_member(
         .role_of(&me)
         .ok_or_else(|| ApiError::forbidden("only members may change a group"))?;
     if my_role < Role::Admin {
-        return Err(ApiError::forbidden("only the owner and admins may add members"));
+        return Err(ApiError::forbidden(
+            "only the owner and admins may add members",
+        ));
     }
     let role = req.role.unwrap_or(Role::Member);
     if role == Role::Owner {
@@ -233,7 +254,10 @@ async fn add_member(
     }
     if let Some(existing) = view.role_of(&req.user) {
         if existing == Role::Owner {
-            return Err(ApiError::new(ErrorCode::Conflict, "that user owns the group"));
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "that user owns the group",
+            ));
         }
     }
     let was_member = view.role_of(&req.user).is_some();
@@ -247,7 +271,15 @@ async fn add_member(
     if !was_member {
         let mut audience = view.members.as_ref().clone();
         audience.push(req.user.clone());
-        notify(&state, audience, EventKind::MemberJoined, &id, &me, Some(req.user)).await;
+        notify(
+            &state,
+            audience,
+            EventKind::MemberJoined,
+            &id,
+            &me,
+            Some(req.user),
+        )
+        .await;
     }
     Ok(Json(member))
 }

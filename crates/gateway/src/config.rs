@@ -121,14 +121,29 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouterConfig {
-    /// `local` (this process only).
+    /// `local` (this process only) or `redis` (cluster mode).
     pub backend: String,
+    /// Redis URL for the `redis` backend (routing, presence and, in cluster mode, seqs).
+    pub redis_url: String,
+    /// This node's id, unique in the cluster; empty: generated at start-up.
+    pub node_id: String,
+    /// How often the node refreshes its presence in Redis, ms.
+    pub heartbeat_ms: u64,
+    /// How often the cluster presence map is rebuilt from Redis, ms.
+    pub reconcile_ms: u64,
+    /// Envelopes kept while Redis is unreachable; beyond it, deliveries fail.
+    pub publish_queue: usize,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             backend: "local".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            node_id: String::new(),
+            heartbeat_ms: 2000,
+            reconcile_ms: 10_000,
+            publish_queue: 65_536,
         }
     }
 }
@@ -213,7 +228,22 @@ impl Config {
         if c.auth.jwt_secret.is_some() {
             c.auth.jwt_secret = Some("<redacted>".into());
         }
+        c.router.redis_url = redact_url(&c.router.redis_url);
         toml::to_string(&c).unwrap_or_else(|e| format!("<unprintable config: {e}>"))
+    }
+}
+
+/// Hides the password of `scheme://user:password@host`.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -253,6 +283,15 @@ mod tests {
         }
         // jwt_secret has no default, so it is absent from the serialized defaults.
         assert!(text.contains("`auth.jwt_secret`"));
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://u:pw@h:1/0"),
+            "redis://u:<redacted>@h:1/0"
+        );
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
     }
 
     #[test]

@@ -69,7 +69,10 @@ impl From<store::StoreError> for ApiError {
             E::Conflict(m) => Self::new(ErrorCode::Conflict, m),
             E::Unavailable(m) => {
                 tracing::warn!(error = %m, "store unavailable");
-                Self::new(ErrorCode::Unavailable, "storage is unavailable; nothing was stored")
+                Self::new(
+                    ErrorCode::Unavailable,
+                    "storage is unavailable; nothing was stored",
+                )
             }
             other => {
                 tracing::error!(error = %other, "store failure");

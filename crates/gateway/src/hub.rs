@@ -86,7 +86,10 @@ impl SessionHandle {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(session = %self.id, user = %self.user, "outbound queue full; closing slow consumer");
-                self.close(protocol::close::SLOW_CONSUMER, "slow consumer: reconnect and sync");
+                self.close(
+                    protocol::close::SLOW_CONSUMER,
+                    "slow consumer: reconnect and sync",
+                );
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
@@ -288,7 +291,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.handle.close(protocol::close::GOING_AWAY, "session ended");
+        self.handle
+            .close(protocol::close::GOING_AWAY, "session ended");
         if self.hub.unregister(&self.handle) {
             let router = self.router.clone();
             let user = self.handle.user.clone();

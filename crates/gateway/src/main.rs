@@ -57,7 +57,10 @@ fn init_tracing() {
 
 fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!(open_files = n, "raised the open-files soft limit to the hard limit"),
+        Ok(n) => tracing::info!(
+            open_files = n,
+            "raised the open-files soft limit to the hard limit"
+        ),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
     }
 }

@@ -127,7 +127,9 @@ fn validate_send(state: &AppState, req: &SendRequest) -> Result<(), ApiError> {
     match req.kind {
         MessageKind::Text => {
             if req.body.trim().is_empty() {
-                return Err(ApiError::bad_request("a text message needs a non-empty body"));
+                return Err(ApiError::bad_request(
+                    "a text message needs a non-empty body",
+                ));
             }
             if req.attachment.is_some() {
                 return Err(ApiError::bad_request("a text message has no attachment"));
@@ -143,7 +145,9 @@ fn validate_send(state: &AppState, req: &SendRequest) -> Result<(), ApiError> {
                 ));
             }
             if req.kind == MessageKind::Image && !a.mime.starts_with("image/") {
-                return Err(ApiError::bad_request("an image attachment needs an image/* mime type"));
+                return Err(ApiError::bad_request(
+                    "an image attachment needs an image/* mime type",
+                ));
             }
         }
     }
@@ -162,7 +166,11 @@ fn validate_send(state: &AppState, req: &SendRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn send(state: &AppState, ctx: &SessionCtx, req: SendRequest) -> Result<Option<ServerFrame>, ApiError> {
+async fn send(
+    state: &AppState,
+    ctx: &SessionCtx,
+    req: SendRequest,
+) -> Result<Option<ServerFrame>, ApiError> {
     validate_send(state, &req)?;
     ctx.check_rate()?;
     let me = ctx.user();
@@ -308,7 +316,11 @@ async fn read(
     Ok(None)
 }
 
-async fn typing(state: &AppState, ctx: &SessionCtx, conv: ConvId) -> Result<Option<ServerFrame>, ApiError> {
+async fn typing(
+    state: &AppState,
+    ctx: &SessionCtx,
+    conv: ConvId,
+) -> Result<Option<ServerFrame>, ApiError> {
     ctx.check_rate()?;
     let access = state.access(ctx.user(), &conv).await?;
     let others: Vec<UserId> = access

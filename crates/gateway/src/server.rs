@@ -12,6 +12,7 @@ use axum::routing::get;
 use dashmap::DashSet;
 use protocol::close;
 use router::local::LocalRouter;
+use router::redis::{RedisOptions, RedisRouter};
 use router::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +52,27 @@ impl Node {
         };
         let router: Arc<dyn Router> = match config.router.backend.as_str() {
             "local" => Arc::new(LocalRouter::new()),
-            other => bail!("router.backend = {other:?}: this build knows \"local\""),
+            "redis" => {
+                let r = &config.router;
+                let node_id = if r.node_id.is_empty() {
+                    format!("node-{}", uuid::Uuid::new_v4().simple())
+                } else {
+                    r.node_id.clone()
+                };
+                let opts = RedisOptions {
+                    url: r.redis_url.clone(),
+                    node_id,
+                    heartbeat: Duration::from_millis(r.heartbeat_ms.max(100)),
+                    reconcile: Duration::from_millis(r.reconcile_ms.max(100)),
+                    queue: r.publish_queue,
+                };
+                let router = RedisRouter::connect(opts)
+                    .await
+                    .with_context(|| format!("connecting to Redis at {}", r.redis_url))?;
+                tracing::info!(node = router.node_id(), "redis router connected");
+                Arc::new(router)
+            }
+            other => bail!("router.backend = {other:?}: expected \"local\" or \"redis\""),
         };
         let membership = Membership::new(store.clone());
         let hub = Hub::new(membership.clone());

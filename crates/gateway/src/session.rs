@@ -71,8 +71,11 @@ pub async fn upgrade(
         }
     };
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return ApiError::new(ErrorCode::Unavailable, "this node is at its connection limit")
-            .into_response();
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "this node is at its connection limit",
+        )
+        .into_response();
     };
     let user = UserId::new(claims.sub);
     if let Err(e) = state.touch_user(&user).await {
@@ -109,12 +112,8 @@ async fn run(
     let session_id = uuid::Uuid::new_v4().simple().to_string();
     let span = tracing::info_span!("session", session = %session_id, user = %user);
     async move {
-        let (handle, queue) = SessionHandle::new(
-            session_id,
-            user,
-            codec,
-            state.config.server.outbound_queue,
-        );
+        let (handle, queue) =
+            SessionHandle::new(session_id, user, codec, state.config.server.outbound_queue);
         let (mut sink, stream) = socket.split();
         let registration = match Registration::new(
             state.hub.clone(),

@@ -163,8 +163,10 @@ impl Keyspaces {
             .open()
             .map_err(backend)?;
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(backend)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+            .map_err(backend)
         };
         Ok(Self {
             messages: ks("messages")?,
