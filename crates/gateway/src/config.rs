@@ -99,12 +99,22 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `embedded` (a fjall database under `server.data_dir`).
+    /// `embedded` (a fjall database under `server.data_dir`) or `scylla` (cluster mode).
     pub backend: String,
     /// Most writes made durable by one journal sync (group commit).
     pub max_batch: usize,
     /// Queue in front of the store writer.
     pub queue: usize,
+    /// `scylla`: contact points, `host:port`.
+    pub cql_nodes: Vec<String>,
+    /// `scylla`: keyspace (created by migrations if missing).
+    pub keyspace: String,
+    /// `scylla`: replication factor used when creating the keyspace.
+    pub replication_factor: u32,
+    /// `scylla`: consistency of reads and writes, `local_quorum` or `one`.
+    pub consistency: String,
+    /// `scylla`: per-request timeout, ms.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -113,6 +123,11 @@ impl Default for StoreConfig {
             backend: "embedded".into(),
             max_batch: 1024,
             queue: 8192,
+            cql_nodes: vec!["127.0.0.1:9042".into()],
+            keyspace: "chat".into(),
+            replication_factor: 3,
+            consistency: "local_quorum".into(),
+            request_timeout_ms: 5000,
         }
     }
 }
