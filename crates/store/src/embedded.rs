@@ -16,7 +16,10 @@
 //! durable watermark that it raises only after the sync, and reads stop at it. Reads run on
 //! tokio's blocking pool.
 
-use crate::{Appended, Group, Member, NewMessage, Page, Result, Store, StoreError};
+use crate::{
+    Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, NewMessage, Page, Result,
+    ReviewStore, Store, StoreError,
+};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -52,6 +55,12 @@ struct Keyspaces {
     members: Keyspace,
     /// `user \0 group`.
     user_groups: Keyspace,
+    /// `ts(be) counter(be)` -> JSON of [`AuditEntry`].
+    audit: Keyspace,
+    /// `conv \0 review id` -> JSON of [`HeldMessage`].
+    held: Keyspace,
+    /// Makes audit keys unique within a millisecond.
+    audit_counter: std::sync::atomic::AtomicU64,
     /// Highest durable seq per conversation written since start; reads stop there. A
     /// conversation absent from the map has nothing newer than what was on disk at start.
     durable: DashMap<String, u64>,
@@ -177,6 +186,9 @@ impl Keyspaces {
             groups: ks("groups")?,
             members: ks("members")?,
             user_groups: ks("user_groups")?,
+            audit: ks("audit")?,
+            held: ks("held")?,
+            audit_counter: std::sync::atomic::AtomicU64::new(0),
             durable: DashMap::new(),
             db,
         })
@@ -643,9 +655,136 @@ impl Store for EmbeddedStore {
     }
 }
 
+#[async_trait]
+impl ReviewStore for EmbeddedStore {
+    async fn audit(&self, entry: AuditEntry) -> Result<()> {
+        self.write(move |ks, _| {
+            let n = ks.audit_counter.fetch_add(1, Ordering::Relaxed);
+            let k = key(&[&entry.ts.to_be_bytes(), &n.to_be_bytes()]);
+            ks.audit.insert(k, json(&entry)?).map_err(backend)?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let query = query.clone();
+        self.read(move |ks| {
+            let lo = query.since.unwrap_or(0).to_be_bytes().to_vec();
+            let hi = query.until.unwrap_or(u64::MAX).to_be_bytes().to_vec();
+            let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+            let mut out = Vec::new();
+            for g in ks.audit.range(lo..hi).rev() {
+                let (_, v) = g.into_inner().map_err(backend)?;
+                let e: AuditEntry = unjson(&v)?;
+                if query.matches(&e) {
+                    out.push(e);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn hold(&self, held: HeldMessage) -> Result<()> {
+        self.write(move |ks, _| {
+            let k = key(&[held.conv.as_str().as_bytes(), held.id.as_bytes()]);
+            ks.held.insert(k, json(&held)?).map_err(backend)?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn held(&self, conv: &ConvId) -> Result<Vec<HeldMessage>> {
+        let conv = conv.clone();
+        self.read(move |ks| {
+            let mut p = conv.as_str().as_bytes().to_vec();
+            p.push(SEP);
+            let mut out: Vec<HeldMessage> = Vec::new();
+            for g in ks.held.prefix(&p) {
+                let (_, v) = g.into_inner().map_err(backend)?;
+                out.push(unjson(&v)?);
+            }
+            out.sort_by_key(|h| h.ts);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn take_held(&self, conv: &ConvId, id: &str) -> Result<Option<HeldMessage>> {
+        let k = key(&[conv.as_str().as_bytes(), id.as_bytes()]);
+        self.write(move |ks, _| {
+            let Some(v) = ks.held.get(&k).map_err(backend)? else {
+                return Ok(Ok(None));
+            };
+            let held: HeldMessage = unjson(&v)?;
+            ks.held.remove(k).map_err(backend)?;
+            Ok(Ok(Some(held)))
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn audit_log_and_review_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let conv = ConvId::parse("group:g1").unwrap();
+        for (i, cat) in ["porn", "phone", "porn"].iter().enumerate() {
+            store
+                .audit(AuditEntry {
+                    ts: 1000 + i as u64,
+                    actor: UserId::new(format!("u{i}")),
+                    action: "moderation.block".into(),
+                    conv: Some(conv.clone()),
+                    target: None,
+                    message: None,
+                    rule: Some("deny/porn.txt:1".into()),
+                    category: Some((*cat).into()),
+                })
+                .await
+                .unwrap();
+        }
+        let q = AuditQuery {
+            category: Some("porn".into()),
+            ..AuditQuery::default()
+        };
+        let got = store.audit_query(&q).await.unwrap();
+        assert_eq!(got.iter().map(|e| e.ts).collect::<Vec<_>>(), vec![1002, 1000]);
+        let q = AuditQuery {
+            since: Some(1001),
+            until: Some(1002),
+            ..AuditQuery::default()
+        };
+        assert_eq!(store.audit_query(&q).await.unwrap().len(), 1);
+
+        let held = HeldMessage {
+            id: "r1".into(),
+            conv: conv.clone(),
+            from: UserId::new("a"),
+            client_msg_id: "c1".into(),
+            kind: protocol::MessageKind::Text,
+            body: "hold me".into(),
+            attachment: None,
+            mentions: vec![],
+            reply_to: None,
+            ts: 5,
+            category: Some("ads".into()),
+            rule: None,
+        };
+        store.hold(held.clone()).await.unwrap();
+        assert_eq!(store.held(&conv).await.unwrap(), vec![held.clone()]);
+        assert_eq!(store.take_held(&conv, "r1").await.unwrap(), Some(held));
+        assert_eq!(store.take_held(&conv, "r1").await.unwrap(), None);
+        assert!(store.held(&conv).await.unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn conformance() {

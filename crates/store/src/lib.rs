@@ -14,9 +14,11 @@ pub mod conformance;
 pub mod embedded;
 mod error;
 mod model;
+pub mod review;
 
 pub use error::StoreError;
 pub use model::*;
+pub use review::{AuditEntry, AuditQuery, HeldMessage, ReviewStore};
 
 use async_trait::async_trait;
 use protocol::{ConvId, ConvSummary, GroupId, Seq, UserId};
