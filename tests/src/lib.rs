@@ -256,7 +256,9 @@ impl Client {
             "authorization",
             format!("Bearer {}", token(user)).parse().unwrap(),
         );
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws connect");
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("ws connect");
         let mut c = Client {
             ws,
             codec,
@@ -264,7 +266,11 @@ impl Client {
             session_id: String::new(),
         };
         match c.recv().await {
-            ServerFrame::Hello { session_id, user: u, .. } => {
+            ServerFrame::Hello {
+                session_id,
+                user: u,
+                ..
+            } => {
                 assert_eq!(u.as_str(), user);
                 c.session_id = session_id;
             }
@@ -311,7 +317,10 @@ impl Client {
 
     /// Sends a text frame regardless of codec.
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(WsMessage::Text(text.into())).await.expect("ws send");
+        self.ws
+            .send(WsMessage::Text(text.into()))
+            .await
+            .expect("ws send");
     }
 
     /// The next server frame (skipping pings), or panics after [`WAIT`].
@@ -325,7 +334,9 @@ impl Client {
     pub async fn try_recv(&mut self, wait: Duration) -> Option<ServerFrame> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             match msg {
                 Some(Ok(WsMessage::Text(t))) => {
                     return Some(Codec::Json.decode(t.as_bytes()).expect("decode json frame"))
@@ -405,7 +416,10 @@ impl Client {
 
     /// Waits for the next `message` frame.
     pub async fn next_message(&mut self) -> protocol::Message {
-        match self.recv_until(|f| matches!(f, ServerFrame::Message(_))).await {
+        match self
+            .recv_until(|f| matches!(f, ServerFrame::Message(_)))
+            .await
+        {
             ServerFrame::Message(m) => m,
             _ => unreachable!(),
         }
@@ -478,7 +492,9 @@ impl Api {
 
     /// Makes `user` known to the server (any authenticated call does).
     pub async fn touch(&self, user: &str) {
-        let (status, body) = self.call(reqwest::Method::GET, "/v1/groups", Some(user), None).await;
+        let (status, body) = self
+            .call(reqwest::Method::GET, "/v1/groups", Some(user), None)
+            .await;
         assert_eq!(status, 200, "{body}");
     }
 

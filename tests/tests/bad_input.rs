@@ -10,9 +10,19 @@ fn is_error(f: &ServerFrame) -> bool {
 }
 
 async fn still_usable(c: &mut Client) {
-    c.send(&ClientFrame::Ping { rid: Some("alive".into()) }).await;
-    let f = c.recv_until(|f| matches!(f, ServerFrame::Pong { .. })).await;
-    assert_eq!(f, ServerFrame::Pong { rid: Some("alive".into()) });
+    c.send(&ClientFrame::Ping {
+        rid: Some("alive".into()),
+    })
+    .await;
+    let f = c
+        .recv_until(|f| matches!(f, ServerFrame::Pong { .. }))
+        .await;
+    assert_eq!(
+        f,
+        ServerFrame::Pong {
+            rid: Some("alive".into())
+        }
+    );
 }
 
 #[tokio::test]
@@ -39,7 +49,10 @@ async fn malformed_frames_get_bad_request_and_the_connection_stays_usable() {
     // The rid is echoed whenever it could be read.
     c.send_text(r#"{"type":"fly","rid":"echo-me"}"#).await;
     let f = c.recv_until(is_error).await;
-    assert!(matches!(f, ServerFrame::Error { rid: Some(ref r), .. } if r == "echo-me"), "{f:?}");
+    assert!(
+        matches!(f, ServerFrame::Error { rid: Some(ref r), .. } if r == "echo-me"),
+        "{f:?}"
+    );
     still_usable(&mut c).await;
 }
 
@@ -48,11 +61,17 @@ async fn malformed_msgpack_gets_bad_request() {
     let node = Node::start();
     let mut c = Client::connect_with(node.addr, "ann", Codec::MsgPack).await;
     c.send_raw(vec![0xc1, 0xff, 0x00]).await;
-    assert_eq!(error_code(&c.recv_until(is_error).await), ErrorCode::BadRequest);
+    assert_eq!(
+        error_code(&c.recv_until(is_error).await),
+        ErrorCode::BadRequest
+    );
     // A map without `type`.
     let bytes = rmp_serde_like_map();
     c.send_raw(bytes).await;
-    assert_eq!(error_code(&c.recv_until(is_error).await), ErrorCode::BadRequest);
+    assert_eq!(
+        error_code(&c.recv_until(is_error).await),
+        ErrorCode::BadRequest
+    );
     still_usable(&mut c).await;
 }
 
@@ -84,13 +103,19 @@ async fn missing_or_bad_token_is_401_before_the_upgrade() {
     assert_eq!(r.status, 401);
     let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
-    let r = Client::try_connect_raw(&url, Some("not.a.jwt")).await.unwrap_err();
+    let r = Client::try_connect_raw(&url, Some("not.a.jwt"))
+        .await
+        .unwrap_err();
     assert_eq!(r.status, 401);
     let expired = token_with_exp("ann", 1_000_000);
-    let r = Client::try_connect_raw(&url, Some(&expired)).await.unwrap_err();
+    let r = Client::try_connect_raw(&url, Some(&expired))
+        .await
+        .unwrap_err();
     assert_eq!(r.status, 401);
     assert!(r.body.contains("expired"), "{}", r.body);
-    let r = Client::try_connect_raw(&format!("{url}?token=garbage"), None).await.unwrap_err();
+    let r = Client::try_connect_raw(&format!("{url}?token=garbage"), None)
+        .await
+        .unwrap_err();
     assert_eq!(r.status, 401);
     let r = Client::try_connect_raw(&format!("{url}?codec=xml&token={}", token("ann")), None)
         .await
@@ -119,7 +144,10 @@ async fn membership_and_existence_are_enforced() {
             limit: None,
         })
         .await;
-    assert_eq!(error_code(&outsider.recv_until(is_error).await), ErrorCode::Forbidden);
+    assert_eq!(
+        error_code(&outsider.recv_until(is_error).await),
+        ErrorCode::Forbidden
+    );
     outsider
         .send(&ClientFrame::History {
             rid: Some("h2".into()),
@@ -128,7 +156,10 @@ async fn membership_and_existence_are_enforced() {
             limit: None,
         })
         .await;
-    assert_eq!(error_code(&outsider.recv_until(is_error).await), ErrorCode::Forbidden);
+    assert_eq!(
+        error_code(&outsider.recv_until(is_error).await),
+        ErrorCode::Forbidden
+    );
 
     let f = a.send_group("no-such-group", "n1", "hello?").await;
     assert_eq!(error_code(&f), ErrorCode::NotFound);
@@ -151,8 +182,15 @@ async fn history_limit_is_clamped_not_refused() {
         limit: Some(100_000),
     })
     .await;
-    let f = a.recv_until(|f| matches!(f, ServerFrame::History { .. } | ServerFrame::Error { .. })).await;
-    let ServerFrame::History { messages, has_more, .. } = f else { panic!("{f:?}") };
+    let f = a
+        .recv_until(|f| matches!(f, ServerFrame::History { .. } | ServerFrame::Error { .. }))
+        .await;
+    let ServerFrame::History {
+        messages, has_more, ..
+    } = f
+    else {
+        panic!("{f:?}")
+    };
     assert_eq!(messages.len(), 5);
     assert!(has_more);
     assert_eq!(messages[0].seq, Seq(8));
@@ -184,10 +222,18 @@ async fn sending_too_fast_is_rate_limited_with_retry() {
     let mut limited = 0;
     for i in 0..6 {
         let f = a.send_dm("bob", &format!("r{i}"), "fast").await;
-        if let ServerFrame::Error { code: ErrorCode::RateLimited, retry, .. } = f {
+        if let ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            retry,
+            ..
+        } = f
+        {
             assert!(retry);
             limited += 1;
         }
     }
-    assert!(limited >= 2, "expected rate limiting, got {limited} limited sends");
+    assert!(
+        limited >= 2,
+        "expected rate limiting, got {limited} limited sends"
+    );
 }

@@ -15,13 +15,19 @@ async fn dm_both_ways(codec: Codec) {
     let ack = alice.send_dm("bob", "a1", "hello bob").await;
     assert_eq!(ack_seq(&ack), 1);
     let m = bob.next_message().await;
-    assert_eq!((m.from.as_str(), m.body.as_str(), m.seq), ("alice", "hello bob", Seq(1)));
+    assert_eq!(
+        (m.from.as_str(), m.body.as_str(), m.seq),
+        ("alice", "hello bob", Seq(1))
+    );
     assert_eq!(m.conv, ConvId::parse("dm:alice:bob").unwrap());
 
     let ack = bob.send_dm("alice", "b1", "hi alice 👋").await;
     assert_eq!(ack_seq(&ack), 2);
     let m = alice.next_message().await;
-    assert_eq!((m.from.as_str(), m.body.as_str(), m.seq), ("bob", "hi alice 👋", Seq(2)));
+    assert_eq!(
+        (m.from.as_str(), m.body.as_str(), m.seq),
+        ("bob", "hi alice 👋", Seq(2))
+    );
 }
 
 #[tokio::test]
@@ -56,11 +62,21 @@ async fn group_of_three_fans_out_in_order() {
     // Membership events reach the members.
     for client in [&mut b, &mut c] {
         client
-            .recv_until(|f| matches!(f, ServerFrame::Event { event: protocol::EventKind::MemberJoined, .. }))
+            .recv_until(|f| {
+                matches!(
+                    f,
+                    ServerFrame::Event {
+                        event: protocol::EventKind::MemberJoined,
+                        ..
+                    }
+                )
+            })
             .await;
     }
     for i in 1..=5 {
-        let ack = a.send_group(&g, &format!("m{i}"), &format!("msg {i}")).await;
+        let ack = a
+            .send_group(&g, &format!("m{i}"), &format!("msg {i}"))
+            .await;
         assert_eq!(ack_seq(&ack), i);
     }
     for client in [&mut b, &mut c] {
@@ -113,12 +129,18 @@ async fn history_pages_backwards() {
             limit: Some(10),
         })
         .await;
-        let ServerFrame::History { messages, has_more, .. } =
-            a.recv_until(|f| matches!(f, ServerFrame::History { .. })).await
+        let ServerFrame::History {
+            messages, has_more, ..
+        } = a
+            .recv_until(|f| matches!(f, ServerFrame::History { .. }))
+            .await
         else {
             unreachable!()
         };
-        assert!(messages.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+        assert!(
+            messages.windows(2).all(|w| w[0].seq > w[1].seq),
+            "newest first"
+        );
         seen.extend(messages.iter().map(|m| m.seq.0));
         before = messages.last().map(|m| m.seq);
         if !has_more {
@@ -140,13 +162,17 @@ async fn reconnect_and_sync_gets_exactly_the_missed_messages() {
     let seen_group = b
         .recv_until(|f| matches!(f, ServerFrame::Message(m) if m.body == "before"))
         .await;
-    let ServerFrame::Message(seen_group) = seen_group else { unreachable!() };
-    b.recv_until(|f| matches!(f, ServerFrame::Message(m) if m.body == "dm before")).await;
+    let ServerFrame::Message(seen_group) = seen_group else {
+        unreachable!()
+    };
+    b.recv_until(|f| matches!(f, ServerFrame::Message(m) if m.body == "dm before"))
+        .await;
     b.ws.close(None).await.unwrap();
     drop(b);
 
     for i in 0..7 {
-        a.send_group(&g, &format!("g-off{i}"), &format!("missed {i}")).await;
+        a.send_group(&g, &format!("g-off{i}"), &format!("missed {i}"))
+            .await;
     }
     a.send_dm("bob", "d-off", "missed dm").await;
 
@@ -156,17 +182,34 @@ async fn reconnect_and_sync_gets_exactly_the_missed_messages() {
     let mut cursors = BTreeMap::new();
     cursors.insert(gconv.clone(), seen_group.seq);
     cursors.insert(dconv.clone(), Seq(1));
-    b.send(&ClientFrame::Sync { rid: Some("s".into()), cursors, limit: None }).await;
-    let ServerFrame::Synced { conversations, .. } =
-        b.recv_until(|f| matches!(f, ServerFrame::Synced { .. })).await
+    b.send(&ClientFrame::Sync {
+        rid: Some("s".into()),
+        cursors,
+        limit: None,
+    })
+    .await;
+    let ServerFrame::Synced { conversations, .. } = b
+        .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
+        .await
     else {
         unreachable!()
     };
     let group_part = conversations.iter().find(|c| c.conv == gconv).unwrap();
-    let bodies: Vec<&str> = group_part.messages.iter().map(|m| m.body.as_str()).collect();
-    assert_eq!(bodies, (0..7).map(|i| format!("missed {i}")).collect::<Vec<_>>());
+    let bodies: Vec<&str> = group_part
+        .messages
+        .iter()
+        .map(|m| m.body.as_str())
+        .collect();
     assert_eq!(
-        group_part.messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+        bodies,
+        (0..7).map(|i| format!("missed {i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        group_part
+            .messages
+            .iter()
+            .map(|m| m.seq.0)
+            .collect::<Vec<_>>(),
         (2..=8).collect::<Vec<_>>()
     );
     assert!(!group_part.has_more);
@@ -177,9 +220,15 @@ async fn reconnect_and_sync_gets_exactly_the_missed_messages() {
     // A bounded sync says has_more and continues from where it stopped.
     let mut cursors = BTreeMap::new();
     cursors.insert(gconv.clone(), Seq(0));
-    b.send(&ClientFrame::Sync { rid: Some("s2".into()), cursors, limit: Some(3) }).await;
-    let ServerFrame::Synced { conversations, .. } =
-        b.recv_until(|f| matches!(f, ServerFrame::Synced { .. })).await
+    b.send(&ClientFrame::Sync {
+        rid: Some("s2".into()),
+        cursors,
+        limit: Some(3),
+    })
+    .await;
+    let ServerFrame::Synced { conversations, .. } = b
+        .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
+        .await
     else {
         unreachable!()
     };
@@ -196,8 +245,18 @@ async fn retried_send_is_stored_once() {
     let again = a.send_dm("bob", "same-id", "once").await;
     match (&first, &again) {
         (
-            ServerFrame::Ack { seq: s1, id: i1, duplicate: false, .. },
-            ServerFrame::Ack { seq: s2, id: i2, duplicate: true, .. },
+            ServerFrame::Ack {
+                seq: s1,
+                id: i1,
+                duplicate: false,
+                ..
+            },
+            ServerFrame::Ack {
+                seq: s2,
+                id: i2,
+                duplicate: true,
+                ..
+            },
         ) => {
             assert_eq!(s1, s2);
             assert_eq!(i1, i2);
@@ -216,8 +275,9 @@ async fn retried_send_is_stored_once() {
         limit: None,
     })
     .await;
-    let ServerFrame::History { messages, .. } =
-        a.recv_until(|f| matches!(f, ServerFrame::History { .. })).await
+    let ServerFrame::History { messages, .. } = a
+        .recv_until(|f| matches!(f, ServerFrame::History { .. }))
+        .await
     else {
         unreachable!()
     };
@@ -234,16 +294,42 @@ async fn read_cursors_typing_and_conversation_list() {
     }
     let conv = ConvId::parse("dm:ann:bob").unwrap();
     b.send(&ClientFrame::Typing { conv: conv.clone() }).await;
-    let f = a.recv_until(|f| matches!(f, ServerFrame::Typing { .. })).await;
-    assert_eq!(f, ServerFrame::Typing { conv: conv.clone(), user: UserId::new("bob") });
+    let f = a
+        .recv_until(|f| matches!(f, ServerFrame::Typing { .. }))
+        .await;
+    assert_eq!(
+        f,
+        ServerFrame::Typing {
+            conv: conv.clone(),
+            user: UserId::new("bob")
+        }
+    );
 
-    b.send(&ClientFrame::Read { rid: None, conv: conv.clone(), seq: Seq(2) }).await;
-    let f = a.recv_until(|f| matches!(f, ServerFrame::Read { .. })).await;
-    assert_eq!(f, ServerFrame::Read { conv: conv.clone(), user: UserId::new("bob"), seq: Seq(2) });
+    b.send(&ClientFrame::Read {
+        rid: None,
+        conv: conv.clone(),
+        seq: Seq(2),
+    })
+    .await;
+    let f = a
+        .recv_until(|f| matches!(f, ServerFrame::Read { .. }))
+        .await;
+    assert_eq!(
+        f,
+        ServerFrame::Read {
+            conv: conv.clone(),
+            user: UserId::new("bob"),
+            seq: Seq(2)
+        }
+    );
 
-    b.send(&ClientFrame::Conversations { rid: Some("c".into()) }).await;
-    let ServerFrame::Conversations { conversations, .. } =
-        b.recv_until(|f| matches!(f, ServerFrame::Conversations { .. })).await
+    b.send(&ClientFrame::Conversations {
+        rid: Some("c".into()),
+    })
+    .await;
+    let ServerFrame::Conversations { conversations, .. } = b
+        .recv_until(|f| matches!(f, ServerFrame::Conversations { .. }))
+        .await
     else {
         unreachable!()
     };

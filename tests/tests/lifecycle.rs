@@ -46,9 +46,15 @@ async fn acked_messages_survive_sigkill() {
     let mut cursors = std::collections::BTreeMap::new();
     let conv = ConvId::parse("dm:ann:bob").unwrap();
     cursors.insert(conv.clone(), protocol::Seq(0));
-    a.send(&ClientFrame::Sync { rid: None, cursors, limit: Some(500) }).await;
-    let ServerFrame::Synced { conversations, .. } =
-        a.recv_until(|f| matches!(f, ServerFrame::Synced { .. })).await
+    a.send(&ClientFrame::Sync {
+        rid: None,
+        cursors,
+        limit: Some(500),
+    })
+    .await;
+    let ServerFrame::Synced { conversations, .. } = a
+        .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
+        .await
     else {
         unreachable!()
     };
@@ -57,9 +63,15 @@ async fn acked_messages_survive_sigkill() {
     assert_eq!(conversations[0].messages[41].body, "durable 41");
     // Idempotency keys survived too: a retry after the crash is a duplicate.
     let f = a.send_dm("bob", "k7", "durable 7").await;
-    assert!(matches!(f, ServerFrame::Ack { duplicate: true, seq: Some(s), .. } if s.0 == 8), "{f:?}");
+    assert!(
+        matches!(f, ServerFrame::Ack { duplicate: true, seq: Some(s), .. } if s.0 == 8),
+        "{f:?}"
+    );
     // And new messages continue the sequence without a gap.
-    assert_eq!(ack_seq(&a.send_dm("bob", "after", "after restart").await), n + 1);
+    assert_eq!(
+        ack_seq(&a.send_dm("bob", "after", "after restart").await),
+        n + 1
+    );
 }
 
 #[tokio::test]
@@ -75,7 +87,10 @@ async fn sigterm_closes_sessions_with_going_away_and_exits_cleanly() {
         .status();
     assert_eq!(a.expect_close().await, close::GOING_AWAY);
     assert_eq!(b.expect_close().await, close::GOING_AWAY);
-    assert!(node.terminate(Duration::from_secs(10)), "chatd did not exit cleanly");
+    assert!(
+        node.terminate(Duration::from_secs(10)),
+        "chatd did not exit cleanly"
+    );
 }
 
 use std::process::Command;
@@ -93,8 +108,12 @@ async fn heartbeats_keep_a_session_alive() {
     let mut a = Client::connect(&node, "ann").await;
     for i in 0..6 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        a.send(&ClientFrame::Ping { rid: Some(i.to_string()) }).await;
-        a.recv_until(|f| matches!(f, ServerFrame::Pong { .. })).await;
+        a.send(&ClientFrame::Ping {
+            rid: Some(i.to_string()),
+        })
+        .await;
+        a.recv_until(|f| matches!(f, ServerFrame::Pong { .. }))
+            .await;
     }
 }
 
@@ -136,7 +155,9 @@ async fn a_panicking_session_does_not_take_the_node_down() {
     // The panicked session was unregistered: ann's other device still works, and a new one can join.
     let mut again = Client::connect(&node, "ann").await;
     ack_seq(&again.send_dm("bob", "new-session", "hello again").await);
-    let health = reqwest::get(format!("{}/healthz", node.http())).await.unwrap();
+    let health = reqwest::get(format!("{}/healthz", node.http()))
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     let body: serde_json::Value = health.json().await.unwrap();
     assert_eq!(body["sessions"], 3, "{body}");

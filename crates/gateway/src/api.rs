@@ -67,6 +67,12 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/groups/{id}/members", post(add_member))
         .route("/v1/groups/{id}/members/{user}", delete(remove_member))
         .route("/v1/conversations", get(conversations))
+        .route("/v1/review", get(review_list))
+        .route("/v1/review/approve", post(review_approve))
+        .route("/v1/review/reject", post(review_reject))
+        .route("/v1/audit", get(audit))
+        .route("/v1/admin/moderation/reload", post(reload_rules))
+        .route("/v1/admin/users/{user}/lift", post(lift))
         .fallback(|| async { ApiError::not_found("no such route") })
 }
 
@@ -361,4 +367,296 @@ async fn notify(
     if let Err(e) = state.router.publish(Envelope::frame(audience, frame)).await {
         tracing::warn!(error = %e, "could not publish a group event");
     }
+}
+
+/// `?conv=` of the review list.
+#[derive(Debug, Deserialize)]
+pub struct ConvQuery {
+    conv: String,
+}
+
+/// Body of approve and reject.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewDecision {
+    /// The conversation the message was sent to.
+    conv: String,
+    /// The review id (the `id` of the sender's `ack`).
+    id: String,
+}
+
+fn parse_conv(s: &str) -> Result<ConvId, ApiError> {
+    ConvId::parse(s).map_err(|e| ApiError::bad_request(format!("conv: {e}")))
+}
+
+/// Who reviews a conversation: the group's owner and admins, or a company administrator.
+async fn require_reviewer(state: &AppState, me: &UserId, conv: &ConvId) -> Result<(), ApiError> {
+    if state.is_company_admin(me) {
+        return Ok(());
+    }
+    if let Some(g) = conv.group_id() {
+        let view = state.group(&g).await?;
+        if view.role_of(me).is_some_and(|r| r >= Role::Admin) {
+            return Ok(());
+        }
+    }
+    Err(ApiError::forbidden(
+        "only the group's owner and admins (or a company administrator) review messages",
+    ))
+}
+
+async fn review_list(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    axum::extract::Query(q): axum::extract::Query<ConvQuery>,
+) -> Result<Json<Vec<store::HeldMessage>>, ApiError> {
+    let conv = parse_conv(&q.conv)?;
+    require_reviewer(&state, &me, &conv).await?;
+    Ok(Json(state.review.held(&conv).await?))
+}
+
+/// The answer to an approval.
+#[derive(Debug, Serialize)]
+pub struct Approved {
+    conv: ConvId,
+    seq: protocol::Seq,
+    id: protocol::MessageId,
+}
+
+async fn review_approve(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    ApiJson(d): ApiJson<ReviewDecision>,
+) -> Result<Json<Approved>, ApiError> {
+    let conv = parse_conv(&d.conv)?;
+    require_reviewer(&state, &me, &conv).await?;
+    let held =
+        state.review.take_held(&conv, &d.id).await?.ok_or_else(|| {
+            ApiError::not_found(format!("no message {} waiting for review", d.id))
+        })?;
+    let audience = match conv.kind() {
+        protocol::ConvKind::Direct(a, b) => vec![UserId::new(a), UserId::new(b)],
+        protocol::ConvKind::Group(g) => state
+            .group(&GroupId::new(g))
+            .await?
+            .members
+            .as_ref()
+            .clone(),
+    };
+    let participants = if conv.group_id().is_some() {
+        Vec::new()
+    } else {
+        audience.clone()
+    };
+    let appended = state
+        .store
+        .append(store::NewMessage {
+            conv: conv.clone(),
+            from: held.from.clone(),
+            client_msg_id: held.client_msg_id.clone(),
+            id: protocol::MessageId::new(uuid::Uuid::now_v7().to_string()),
+            kind: held.kind,
+            body: held.body.clone(),
+            attachment: held.attachment.clone(),
+            mentions: held.mentions.clone(),
+            reply_to: held.reply_to,
+            ts: now_ms(),
+            participants,
+        })
+        .await?;
+    let message = appended.message;
+    if !appended.duplicate {
+        if let Err(e) = state
+            .router
+            .publish(Envelope::frame(
+                audience,
+                ServerFrame::Message(message.clone()),
+            ))
+            .await
+        {
+            tracing::warn!(error = %e, "publish of an approved message failed; recipients will sync");
+        }
+    }
+    let frame = ServerFrame::Event {
+        event: EventKind::ReviewApproved,
+        conv: Some(conv.clone()),
+        actor: Some(me.clone()),
+        user: Some(held.from.clone()),
+        seq: Some(message.seq),
+        until: None,
+        detail: Some(held.client_msg_id.clone()),
+    };
+    let _ = state
+        .router
+        .publish(Envelope::frame(vec![held.from.clone()], frame))
+        .await;
+    state
+        .audit(store::AuditEntry {
+            ts: now_ms(),
+            actor: me,
+            action: "review.approve".into(),
+            conv: Some(conv.clone()),
+            target: Some(held.from),
+            message: Some(held.id),
+            rule: held.rule,
+            category: held.category,
+        })
+        .await;
+    Ok(Json(Approved {
+        conv,
+        seq: message.seq,
+        id: message.id,
+    }))
+}
+
+async fn review_reject(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    ApiJson(d): ApiJson<ReviewDecision>,
+) -> Result<StatusCode, ApiError> {
+    let conv = parse_conv(&d.conv)?;
+    require_reviewer(&state, &me, &conv).await?;
+    let held =
+        state.review.take_held(&conv, &d.id).await?.ok_or_else(|| {
+            ApiError::not_found(format!("no message {} waiting for review", d.id))
+        })?;
+    let frame = ServerFrame::Event {
+        event: EventKind::ReviewRejected,
+        conv: Some(conv.clone()),
+        actor: Some(me.clone()),
+        user: Some(held.from.clone()),
+        seq: None,
+        until: None,
+        detail: Some(held.client_msg_id.clone()),
+    };
+    let _ = state
+        .router
+        .publish(Envelope::frame(vec![held.from.clone()], frame))
+        .await;
+    state
+        .audit(store::AuditEntry {
+            ts: now_ms(),
+            actor: me,
+            action: "review.reject".into(),
+            conv: Some(conv),
+            target: Some(held.from),
+            message: Some(held.id),
+            rule: held.rule,
+            category: held.category,
+        })
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn require_company_admin(state: &AppState, me: &UserId) -> Result<(), ApiError> {
+    if state.is_company_admin(me) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "only company administrators may do this",
+        ))
+    }
+}
+
+/// `GET /v1/audit` filters, as query parameters.
+#[derive(Debug, Deserialize)]
+pub struct AuditParams {
+    user: Option<String>,
+    group: Option<String>,
+    conv: Option<String>,
+    category: Option<String>,
+    since: Option<u64>,
+    until: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    axum::extract::Query(p): axum::extract::Query<AuditParams>,
+) -> Result<Json<Vec<store::AuditEntry>>, ApiError> {
+    require_company_admin(&state, &me)?;
+    let conv = match (p.conv, p.group) {
+        (Some(c), _) => Some(parse_conv(&c)?),
+        (None, Some(g)) => Some(ConvId::group(&GroupId::new(g))),
+        (None, None) => None,
+    };
+    let q = store::AuditQuery {
+        user: p.user.map(UserId::new),
+        conv,
+        category: p.category,
+        since: p.since,
+        until: p.until,
+        limit: p.limit,
+    };
+    Ok(Json(state.review.audit_query(&q).await?))
+}
+
+async fn reload_rules(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_company_admin(&state, &me)?;
+    let m = state.moderation.clone();
+    let result = tokio::task::spawn_blocking(move || m.reload())
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reload task: {e}")))?;
+    match result {
+        Ok(stats) => {
+            state
+                .audit(store::AuditEntry {
+                    ts: now_ms(),
+                    actor: me,
+                    action: "moderation.reload".into(),
+                    conv: None,
+                    target: None,
+                    message: None,
+                    rule: None,
+                    category: None,
+                })
+                .await;
+            Ok(Json(
+                serde_json::json!({"status": "reloaded", "stats": format!("{stats:?}")}),
+            ))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "rules rejected, the previous rules stay in force: {e}"
+        ))),
+    }
+}
+
+async fn lift(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(user): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_company_admin(&state, &me)?;
+    let user = UserId::new(user);
+    state.moderation.lift(&user);
+    state
+        .audit(store::AuditEntry {
+            ts: now_ms(),
+            actor: me,
+            action: "moderation.lift".into(),
+            conv: None,
+            target: Some(user.clone()),
+            message: None,
+            rule: None,
+            category: None,
+        })
+        .await;
+    let frame = ServerFrame::Event {
+        event: EventKind::Unmuted,
+        conv: None,
+        actor: None,
+        user: Some(user.clone()),
+        seq: None,
+        until: None,
+        detail: None,
+    };
+    let _ = state
+        .router
+        .publish(Envelope::frame(vec![user], frame))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
 }

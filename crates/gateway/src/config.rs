@@ -83,6 +83,9 @@ pub struct AuthConfig {
     pub token_ttl_secs: u64,
     /// Clock skew tolerated when checking `exp`, seconds.
     pub leeway_secs: u64,
+    /// User ids of company administrators (audit log, review of direct messages, rule
+    /// reload, lifting suspensions).
+    pub admins: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -91,6 +94,7 @@ impl Default for AuthConfig {
             jwt_secret: None,
             token_ttl_secs: 24 * 3600,
             leeway_secs: 5,
+            admins: Vec::new(),
         }
     }
 }

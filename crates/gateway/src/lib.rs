@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod membership;
+pub mod moderation;
 pub mod ops;
 pub mod server;
 pub mod session;

@@ -4,11 +4,13 @@
 
 use crate::error::ApiError;
 use crate::hub::SessionHandle;
+use crate::moderation::Restriction;
 use crate::state::{now_ms, Access, AppState};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use moderation::{Action, Penalty};
 use protocol::{
-    Attachment, ClientFrame, ConvId, ErrorCode, Message, MessageId, MessageKind, Rid, Seq,
-    ServerFrame, SyncedConv, Target, UserId,
+    Attachment, ClientFrame, ConvId, ErrorCode, EventKind, Message, MessageId, MessageKind,
+    ModerationNote, Rid, Seq, ServerFrame, SyncedConv, Target, UserId,
 };
 use router::Envelope;
 use std::collections::BTreeMap;
@@ -195,6 +197,54 @@ async fn send(
             (conv, access)
         }
     };
+    check_restriction(state, me)?;
+    let external =
+        matches!(&access, Access::Group(g) if g.group.kind == store::GroupKind::External);
+    let ctx_m = moderation::CheckContext {
+        group: None,
+        has_external_member: external,
+    };
+    let mut verdict = state.moderation.check(&req.body, &ctx_m);
+    if let Some(a) = &req.attachment {
+        // File names pass the filter too; the stricter verdict wins.
+        let name_verdict = state.moderation.check(&a.name, &ctx_m);
+        if name_verdict.action > verdict.action {
+            verdict = name_verdict;
+        }
+    }
+    let note = moderate(state, ctx, &conv, &req, &verdict).await?;
+    let body = match (&verdict.action, &verdict.masked_text) {
+        (Action::Mask | Action::Review, Some(masked)) => masked.clone(),
+        _ => req.body.clone(),
+    };
+    if verdict.action == Action::Review {
+        let held = store::HeldMessage {
+            id: format!("r{}", uuid::Uuid::now_v7().simple()),
+            conv: conv.clone(),
+            from: me.clone(),
+            client_msg_id: req.client_msg_id.clone(),
+            kind: req.kind,
+            body,
+            attachment: req.attachment,
+            mentions: req.mentions,
+            reply_to: req.reply_to,
+            ts: now_ms(),
+            category: verdict.category.clone(),
+            rule: verdict.rule.clone(),
+        };
+        let (id, ts) = (held.id.clone(), held.ts);
+        state.review.hold(held).await?;
+        return Ok(Some(ServerFrame::Ack {
+            rid: req.rid,
+            client_msg_id: req.client_msg_id,
+            conv,
+            seq: None,
+            id: MessageId::new(id),
+            ts,
+            duplicate: false,
+            moderation: note,
+        }));
+    }
     let participants = match &access {
         Access::Direct(_) => access.audience(),
         Access::Group(_) => Vec::new(),
@@ -207,7 +257,7 @@ async fn send(
             client_msg_id: req.client_msg_id.clone(),
             id: MessageId::new(uuid::Uuid::now_v7().to_string()),
             kind: req.kind,
-            body: req.body,
+            body,
             attachment: req.attachment,
             mentions: req.mentions,
             reply_to: req.reply_to,
@@ -224,7 +274,7 @@ async fn send(
         id: message.id.clone(),
         ts: message.ts,
         duplicate: appended.duplicate,
-        moderation: None,
+        moderation: note,
     };
     if !appended.duplicate {
         let mut envelope = Envelope::frame(access.audience(), ServerFrame::Message(message));
@@ -235,6 +285,119 @@ async fn send(
         }
     }
     Ok(Some(ack))
+}
+
+/// Refuses senders who are muted or suspended.
+fn check_restriction(state: &AppState, user: &UserId) -> Result<(), ApiError> {
+    match state.moderation.restriction(user, now_ms()) {
+        None => Ok(()),
+        Some(Restriction::MutedUntil(until)) => Err(ApiError::new(
+            ErrorCode::Muted,
+            format!("you are muted until {until} (ms since the epoch)"),
+        )),
+        Some(Restriction::Suspended) => Err(ApiError::new(
+            ErrorCode::Muted,
+            "you are suspended from posting until an administrator lifts it",
+        )),
+    }
+}
+
+/// Applies a verdict's side effects: audit, escalation, and the `blocked` error. Returns the
+/// note for the sender's `ack`.
+async fn moderate(
+    state: &AppState,
+    ctx: &SessionCtx,
+    conv: &ConvId,
+    req: &SendRequest,
+    verdict: &moderation::Verdict,
+) -> Result<Option<ModerationNote>, ApiError> {
+    if verdict.action == Action::Allow {
+        return Ok(None);
+    }
+    let me = ctx.user();
+    let now = now_ms();
+    state
+        .audit(store::AuditEntry {
+            ts: now,
+            actor: me.clone(),
+            action: format!("moderation.{}", action_name(verdict.action)),
+            conv: Some(conv.clone()),
+            target: None,
+            message: Some(req.client_msg_id.clone()),
+            rule: verdict.rule.clone(),
+            category: verdict.category.clone(),
+        })
+        .await;
+    if verdict.escalate {
+        let penalty = state.moderation.record_violation(me, now);
+        escalate(state, me, penalty, now).await;
+    }
+    let category = verdict.category.clone();
+    if verdict.action == Action::Block {
+        return Err(ApiError::new(
+            ErrorCode::Blocked,
+            format!(
+                "message blocked by the moderation filter (category: {})",
+                category.as_deref().unwrap_or("policy")
+            ),
+        ));
+    }
+    Ok(Some(ModerationNote {
+        action: action_name(verdict.action).to_owned(),
+        category,
+    }))
+}
+
+/// Tells the user about a penalty and records it.
+async fn escalate(state: &AppState, user: &UserId, penalty: Penalty, now: u64) {
+    let (event, until, name) = match penalty {
+        Penalty::None => return,
+        Penalty::Warn => (EventKind::Warned, None, "escalation.warn"),
+        Penalty::Mute(d) => (
+            EventKind::Muted,
+            Some(now + d.as_millis() as u64),
+            "escalation.mute",
+        ),
+        Penalty::Suspend => (EventKind::Muted, None, "escalation.suspend"),
+    };
+    state
+        .audit(store::AuditEntry {
+            ts: now,
+            actor: user.clone(),
+            action: name.to_owned(),
+            conv: None,
+            target: Some(user.clone()),
+            message: None,
+            rule: None,
+            category: None,
+        })
+        .await;
+    let frame = ServerFrame::Event {
+        event,
+        conv: None,
+        actor: None,
+        user: Some(user.clone()),
+        seq: None,
+        until,
+        detail: Some(name.to_owned()),
+    };
+    if let Err(e) = state
+        .router
+        .publish(Envelope::frame(vec![user.clone()], frame))
+        .await
+    {
+        tracing::warn!(error = %e, "could not tell a user about a penalty");
+    }
+}
+
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "allow",
+        Action::Warn => "warn",
+        Action::Mask => "mask",
+        Action::Review => "review",
+        Action::Block => "block",
+    }
 }
 
 async fn history(

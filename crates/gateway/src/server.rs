@@ -5,6 +5,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::membership::Membership;
+use crate::moderation::Moderation;
 use crate::state::{AppState, Inner};
 use anyhow::{bail, Context};
 use axum::extract::DefaultBodyLimit;
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use store::embedded::{EmbeddedOptions, EmbeddedStore};
-use store::Store;
+use store::{ReviewStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -34,22 +35,41 @@ impl Node {
     pub async fn bind(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let auth = Auth::from_config(&config.auth, &config.server)
             .context("loading the token signing secret")?;
-        let store: Arc<dyn Store> = match config.store.backend.as_str() {
-            "embedded" => {
-                let dir = config.server.data_dir.clone();
-                let opts = EmbeddedOptions {
-                    max_batch: config.store.max_batch,
-                    queue: config.store.queue,
-                };
-                let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, opts))
-                    .await?
-                    .with_context(|| {
-                        format!("opening the store in {}", config.server.data_dir.display())
-                    })?;
-                Arc::new(store)
-            }
-            other => bail!("store.backend = {other:?}: this build knows \"embedded\""),
+        let moderation = {
+            let dir = config.moderation.rules_dir.clone();
+            let m = tokio::task::spawn_blocking(move || Moderation::load(&dir))
+                .await?
+                .with_context(|| {
+                    format!(
+                        "loading moderation rules from {}",
+                        config.moderation.rules_dir.display()
+                    )
+                })?;
+            let m = Arc::new(m);
+            m.spawn_watcher(
+                Duration::from_millis(config.moderation.reload_poll_ms),
+                shutdown.clone(),
+            );
+            m
         };
+        let (store, review): (Arc<dyn Store>, Arc<dyn ReviewStore>) =
+            match config.store.backend.as_str() {
+                "embedded" => {
+                    let dir = config.server.data_dir.clone();
+                    let opts = EmbeddedOptions {
+                        max_batch: config.store.max_batch,
+                        queue: config.store.queue,
+                    };
+                    let store =
+                        tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, opts))
+                            .await?
+                            .with_context(|| {
+                                format!("opening the store in {}", config.server.data_dir.display())
+                            })?;
+                    (Arc::new(store.clone()), Arc::new(store))
+                }
+                other => bail!("store.backend = {other:?}: this build knows \"embedded\""),
+            };
         let router: Arc<dyn Router> = match config.router.backend.as_str() {
             "local" => Arc::new(LocalRouter::new()),
             "redis" => {
@@ -83,6 +103,8 @@ impl Node {
         let state = AppState(Arc::new(Inner {
             auth,
             store,
+            review,
+            moderation,
             router,
             hub,
             membership,

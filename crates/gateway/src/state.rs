@@ -25,6 +25,10 @@ pub struct Inner {
     pub auth: Auth,
     /// Persistence.
     pub store: Arc<dyn Store>,
+    /// Audit log and review queue.
+    pub review: Arc<dyn store::ReviewStore>,
+    /// Moderation rules, escalation and penalties.
+    pub moderation: Arc<crate::moderation::Moderation>,
     /// Delivery.
     pub router: Arc<dyn Router>,
     /// Sessions on this node.
@@ -74,6 +78,18 @@ impl Access {
 }
 
 impl Inner {
+    /// Whether the user is a company administrator (`auth.admins`).
+    pub fn is_company_admin(&self, user: &UserId) -> bool {
+        self.config.auth.admins.iter().any(|a| a == user.as_str())
+    }
+
+    /// Records an audit entry; a failure is logged, never fatal to the request.
+    pub async fn audit(&self, entry: store::AuditEntry) {
+        if let Err(e) = self.review.audit(entry).await {
+            tracing::warn!(error = %e, "could not write the audit log");
+        }
+    }
+
     /// Records a user as known (first authenticated contact).
     pub async fn touch_user(&self, user: &UserId) -> Result<(), ApiError> {
         if self.known_users.contains(user) {

@@ -757,7 +757,10 @@ mod tests {
             ..AuditQuery::default()
         };
         let got = store.audit_query(&q).await.unwrap();
-        assert_eq!(got.iter().map(|e| e.ts).collect::<Vec<_>>(), vec![1002, 1000]);
+        assert_eq!(
+            got.iter().map(|e| e.ts).collect::<Vec<_>>(),
+            vec![1002, 1000]
+        );
         let q = AuditQuery {
             since: Some(1001),
             until: Some(1002),

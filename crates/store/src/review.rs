@@ -56,7 +56,10 @@ impl AuditQuery {
         self.user
             .as_ref()
             .is_none_or(|u| &e.actor == u || e.target.as_ref() == Some(u))
-            && self.conv.as_ref().is_none_or(|c| e.conv.as_ref() == Some(c))
+            && self
+                .conv
+                .as_ref()
+                .is_none_or(|c| e.conv.as_ref() == Some(c))
             && self
                 .category
                 .as_ref()

@@ -1,0 +1,680 @@
+//! The compiled rule set ([`Moderator`]), how it is built ([`ModeratorBuilder`]) and the check
+//! pipeline: fold -> scan the automaton (and the group's) -> Latin word boundaries -> allow-list
+//! -> leftmost-longest selection -> detectors with context -> policy -> verdict and masking.
+//!
+//! Scratch buffers live in a thread-local, so a clean message allocates nothing.
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use crate::detectors::{self, DetHit, MaskKind, CONTEXT_WORDS};
+use crate::escalation::EscalationConfig;
+use crate::group::GroupPolicy;
+use crate::load::LoadError;
+use crate::matcher::{Entry, Matcher, MatcherBuilder, RawMatch};
+use crate::normalize::{
+    fold_text, normalize_pattern, normalize_with, FChar, Normalized, Separators, CLASS_DIGIT,
+    CLASS_SEP,
+};
+use crate::policy::{Action, CategoryPolicy, PolicyFile, CONFIDENTIAL};
+use crate::{CheckContext, Hit, Verdict};
+
+/// Built-in secret markers (category `confidential`).
+pub const BUILTIN_SECRET_MARKERS: &[&str] = &[
+    "机密",
+    "绝密",
+    "秘密",
+    "内部资料",
+    "商业秘密",
+    "内部文件",
+    "严禁外传",
+    "confidential",
+    "top secret",
+];
+
+/// A deny rule: one line of a word list (or one built-in marker).
+#[derive(Clone, Debug)]
+pub(crate) struct Rule {
+    pub id: String,
+    pub category: u16,
+    pub action: Option<Action>,
+}
+
+/// Numbers about a loaded rule set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Rule lines read (deny words, markers, code names).
+    pub rules: usize,
+    /// Allow-list phrases read.
+    pub allow: usize,
+    /// Distinct normalized patterns in the automaton (including context words).
+    pub patterns: usize,
+    /// Lines skipped because they normalize to nothing.
+    pub skipped_empty: usize,
+    /// Lines skipped because they are shorter than `min_pattern_chars`.
+    pub skipped_short: usize,
+    /// Heap bytes of the automaton and its tables.
+    pub heap_bytes: usize,
+}
+
+/// Compiled, immutable rule set; cheap to share in an `Arc`, `Send + Sync`.
+pub struct Moderator {
+    seps: Separators,
+    matcher: Matcher,
+    rules: Vec<Rule>,
+    categories: Vec<(String, CategoryPolicy)>,
+    policy: PolicyFile,
+    stats: LoadStats,
+}
+
+impl std::fmt::Debug for Moderator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Moderator")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Moderator`] from a policy and word lists given as text (what
+/// [`Moderator::load_dir`] does with files; useful for benchmarks and tests).
+pub struct ModeratorBuilder {
+    seps: Separators,
+    mb: MatcherBuilder,
+    rules: Vec<Rule>,
+    categories: Vec<(String, CategoryPolicy)>,
+    policy: PolicyFile,
+    stats: LoadStats,
+}
+
+/// Splits a list file into `(line number, word, optional action text)`, skipping blanks and
+/// `#` comments.
+fn lines(text: &str) -> impl Iterator<Item = (usize, &str, Option<&str>)> {
+    text.lines().enumerate().filter_map(|(i, l)| {
+        let l = l.trim_end_matches('\r');
+        if l.trim().is_empty() || l.trim_start().starts_with('#') {
+            return None;
+        }
+        match l.split_once('\t') {
+            Some((w, a)) => Some((i + 1, w.trim(), Some(a.trim()))),
+            None => Some((i + 1, l.trim(), None)),
+        }
+    })
+}
+
+impl ModeratorBuilder {
+    /// A builder with the built-in secret markers (unless the policy turns them off) and the
+    /// detectors' context words.
+    pub fn new(policy: PolicyFile) -> ModeratorBuilder {
+        let seps = Separators::new(&policy.normalize.separators);
+        let mut categories: Vec<(String, CategoryPolicy)> = policy
+            .categories
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !categories.iter().any(|(k, _)| k == CONFIDENTIAL) {
+            categories.push((
+                CONFIDENTIAL.to_string(),
+                CategoryPolicy {
+                    action: Action::Warn,
+                    external: Some(Action::Block),
+                    escalate: false,
+                },
+            ));
+        }
+        let mut b = ModeratorBuilder {
+            seps,
+            mb: MatcherBuilder::default(),
+            rules: Vec::new(),
+            categories,
+            policy,
+            stats: LoadStats::default(),
+        };
+        if b.policy.secrets.builtin_markers {
+            let cat = b.category(CONFIDENTIAL);
+            for (i, m) in BUILTIN_SECRET_MARKERS.iter().enumerate() {
+                b.push_rule(format!("builtin:secret:{}", i + 1), cat, m, None, 1);
+            }
+        }
+        for (w, d) in CONTEXT_WORDS {
+            let p = normalize_pattern(w, &b.seps);
+            b.mb.context(&p, d.bit());
+        }
+        b
+    }
+
+    /// The index of a category, adding it (action `block`) when the policy does not name it.
+    fn category(&mut self, name: &str) -> u16 {
+        if let Some(i) = self.categories.iter().position(|(k, _)| k == name) {
+            return i as u16;
+        }
+        self.categories
+            .push((name.to_string(), CategoryPolicy::new(Action::Block)));
+        (self.categories.len() - 1) as u16
+    }
+
+    fn push_rule(&mut self, id: String, cat: u16, word: &str, action: Option<Action>, min: usize) {
+        self.stats.rules += 1;
+        let p = normalize_pattern(word, &self.seps);
+        if p.is_empty() {
+            self.stats.skipped_empty += 1;
+            return;
+        }
+        if p.chars().count() < min {
+            self.stats.skipped_short += 1;
+            return;
+        }
+        let severity = action.unwrap_or_else(|| {
+            self.categories
+                .get(cat as usize)
+                .map_or(Action::Block, |(_, c)| c.action)
+        });
+        let idx = self.rules.len() as u32;
+        self.rules.push(Rule {
+            id,
+            category: cat,
+            action,
+        });
+        self.mb.deny(&p, idx, severity);
+    }
+
+    /// Adds one deny word of `category` with rule id `rule_id`.
+    pub fn add_word(&mut self, category: &str, rule_id: &str, word: &str, action: Option<Action>) {
+        let cat = self.category(category);
+        let min = self.policy.normalize.min_pattern_chars;
+        self.push_rule(rule_id.to_string(), cat, word, action, min);
+    }
+
+    /// Adds a deny word list (one word per line, `word<TAB>action` to override the category's
+    /// action). `path` is used in errors, `source` in rule ids (`<source>:<line>`).
+    pub fn add_words(
+        &mut self,
+        category: &str,
+        path: &Path,
+        source: &str,
+        text: &str,
+    ) -> Result<(), LoadError> {
+        let cat = self.category(category);
+        let min = self.policy.normalize.min_pattern_chars;
+        for (line, word, action) in lines(text) {
+            let action = match action {
+                None => None,
+                Some(a) => Some(Action::parse(a).ok_or_else(|| LoadError::Syntax {
+                    path: path.to_path_buf(),
+                    line,
+                    message: format!(
+                        "unknown action {a:?} (expected allow, warn, mask, review or block)"
+                    ),
+                })?),
+            };
+            self.push_rule(format!("{source}:{line}"), cat, word, action, min);
+        }
+        Ok(())
+    }
+
+    /// Adds allow-list phrases, one per line.
+    pub fn add_allow(&mut self, path: &Path, text: &str) -> Result<(), LoadError> {
+        for (line, word, extra) in lines(text) {
+            if extra.is_some() {
+                return Err(LoadError::Syntax {
+                    path: path.to_path_buf(),
+                    line,
+                    message: "allow-list lines take no action".to_string(),
+                });
+            }
+            self.stats.allow += 1;
+            let p = normalize_pattern(word, &self.seps);
+            if !p.is_empty() {
+                self.mb.allow(&p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds secret markers or project code names (category `confidential`), one per line.
+    pub fn add_secret_markers(
+        &mut self,
+        path: &Path,
+        source: &str,
+        text: &str,
+    ) -> Result<(), LoadError> {
+        self.add_words(CONFIDENTIAL, path, source, text)
+    }
+
+    /// Compiles the automaton.
+    pub fn build(self) -> Result<Moderator, LoadError> {
+        let matcher = self.mb.build().map_err(|message| LoadError::Build {
+            path: Path::new("<rules>").to_path_buf(),
+            message,
+        })?;
+        let mut stats = self.stats;
+        stats.patterns = matcher.len();
+        stats.heap_bytes = matcher.heap_bytes()
+            + self
+                .rules
+                .iter()
+                .map(|r| r.id.capacity() + std::mem::size_of::<Rule>())
+                .sum::<usize>();
+        Ok(Moderator {
+            seps: self.seps,
+            matcher,
+            rules: self.rules,
+            categories: self.categories,
+            policy: self.policy,
+            stats,
+        })
+    }
+}
+
+/// A candidate hit over folded characters `start..end`.
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    start: u32,
+    end: u32,
+    action: Action,
+    src: Src,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Src {
+    Rule(u32),
+    Group(u32),
+    Det(DetHit),
+}
+
+#[derive(Default)]
+struct Scratch {
+    f: Vec<FChar>,
+    compact: Vec<u32>,
+    raw: Vec<RawMatch>,
+    allow: Vec<(u32, u32)>,
+    allow_max: Vec<u32>,
+    ctx: Vec<(u32, u32, u8)>,
+    cands: Vec<Cand>,
+    picked: Vec<Cand>,
+    det: Vec<DetHit>,
+    groups: Vec<detectors::digits::Group>,
+    units: Vec<(u32, u32)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Latin word boundaries: a pattern that starts (ends) with a Latin letter or digit must not
+/// be preceded (followed) by one, and a Latin pattern spread over several space-separated
+/// multi-letter words (`pen is`) is not a hit, while `f u c k` and `f.u.c.k` are.
+fn boundary_ok(f: &[FChar], e: &Entry, start: usize, end: usize) -> bool {
+    if e.latin_start && start > 0 && f.get(start - 1).is_some_and(FChar::is_word) {
+        return false;
+    }
+    if e.latin_end && f.get(end).is_some_and(FChar::is_word) {
+        return false;
+    }
+    if e.latin_start && e.latin_end {
+        let mut seg = 0;
+        let mut max_seg = 0;
+        let mut ws_gap = false;
+        for fc in f.get(start..end).unwrap_or(&[]) {
+            if fc.class == CLASS_SEP {
+                ws_gap |= fc.c.is_whitespace();
+                seg = 0;
+            } else {
+                seg += 1;
+                max_seg = max_seg.max(seg);
+            }
+        }
+        if ws_gap && max_seg > 1 {
+            return false;
+        }
+    }
+    true
+}
+
+impl Moderator {
+    /// A moderator with no word lists but the built-in secret markers, the detectors and the
+    /// default policy (used when no rule directory is configured, and in tests).
+    pub fn builtin() -> Moderator {
+        ModeratorBuilder::new(PolicyFile::default())
+            .build()
+            .unwrap_or_else(|_| Moderator {
+                seps: Separators::default(),
+                matcher: Matcher::empty(),
+                rules: Vec::new(),
+                categories: Vec::new(),
+                policy: PolicyFile::default(),
+                stats: LoadStats::default(),
+            })
+    }
+
+    /// A builder starting from `policy`.
+    pub fn builder(policy: PolicyFile) -> ModeratorBuilder {
+        ModeratorBuilder::new(policy)
+    }
+
+    /// Numbers about the loaded rules (patterns, memory).
+    pub fn stats(&self) -> &LoadStats {
+        &self.stats
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &PolicyFile {
+        &self.policy
+    }
+
+    /// The escalation ladder configured in `policy.toml`.
+    pub fn escalation_config(&self) -> &EscalationConfig {
+        &self.policy.escalation
+    }
+
+    /// Names of all categories (configured, from deny files, and `confidential`).
+    pub fn categories(&self) -> impl Iterator<Item = &str> {
+        self.categories.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// The text as the dictionary matcher sees it, with offsets back to `text`.
+    pub fn normalize(&self, text: &str) -> Normalized {
+        normalize_with(text, &self.seps)
+    }
+
+    pub(crate) fn separators(&self) -> &Separators {
+        &self.seps
+    }
+
+    /// The verdict for one message text. Pure; about a microsecond for chat-sized text, and
+    /// linear in the length of any text.
+    pub fn check(&self, text: &str, ctx: &CheckContext<'_>) -> Verdict {
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => self.check_with(text, ctx, &mut s),
+            Err(_) => self.check_with(text, ctx, &mut Scratch::default()),
+        })
+    }
+
+    fn category_of<'a>(&'a self, src: &Src, group: Option<&'a GroupPolicy>) -> (&'a str, bool) {
+        match src {
+            Src::Rule(r) => {
+                let cat = self.rules.get(*r as usize).map_or(0, |r| r.category);
+                self.categories
+                    .get(cat as usize)
+                    .map_or(("", true), |(k, c)| (k.as_str(), c.escalate))
+            }
+            Src::Group(_) => (group.map_or("group", |g| g.category()), true),
+            Src::Det(d) => (d.det.as_str(), false),
+        }
+    }
+
+    fn check_with(&self, text: &str, ctx: &CheckContext<'_>, s: &mut Scratch) -> Verdict {
+        let has_ext = ctx.has_external_member;
+        let flags = fold_text(text, &self.seps, &mut s.f, &mut s.compact);
+        let f = &s.f;
+        s.raw.clear();
+        s.cands.clear();
+        s.allow.clear();
+        s.ctx.clear();
+        self.matcher.scan(f, &s.compact, &mut s.raw);
+        let group_words = s.raw.len();
+        if let Some(g) = ctx.group {
+            g.matcher().scan(f, &s.compact, &mut s.raw);
+        }
+
+        // Allow spans and context words.
+        for (i, m) in s.raw.iter().enumerate() {
+            let entry = if i < group_words {
+                self.matcher.entry(m.entry)
+            } else {
+                None
+            };
+            let Some(e) = entry else { continue };
+            if (e.allow || e.context != 0) && boundary_ok(f, e, m.start as usize, m.end as usize) {
+                if e.allow {
+                    s.allow.push((m.start, m.end));
+                }
+                if e.context != 0 {
+                    s.ctx.push((m.start, m.end, e.context));
+                }
+            }
+        }
+        s.allow.sort_unstable();
+        s.allow_max.clear();
+        let mut mx = 0;
+        for &(_, e) in &s.allow {
+            mx = mx.max(e);
+            s.allow_max.push(mx);
+        }
+        let allowed = |start: u32, end: u32| -> bool {
+            let n = s.allow.partition_point(|&(a, _)| a <= start);
+            n > 0 && s.allow_max.get(n - 1).is_some_and(|&m| m >= end)
+        };
+
+        // Deny candidates.
+        for (i, m) in s.raw.iter().enumerate() {
+            let (e, src) = if i < group_words {
+                match self.matcher.entry(m.entry) {
+                    Some(e) => match e.deny {
+                        Some(r) => (e, Src::Rule(r)),
+                        None => continue,
+                    },
+                    None => continue,
+                }
+            } else {
+                match ctx.group.and_then(|g| g.matcher().entry(m.entry)) {
+                    Some(e) => match e.deny {
+                        Some(r) => (e, Src::Group(r)),
+                        None => continue,
+                    },
+                    None => continue,
+                }
+            };
+            if !boundary_ok(f, e, m.start as usize, m.end as usize) || allowed(m.start, m.end) {
+                continue;
+            }
+            let action = self.rule_action(&src, ctx);
+            s.cands.push(Cand {
+                start: m.start,
+                end: m.end,
+                action,
+                src,
+            });
+        }
+
+        // Leftmost-longest, but never hide a more severe overlapping hit.
+        s.cands
+            .sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+        s.picked.clear();
+        let mut last_end = 0;
+        let mut last_action = Action::Allow;
+        for c in &s.cands {
+            if c.action == Action::Allow {
+                continue;
+            }
+            if c.start >= last_end || c.action > last_action {
+                if c.start >= last_end {
+                    last_action = c.action;
+                } else {
+                    last_action = last_action.max(c.action);
+                }
+                last_end = last_end.max(c.end);
+                s.picked.push(*c);
+            }
+        }
+
+        // Detectors.
+        s.det.clear();
+        let d = &self.policy.detectors;
+        if flags.has_digit {
+            let en = detectors::digits::Enabled {
+                phone: d.phone.enabled,
+                id_card: d.id_card.enabled,
+                bank_card: d.bank_card.enabled,
+            };
+            detectors::digits::scan(f, en, &mut s.groups, &mut s.det);
+            if d.address.enabled {
+                detectors::address::scan(f, &mut s.det);
+            }
+        }
+        if flags.has_at && d.email.enabled {
+            detectors::email::scan(f, &mut s.det);
+        }
+        let window = self.policy.secrets.context_window as u32;
+        for h in &s.det {
+            let near = s.ctx.iter().any(|&(cs, ce, bits)| {
+                bits & h.det.bit() != 0
+                    && ce.saturating_add(window) >= h.start
+                    && cs <= h.end.saturating_add(window)
+            });
+            if h.needs_context && !near {
+                continue;
+            }
+            let mut action = d.get(h.det).effective(has_ext, h.high || near);
+            if let Some(g) = ctx.group {
+                action = action.max(g.tightened(h.det.as_str()));
+            }
+            if action > Action::Allow {
+                s.picked.push(Cand {
+                    start: h.start,
+                    end: h.end,
+                    action,
+                    src: Src::Det(*h),
+                });
+            }
+        }
+
+        if s.picked.is_empty() {
+            return Verdict::allow();
+        }
+        s.picked.sort_by_key(|c| c.start);
+        self.decide(text, ctx, s)
+    }
+
+    fn rule_action(&self, src: &Src, ctx: &CheckContext<'_>) -> Action {
+        let has_ext = ctx.has_external_member;
+        match src {
+            Src::Rule(r) => {
+                let Some(rule) = self.rules.get(*r as usize) else {
+                    return Action::Allow;
+                };
+                let Some((name, cp)) = self.categories.get(rule.category as usize) else {
+                    return Action::Allow;
+                };
+                let base = cp.effective(has_ext);
+                let mut a = match rule.action {
+                    Some(over) if has_ext => over.max(base),
+                    Some(over) => over,
+                    None => base,
+                };
+                if let Some(g) = ctx.group {
+                    a = a.max(g.tightened(name));
+                    if g.forbids_secret_markers() && name == CONFIDENTIAL {
+                        a = Action::Block;
+                    }
+                }
+                a
+            }
+            Src::Group(_) => ctx.group.map_or(Action::Block, |g| {
+                g.words_action().max(g.tightened(g.category()))
+            }),
+            Src::Det(_) => Action::Allow,
+        }
+    }
+
+    fn decide(&self, text: &str, ctx: &CheckContext<'_>, s: &mut Scratch) -> Verdict {
+        let f = &s.f;
+        let span = |c: &Cand| -> (usize, usize) {
+            let a = f.get(c.start as usize).map_or(0, |x| x.start as usize);
+            let b = f
+                .get((c.end as usize).saturating_sub(1))
+                .map_or(a, |x| x.end as usize);
+            (a, b.max(a))
+        };
+        let action = s.picked.iter().map(|c| c.action).max().unwrap_or_default();
+        let mut v = Verdict::allow();
+        v.action = action;
+        v.hits.reserve(s.picked.len());
+        for c in &s.picked {
+            let (cat, esc) = self.category_of(&c.src, ctx.group);
+            let rule = match &c.src {
+                Src::Rule(r) => self
+                    .rules
+                    .get(*r as usize)
+                    .map_or_else(String::new, |r| r.id.clone()),
+                Src::Group(i) => format!("group:{}", i + 1),
+                Src::Det(d) => d.det.rule_id().to_string(),
+            };
+            let (start, end) = span(c);
+            if v.category.is_none() && c.action == action {
+                v.category = Some(cat.to_string());
+                v.rule = Some(rule.clone());
+            }
+            v.escalate |= esc && c.action >= Action::Warn;
+            v.hits.push(Hit {
+                rule,
+                category: cat.to_string(),
+                action: c.action,
+                start,
+                end,
+            });
+        }
+        let any_mask = s.picked.iter().any(|c| c.action == Action::Mask);
+        if any_mask && matches!(action, Action::Mask | Action::Review) {
+            v.masked_text = Some(self.mask(text, s));
+        }
+        v
+    }
+
+    /// The text with every `mask` candidate's characters replaced by `*`.
+    fn mask(&self, text: &str, s: &mut Scratch) -> String {
+        let f = &s.f;
+        s.units.clear();
+        for c in s.picked.iter().filter(|c| c.action == Action::Mask) {
+            match &c.src {
+                Src::Det(d) => {
+                    let maskable = |fc: &FChar| match d.mask {
+                        MaskKind::Digits => fc.class == CLASS_DIGIT || fc.c == 'x',
+                        MaskKind::All => true,
+                    };
+                    let region = f.get(d.start as usize..d.mask_end as usize).unwrap_or(&[]);
+                    let total = region.iter().filter(|x| maskable(x)).count();
+                    let (head, tail) = (d.keep_head as usize, d.keep_tail as usize);
+                    for (k, fc) in region.iter().filter(|x| maskable(x)).enumerate() {
+                        if k >= head && k + tail < total {
+                            s.units.push((fc.start, fc.end));
+                        }
+                    }
+                }
+                _ => {
+                    for fc in f.get(c.start as usize..c.end as usize).unwrap_or(&[]) {
+                        s.units.push((fc.start, fc.end));
+                    }
+                }
+            }
+        }
+        s.units.sort_unstable();
+        s.units.dedup();
+        let mut out = String::with_capacity(text.len());
+        let mut cursor = 0usize;
+        for &(a, b) in &s.units {
+            let (a, b) = (a as usize, b as usize);
+            if a < cursor {
+                continue;
+            }
+            out.push_str(text.get(cursor..a).unwrap_or(""));
+            // One `*` per original character (a unit is exactly one character).
+            out.push('*');
+            cursor = b;
+        }
+        out.push_str(text.get(cursor..).unwrap_or(""));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moderator_is_send_sync() {
+        fn assert<T: Send + Sync>() {}
+        assert::<Moderator>();
+        assert::<GroupPolicy>();
+        assert::<crate::Escalator>();
+    }
+}

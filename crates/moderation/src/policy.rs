@@ -1,0 +1,419 @@
+//! Policy: what happens when a rule or a detector fires.
+//!
+//! Every deny category and every personal-data detector maps to an [`Action`], with a second,
+//! usually stricter action for conversations that have an external member. `policy.toml` in the
+//! rule directory sets them (see `docs/MODERATION.md`); [`PolicyFile::default`] is the built-in
+//! policy. Per-group overrides ([`GroupPolicySpec`]) can only tighten.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::escalation::EscalationConfig;
+
+/// What to do with a message, ordered by severity (`Allow < Warn < Mask < Review < Block`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Deliver as is.
+    #[default]
+    Allow,
+    /// Deliver as is; tell the sender a rule fired.
+    Warn,
+    /// Store and deliver with the matched characters replaced by `*`.
+    Mask,
+    /// Hold for a group admin to approve or reject.
+    Review,
+    /// Neither store nor deliver; the sender gets `blocked` with the category.
+    Block,
+}
+
+impl Action {
+    /// The action's name as written in rule files (`"block"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Warn => "warn",
+            Action::Mask => "mask",
+            Action::Review => "review",
+            Action::Block => "block",
+        }
+    }
+
+    /// Parses an action name as written in rule files.
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s.trim() {
+            "allow" => Action::Allow,
+            "warn" => Action::Warn,
+            "mask" => Action::Mask,
+            "review" => Action::Review,
+            "block" => Action::Block,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The built-in personal-data detectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    /// Chinese mobile numbers (`1[3-9]` + 9 digits, optional `+86`).
+    Phone,
+    /// 18-digit resident identity numbers (GB 11643 check digit and a real birth date).
+    IdCard,
+    /// Bank card numbers (16–19 digits, Luhn).
+    BankCard,
+    /// E-mail addresses.
+    Email,
+    /// Postal addresses (省/市/区/县 ... 路/街 ... N号/室 heuristic).
+    Address,
+}
+
+impl Detector {
+    /// All detectors, in a fixed order.
+    pub const ALL: [Detector; 5] = [
+        Detector::Phone,
+        Detector::IdCard,
+        Detector::BankCard,
+        Detector::Email,
+        Detector::Address,
+    ];
+
+    /// The detector's name, which is also the category of its hits (`"phone"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detector::Phone => "phone",
+            Detector::IdCard => "id_card",
+            Detector::BankCard => "bank_card",
+            Detector::Email => "email",
+            Detector::Address => "address",
+        }
+    }
+
+    /// The rule id reported for this detector's hits (`"detector:phone"`, ...).
+    pub fn rule_id(self) -> &'static str {
+        match self {
+            Detector::Phone => "detector:phone",
+            Detector::IdCard => "detector:id_card",
+            Detector::BankCard => "detector:bank_card",
+            Detector::Email => "detector:email",
+            Detector::Address => "detector:address",
+        }
+    }
+
+    pub(crate) fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// Category of the built-in and configured secret markers and project code names.
+pub const CONFIDENTIAL: &str = "confidential";
+
+/// The default deny categories (one `deny/<category>.txt` each).
+pub const DEFAULT_CATEGORIES: [&str; 9] = [
+    "illegal",
+    "porn",
+    "violence",
+    "politics",
+    "gambling",
+    "drugs",
+    "abuse",
+    "discrimination",
+    "ads",
+];
+
+/// Policy of one category: its action inside the company and with external members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryPolicy {
+    /// Action when a word of this category matches.
+    pub action: Action,
+    /// Action when the conversation has an external member (never looser than `action`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<Action>,
+    /// Whether a hit counts as a violation for the escalation ladder.
+    #[serde(default = "yes")]
+    pub escalate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl CategoryPolicy {
+    /// A category that does `action` everywhere and escalates.
+    pub fn new(action: Action) -> CategoryPolicy {
+        CategoryPolicy {
+            action,
+            external: None,
+            escalate: true,
+        }
+    }
+
+    /// The action for a conversation with or without external members.
+    pub fn effective(&self, has_external: bool) -> Action {
+        match (has_external, self.external) {
+            (true, Some(ext)) => ext.max(self.action),
+            _ => self.action,
+        }
+    }
+}
+
+/// `policy.toml` accepts `porn = "block"` as well as `porn = { action = "block", ... }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum CategoryEntry {
+    Short(Action),
+    Full(CategoryPolicy),
+}
+
+/// Policy of one personal-data detector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorPolicy {
+    /// Whether the detector runs at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Action inside the company.
+    pub action: Action,
+    /// Action with external members (never looser than `action`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<Action>,
+    /// Action for a low-confidence hit (no context word nearby and nothing else that makes it
+    /// likely: e.g. a Luhn-valid number without a card prefix). Never stricter than the normal
+    /// action.
+    #[serde(default)]
+    pub low_confidence: Action,
+}
+
+impl DetectorPolicy {
+    fn new(action: Action, external: Action, low_confidence: Action) -> DetectorPolicy {
+        DetectorPolicy {
+            enabled: true,
+            action,
+            external: Some(external),
+            low_confidence,
+        }
+    }
+
+    /// The action for a hit.
+    pub fn effective(&self, has_external: bool, high_confidence: bool) -> Action {
+        let full = match (has_external, self.external) {
+            (true, Some(ext)) => ext.max(self.action),
+            _ => self.action,
+        };
+        if high_confidence {
+            full
+        } else {
+            self.low_confidence.min(full)
+        }
+    }
+}
+
+/// Normalization settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NormalizeConfig {
+    /// Characters skipped between the characters of a word (whitespace always is).
+    pub separators: String,
+    /// Patterns shorter than this many characters (after normalization) are ignored, with a
+    /// count in [`crate::LoadStats`]. `1` keeps everything; `2` drops single characters.
+    pub min_pattern_chars: usize,
+}
+
+impl Default for NormalizeConfig {
+    fn default() -> Self {
+        NormalizeConfig {
+            separators: crate::normalize::DEFAULT_SEPARATORS.to_string(),
+            min_pattern_chars: 2,
+        }
+    }
+}
+
+/// Secret-marker settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Use the built-in markers (机密, 绝密, 秘密, 内部资料, 商业秘密, confidential, ...).
+    pub builtin_markers: bool,
+    /// Characters around a personal-data hit searched for context words (身份证, 卡号, 电话...).
+    pub context_window: usize,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            builtin_markers: true,
+            context_window: 12,
+        }
+    }
+}
+
+/// The detector policies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorPolicies {
+    /// Mobile numbers.
+    pub phone: DetectorPolicy,
+    /// Resident identity numbers.
+    pub id_card: DetectorPolicy,
+    /// Bank card numbers.
+    pub bank_card: DetectorPolicy,
+    /// E-mail addresses.
+    pub email: DetectorPolicy,
+    /// Postal addresses.
+    pub address: DetectorPolicy,
+}
+
+impl Default for DetectorPolicies {
+    fn default() -> Self {
+        use Action::*;
+        DetectorPolicies {
+            phone: DetectorPolicy::new(Mask, Block, Mask),
+            id_card: DetectorPolicy::new(Mask, Block, Mask),
+            bank_card: DetectorPolicy::new(Mask, Block, Allow),
+            email: DetectorPolicy::new(Allow, Mask, Allow),
+            address: DetectorPolicy::new(Allow, Warn, Allow),
+        }
+    }
+}
+
+impl DetectorPolicies {
+    /// The policy of one detector.
+    pub fn get(&self, d: Detector) -> &DetectorPolicy {
+        match d {
+            Detector::Phone => &self.phone,
+            Detector::IdCard => &self.id_card,
+            Detector::BankCard => &self.bank_card,
+            Detector::Email => &self.email,
+            Detector::Address => &self.address,
+        }
+    }
+}
+
+/// The parsed `policy.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyFile {
+    /// Normalization settings.
+    pub normalize: NormalizeConfig,
+    /// Category name -> policy. Categories of deny files missing here get `block`.
+    pub categories: BTreeMap<String, CategoryPolicy>,
+    /// Detector policies.
+    pub detectors: DetectorPolicies,
+    /// Secret-marker settings.
+    pub secrets: SecretsConfig,
+    /// The escalation ladder (used by the caller to build an [`crate::Escalator`]).
+    pub escalation: EscalationConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    normalize: NormalizeConfig,
+    #[serde(default)]
+    categories: BTreeMap<String, CategoryEntry>,
+    #[serde(default)]
+    detectors: DetectorPolicies,
+    #[serde(default)]
+    secrets: SecretsConfig,
+    #[serde(default)]
+    escalation: EscalationConfig,
+}
+
+impl Default for PolicyFile {
+    fn default() -> Self {
+        use Action::*;
+        let mut categories = BTreeMap::new();
+        for (name, action) in [
+            ("illegal", Block),
+            ("porn", Block),
+            ("violence", Block),
+            ("politics", Block),
+            ("gambling", Block),
+            ("drugs", Block),
+            ("abuse", Mask),
+            ("discrimination", Warn),
+            ("ads", Review),
+        ] {
+            categories.insert(name.to_string(), CategoryPolicy::new(action));
+        }
+        categories.insert(
+            CONFIDENTIAL.to_string(),
+            CategoryPolicy {
+                action: Warn,
+                external: Some(Block),
+                escalate: false,
+            },
+        );
+        PolicyFile {
+            normalize: NormalizeConfig::default(),
+            categories,
+            detectors: DetectorPolicies::default(),
+            secrets: SecretsConfig::default(),
+            escalation: EscalationConfig::default(),
+        }
+    }
+}
+
+impl PolicyFile {
+    /// Parses `policy.toml` text. Categories given in the file replace the defaults of the
+    /// same name; the other defaults stay. Errors carry the 1-based line number.
+    pub fn from_toml(text: &str) -> Result<PolicyFile, (usize, String)> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(0);
+            (line, e.message().to_string())
+        })?;
+        let mut p = PolicyFile::default();
+        for (name, entry) in raw.categories {
+            let c = match entry {
+                CategoryEntry::Short(a) => CategoryPolicy {
+                    external: p.categories.get(&name).and_then(|c| c.external),
+                    escalate: p.categories.get(&name).is_none_or(|c| c.escalate),
+                    action: a,
+                },
+                CategoryEntry::Full(c) => c,
+            };
+            p.categories.insert(name, c);
+        }
+        p.normalize = raw.normalize;
+        p.detectors = raw.detectors;
+        p.secrets = raw.secrets;
+        p.escalation = raw.escalation;
+        if let Err(msg) = p.escalation.validate() {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("[escalation"))
+                .map_or(0, |i| i + 1);
+            return Err((line, msg));
+        }
+        Ok(p)
+    }
+}
+
+/// A group's overrides, as stored with the group (serde: JSON or TOML).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupPolicySpec {
+    /// Extra words banned in this group only.
+    pub words: Vec<String>,
+    /// Action for the extra words (default `block`).
+    pub words_action: Option<Action>,
+    /// Category reported for the extra words (default `"group"`).
+    pub words_category: Option<String>,
+    /// Category or detector name -> minimum action in this group (tightens only).
+    pub tighten: BTreeMap<String, Action>,
+    /// Block secret markers and code names in this group, even without external members.
+    pub forbid_secret_markers: bool,
+}
