@@ -203,3 +203,18 @@ async fn api_errors_are_json_with_stable_codes() {
     let (s, body) = api.call(Method::GET, "/healthz", None, None).await;
     assert_eq!((s, body["status"].as_str()), (200, Some("ok")));
 }
+
+#[tokio::test]
+async fn an_administrator_signs_a_user_out_of_every_session() {
+    let node = Node::start_with(NodeOpts::default().env("CHATD_AUTH__ADMINS", r#"["boss"]"#));
+    let api = Api::new(&node);
+    api.touch("boss").await;
+    let mut phone = Client::connect(&node, "eve").await;
+    let mut desktop = Client::connect(&node, "eve").await;
+    let (s, _) = api.call(Method::POST, "/v1/admin/users/eve/disconnect", Some("eve"), None).await;
+    assert_eq!(s, 403);
+    let (s, _) = api.call(Method::POST, "/v1/admin/users/eve/disconnect", Some("boss"), None).await;
+    assert_eq!(s, 204);
+    assert_eq!(phone.expect_close().await, protocol::close::SIGNED_OUT);
+    assert_eq!(desktop.expect_close().await, protocol::close::SIGNED_OUT);
+}

@@ -73,6 +73,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/audit", get(audit))
         .route("/v1/admin/moderation/reload", post(reload_rules))
         .route("/v1/admin/users/{user}/lift", post(lift))
+        .route("/v1/admin/users/{user}/disconnect", post(disconnect))
         .fallback(|| async { ApiError::not_found("no such route") })
 }
 
@@ -657,6 +658,38 @@ async fn lift(
     let _ = state
         .router
         .publish(Envelope::frame(vec![user], frame))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Closes every session of a user on every node with 4001 (signed out).
+async fn disconnect(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(user): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_company_admin(&state, &me)?;
+    let user = UserId::new(user);
+    let control = Control::Disconnect {
+        code: protocol::close::SIGNED_OUT,
+        reason: "signed out by an administrator".into(),
+        session: None,
+    };
+    state
+        .router
+        .publish(Envelope::control(vec![user.clone()], control))
+        .await?;
+    state
+        .audit(store::AuditEntry {
+            ts: now_ms(),
+            actor: me,
+            action: "user.disconnect".into(),
+            conv: None,
+            target: Some(user),
+            message: None,
+            rule: None,
+            category: None,
+        })
         .await;
     Ok(StatusCode::NO_CONTENT)
 }

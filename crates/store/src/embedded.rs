@@ -162,7 +162,7 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64> {
 }
 
 /// The part of a composite key after `prefix \0`.
-fn suffix<'a>(k: &'a [u8], prefix_len: usize) -> &'a [u8] {
+fn suffix(k: &[u8], prefix_len: usize) -> &[u8] {
     k.get(prefix_len + 1..).unwrap_or_default()
 }
 
