@@ -109,10 +109,10 @@ impl State {
         let (d, u) = (self.faults.drop_every, self.faults.duplicate_every);
         if d > 0 || u > 0 {
             let k = self.deliveries.fetch_add(1, Ordering::Relaxed) + 1;
-            if d > 0 && k % d == 0 {
+            if k.checked_rem(d) == Some(0) {
                 return;
             }
-            if u > 0 && k % u == 0 {
+            if k.checked_rem(u) == Some(0) {
                 to.push(f.clone());
             }
         }

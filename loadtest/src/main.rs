@@ -348,7 +348,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .iter()
                 .flat_map(|a| a.split_whitespace().map(str::to_owned)),
         );
-        let ceiling = Spawned::start(&exe, &cargs, &[], out.join("ceiling-server.log"), false)?;
+        // The harness waits for its `listening addr=` line, an info line.
+        let env = [("LOADTEST_LOG".to_owned(), "info".to_owned())];
+        let ceiling = Spawned::start(&exe, &cargs, &env, out.join("ceiling-server.log"), false)?;
         let spec = TargetSpec {
             label: "ceiling".into(),
             addrs: vec![ceiling.addr],

@@ -50,7 +50,7 @@ pub struct Second {
 /// Throughput over the traffic window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Throughput {
-    /// Seconds of traffic.
+    /// Seconds from the first send to the last delivery (at least the traffic duration).
     pub window_secs: f64,
     /// Sends per second.
     pub sent_per_sec: f64,
@@ -127,6 +127,9 @@ pub struct ClientStats {
     pub resent: u64,
     /// Payload bytes received.
     pub bytes_in: u64,
+    /// Sends still without an ack when the run ended.
+    #[serde(default)]
+    pub unacked_at_end: u64,
 }
 
 /// Everything about one run against one target.
@@ -216,6 +219,7 @@ pub fn build(i: Inputs<'_>) -> Report {
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut closes: BTreeMap<String, u64> = BTreeMap::new();
     let (mut resent, mut connects, mut failures, mut bytes_in, mut reconnects) = (0, 0, 0, 0, 0);
+    let mut unacked: i64 = 0;
     for r in i.results {
         rec.merge(&Recorder::from(&r.recorder));
         ledger.merge(r.ledger);
@@ -230,6 +234,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         failures += r.connect_failures;
         bytes_in += r.bytes_in;
         reconnects += r.progress.reconnects;
+        unacked += r.progress.outstanding.max(0);
     }
     let plan = i.plan;
     let completeness = ledger.check(
@@ -260,19 +265,26 @@ pub fn build(i: Inputs<'_>) -> Report {
         })
         .collect();
     let sum = |f: fn(&Second) -> u64| timeline.iter().map(f).sum::<u64>() as f64;
+    // A backlogged server keeps delivering after the sends stop: rates are over the span
+    // from the first send to the last delivery, never shorter than the traffic window.
+    let last_active = timeline
+        .iter()
+        .rposition(|x| x.delivered > 0 || x.acked > 0)
+        .map_or(0, |i| i + 1);
+    let span = (last_active.saturating_sub(traffic_start) as f64).max(window);
     let throughput = Throughput {
-        window_secs: window,
+        window_secs: span,
         sent_per_sec: sum(|x| x.sent) / window,
-        acked_per_sec: sum(|x| x.acked) / window,
-        delivered_per_sec: sum(|x| x.delivered) / window,
+        acked_per_sec: sum(|x| x.acked) / span,
+        delivered_per_sec: sum(|x| x.delivered) / span,
         peak_delivered_per_sec: timeline
             .iter()
             .skip(traffic_start)
             .map(|x| x.delivered)
             .max()
             .unwrap_or(0),
-        planned_sent_per_sec: plan.planned_rate(),
-        planned_delivered_per_sec: plan.planned_delivery_rate(),
+        planned_sent_per_sec: plan.planned_rate() + 0.0,
+        planned_delivered_per_sec: plan.planned_delivery_rate() + 0.0,
     };
     let samples = i.samples;
     let peak = samples.iter().max_by_key(|x| x.connected);
@@ -318,6 +330,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         saturated: saturated_secs > 0,
         resent,
         bytes_in,
+        unacked_at_end: unacked as u64,
     };
     let mut fails = Vec::new();
     let mut notes = Vec::new();
@@ -331,6 +344,11 @@ pub fn build(i: Inputs<'_>) -> Report {
         fails.push(format!(
             "{} of {} expected deliveries lost",
             completeness.lost, completeness.expected
+        ));
+    }
+    if unacked > 0 {
+        notes.push(format!(
+            "{unacked} sends were never acknowledged: the drain ended at its limit while the server was still behind, so missing deliveries may be late rather than lost (raise --drain to tell)"
         ));
     }
     let connections = Connections {

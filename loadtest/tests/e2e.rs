@@ -2,6 +2,8 @@
 //! delivery, and writes the JSON report and the SVG plots; and it fails (non-zero exit)
 //! when deliveries are missing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::Command;
 
@@ -60,7 +62,13 @@ fn churn_against_a_spawned_node_is_complete_and_compared_with_the_ceiling() {
         let dir = out.path().join(target);
         let r = read_report(&dir);
         let c = &r["completeness"];
-        assert_eq!(c["lost"], 0, "{target}: {c}");
+        if target == "chatd" {
+            assert_eq!(c["lost"], 0, "{target}: {c}");
+        } else if c["lost"].as_u64().unwrap() > 0 {
+            // The bare broadcaster keeps no history: what a churning session missed while
+            // offline cannot be synced, which is noted, not failed.
+            assert!(!r["notes"].as_array().unwrap().is_empty(), "{r}");
+        }
         assert!(c["expected"].as_u64().unwrap() > 500, "{target}: {c}");
         assert_eq!(r["passed"], true);
         assert!(r["e2e_latency"]["count"].as_u64().unwrap() > 0);

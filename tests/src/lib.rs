@@ -352,6 +352,15 @@ impl Client {
         }
     }
 
+    /// The next frame if one is already there (used after the server died).
+    pub async fn ws_next(&mut self) -> Option<ServerFrame> {
+        match self.ws.next().await {
+            Some(Ok(WsMessage::Text(t))) => Codec::Json.decode(t.as_bytes()).ok(),
+            Some(Ok(WsMessage::Binary(b))) => Codec::MsgPack.decode(&b).ok(),
+            _ => None,
+        }
+    }
+
     /// Receives frames until one matches, returning it; panics after [`WAIT`].
     pub async fn recv_until(&mut self, mut pred: impl FnMut(&ServerFrame) -> bool) -> ServerFrame {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -511,4 +520,58 @@ impl Api {
         assert_eq!(status, 201, "{body}");
         body["id"].as_str().unwrap().to_owned()
     }
+}
+
+/// The address of a test service from the environment the README's test command sets up, or a
+/// panic that says how to start it.
+pub fn service_env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: the cluster tests need Redis and the CQL database. Run \
+             `scripts/services/env.sh start && source .cache/services.env`, or the README's test \
+             command, which does both"
+        )
+    })
+}
+
+/// Options for a cluster-mode node sharing Redis and the CQL database with its peers.
+pub fn cluster_node(keyspace: &str, node_id: &str) -> NodeOpts {
+    let cql = service_env("CHATD_TEST_CQL");
+    NodeOpts::default()
+        .env("CHATD_STORE__BACKEND", "scylla")
+        .env("CHATD_STORE__CQL_NODES", format!(r#"["{cql}"]"#))
+        .env("CHATD_STORE__KEYSPACE", keyspace)
+        .env("CHATD_STORE__REPLICATION_FACTOR", 1)
+        .env("CHATD_STORE__CONSISTENCY", "one")
+        .env("CHATD_STORE__REQUEST_TIMEOUT_MS", 2000)
+        .env("CHATD_ROUTER__BACKEND", "redis")
+        .env(
+            "CHATD_ROUTER__REDIS_URL",
+            service_env("CHATD_TEST_REDIS_URL"),
+        )
+        .env("CHATD_ROUTER__NODE_ID", node_id)
+        .env("CHATD_ROUTER__HEARTBEAT_MS", 200)
+        .env("CHATD_ROUTER__RECONCILE_MS", 1000)
+        .env("CHATD_LIMITS__SEND_PER_SEC", 10_000)
+        .env("CHATD_LIMITS__SEND_BURST", 10_000)
+}
+
+/// A keyspace name no other test run uses.
+pub fn unique_keyspace(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{:x}_{}", nanos, std::process::id())
+}
+
+/// Runs one of the test-service scripts (`redis.sh restart`, `cassandra.sh pause`, ...).
+pub fn service_script(script: &str, args: &[&str]) {
+    let dir = service_env("CHATD_TEST_SERVICES_DIR");
+    let status = Command::new(Path::new(&dir).join(script))
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run a service script");
+    assert!(status.success(), "{script} {args:?} failed");
 }

@@ -211,9 +211,23 @@ async fn an_administrator_signs_a_user_out_of_every_session() {
     api.touch("boss").await;
     let mut phone = Client::connect(&node, "eve").await;
     let mut desktop = Client::connect(&node, "eve").await;
-    let (s, _) = api.call(Method::POST, "/v1/admin/users/eve/disconnect", Some("eve"), None).await;
+    let (s, _) = api
+        .call(
+            Method::POST,
+            "/v1/admin/users/eve/disconnect",
+            Some("eve"),
+            None,
+        )
+        .await;
     assert_eq!(s, 403);
-    let (s, _) = api.call(Method::POST, "/v1/admin/users/eve/disconnect", Some("boss"), None).await;
+    let (s, _) = api
+        .call(
+            Method::POST,
+            "/v1/admin/users/eve/disconnect",
+            Some("boss"),
+            None,
+        )
+        .await;
     assert_eq!(s, 204);
     assert_eq!(phone.expect_close().await, protocol::close::SIGNED_OUT);
     assert_eq!(desktop.expect_close().await, protocol::close::SIGNED_OUT);

@@ -32,6 +32,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Create or upgrade the CQL schema (cluster mode) and exit.
+    Migrate,
     /// Print a token for a user, signed with the node's secret.
     Token {
         /// The user id (the token's `sub`).
@@ -88,6 +90,19 @@ fn main() -> anyhow::Result<()> {
             use std::io::Write;
             writeln!(std::io::stdout(), "{token}")?;
             Ok(())
+        }
+        Command::Migrate => {
+            init_tracing();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let store = gateway::server::scylla_store(&config).await?;
+                store
+                    .migrate()
+                    .await
+                    .context("running the CQL migrations")?;
+                tracing::info!(keyspace = %config.store.keyspace, "schema is up to date");
+                Ok(())
+            })
         }
         Command::Serve { listen, data_dir } => {
             if let Some(l) = listen {

@@ -2,6 +2,7 @@
 //! shutdown signal, then close sessions and flush the store.
 
 use crate::auth::Auth;
+use crate::cluster::RedisSeqSource;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::membership::Membership;
@@ -13,12 +14,13 @@ use axum::routing::get;
 use dashmap::DashSet;
 use protocol::close;
 use router::local::LocalRouter;
-use router::redis::{RedisOptions, RedisRouter};
+use router::redis::{RedisOptions, RedisRouter, RedisSeq};
 use router::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use store::embedded::{EmbeddedOptions, EmbeddedStore};
+use store::scylla::{parse_consistency, ScyllaOptions, ScyllaStore};
 use store::{ReviewStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -28,6 +30,54 @@ use tokio_util::sync::CancellationToken;
 pub struct Node {
     state: AppState,
     listener: TcpListener,
+}
+
+/// Opens the ScyllaDB store (running the migrations) with Redis sequence counters. The audit
+/// log and review queue stay in a node-local embedded store (see docs/ARCHITECTURE.md).
+async fn open_scylla(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn ReviewStore>)> {
+    anyhow::ensure!(
+        config.router.backend == "redis",
+        "store.backend = \"scylla\" needs router.backend = \"redis\", which allocates sequence numbers"
+    );
+    let store = scylla_store(config).await?;
+    store
+        .migrate()
+        .await
+        .context("running the CQL migrations")?;
+    let dir = config.server.data_dir.clone();
+    let opts = EmbeddedOptions {
+        max_batch: config.store.max_batch,
+        queue: config.store.queue,
+    };
+    let local = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, opts))
+        .await?
+        .context("opening the node-local audit and review store")?;
+    Ok((Arc::new(store), Arc::new(local)))
+}
+
+/// Connects the ScyllaDB store described by `config` (without migrating).
+pub async fn scylla_store(config: &Config) -> anyhow::Result<ScyllaStore> {
+    let s = &config.store;
+    let seq = RedisSeq::connect(&config.router.redis_url, &s.keyspace)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to Redis at {} for sequence numbers",
+                config.router.redis_url
+            )
+        })?;
+    let opts = ScyllaOptions {
+        nodes: s.cql_nodes.clone(),
+        keyspace: s.keyspace.clone(),
+        replication_factor: s.replication_factor,
+        consistency: parse_consistency(&s.consistency)
+            .with_context(|| format!("store.consistency = {:?}", s.consistency))?,
+        request_timeout: Duration::from_millis(s.request_timeout_ms.max(1)),
+        ..ScyllaOptions::default()
+    };
+    ScyllaStore::new(opts, Arc::new(RedisSeqSource(seq)))
+        .await
+        .with_context(|| format!("connecting to the CQL database at {:?}", s.cql_nodes))
 }
 
 impl Node {
@@ -68,7 +118,11 @@ impl Node {
                             })?;
                     (Arc::new(store.clone()), Arc::new(store))
                 }
-                other => bail!("store.backend = {other:?}: this build knows \"embedded\""),
+                "scylla" => {
+                    let (store, review) = open_scylla(&config).await?;
+                    (store, review)
+                }
+                other => bail!("store.backend = {other:?}: expected \"embedded\" or \"scylla\""),
             };
         let router: Arc<dyn Router> = match config.router.backend.as_str() {
             "local" => Arc::new(LocalRouter::new()),

@@ -120,16 +120,20 @@ mod tests {
 
     fn arb_attachment() -> impl Strategy<Value = Option<Attachment>> {
         proptest::option::of(
-            (arb_id(), arb_text(), any::<u64>(), proptest::option::of(any::<u32>())).prop_map(
-                |(file_id, name, size, width)| Attachment {
+            (
+                arb_id(),
+                arb_text(),
+                any::<u64>(),
+                proptest::option::of(any::<u32>()),
+            )
+                .prop_map(|(file_id, name, size, width)| Attachment {
                     file_id,
                     name,
                     size,
                     mime: "image/png".into(),
                     width,
                     height: width,
-                },
-            ),
+                }),
         )
     }
 
@@ -224,14 +228,25 @@ mod tests {
         let rid = proptest::option::of(arb_id());
         prop_oneof![
             arb_message().prop_map(ServerFrame::Message),
-            (rid.clone(), arb_conv(), proptest::collection::vec(arb_message(), 0..3), any::<bool>())
+            (
+                rid.clone(),
+                arb_conv(),
+                proptest::collection::vec(arb_message(), 0..3),
+                any::<bool>()
+            )
                 .prop_map(|(rid, conv, messages, has_more)| ServerFrame::History {
                     rid,
                     conv,
                     messages,
                     has_more
                 }),
-            (rid.clone(), arb_id(), arb_conv(), proptest::option::of(any::<u64>()), any::<bool>())
+            (
+                rid.clone(),
+                arb_id(),
+                arb_conv(),
+                proptest::option::of(any::<u64>()),
+                any::<bool>()
+            )
                 .prop_map(|(rid, c, conv, seq, duplicate)| ServerFrame::Ack {
                     rid,
                     client_msg_id: c,
@@ -315,7 +330,11 @@ mod tests {
         assert_eq!(&s[..], br#"{"type":"pong"}"#);
         let mut cursors = BTreeMap::new();
         cursors.insert(ConvId::parse("group:g1").unwrap(), Seq(3));
-        let sync = Codec::Json.encode(&ClientFrame::Sync { rid: None, cursors, limit: None });
+        let sync = Codec::Json.encode(&ClientFrame::Sync {
+            rid: None,
+            cursors,
+            limit: None,
+        });
         assert_eq!(&sync[..], br#"{"type":"sync","cursors":{"group:g1":3}}"#);
     }
 
@@ -335,12 +354,18 @@ mod tests {
         let e = Codec::Json
             .decode::<ClientFrame>(br#"{"type":"history","conv":"dm:b:a"}"#)
             .unwrap_err();
-        assert!(e.message.contains("invalid conversation id"), "{}", e.message);
+        assert!(
+            e.message.contains("invalid conversation id"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn msgpack_is_a_map_with_named_fields() {
-        let bytes = Codec::MsgPack.encode(&ClientFrame::Ping { rid: Some("7".into()) });
+        let bytes = Codec::MsgPack.encode(&ClientFrame::Ping {
+            rid: Some("7".into()),
+        });
         let v: BTreeMap<String, String> = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(v.get("type").map(String::as_str), Some("ping"));
         assert_eq!(v.get("rid").map(String::as_str), Some("7"));

@@ -188,7 +188,16 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_forms() {
-        for bad in ["", "dm:", "dm:bob:alice", "dm:a", "group:", "chan:x", "group:a b", "dm:a:b:c"] {
+        for bad in [
+            "",
+            "dm:",
+            "dm:bob:alice",
+            "dm:a",
+            "group:",
+            "chan:x",
+            "group:a b",
+            "dm:a:b:c",
+        ] {
             assert!(ConvId::parse(bad).is_err(), "{bad}");
         }
         assert!(ConvId::parse("dm:alice:bob").is_ok());
@@ -200,6 +209,9 @@ mod tests {
         let c = ConvId::parse("dm:alice:bob").unwrap();
         assert!(c.is_direct_party(&"alice".into()));
         assert!(!c.is_direct_party(&"carol".into()));
-        assert_eq!(ConvId::parse("group:g1").unwrap().group_id(), Some("g1".into()));
+        assert_eq!(
+            ConvId::parse("group:g1").unwrap().group_id(),
+            Some("g1".into())
+        );
     }
 }

@@ -19,7 +19,7 @@
 //! resubscribing it closes its sessions with 4000: clients reconnect and `sync`, and nothing
 //! is lost.
 //!
-//! Sequence numbers ([`RedisSeq`]) are `INCR` counters (`chat:seq:{<conv>}`); a missing counter
+//! Sequence numbers ([`RedisSeq`]) are `INCR` counters (`chat:seq:<namespace>:{<conv>}`); a missing counter
 //! (Redis restarted empty, `FLUSHALL`) is reported so the caller can restore it from the store.
 
 use crate::{Audience, Control, Envelope, Router, RouterError, Sink};
@@ -492,25 +492,46 @@ async fn heartbeat(shared: Arc<Shared>, conn: ConnectionManager, stop: Cancellat
     }
 }
 
+/// Runs a Redis call, and once more after a short pause if the connection broke (the
+/// connection manager reconnects in between, e.g. after a Redis restart). An `INCR` whose
+/// reply was lost may have counted: that leaves a gap, never a reused seq.
+async fn retry_once<T, F, Fut>(f: F) -> Result<T, RouterError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    match f().await {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            f().await.map_err(unavailable)
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 /// Per-conversation sequence counters in Redis.
 #[derive(Clone)]
 pub struct RedisSeq {
     conn: ConnectionManager,
+    namespace: String,
     next: redis::Script,
     restore: redis::Script,
 }
 
-fn seq_key(conv: &ConvId) -> String {
-    format!("chat:seq:{{{conv}}}")
+fn seq_key(namespace: &str, conv: &ConvId) -> String {
+    format!("chat:seq:{namespace}:{{{conv}}}")
 }
 
 impl RedisSeq {
-    /// Connects to `url`.
-    pub async fn connect(url: &str) -> Result<Self, RouterError> {
+    /// Connects to `url`. `namespace` separates deployments sharing one Redis (the gateway
+    /// uses the store's keyspace, whose seqs these are).
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self, RouterError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let conn = ConnectionManager::new(client).await.map_err(unavailable)?;
         Ok(Self {
             conn,
+            namespace: namespace.to_owned(),
             next: redis::Script::new(
                 "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCR', KEYS[1]) else return false end",
             ),
@@ -522,23 +543,35 @@ impl RedisSeq {
 
     /// The next seq, or `None` when the counter does not exist.
     pub async fn next(&self, conv: &ConvId) -> Result<Option<u64>, RouterError> {
-        let mut conn = self.conn.clone();
-        self.next
-            .key(seq_key(conv))
-            .invoke_async::<Option<u64>>(&mut conn)
-            .await
-            .map_err(unavailable)
+        let key = seq_key(&self.namespace, conv);
+        retry_once(|| {
+            let mut conn = self.conn.clone();
+            let key = key.clone();
+            async move {
+                self.next
+                    .key(key)
+                    .invoke_async::<Option<u64>>(&mut conn)
+                    .await
+            }
+        })
+        .await
     }
 
     /// Creates the counter at `last` unless it exists, then returns the next seq.
     pub async fn restore(&self, conv: &ConvId, last: u64) -> Result<u64, RouterError> {
-        let mut conn = self.conn.clone();
-        self.restore
-            .key(seq_key(conv))
-            .arg(last)
-            .invoke_async::<u64>(&mut conn)
-            .await
-            .map_err(unavailable)
+        let key = seq_key(&self.namespace, conv);
+        retry_once(|| {
+            let mut conn = self.conn.clone();
+            let key = key.clone();
+            async move {
+                self.restore
+                    .key(key)
+                    .arg(last)
+                    .invoke_async::<u64>(&mut conn)
+                    .await
+            }
+        })
+        .await
     }
 }
 
@@ -583,7 +616,7 @@ mod tests {
 
     #[tokio::test]
     async fn seq_counters_restore_when_missing() {
-        let seq = RedisSeq::connect(&redis_url()).await.unwrap();
+        let seq = RedisSeq::connect(&redis_url(), "test").await.unwrap();
         let conv = ConvId::parse(&format!("group:seqtest{}", rand_suffix())).unwrap();
         assert_eq!(seq.next(&conv).await.unwrap(), None);
         assert_eq!(seq.restore(&conv, 41).await.unwrap(), 42);

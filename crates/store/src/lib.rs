@@ -2,8 +2,9 @@
 //!
 //! The gateway talks only to `dyn Store`; which engine sits behind it is a configuration
 //! choice. [`embedded::EmbeddedStore`] keeps everything in a fjall (LSM) database under the data
-//! directory (the default: nothing to install). The ScyllaDB backend for cluster mode
-//! implements the same trait, and [`conformance`] holds the one test suite every backend
+//! directory (the default: nothing to install). [`scylla::ScyllaStore`] (feature `scylla`, on
+//! by default) keeps it in ScyllaDB or Apache Cassandra for cluster mode and implements the
+//! same trait, and [`conformance`] holds the one test suite every backend
 //! must pass.
 //!
 //! The contract that matters most: [`Store::append`] returns only once the message is durable,
@@ -15,6 +16,8 @@ pub mod embedded;
 mod error;
 mod model;
 pub mod review;
+#[cfg(feature = "scylla")]
+pub mod scylla;
 
 pub use error::StoreError;
 pub use model::*;
@@ -22,6 +25,7 @@ pub use review::{AuditEntry, AuditQuery, HeldMessage, ReviewStore};
 
 use async_trait::async_trait;
 use protocol::{ConvId, ConvSummary, GroupId, Seq, UserId};
+use std::collections::HashMap;
 
 /// Result alias for store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -78,4 +82,54 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable and stops background work; later calls fail
     /// with `Unavailable`.
     async fn close(&self) -> Result<()>;
+}
+
+/// Where a backend that cannot allocate seqs atomically itself gets them (cluster mode: Redis).
+#[async_trait]
+pub trait SeqSource: Send + Sync + 'static {
+    /// The next seq of `conv`, or `None` when the source has no counter for it (new
+    /// conversation, or the counter was lost, e.g. Redis restarted empty).
+    async fn next(&self, conv: &ConvId) -> Result<Option<Seq>>;
+    /// Sets the counter to `last` unless it exists, then returns the next seq (atomically).
+    async fn restore(&self, conv: &ConvId, last: Seq) -> Result<Seq>;
+}
+
+/// An in-process [`SeqSource`] (a mutex-protected map), for tests and single-node use.
+///
+/// It starts empty, so a store using it goes through its recovery path (read the highest
+/// stored seq, then [`SeqSource::restore`]) for the first message of every conversation.
+#[derive(Debug, Default)]
+pub struct LocalSeqSource {
+    counters: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl LocalSeqSource {
+    /// An empty source.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn counters(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, u64>>> {
+        self.counters
+            .lock()
+            .map_err(|_| StoreError::Backend("seq source lock poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl SeqSource for LocalSeqSource {
+    async fn next(&self, conv: &ConvId) -> Result<Option<Seq>> {
+        let mut counters = self.counters()?;
+        Ok(counters.get_mut(conv.as_str()).map(|last| {
+            *last += 1;
+            Seq(*last)
+        }))
+    }
+
+    async fn restore(&self, conv: &ConvId, last: Seq) -> Result<Seq> {
+        let mut counters = self.counters()?;
+        let counter = counters.entry(conv.as_str().to_owned()).or_insert(last.0);
+        *counter += 1;
+        Ok(Seq(*counter))
+    }
 }

@@ -1,0 +1,308 @@
+//! Cluster mode end to end: several chatd processes sharing a real Redis (routing, presence,
+//! seqs) and a real CQL database (Apache Cassandra standing in for ScyllaDB).
+//!
+//! These tests share the services and some of them restart Redis or stop the database, so
+//! they run one at a time (a process-wide lock).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use protocol::{ClientFrame, ConvId, ErrorCode, GroupId, Seq, ServerFrame};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use testkit::*;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Cluster {
+    nodes: Vec<Node>,
+    keyspace: String,
+}
+
+impl Cluster {
+    /// Starts `n` nodes one after the other (the first creates the schema).
+    fn start(n: usize) -> Cluster {
+        let keyspace = unique_keyspace("e2e");
+        let nodes = (0..n)
+            .map(|i| Node::start_with(cluster_node(&keyspace, &format!("{keyspace}-n{i}"))))
+            .collect();
+        Cluster { nodes, keyspace }
+    }
+
+    fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let id = format!("{}-n{i}", self.keyspace);
+        self.nodes
+            .push(Node::start_with(cluster_node(&self.keyspace, &id)));
+        i
+    }
+}
+
+async fn sync_all(c: &mut Client, conv: &ConvId, after: u64) -> Vec<protocol::Message> {
+    let mut out = Vec::new();
+    let mut cursor = after;
+    loop {
+        let mut cursors = BTreeMap::new();
+        cursors.insert(conv.clone(), Seq(cursor));
+        c.send(&ClientFrame::Sync {
+            rid: Some("s".into()),
+            cursors,
+            limit: Some(500),
+        })
+        .await;
+        let ServerFrame::Synced { conversations, .. } = c
+            .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
+            .await
+        else {
+            unreachable!()
+        };
+        let part = &conversations[0];
+        out.extend(part.messages.iter().cloned());
+        if let Some(last) = part.messages.last() {
+            cursor = last.seq.0;
+        }
+        if !part.has_more {
+            return out;
+        }
+    }
+}
+
+#[tokio::test]
+async fn users_on_different_nodes_chat_as_if_on_one() {
+    let _g = SERIAL.lock().await;
+    let cluster = Cluster::start(2);
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut alice = Client::connect(a, "alice").await;
+    let mut bob = Client::connect(b, "bob").await;
+    let mut dave_a = Client::connect(a, "dave").await;
+    let mut dave_b = Client::connect(b, "dave").await;
+
+    // A direct message from node A to node B and back.
+    assert_eq!(ack_seq(&alice.send_dm("bob", "d1", "hi from A").await), 1);
+    assert_eq!(bob.next_message().await.body, "hi from A");
+    assert_eq!(ack_seq(&bob.send_dm("alice", "d2", "hi from B").await), 2);
+    assert_eq!(alice.next_message().await.body, "hi from B");
+
+    // A group with members on both nodes; dave has a session on each and sees everything once.
+    let g = Api::new(a)
+        .create_group("alice", "cross", &["bob", "dave"])
+        .await;
+    for i in 1..=5u64 {
+        let ack = if i % 2 == 0 {
+            bob.send_group(&g, &format!("g{i}"), &format!("m{i}")).await
+        } else {
+            alice
+                .send_group(&g, &format!("g{i}"), &format!("m{i}"))
+                .await
+        };
+        assert_eq!(ack_seq(&ack), i);
+    }
+    for dave in [&mut dave_a, &mut dave_b] {
+        for i in 1..=5u64 {
+            let m = dave.next_message().await;
+            assert_eq!((m.seq.0, m.body.clone()), (i, format!("m{i}")));
+        }
+        assert!(
+            dave.try_recv(Duration::from_millis(300))
+                .await
+                .is_none_or(|f| !matches!(f, ServerFrame::Message(_))),
+            "no duplicates"
+        );
+    }
+    // History is shared.
+    let conv = ConvId::group(&GroupId::new(g));
+    assert_eq!(sync_all(&mut bob, &conv, 0).await.len(), 5);
+}
+
+#[tokio::test]
+async fn a_killed_node_loses_nothing_that_was_acked() {
+    let _g = SERIAL.lock().await;
+    let mut cluster = Cluster::start(2);
+    let mut alice = Client::connect(&cluster.nodes[0], "alice").await;
+    let mut bob = Client::connect(&cluster.nodes[1], "bob").await;
+    let g = Api::new(&cluster.nodes[0])
+        .create_group("alice", "crash", &["bob"])
+        .await;
+    let conv = ConvId::group(&GroupId::new(g.clone()));
+    let n = 200u64;
+    for i in 0..n {
+        alice
+            .send(&ClientFrame::Send {
+                rid: Some(format!("k{i}")),
+                client_msg_id: format!("k{i}"),
+                to: protocol::Target::Group(GroupId::new(g.clone())),
+                kind: protocol::MessageKind::Text,
+                body: format!("m{i}"),
+                attachment: None,
+                mentions: vec![],
+                reply_to: None,
+            })
+            .await;
+    }
+    // Collect acks for a while, then kill node A in the middle of the flow.
+    let mut acked = Vec::new();
+    while acked.len() < 60 {
+        if let f @ ServerFrame::Ack { .. } = alice.recv().await {
+            acked.push(ack_seq(&f));
+        }
+    }
+    cluster.nodes[0].kill9();
+    // Drain whatever acks made it out before the kill.
+    while let Some(f) = futures_util::FutureExt::now_or_never(alice.ws_next()).flatten() {
+        if let ServerFrame::Ack { seq: Some(s), .. } = f {
+            acked.push(s.0);
+        }
+    }
+    // Alice reconnects to the surviving node and syncs: every acked message is there, once, in order.
+    let mut alice = Client::connect(&cluster.nodes[1], "alice").await;
+    let all = sync_all(&mut alice, &conv, 0).await;
+    let seqs: Vec<u64> = all.iter().map(|m| m.seq.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gap-free, ordered, no duplicates"
+    );
+    for s in &acked {
+        assert!(seqs.contains(s), "acked seq {s} missing after the crash");
+    }
+    // Bob (on the surviving node) saw only complete, ordered deliveries; a resync fills the rest.
+    let seen = sync_all(&mut bob, &conv, 0).await;
+    assert_eq!(seen.len(), all.len());
+    // Sending continues on the survivor, after the last seq.
+    let next = ack_seq(&alice.send_group(&g, "after", "after the crash").await);
+    assert_eq!(next, all.len() as u64 + 1);
+    cluster.add_node();
+}
+
+#[tokio::test]
+async fn redis_restart_and_flushall_keep_seq_gap_free() {
+    let _g = SERIAL.lock().await;
+    let cluster = Cluster::start(2);
+    let mut alice = Client::connect(&cluster.nodes[0], "alice").await;
+    let mut bob = Client::connect(&cluster.nodes[1], "bob").await;
+    for i in 1..=3u64 {
+        assert_eq!(
+            ack_seq(&alice.send_dm("bob", &format!("a{i}"), "x").await),
+            i
+        );
+        bob.next_message().await;
+    }
+    // FLUSHALL: counters and presence vanish; seqs continue from the store, delivery resumes.
+    let port = service_env("CHATD_TEST_REDIS_PORT");
+    let status = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "FLUSHALL"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(ack_seq(&alice.send_dm("bob", "a4", "after flush").await), 4);
+    let mut got = None;
+    for _ in 0..50 {
+        if let Some(ServerFrame::Message(m)) = bob.try_recv(Duration::from_millis(100)).await {
+            got = Some(m);
+            break;
+        }
+    }
+    if got.is_none() {
+        // Presence was flushed before the nodes re-announced: the message is in history.
+        let conv = ConvId::parse("dm:alice:bob").unwrap();
+        got = sync_all(&mut bob, &conv, 3).await.into_iter().next();
+    }
+    assert_eq!(got.unwrap().seq, Seq(4));
+
+    // Restart Redis: nodes resubscribe and ask their sessions to resync (4000).
+    service_script("redis.sh", &["restart"]);
+    assert_eq!(alice.expect_close().await, protocol::close::SLOW_CONSUMER);
+    assert_eq!(bob.expect_close().await, protocol::close::SLOW_CONSUMER);
+    let mut alice = Client::connect(&cluster.nodes[0], "alice").await;
+    let mut bob = Client::connect(&cluster.nodes[1], "bob").await;
+    // The first send may find the connections still being re-established: `unavailable` with
+    // retry, which a client retries with the same client_msg_id.
+    let mut ack = alice.send_dm("bob", "a5", "after restart").await;
+    for _ in 0..20 {
+        if !matches!(
+            ack,
+            ServerFrame::Error {
+                code: ErrorCode::Unavailable,
+                retry: true,
+                ..
+            }
+        ) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ack = alice.send_dm("bob", "a5", "after restart").await;
+    }
+    assert_eq!(ack_seq(&ack), 5);
+    assert_eq!(bob.next_message().await.seq, Seq(5));
+    let conv = ConvId::parse("dm:alice:bob").unwrap();
+    let seqs: Vec<u64> = sync_all(&mut bob, &conv, 0)
+        .await
+        .iter()
+        .map(|m| m.seq.0)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn database_outage_refuses_sends_and_loses_nothing() {
+    let _g = SERIAL.lock().await;
+    let cluster = Cluster::start(1);
+    let mut alice = Client::connect(&cluster.nodes[0], "alice").await;
+    let _bob = Client::connect(&cluster.nodes[0], "bob").await;
+    assert_eq!(ack_seq(&alice.send_dm("bob", "b1", "before").await), 1);
+    service_script("cassandra.sh", &["pause"]);
+    let outcome = alice.send_dm("bob", "b2", "during").await;
+    // Make sure the database comes back whatever the assertion says.
+    service_script("cassandra.sh", &["resume"]);
+    assert_eq!(error_code(&outcome), ErrorCode::Unavailable, "{outcome:?}");
+    // Once it is back, sending works again (the driver reconnects within a few seconds).
+    let mut acked = None;
+    for i in 0..60 {
+        let f = alice.send_dm("bob", "b3", "after").await;
+        if let ServerFrame::Ack { seq: Some(s), .. } = f {
+            acked = Some(s.0);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = i;
+    }
+    let acked = acked.expect("sending never recovered after the database came back");
+    let conv = ConvId::parse("dm:alice:bob").unwrap();
+    let all = sync_all(&mut alice, &conv, 0).await;
+    let bodies: Vec<&str> = all.iter().map(|m| m.body.as_str()).collect();
+    assert!(
+        bodies.contains(&"before") && bodies.contains(&"after"),
+        "{bodies:?}"
+    );
+    assert_eq!(all.last().unwrap().seq.0, acked);
+    let seqs: Vec<u64> = all.iter().map(|m| m.seq.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap, no repeat"
+    );
+}
+
+#[tokio::test]
+async fn a_user_signed_out_through_one_node_loses_sessions_everywhere() {
+    let _g = SERIAL.lock().await;
+    let keyspace = unique_keyspace("e2e");
+    let admin = |id: &str| cluster_node(&keyspace, id).env("CHATD_AUTH__ADMINS", r#"["boss"]"#);
+    let a = Node::start_with(admin(&format!("{keyspace}-a")));
+    let b = Node::start_with(admin(&format!("{keyspace}-b")));
+    let mut on_a = Client::connect(&a, "eve").await;
+    let mut on_b = Client::connect(&b, "eve").await;
+    let api = Api::new(&a);
+    api.touch("boss").await;
+    let (s, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/admin/users/eve/disconnect",
+            Some("boss"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    assert_eq!(on_a.expect_close().await, protocol::close::SIGNED_OUT);
+    assert_eq!(on_b.expect_close().await, protocol::close::SIGNED_OUT);
+}
