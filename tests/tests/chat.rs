@@ -372,3 +372,53 @@ async fn images_and_files_carry_attachments_mentions_and_replies() {
     assert_eq!(m.mentions, vec![UserId::new("bob")]);
     assert_eq!(m.reply_to, Some(Seq(1)));
 }
+
+#[tokio::test]
+async fn racing_senders_are_delivered_in_seq_order() {
+    let node = Node::start_with(
+        NodeOpts::default()
+            .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
+            .env("CHATD_LIMITS__SEND_BURST", 100_000),
+    );
+    let api = Api::new(&node);
+    let names = ["s1", "s2", "s3", "s4", "s5"];
+    let mut senders = Vec::new();
+    for n in names {
+        senders.push(Client::connect(&node, n).await);
+    }
+    let mut reader = Client::connect(&node, "reader").await;
+    let g = api
+        .create_group("s1", "race", &["s2", "s3", "s4", "s5", "reader"])
+        .await;
+    let per = 40;
+    let mut tasks = Vec::new();
+    for (k, mut c) in senders.into_iter().enumerate() {
+        let g = g.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per {
+                c.send(&ClientFrame::Send {
+                    rid: None,
+                    client_msg_id: format!("{k}-{i}"),
+                    to: Target::Group(protocol::GroupId::new(g.clone())),
+                    kind: MessageKind::Text,
+                    body: format!("{k}-{i}"),
+                    attachment: None,
+                    mentions: vec![],
+                    reply_to: None,
+                })
+                .await;
+            }
+            c
+        }));
+    }
+    let mut keep = Vec::new();
+    for t in tasks {
+        keep.push(t.await.unwrap());
+    }
+    let mut last = 0;
+    for _ in 0..(per * names.len()) {
+        let m = reader.next_message().await;
+        assert_eq!(m.seq.0, last + 1, "delivered out of seq order");
+        last = m.seq.0;
+    }
+}

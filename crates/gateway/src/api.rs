@@ -449,35 +449,35 @@ async fn review_approve(
     } else {
         audience.clone()
     };
+    let pump = state.pump.clone();
+    let deliver: store::AfterAppend = Box::new(move |a: &store::Appended| {
+        if !a.duplicate {
+            pump.push(Envelope::frame(
+                audience,
+                ServerFrame::Message(a.message.clone()),
+            ));
+        }
+    });
     let appended = state
         .store
-        .append(store::NewMessage {
-            conv: conv.clone(),
-            from: held.from.clone(),
-            client_msg_id: held.client_msg_id.clone(),
-            id: protocol::MessageId::new(uuid::Uuid::now_v7().to_string()),
-            kind: held.kind,
-            body: held.body.clone(),
-            attachment: held.attachment.clone(),
-            mentions: held.mentions.clone(),
-            reply_to: held.reply_to,
-            ts: now_ms(),
-            participants,
-        })
+        .append_then(
+            store::NewMessage {
+                conv: conv.clone(),
+                from: held.from.clone(),
+                client_msg_id: held.client_msg_id.clone(),
+                id: protocol::MessageId::new(uuid::Uuid::now_v7().to_string()),
+                kind: held.kind,
+                body: held.body.clone(),
+                attachment: held.attachment.clone(),
+                mentions: held.mentions.clone(),
+                reply_to: held.reply_to,
+                ts: now_ms(),
+                participants,
+            },
+            deliver,
+        )
         .await?;
     let message = appended.message;
-    if !appended.duplicate {
-        if let Err(e) = state
-            .router
-            .publish(Envelope::frame(
-                audience,
-                ServerFrame::Message(message.clone()),
-            ))
-            .await
-        {
-            tracing::warn!(error = %e, "publish of an approved message failed; recipients will sync");
-        }
-    }
     let frame = ServerFrame::Event {
         event: EventKind::ReviewApproved,
         conv: Some(conv.clone()),

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod membership;
 pub mod moderation;
 pub mod ops;
+pub mod pump;
 pub mod server;
 pub mod session;
 pub mod state;

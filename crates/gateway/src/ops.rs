@@ -249,21 +249,35 @@ async fn send(
         Access::Direct(_) => access.audience(),
         Access::Group(_) => Vec::new(),
     };
+    // Delivery is queued from the store's writer, in seq order, once the message is durable.
+    let pump = state.pump.clone();
+    let audience = access.audience();
+    let skip = ctx.handle.id.clone();
+    let deliver: store::AfterAppend = Box::new(move |a: &store::Appended| {
+        if !a.duplicate {
+            let mut envelope = Envelope::frame(audience, ServerFrame::Message(a.message.clone()));
+            envelope.skip_session = Some(skip);
+            pump.push(envelope);
+        }
+    });
     let appended = state
         .store
-        .append(NewMessage {
-            conv: conv.clone(),
-            from: me.clone(),
-            client_msg_id: req.client_msg_id.clone(),
-            id: MessageId::new(uuid::Uuid::now_v7().to_string()),
-            kind: req.kind,
-            body,
-            attachment: req.attachment,
-            mentions: req.mentions,
-            reply_to: req.reply_to,
-            ts: now_ms(),
-            participants,
-        })
+        .append_then(
+            NewMessage {
+                conv: conv.clone(),
+                from: me.clone(),
+                client_msg_id: req.client_msg_id.clone(),
+                id: MessageId::new(uuid::Uuid::now_v7().to_string()),
+                kind: req.kind,
+                body,
+                attachment: req.attachment,
+                mentions: req.mentions,
+                reply_to: req.reply_to,
+                ts: now_ms(),
+                participants,
+            },
+            deliver,
+        )
         .await?;
     let message: Message = appended.message;
     let ack = ServerFrame::Ack {
@@ -276,14 +290,6 @@ async fn send(
         duplicate: appended.duplicate,
         moderation: note,
     };
-    if !appended.duplicate {
-        let mut envelope = Envelope::frame(access.audience(), ServerFrame::Message(message));
-        envelope.skip_session = Some(ctx.handle.id.clone());
-        // The message is durable: if delivery fails now, recipients get it from `sync`.
-        if let Err(e) = state.router.publish(envelope).await {
-            tracing::warn!(error = %e, "publish failed after persist; recipients will sync");
-        }
-    }
     Ok(Some(ack))
 }
 

@@ -154,7 +154,9 @@ impl Node {
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
+        let pump = crate::pump::DeliveryPump::start(router.clone(), 65_536, shutdown.clone());
         let state = AppState(Arc::new(Inner {
+            pump,
             auth,
             store,
             review,

@@ -31,6 +31,8 @@ pub struct Inner {
     pub moderation: Arc<crate::moderation::Moderation>,
     /// Delivery.
     pub router: Arc<dyn Router>,
+    /// Ordered hand-off of new messages to the router.
+    pub pump: Arc<crate::pump::DeliveryPump>,
     /// Sessions on this node.
     pub hub: Arc<Hub>,
     /// Cached groups and members.

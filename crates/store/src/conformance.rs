@@ -48,6 +48,7 @@ pub async fn run_all<S: Store + Clone>(store: &S) {
     appends_are_idempotent(store).await;
     concurrent_appends_keep_seq_dense(store).await;
     concurrent_retries_store_once(store).await;
+    append_then_runs_once_durable(store).await;
     history_pages_backwards(store).await;
     after_pages_forwards(store).await;
     read_cursors_only_move_forward(store).await;
@@ -134,6 +135,22 @@ pub async fn concurrent_retries_store_once<S: Store + Clone>(store: &S) {
     assert_eq!(fresh, 1);
     assert_eq!(store.last_seq(&c).await.unwrap(), Seq(1));
     assert_eq!(store.history(&c, None, 10).await.unwrap().messages.len(), 1);
+}
+
+/// `append_then` runs its continuation exactly once, with the stored message.
+pub async fn append_then_runs_once_durable<S: Store + Clone>(store: &S) {
+    let c = ConvId::group(&GroupId::new(unique("g")));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let a = store
+        .append_then(
+            new_msg(&c, "u1", "t1"),
+            Box::new(move |a| s2.lock().unwrap().push((a.message.seq, a.duplicate))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![(a.message.seq, false)]);
+    assert_eq!(store.last_seq(&c).await.unwrap(), a.message.seq);
 }
 
 /// `history` returns newest first and pages with `before`.

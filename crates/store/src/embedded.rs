@@ -440,6 +440,25 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn append_then(&self, msg: NewMessage, then: crate::AfterAppend) -> Result<Appended> {
+        let (tx, rx) = oneshot::channel();
+        // The finisher runs on the writer thread, in batch order, after the sync: `then`
+        // sees this conversation's messages in seq order.
+        let job: Job = Box::new(move |ks, state| {
+            let appended = ks.append(msg, state)?;
+            Ok(Box::new(move || {
+                then(&appended);
+                let _ = tx.send(Ok(appended));
+            }))
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("write failed; nothing was acknowledged".into()))?
+    }
+
     async fn history(&self, conv: &ConvId, before: Option<Seq>, limit: usize) -> Result<Page> {
         let conv = conv.clone();
         let hi = before.map(|s| s.0.saturating_sub(1)).unwrap_or(u64::MAX);
@@ -835,5 +854,37 @@ mod tests {
         let b = msg_key("group:a", 10);
         let c = msg_key("group:a-b", 1);
         assert!(a < b && b < c);
+    }
+}
+
+#[cfg(test)]
+mod ordering_tests {
+    use super::*;
+
+    /// Racing senders: the continuations of one conversation run in seq order.
+    #[tokio::test]
+    async fn append_then_runs_in_seq_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let conv = ConvId::parse("group:race").unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let (s, c, o) = (store.clone(), conv.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let m = crate::conformance::new_msg(&c, &format!("u{}", i % 7), &format!("k{i}"));
+                s.append_then(
+                    m,
+                    Box::new(move |a| o.lock().unwrap().push(a.message.seq.0)),
+                )
+                .await
+                .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let got = order.lock().unwrap().clone();
+        assert_eq!(got, (1..=300).collect::<Vec<_>>());
     }
 }

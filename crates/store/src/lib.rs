@@ -27,6 +27,9 @@ use async_trait::async_trait;
 use protocol::{ConvId, ConvSummary, GroupId, Seq, UserId};
 use std::collections::HashMap;
 
+/// Work to run once an append is durable (see [`Store::append_then`]).
+pub type AfterAppend = Box<dyn FnOnce(&Appended) + Send>;
+
 /// Result alias for store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -37,6 +40,17 @@ pub trait Store: Send + Sync + 'static {
     /// whose (conv, from, client_msg_id) was stored before is not stored again: the first copy
     /// comes back with `duplicate: true`.
     async fn append(&self, msg: NewMessage) -> Result<Appended>;
+
+    /// Like [`Store::append`], and runs `then` once the message is durable, before
+    /// returning. A backend that commits in seq order (the embedded one) runs `then` in seq
+    /// order per conversation, from its writer, so deliveries handed off there keep that
+    /// order however many senders race; `then` must not block for long. The default runs it
+    /// after `append` returns, with no ordering promise between concurrent appends.
+    async fn append_then(&self, msg: NewMessage, then: AfterAppend) -> Result<Appended> {
+        let appended = self.append(msg).await?;
+        then(&appended);
+        Ok(appended)
+    }
 
     /// Up to `limit` messages with seq below `before` (or the newest), newest first, and
     /// whether older ones exist.
