@@ -32,8 +32,8 @@ pub struct Node {
     listener: TcpListener,
 }
 
-/// Opens the ScyllaDB store (running the migrations) with Redis sequence counters. The audit
-/// log and review queue stay in a node-local embedded store (see docs/ARCHITECTURE.md).
+/// Opens the ScyllaDB store (running the migrations) with Redis sequence counters; it also
+/// keeps the audit log and the review queue, shared by every node.
 async fn open_scylla(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn ReviewStore>)> {
     anyhow::ensure!(
         config.router.backend == "redis",
@@ -44,15 +44,7 @@ async fn open_scylla(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn
         .migrate()
         .await
         .context("running the CQL migrations")?;
-    let dir = config.server.data_dir.clone();
-    let opts = EmbeddedOptions {
-        max_batch: config.store.max_batch,
-        queue: config.store.queue,
-    };
-    let local = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, opts))
-        .await?
-        .context("opening the node-local audit and review store")?;
-    Ok((Arc::new(store), Arc::new(local)))
+    Ok((Arc::new(store.clone()), Arc::new(store)))
 }
 
 /// Connects the ScyllaDB store described by `config` (without migrating).
