@@ -45,4 +45,4 @@ if [ -z "${SKIP_SERVICES:-}" ] && [ -x scripts/services/env.sh ]; then
 fi
 
 step "cargo test (every crate, every test)"
-cargo test --locked --workspace "${features[@]}" -- --include-ignored
+cargo test --locked --workspace --no-fail-fast "${features[@]}" -- --include-ignored
