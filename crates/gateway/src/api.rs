@@ -478,31 +478,15 @@ async fn review_approve(
         )
         .await?;
     let message = appended.message;
-    let frame = ServerFrame::Event {
-        event: EventKind::ReviewApproved,
-        conv: Some(conv.clone()),
-        actor: Some(me.clone()),
-        user: Some(held.from.clone()),
-        seq: Some(message.seq),
-        until: None,
-        detail: Some(held.client_msg_id.clone()),
-    };
-    let _ = state
-        .router
-        .publish(Envelope::frame(vec![held.from.clone()], frame))
-        .await;
-    state
-        .audit(store::AuditEntry {
-            ts: now_ms(),
-            actor: me,
-            action: "review.approve".into(),
-            conv: Some(conv.clone()),
-            target: Some(held.from),
-            message: Some(held.id),
-            rule: held.rule,
-            category: held.category,
-        })
-        .await;
+    decided(
+        &state,
+        me,
+        &conv,
+        held,
+        EventKind::ReviewApproved,
+        Some(message.seq),
+    )
+    .await;
     Ok(Json(Approved {
         conv,
         seq: message.seq,
@@ -521,12 +505,25 @@ async fn review_reject(
         state.review.take_held(&conv, &d.id).await?.ok_or_else(|| {
             ApiError::not_found(format!("no message {} waiting for review", d.id))
         })?;
+    decided(&state, me, &conv, held, EventKind::ReviewRejected, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Tells the sender of a held message what the reviewer decided, and records it.
+async fn decided(
+    state: &AppState,
+    reviewer: UserId,
+    conv: &ConvId,
+    held: store::HeldMessage,
+    event: EventKind,
+    seq: Option<protocol::Seq>,
+) {
     let frame = ServerFrame::Event {
-        event: EventKind::ReviewRejected,
+        event,
         conv: Some(conv.clone()),
-        actor: Some(me.clone()),
+        actor: Some(reviewer.clone()),
         user: Some(held.from.clone()),
-        seq: None,
+        seq,
         until: None,
         detail: Some(held.client_msg_id.clone()),
     };
@@ -534,19 +531,22 @@ async fn review_reject(
         .router
         .publish(Envelope::frame(vec![held.from.clone()], frame))
         .await;
+    let action = match event {
+        EventKind::ReviewApproved => "review.approve",
+        _ => "review.reject",
+    };
     state
         .audit(store::AuditEntry {
             ts: now_ms(),
-            actor: me,
-            action: "review.reject".into(),
-            conv: Some(conv),
+            actor: reviewer,
+            action: action.into(),
+            conv: Some(conv.clone()),
             target: Some(held.from),
             message: Some(held.id),
             rule: held.rule,
             category: held.category,
         })
         .await;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 fn require_company_admin(state: &AppState, me: &UserId) -> Result<(), ApiError> {
