@@ -146,6 +146,9 @@ async fn a_killed_node_loses_nothing_that_was_acked() {
         }
     }
     cluster.nodes[0].kill9();
+    // A write the dead node had in flight may still land (or time out) in the database:
+    // let it settle (the CQL request timeout in these tests is 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     // Drain whatever acks made it out before the kill.
     while let Some(f) = futures_util::FutureExt::now_or_never(alice.ws_next()).flatten() {
         if let ServerFrame::Ack { seq: Some(s), .. } = f {
@@ -167,9 +170,15 @@ async fn a_killed_node_loses_nothing_that_was_acked() {
     // Bob (on the surviving node) saw only complete, ordered deliveries; a resync fills the rest.
     let seen = sync_all(&mut bob, &conv, 0).await;
     assert_eq!(seen.len(), all.len());
-    // Sending continues on the survivor, after the last seq.
+    // Sending continues on the survivor after the last seq, never reusing one. (The dead node
+    // may have taken one more seq from Redis for a message it never wrote; that gap is the
+    // documented edge case of docs/SCYLLA.md.)
     let next = ack_seq(&alice.send_group(&g, "after", "after the crash").await);
-    assert_eq!(next, all.len() as u64 + 1);
+    let last = all.len() as u64;
+    assert!(
+        next == last + 1 || next == last + 2,
+        "next seq {next} after {last}"
+    );
     cluster.add_node();
 }
 
