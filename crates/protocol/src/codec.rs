@@ -161,6 +161,7 @@ mod tests {
                     ts,
                     mentions: mentions.into_iter().map(UserId::new).collect(),
                     reply_to: reply_to.map(Seq),
+                    mentioned: false,
                 },
             )
     }

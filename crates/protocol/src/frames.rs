@@ -33,6 +33,9 @@ pub enum MessageKind {
     Image,
     /// A file: `attachment` references it, `body` is an optional caption.
     File,
+    /// A recalled message: only its seq, sender and time remain (body, attachment and
+    /// mentions are erased). Never sent by clients.
+    Recalled,
 }
 
 /// A reference to an uploaded file, with the metadata a client needs to render it.
@@ -80,6 +83,10 @@ pub struct Message {
     /// The seq of the message this one answers, in the same conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<Seq>,
+    /// Set on a delivered `message` frame when it mentions the recipient (by name or with
+    /// `all`); never stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mentioned: bool,
 }
 
 /// What moderation did to an accepted message, reported to its sender in `ack`.
@@ -116,6 +123,12 @@ pub struct ConvSummary {
     pub read_seq: Seq,
     /// `last_seq - read_seq`.
     pub unread: u64,
+    /// The newest message, when there is one (in the `conversations` reply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<Message>,
+    /// Whether an unread message mentions the caller.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mentioned: bool,
 }
 
 /// What happened, in an `event` frame.
@@ -140,6 +153,19 @@ pub enum EventKind {
     ReviewRejected,
     /// The sender was warned by the moderation filter; `detail` names the category.
     Warned,
+    /// A member's role changed; `user` is the member, `detail` the new role.
+    RoleChanged,
+    /// A message was pinned (`seq`); `detail` is `unpinned` when it was unpinned.
+    Pinned,
+    /// The group announcement changed; `detail` carries its text.
+    Announcement,
+    /// An announcement waiting for approval was approved (`seq`) or rejected
+    /// (`detail: rejected`); sent to its author.
+    AnnouncementReviewed,
+    /// The group was archived (read-only from now on).
+    Archived,
+    /// The group was dissolved; its conversation is gone from the member's list.
+    Dissolved,
 }
 
 /// Client to server.
@@ -216,6 +242,17 @@ pub enum ClientFrame {
     Typing {
         /// The conversation.
         conv: ConvId,
+    },
+    /// Recall a message: its sender within the recall window, or a group owner or admin at
+    /// any time. Answered with `recalled`; members get an `event` of kind `recalled`.
+    Recall {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<Rid>,
+        /// The conversation.
+        conv: ConvId,
+        /// The message's seq.
+        seq: Seq,
     },
     /// Application-level liveness check; answered with `pong`.
     Ping {
@@ -346,6 +383,16 @@ pub enum ServerFrame {
         /// Whether sending the same request again can succeed.
         retry: bool,
     },
+    /// The reply to `recall`: the message is now a tombstone everywhere.
+    Recalled {
+        /// The request's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<Rid>,
+        /// The conversation.
+        conv: ConvId,
+        /// The recalled seq.
+        seq: Seq,
+    },
     /// The reply to `ping`.
     Pong {
         /// The ping's request id.
@@ -375,6 +422,7 @@ impl ClientFrame {
             | ClientFrame::Sync { rid, .. }
             | ClientFrame::Conversations { rid }
             | ClientFrame::Read { rid, .. }
+            | ClientFrame::Recall { rid, .. }
             | ClientFrame::Ping { rid } => rid.as_ref(),
             ClientFrame::Typing { .. } => None,
         }

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::{Group, GroupKind, Member, NewMessage, Role, Store, StoreError};
+use crate::{Group, GroupKind, Member, MetaOp, MetaStore, NewMessage, Role, Store, StoreError};
 use protocol::{ConvId, GroupId, MessageId, MessageKind, Seq, UserId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,7 +43,7 @@ pub fn new_msg(conv: &ConvId, from: &str, client_msg_id: &str) -> NewMessage {
 }
 
 /// Runs every check of the suite.
-pub async fn run_all<S: Store + Clone>(store: &S) {
+pub async fn run_all<S: Store + MetaStore + Clone>(store: &S) {
     seqs_are_gap_free_and_ordered(store).await;
     appends_are_idempotent(store).await;
     concurrent_appends_keep_seq_dense(store).await;
@@ -55,6 +55,8 @@ pub async fn run_all<S: Store + Clone>(store: &S) {
     groups_and_members(store).await;
     conversation_list(store).await;
     users(store).await;
+    recall_leaves_a_tombstone(store).await;
+    meta_records(store).await;
 }
 
 /// Seq starts at 1 and grows by one per message, per conversation.
@@ -328,4 +330,73 @@ pub async fn users<S: Store>(store: &S) {
     store.touch_user(&u, 5).await.unwrap();
     store.touch_user(&u, 6).await.unwrap();
     assert!(store.user_exists(&u).await.unwrap());
+}
+
+/// A recalled message keeps its seq, id, sender and time; its content is gone from history.
+pub async fn recall_leaves_a_tombstone<S: Store>(store: &S) {
+    let conv = ConvId::group(&GroupId::new(unique("grecall")));
+    for i in 0..3 {
+        store.append(new_msg(&conv, "a", &format!("r{i}"))).await.unwrap();
+    }
+    let original = store.recall(&conv, Seq(2)).await.unwrap().unwrap();
+    assert_eq!(original.seq, Seq(2));
+    assert_eq!(original.body, "body r1");
+    let page = store.history(&conv, None, 10).await.unwrap();
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq.0).collect();
+    assert_eq!(seqs, vec![3, 2, 1], "the seq stays in place");
+    let tomb = &page.messages[1];
+    assert_eq!(tomb.kind, MessageKind::Recalled);
+    assert!(tomb.body.is_empty() && tomb.attachment.is_none() && tomb.mentions.is_empty());
+    assert_eq!((tomb.id.clone(), tomb.from.clone()), (original.id, original.from));
+    assert_eq!(page.messages[0].body, "body r2", "neighbours are untouched");
+    let after = store.after(&conv, Seq(1), 10).await.unwrap();
+    assert_eq!(after.messages[0].kind, MessageKind::Recalled);
+    assert!(store.recall(&conv, Seq(9)).await.unwrap().is_none());
+    assert!(store.recall(&conv, Seq(0)).await.unwrap().is_none());
+}
+
+/// Get, prefix scans with paging, create-once and atomic batches of the meta records.
+pub async fn meta_records<S: MetaStore>(store: &S) {
+    let ns = unique("ns");
+    assert_eq!(store.get(&ns, "x").await.unwrap(), None);
+    assert!(store.insert_new(&ns, "user:a", b"1".to_vec()).await.unwrap());
+    assert!(!store.insert_new(&ns, "user:a", b"2".to_vec()).await.unwrap());
+    assert_eq!(store.get(&ns, "user:a").await.unwrap(), Some(b"1".to_vec()));
+    store
+        .apply(vec![
+            MetaOp::put(&ns, "user:b", b"b".to_vec()),
+            MetaOp::put(&ns, "user:c", b"c".to_vec()),
+            MetaOp::put(&ns, "other", b"o".to_vec()),
+            MetaOp::put(&ns, "user:a", b"a".to_vec()),
+        ])
+        .await
+        .unwrap();
+    let all = store.scan(&ns, "user:", "", 10).await.unwrap();
+    let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, vec!["user:a", "user:b", "user:c"]);
+    assert_eq!(all[0].1, b"a".to_vec());
+    let page = store.scan(&ns, "user:", "user:a", 1).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].0, "user:b");
+    assert_eq!(store.scan(&ns, "", "", 10).await.unwrap().len(), 4);
+    store
+        .apply(vec![
+            MetaOp::delete(&ns, "user:b"),
+            MetaOp::delete(&ns, "missing"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.get(&ns, "user:b").await.unwrap(), None);
+    assert_eq!(store.scan(&ns, "user:", "", 10).await.unwrap().len(), 2);
+    // Racing creations: exactly one wins.
+    let results = futures_join(store, &ns).await;
+    assert_eq!(results.iter().filter(|w| **w).count(), 1);
+}
+
+async fn futures_join<S: MetaStore>(store: &S, ns: &str) -> Vec<bool> {
+    let a = store.insert_new(ns, "race", b"a".to_vec());
+    let b = store.insert_new(ns, "race", b"b".to_vec());
+    let c = store.insert_new(ns, "race", b"c".to_vec());
+    let (a, b, c) = tokio::join!(a, b, c);
+    vec![a.unwrap(), b.unwrap(), c.unwrap()]
 }

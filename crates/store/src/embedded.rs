@@ -17,13 +17,14 @@
 //! tokio's blocking pool.
 
 use crate::{
+    MetaOp, MetaStore, Tombstone,
     Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, NewMessage, Page, Result,
     ReviewStore, Store, StoreError,
 };
 use async_trait::async_trait;
 use dashmap::DashMap;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use protocol::{ConvId, ConvSummary, GroupId, Seq, UserId};
+use protocol::{ConvId, ConvSummary, GroupId, Message, Seq, UserId};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,8 @@ struct Keyspaces {
     audit: Keyspace,
     /// `conv \0 review id` -> JSON of [`HeldMessage`].
     held: Keyspace,
+    /// `ns \0 key` -> value, for [`MetaStore`].
+    meta: Keyspace,
     /// Makes audit keys unique within a millisecond.
     audit_counter: std::sync::atomic::AtomicU64,
     /// Highest durable seq per conversation written since start; reads stop there. A
@@ -188,6 +191,7 @@ impl Keyspaces {
             user_groups: ks("user_groups")?,
             audit: ks("audit")?,
             held: ks("held")?,
+            meta: ks("meta")?,
             audit_counter: std::sync::atomic::AtomicU64::new(0),
             durable: DashMap::new(),
             db,
@@ -521,6 +525,8 @@ impl Store for EmbeddedStore {
                     last_ts,
                     read_seq: Seq(read_seq),
                     unread: last_seq - read_seq,
+                last_message: None,
+                mentioned: false,
                 });
             }
             out.sort_by(|a, b| b.last_ts.cmp(&a.last_ts).then(a.conv.cmp(&b.conv)));
@@ -658,6 +664,25 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn recall(&self, conv: &ConvId, seq: Seq) -> Result<Option<Message>> {
+        let conv = conv.clone();
+        self.write(move |ks, _| {
+            if seq.0 == 0 || seq.0 > ks.visible(conv.as_str()) {
+                return Ok(Ok(None));
+            }
+            let k = msg_key(conv.as_str(), seq.0);
+            let Some(v) = ks.messages.get(&k).map_err(backend)? else {
+                return Ok(Ok(None));
+            };
+            let original: Message = decode(&v)?;
+            ks.messages
+                .insert(k, encode(&original.tombstone())?)
+                .map_err(backend)?;
+            Ok(Ok(Some(original)))
+        })
+        .await
+    }
+
     async fn close(&self) -> Result<()> {
         // A last job, queued behind everything already sent, tells the writer to stop after
         // its batch is durable; then we wait for the thread to end.
@@ -671,6 +696,76 @@ impl Store for EmbeddedStore {
                 .map_err(|_| StoreError::Backend("store writer panicked".into()))?;
         }
         Ok(())
+    }
+}
+
+fn meta_key(ns: &str, key: &str) -> Vec<u8> {
+    self::key(&[ns.as_bytes(), key.as_bytes()])
+}
+
+#[async_trait]
+impl MetaStore for EmbeddedStore {
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let k = meta_key(ns, key);
+        self.read(move |ks| Ok(ks.meta.get(&k).map_err(backend)?.map(|v| v.to_vec())))
+            .await
+    }
+
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let (ns, prefix, after) = (ns.to_owned(), prefix.to_owned(), after.to_owned());
+        self.read(move |ks| {
+            let p = meta_key(&ns, &prefix);
+            let mut out = Vec::new();
+            for g in ks.meta.prefix(&p) {
+                let (k, v) = g.into_inner().map_err(backend)?;
+                let key = String::from_utf8_lossy(suffix(&k, ns.len())).into_owned();
+                if key.as_str() <= after.as_str() {
+                    continue;
+                }
+                out.push((key, v.to_vec()));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn insert_new(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<bool> {
+        let k = meta_key(ns, key);
+        // The writer thread runs jobs one at a time, so check-then-insert is atomic.
+        self.write(move |ks, _| {
+            if ks.meta.contains_key(&k).map_err(backend)? {
+                return Ok(Ok(false));
+            }
+            ks.meta.insert(k, value).map_err(backend)?;
+            Ok(Ok(true))
+        })
+        .await
+    }
+
+    async fn apply(&self, ops: Vec<MetaOp>) -> Result<()> {
+        self.write(move |ks, _| {
+            let mut batch = ks.db.batch();
+            for op in ops {
+                match op {
+                    MetaOp::Put { ns, key, value } => {
+                        batch.insert(&ks.meta, meta_key(&ns, &key), value)
+                    }
+                    MetaOp::Delete { ns, key } => batch.remove(&ks.meta, meta_key(&ns, &key)),
+                }
+            }
+            batch.commit().map_err(backend)?;
+            Ok(Ok(()))
+        })
+        .await
     }
 }
 

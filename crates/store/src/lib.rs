@@ -14,12 +14,14 @@
 pub mod conformance;
 pub mod embedded;
 mod error;
+pub mod meta;
 mod model;
 pub mod review;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 
 pub use error::StoreError;
+pub use meta::{MetaOp, MetaStore};
 pub use model::*;
 pub use review::{AuditEntry, AuditQuery, HeldMessage, ReviewStore};
 
@@ -92,6 +94,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The groups a user belongs to.
     async fn user_groups(&self, user: &UserId) -> Result<Vec<GroupId>>;
+
+    /// Replaces the message at `seq` by its tombstone (see [`Tombstone`]), durably, and
+    /// returns the message as it was; `None` when no such message is stored. Recalling a
+    /// tombstone again returns the tombstone.
+    async fn recall(&self, conv: &ConvId, seq: Seq) -> Result<Option<protocol::Message>>;
 
     /// Makes everything written so far durable and stops background work; later calls fail
     /// with `Unavailable`.

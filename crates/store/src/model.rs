@@ -45,6 +45,7 @@ impl NewMessage {
             ts: self.ts,
             mentions: self.mentions,
             reply_to: self.reply_to,
+            mentioned: false,
         }
     }
 }
@@ -121,4 +122,29 @@ pub struct Member {
     pub role: Role,
     /// When they joined, ms since the epoch.
     pub joined_at: u64,
+}
+
+/// What a recalled message becomes: its place in the conversation (seq, id, sender, time)
+/// stays so that cursors and gaps still add up; its content is erased.
+pub trait Tombstone {
+    /// The recalled form of this message.
+    fn tombstone(&self) -> Message;
+}
+
+impl Tombstone for Message {
+    fn tombstone(&self) -> Message {
+        Message {
+            conv: self.conv.clone(),
+            seq: self.seq,
+            id: self.id.clone(),
+            from: self.from.clone(),
+            kind: MessageKind::Recalled,
+            body: String::new(),
+            attachment: None,
+            ts: self.ts,
+            mentions: Vec::new(),
+            reply_to: None,
+            mentioned: false,
+        }
+    }
 }

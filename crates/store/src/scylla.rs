@@ -23,6 +23,7 @@
 mod cql;
 
 use crate::{
+    MetaOp, MetaStore,
     Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, NewMessage, Page, Result,
     ReviewStore, SeqSource, Store, StoreError,
 };
@@ -309,6 +310,7 @@ fn message_from_row(r: MessageRow) -> Result<Message> {
             .map(UserId::new)
             .collect(),
         reply_to: reply_to.map(to_u64).transpose()?.map(Seq),
+        mentioned: false,
     })
 }
 
@@ -985,6 +987,8 @@ impl Store for ScyllaStore {
                 last_ts,
                 read_seq: Seq(read),
                 unread: last_seq - read,
+                last_message: None,
+                mentioned: false,
             });
         }
         out.sort_by(|a, b| b.last_ts.cmp(&a.last_ts).then(a.conv.cmp(&b.conv)));
@@ -1151,6 +1155,28 @@ impl Store for ScyllaStore {
         Ok(rows.into_iter().map(|(g,)| GroupId::new(g)).collect())
     }
 
+    async fn recall(&self, conv: &ConvId, seq: Seq) -> Result<Option<Message>> {
+        let st = self.stmts().await?;
+        if seq.0 == 0 {
+            return Ok(None);
+        }
+        let bucket = to_i64(self.bucket(seq.0))?;
+        let row: Option<MessageRow> = self
+            .one(&st.select_message, (conv.as_str(), bucket, to_i64(seq.0)?))
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let original = message_from_row(row)?;
+        let ttl = self.ttl_for(conv).await?;
+        self.exec(
+            &st.recall_message,
+            (ttl, conv.as_str(), bucket, to_i64(seq.0)?),
+        )
+        .await?;
+        Ok(Some(original))
+    }
+
     async fn close(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Ok(());
@@ -1168,6 +1194,70 @@ impl Store for ScyllaStore {
         }
         self.inner.closed.store(true, Ordering::Release);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl MetaStore for ScyllaStore {
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let st = self.stmts().await?;
+        let row: Option<(Vec<u8>,)> = self.one(&st.select_meta_kv, (ns, key)).await?;
+        Ok(row.map(|(v,)| v))
+    }
+
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let st = self.stmts().await?;
+        // Keys never contain NUL, so `after + NUL` is the first key above `after`.
+        let lo = if after >= prefix {
+            format!("{after}\0")
+        } else {
+            prefix.to_owned()
+        };
+        let hi = crate::meta::prefix_end(prefix);
+        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+        self.rows(&st.scan_meta_kv, (ns, lo, hi, limit)).await
+    }
+
+    async fn insert_new(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<bool> {
+        let st = self.stmts().await?;
+        let res = self
+            .inner
+            .session
+            .execute_unpaged(&st.insert_new_meta_kv, (ns, key, value))
+            .await
+            .map_err(exec_err)?
+            .into_rows_result()
+            .map_err(cql::decode_err)?;
+        let row = res
+            .maybe_first_row::<::scylla::value::Row>()
+            .map_err(cql::decode_err)?;
+        Ok(matches!(
+            row.as_ref().and_then(|r| r.columns.first()),
+            Some(Some(::scylla::value::CqlValue::Boolean(true)))
+        ))
+    }
+
+    async fn apply(&self, ops: Vec<MetaOp>) -> Result<()> {
+        let st = self.stmts().await?;
+        let parts: Vec<(&PreparedStatement, BoxedRow)> = ops
+            .into_iter()
+            .map(|op| -> (&PreparedStatement, BoxedRow) {
+                match op {
+                    MetaOp::Put { ns, key, value } => (&st.insert_meta_kv, Box::new((ns, key, value))),
+                    MetaOp::Delete { ns, key } => (&st.delete_meta_kv, Box::new((ns, key))),
+                }
+            })
+            .collect();
+        match parts.len() {
+            0 => Ok(()),
+            _ => self.batch(parts).await,
+        }
     }
 }
 

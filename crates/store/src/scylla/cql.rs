@@ -2,7 +2,7 @@
 //! statements, and the mapping of driver errors to [`StoreError`].
 //!
 //! Everything here runs unchanged on ScyllaDB and on Apache Cassandra 5: no lightweight
-//! transactions, no counters, no ScyllaDB-only options (`BYPASS CACHE`, `USING TIMEOUT`,
+//! transactions (except one, creating an administrative record), no counters, no ScyllaDB-only options (`BYPASS CACHE`, `USING TIMEOUT`,
 //! `per_partition_rate_limit`, `tombstone_gc`), no Cassandra-5-only features (SAI, UCS,
 //! vectors). `CREATE ... IF NOT EXISTS` is used for the schema only.
 
@@ -80,6 +80,11 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.audit_days (
         shard int, day bigint, PRIMARY KEY (shard, day)
     ) WITH CLUSTERING ORDER BY (day DESC)",
+    // Administrative records (accounts, departments, group settings, files, ...): one
+    // partition per namespace, see `crate::meta`.
+    "CREATE TABLE IF NOT EXISTS {ks}.meta (
+        ns text, key text, value blob, PRIMARY KEY (ns, key)
+    )",
     // Review queue: messages held by moderation, as JSON, by conversation.
     "CREATE TABLE IF NOT EXISTS {ks}.held (
         conv text, id text, ts bigint, entry text, PRIMARY KEY (conv, id)
@@ -159,6 +164,12 @@ pub(super) struct Statements {
     pub select_held_all: PreparedStatement,
     pub select_held: PreparedStatement,
     pub delete_held: PreparedStatement,
+    pub recall_message: PreparedStatement,
+    pub select_meta_kv: PreparedStatement,
+    pub scan_meta_kv: PreparedStatement,
+    pub insert_meta_kv: PreparedStatement,
+    pub insert_new_meta_kv: PreparedStatement,
+    pub delete_meta_kv: PreparedStatement,
 }
 
 impl Statements {
@@ -317,6 +328,36 @@ impl Statements {
             ))
             .await?,
             delete_held: p(format!("DELETE FROM {ks}.held WHERE conv = ? AND id = ?")).await?,
+            recall_message: p(format!(
+                "UPDATE {ks}.messages USING TTL ? SET kind = 'recalled', body = '', \
+                 attachment = null, mentions = null, reply_to = null \
+                 WHERE conv = ? AND bucket = ? AND seq = ?"
+            ))
+            .await?,
+            select_meta_kv: p(format!(
+                "SELECT value FROM {ks}.meta WHERE ns = ? AND key = ?"
+            ))
+            .await?,
+            scan_meta_kv: p(format!(
+                "SELECT key, value FROM {ks}.meta WHERE ns = ? AND key >= ? AND key < ? LIMIT ?"
+            ))
+            .await?,
+            insert_meta_kv: p(format!(
+                "INSERT INTO {ks}.meta (ns, key, value) VALUES (?, ?, ?)"
+            ))
+            .await?,
+            // The one lightweight transaction of the backend: creating an administrative
+            // record (a user id, a group name) must not succeed twice. Rare, never on the
+            // message path.
+            insert_new_meta_kv: {
+                let mut s = p(format!(
+                    "INSERT INTO {ks}.meta (ns, key, value) VALUES (?, ?, ?) IF NOT EXISTS"
+                ))
+                .await?;
+                s.set_is_idempotent(false);
+                s
+            },
+            delete_meta_kv: p(format!("DELETE FROM {ks}.meta WHERE ns = ? AND key = ?")).await?,
         })
     }
 }

@@ -1,0 +1,82 @@
+//! Administrative records: a small namespaced key-value store for what the gateway keeps
+//! beside messages (accounts, departments, group settings, bans, files, pending
+//! announcements, mention markers).
+//!
+//! These records are few and read-mostly, so one generic table serves them all: every backend
+//! implements five operations once, and new features add a namespace rather than a schema
+//! change in two backends. Values are opaque bytes (the gateway stores JSON).
+
+use crate::Result;
+use async_trait::async_trait;
+
+/// One write of an atomic [`MetaStore::apply`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaOp {
+    /// Sets `ns/key` to `value`.
+    Put {
+        /// Namespace.
+        ns: String,
+        /// Key within the namespace.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Removes `ns/key` (no error when absent).
+    Delete {
+        /// Namespace.
+        ns: String,
+        /// Key within the namespace.
+        key: String,
+    },
+}
+
+impl MetaOp {
+    /// A put.
+    pub fn put(ns: &str, key: &str, value: Vec<u8>) -> Self {
+        MetaOp::Put {
+            ns: ns.to_owned(),
+            key: key.to_owned(),
+            value,
+        }
+    }
+
+    /// A delete.
+    pub fn delete(ns: &str, key: &str) -> Self {
+        MetaOp::Delete {
+            ns: ns.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+}
+
+/// A namespaced key-value store. Namespaces and keys are non-empty strings without NUL bytes.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// The value at `ns/key`.
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Up to `limit` entries of `ns` whose key starts with `prefix` and sorts after `after`
+    /// (exclusive; `""` for the start), in key order. Page by passing the last key back.
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Writes `value` at `ns/key` only if nothing is there; returns whether it was written.
+    /// Atomic: of two racing calls for one key, exactly one returns `true`.
+    async fn insert_new(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<bool>;
+
+    /// Applies every write of `ops` or none of them, durably before returning.
+    async fn apply(&self, ops: Vec<MetaOp>) -> Result<()>;
+}
+
+/// The upper bound of a key prefix for range scans: the prefix followed by the largest
+/// character, so every key starting with the prefix sorts below it.
+pub fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.to_owned();
+    end.push(char::MAX);
+    end
+}
