@@ -88,6 +88,24 @@ impl Auth {
             .map_err(|e| AuthError::Invalid(e.to_string()))
     }
 
+    /// Mints a token for a sign-in whose account revoked every token issued before
+    /// `not_before` (seconds): the token's `iat` is at least that. Returns it with its expiry.
+    pub fn mint_not_before(
+        &self,
+        user: &UserId,
+        not_before: u64,
+    ) -> Result<(String, u64), AuthError> {
+        let iat = now_secs().max(not_before);
+        let claims = Claims {
+            sub: user.to_string(),
+            exp: iat + self.ttl_secs,
+            iat,
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        Ok((token, claims.exp))
+    }
+
     /// Verifies a token and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let data =

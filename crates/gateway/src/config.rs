@@ -24,6 +24,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Moderation rules.
     pub moderation: ModerationConfig,
+    /// Group administration.
+    pub groups: GroupsConfig,
 }
 
 /// `[server]`
@@ -86,6 +88,14 @@ pub struct AuthConfig {
     /// User ids of company administrators (audit log, review of direct messages, rule
     /// reload, lifting suspensions).
     pub admins: Vec<String>,
+    /// User ids who approve or reject announcements (company administrators do too).
+    pub reviewers: Vec<String>,
+    /// Fewest characters of a built-in sign-in password.
+    pub password_min_len: usize,
+    /// Whether a password needs both letters and digits.
+    pub password_letters_and_digits: bool,
+    /// Failed sign-ins allowed per user id per minute before `POST /v1/login` answers 429.
+    pub login_attempts_per_minute: u32,
 }
 
 impl Default for AuthConfig {
@@ -95,6 +105,35 @@ impl Default for AuthConfig {
             token_ttl_secs: 24 * 3600,
             leeway_secs: 5,
             admins: Vec::new(),
+            reviewers: Vec::new(),
+            password_min_len: 8,
+            password_letters_and_digits: true,
+            login_attempts_per_minute: 10,
+        }
+    }
+}
+
+/// `[groups]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// How long after sending a sender may recall their own message, seconds.
+    pub recall_window_secs: u64,
+    /// Most pinned messages per group.
+    pub max_pins: usize,
+    /// Longest mute of a member, seconds.
+    pub max_mute_secs: u64,
+    /// Longest group announcement, characters.
+    pub max_announcement_chars: usize,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            recall_window_secs: 120,
+            max_pins: 50,
+            max_mute_secs: 30 * 24 * 3600,
+            max_announcement_chars: 2000,
         }
     }
 }

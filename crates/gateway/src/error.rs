@@ -18,14 +18,14 @@ pub struct ApiError {
 }
 
 /// The JSON body of an HTTP error: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// The inner part of [`ErrorBody`].
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable code.
     pub code: ErrorCode,

@@ -255,6 +255,7 @@ impl Sink for Hub {
                     }
                 }
                 Control::GroupChanged { group } => self.membership.invalidate(group),
+                Control::UserChanged { user } => self.membership.invalidate_user(user),
             },
         }
     }

@@ -1,15 +1,70 @@
-//! A read-through cache of group records and member lists, so the send path does not read
-//! the store for every message. Entries are dropped whenever membership changes (through
-//! this node's API, or a `GroupChanged` control message from another node).
+//! Read-through caches of what every request checks: group records with their members and
+//! settings, and directory accounts. The send path must not read the store for every
+//! message. Entries are dropped whenever they change (through this node's API, or a
+//! `GroupChanged` / `UserChanged` control message from another node).
 
+use crate::directory::{Account, NS_USER};
 use dashmap::DashMap;
-use protocol::{GroupId, UserId};
-use std::collections::HashMap;
+use protocol::{GroupId, Seq, UserId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use store::{Group, Member, Role, Store, StoreError};
+use store::{Group, Member, MetaStore, Role, Store, StoreError};
 
-/// A group and its members, as cached.
+/// Namespace of [`GroupSettings`] records, keyed by group id.
+pub const NS_GROUP_SETTINGS: &str = "group_settings";
+
+/// Where a project group is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Open for posting.
+    #[default]
+    Active,
+    /// Read-only: history stays readable, nobody posts.
+    Archived,
+    /// Dissolved: no members are left and the group is gone for everyone.
+    Dissolved,
+}
+
+/// What group owners and admins change about a group, beside its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+pub struct GroupSettings {
+    /// Only the owner and admins may post.
+    #[serde(default)]
+    pub muted_all: bool,
+    /// Muted members and until when (ms since the epoch).
+    #[serde(default)]
+    pub mutes: BTreeMap<UserId, u64>,
+    /// Users who may not be added again except by the owner or an admin.
+    #[serde(default)]
+    pub banned: BTreeSet<UserId>,
+    /// Pinned messages, oldest pin first.
+    #[serde(default)]
+    pub pinned: Vec<Seq>,
+    /// The group announcement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<String>,
+    /// Posts go out only after a reviewer approves them (an announcement channel).
+    #[serde(default)]
+    pub approval_required: bool,
+    /// Archived or active.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    /// The department whose members this group follows (department groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+}
+
+impl GroupSettings {
+    /// Until when `user` is muted, if they are now.
+    pub fn muted_until(&self, user: &UserId, now: u64) -> Option<u64> {
+        self.mutes.get(user).copied().filter(|until| *until > now)
+    }
+}
+
+/// A group, its members and its settings, as cached.
 #[derive(Debug)]
 pub struct GroupView {
     /// The group record.
@@ -18,6 +73,8 @@ pub struct GroupView {
     pub roles: HashMap<UserId, Role>,
     /// The members, for fan-out.
     pub members: Arc<Vec<UserId>>,
+    /// Settings.
+    pub settings: GroupSettings,
 }
 
 impl GroupView {
@@ -25,27 +82,53 @@ impl GroupView {
     pub fn role_of(&self, user: &UserId) -> Option<Role> {
         self.roles.get(user).copied()
     }
+
+    /// Whether the user is the owner or an admin.
+    pub fn is_admin(&self, user: &UserId) -> bool {
+        self.role_of(user).is_some_and(|r| r >= Role::Admin)
+    }
 }
 
-/// The cache.
+/// The caches.
 pub struct Membership {
     store: Arc<dyn Store>,
+    meta: Arc<dyn MetaStore>,
     groups: DashMap<GroupId, Arc<GroupView>>,
+    /// `None` caches "not in the directory".
+    accounts: DashMap<UserId, Option<Arc<Account>>>,
     /// Bumped by every invalidation, so a load that raced with one is not cached.
     epoch: AtomicU64,
+    /// Serializes read-modify-write changes of one group's settings on this node.
+    locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+fn meta_err(e: crate::error::ApiError) -> StoreError {
+    StoreError::Corrupt(e.message)
 }
 
 impl Membership {
-    /// An empty cache over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+    /// Empty caches over the stores.
+    pub fn new(store: Arc<dyn Store>, meta: Arc<dyn MetaStore>) -> Arc<Self> {
         Arc::new(Self {
             store,
+            meta,
             groups: DashMap::new(),
+            accounts: DashMap::new(),
             epoch: AtomicU64::new(0),
+            locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         })
     }
 
-    /// The group and its members, or `None` if it does not exist.
+    /// Holds the change lock of a group (one of 64 stripes) until the guard drops.
+    pub async fn lock(&self, id: &GroupId) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        let i = (h.finish() % self.locks.len() as u64) as usize;
+        self.locks[i].lock().await
+    }
+
+    /// The group, its members and settings, or `None` if it does not exist.
     pub async fn get(&self, id: &GroupId) -> Result<Option<Arc<GroupView>>, StoreError> {
         if let Some(v) = self.groups.get(id) {
             return Ok(Some(v.value().clone()));
@@ -55,10 +138,16 @@ impl Membership {
             return Ok(None);
         };
         let members: Vec<Member> = self.store.members(id).await?;
+        let settings: GroupSettings =
+            crate::directory::get_json(&self.meta, NS_GROUP_SETTINGS, id.as_str())
+                .await
+                .map_err(meta_err)?
+                .unwrap_or_default();
         let view = Arc::new(GroupView {
             group,
             roles: members.iter().map(|m| (m.user.clone(), m.role)).collect(),
             members: Arc::new(members.into_iter().map(|m| m.user).collect()),
+            settings,
         });
         if self.epoch.load(Ordering::Acquire) == epoch {
             self.groups.insert(id.clone(), view.clone());
@@ -66,9 +155,36 @@ impl Membership {
         Ok(Some(view))
     }
 
-    /// Forgets a group (after its membership changed).
+    /// Forgets a group (after its membership or settings changed).
     pub fn invalidate(&self, id: &GroupId) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.groups.remove(id);
+    }
+
+    /// The user's directory account, `None` when they are not in the directory.
+    pub async fn account(&self, user: &UserId) -> Result<Option<Arc<Account>>, StoreError> {
+        if let Some(v) = self.accounts.get(user) {
+            return Ok(v.value().clone());
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let account: Option<Account> =
+            crate::directory::get_json(&self.meta, NS_USER, user.as_str())
+                .await
+                .map_err(meta_err)?;
+        let account = account.map(Arc::new);
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            // Bounded: a flood of unknown ids must not grow the cache without limit.
+            if self.accounts.len() > 1_000_000 {
+                self.accounts.clear();
+            }
+            self.accounts.insert(user.clone(), account.clone());
+        }
+        Ok(account)
+    }
+
+    /// Forgets an account (after it changed).
+    pub fn invalidate_user(&self, user: &UserId) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.accounts.remove(user);
     }
 }

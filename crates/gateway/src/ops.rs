@@ -94,6 +94,11 @@ pub async fn handle(state: &AppState, ctx: &SessionCtx, frame: ClientFrame) -> O
         ClientFrame::Conversations { rid } => conversations(state, ctx, rid).await,
         ClientFrame::Read { rid: _, conv, seq } => read(state, ctx, conv, seq).await,
         ClientFrame::Typing { conv } => typing(state, ctx, conv).await,
+        ClientFrame::Recall { rid, conv, seq } => {
+            crate::messages::recall(state, ctx.user(), &conv, seq)
+                .await
+                .map(|()| Some(ServerFrame::Recalled { rid, conv, seq }))
+        }
         ClientFrame::Ping { rid } => Ok(Some(ServerFrame::Pong { rid })),
     };
     match result {
@@ -136,6 +141,11 @@ fn validate_send(state: &AppState, req: &SendRequest) -> Result<(), ApiError> {
             if req.attachment.is_some() {
                 return Err(ApiError::bad_request("a text message has no attachment"));
             }
+        }
+        MessageKind::Recalled => {
+            return Err(ApiError::bad_request(
+                "kind: recalled is not sent; use the recall frame",
+            ));
         }
         MessageKind::Image | MessageKind::File => {
             let Some(a) = &req.attachment else {
@@ -194,10 +204,18 @@ async fn send(
             }
             let conv = ConvId::group(g);
             let access = state.access(me, &conv).await?;
+            if let Access::Group(view) = &access {
+                check_group_posting(view, me)?;
+            }
             (conv, access)
         }
     };
     check_restriction(state, me)?;
+    crate::messages::check_mentions(&access, me, &req.mentions)?;
+    let mut req = req;
+    if let Some(a) = &req.attachment {
+        req.attachment = Some(crate::files::check_attachment(state, me, a).await?);
+    }
     let external =
         matches!(&access, Access::Group(g) if g.group.kind == store::GroupKind::External);
     let ctx_m = moderation::CheckContext {
@@ -245,40 +263,38 @@ async fn send(
             moderation: note,
         }));
     }
+    if let Access::Group(view) = &access {
+        if view.settings.approval_required {
+            return submit_for_approval(state, ctx, &conv, view, req, body, note).await;
+        }
+    }
+    if let Some(a) = &req.attachment {
+        crate::files::record_share(state, &a.file_id, &conv).await?;
+    }
     let participants = match &access {
         Access::Direct(_) => access.audience(),
         Access::Group(_) => Vec::new(),
     };
     // Delivery is queued from the store's writer, in seq order, once the message is durable.
-    let pump = state.pump.clone();
-    let audience = access.audience();
-    let skip = ctx.handle.id.clone();
-    let deliver: store::AfterAppend = Box::new(move |a: &store::Appended| {
-        if !a.duplicate {
-            let mut envelope = Envelope::frame(audience, ServerFrame::Message(a.message.clone()));
-            envelope.skip_session = Some(skip);
-            pump.push(envelope);
-        }
-    });
-    let appended = state
-        .store
-        .append_then(
-            NewMessage {
-                conv: conv.clone(),
-                from: me.clone(),
-                client_msg_id: req.client_msg_id.clone(),
-                id: MessageId::new(uuid::Uuid::now_v7().to_string()),
-                kind: req.kind,
-                body,
-                attachment: req.attachment,
-                mentions: req.mentions,
-                reply_to: req.reply_to,
-                ts: now_ms(),
-                participants,
-            },
-            deliver,
-        )
-        .await?;
+    let appended = crate::messages::append_and_deliver(
+        state,
+        NewMessage {
+            conv: conv.clone(),
+            from: me.clone(),
+            client_msg_id: req.client_msg_id.clone(),
+            id: MessageId::new(uuid::Uuid::now_v7().to_string()),
+            kind: req.kind,
+            body,
+            attachment: req.attachment,
+            mentions: req.mentions,
+            reply_to: req.reply_to,
+            ts: now_ms(),
+            participants,
+        },
+        access.audience(),
+        Some(ctx.handle.id.clone()),
+    )
+    .await?;
     let message: Message = appended.message;
     let ack = ServerFrame::Ack {
         rid: req.rid,
@@ -291,6 +307,68 @@ async fn send(
         moderation: note,
     };
     Ok(Some(ack))
+}
+
+/// Refuses posts to archived groups and from members muted in the group (or in a group
+/// muted as a whole, where only the owner and admins post).
+fn check_group_posting(view: &crate::membership::GroupView, me: &UserId) -> Result<(), ApiError> {
+    use crate::membership::Lifecycle;
+    if view.settings.lifecycle == Lifecycle::Archived {
+        return Err(ApiError::forbidden("the group is archived (read-only)"));
+    }
+    if let Some(until) = view.settings.muted_until(me, now_ms()) {
+        return Err(ApiError::new(
+            ErrorCode::Muted,
+            format!("you are muted in this group until {until} (ms since the epoch)"),
+        ));
+    }
+    if view.settings.muted_all && !view.is_admin(me) {
+        return Err(ApiError::new(
+            ErrorCode::Muted,
+            "the group is muted: only the owner and admins post",
+        ));
+    }
+    Ok(())
+}
+
+/// Holds a post to an approval-only group until a reviewer approves it; the `ack` has no
+/// seq and its `id` is the post id (see `/v1/posts`).
+async fn submit_for_approval(
+    state: &AppState,
+    ctx: &SessionCtx,
+    conv: &ConvId,
+    view: &crate::membership::GroupView,
+    req: SendRequest,
+    body: String,
+    note: Option<ModerationNote>,
+) -> Result<Option<ServerFrame>, ApiError> {
+    if req.kind != MessageKind::Text {
+        return Err(ApiError::bad_request(
+            "kind: posts to an approval-only group are text",
+        ));
+    }
+    let post = crate::posts::submit(
+        state,
+        ctx.user(),
+        &view.group.id,
+        crate::posts::PostKind::Message,
+        body,
+        Some(req.client_msg_id.clone()),
+    )
+    .await?;
+    Ok(Some(ServerFrame::Ack {
+        rid: req.rid,
+        client_msg_id: req.client_msg_id,
+        conv: conv.clone(),
+        seq: None,
+        id: MessageId::new(post.id),
+        ts: post.created_at,
+        duplicate: false,
+        moderation: note.or(Some(ModerationNote {
+            action: "approval".into(),
+            category: None,
+        })),
+    }))
 }
 
 /// Refuses senders who are muted or suspended.
@@ -332,6 +410,7 @@ async fn moderate(
             message: Some(req.client_msg_id.clone()),
             rule: verdict.rule.clone(),
             category: verdict.category.clone(),
+            detail: None,
         })
         .await;
     if verdict.escalate {
@@ -376,6 +455,7 @@ async fn escalate(state: &AppState, user: &UserId, penalty: Penalty, now: u64) {
             message: None,
             rule: None,
             category: None,
+            detail: None,
         })
         .await;
     let frame = ServerFrame::Event {
@@ -460,7 +540,7 @@ async fn conversations(
     ctx: &SessionCtx,
     rid: Option<Rid>,
 ) -> Result<Option<ServerFrame>, ApiError> {
-    let conversations = state.store.conversations(ctx.user()).await?;
+    let conversations = crate::messages::conversation_list(state, ctx.user()).await?;
     Ok(Some(ServerFrame::Conversations { rid, conversations }))
 }
 

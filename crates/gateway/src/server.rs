@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::embedded::{EmbeddedOptions, EmbeddedStore};
 use store::scylla::{parse_consistency, ScyllaOptions, ScyllaStore};
-use store::{ReviewStore, Store};
+use store::{MetaStore, ReviewStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -32,9 +32,12 @@ pub struct Node {
     listener: TcpListener,
 }
 
+/// The three faces of one storage backend: messages, moderation records, admin records.
+type Backends = (Arc<dyn Store>, Arc<dyn ReviewStore>, Arc<dyn MetaStore>);
+
 /// Opens the ScyllaDB store (running the migrations) with Redis sequence counters; it also
 /// keeps the audit log and the review queue, shared by every node.
-async fn open_scylla(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn ReviewStore>)> {
+async fn open_scylla(config: &Config) -> anyhow::Result<Backends> {
     anyhow::ensure!(
         config.router.backend == "redis",
         "store.backend = \"scylla\" needs router.backend = \"redis\", which allocates sequence numbers"
@@ -44,7 +47,11 @@ async fn open_scylla(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn
         .migrate()
         .await
         .context("running the CQL migrations")?;
-    Ok((Arc::new(store.clone()), Arc::new(store)))
+    Ok((
+        Arc::new(store.clone()),
+        Arc::new(store.clone()),
+        Arc::new(store),
+    ))
 }
 
 /// Connects the ScyllaDB store described by `config` (without migrating).
@@ -94,28 +101,27 @@ impl Node {
             );
             m
         };
-        let (store, review): (Arc<dyn Store>, Arc<dyn ReviewStore>) =
-            match config.store.backend.as_str() {
-                "embedded" => {
-                    let dir = config.server.data_dir.clone();
-                    let opts = EmbeddedOptions {
-                        max_batch: config.store.max_batch,
-                        queue: config.store.queue,
-                    };
-                    let store =
-                        tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, opts))
-                            .await?
-                            .with_context(|| {
-                                format!("opening the store in {}", config.server.data_dir.display())
-                            })?;
-                    (Arc::new(store.clone()), Arc::new(store))
-                }
-                "scylla" => {
-                    let (store, review) = open_scylla(&config).await?;
-                    (store, review)
-                }
-                other => bail!("store.backend = {other:?}: expected \"embedded\" or \"scylla\""),
-            };
+        let (store, review, meta): Backends = match config.store.backend.as_str() {
+            "embedded" => {
+                let dir = config.server.data_dir.clone();
+                let opts = EmbeddedOptions {
+                    max_batch: config.store.max_batch,
+                    queue: config.store.queue,
+                };
+                let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, opts))
+                    .await?
+                    .with_context(|| {
+                        format!("opening the store in {}", config.server.data_dir.display())
+                    })?;
+                (
+                    Arc::new(store.clone()),
+                    Arc::new(store.clone()),
+                    Arc::new(store),
+                )
+            }
+            "scylla" => open_scylla(&config).await?,
+            other => bail!("store.backend = {other:?}: expected \"embedded\" or \"scylla\""),
+        };
         let router: Arc<dyn Router> = match config.router.backend.as_str() {
             "local" => Arc::new(LocalRouter::new()),
             "redis" => {
@@ -140,7 +146,7 @@ impl Node {
             }
             other => bail!("router.backend = {other:?}: expected \"local\" or \"redis\""),
         };
-        let membership = Membership::new(store.clone());
+        let membership = Membership::new(store.clone(), meta.clone());
         let hub = Hub::new(membership.clone());
         router.attach(hub.clone());
         let listener = TcpListener::bind(&config.server.listen)
@@ -152,11 +158,16 @@ impl Node {
             auth,
             store,
             review,
+            meta,
             moderation,
             router,
             hub,
             membership,
             known_users: DashSet::new(),
+            login_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(config.auth.login_attempts_per_minute.max(1))
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )),
             connections: Arc::new(Semaphore::new(config.server.max_connections.max(1))),
             shutdown,
             config,

@@ -78,6 +78,9 @@ pub async fn upgrade(
         .into_response();
     };
     let user = UserId::new(claims.sub);
+    if let Err(e) = state.check_account(&user, claims.iat).await {
+        return e.into_response();
+    }
     if let Err(e) = state.touch_user(&user).await {
         return e.into_response();
     }

@@ -27,6 +27,8 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     /// Audit log and review queue.
     pub review: Arc<dyn store::ReviewStore>,
+    /// Administrative records: accounts, departments, group settings, files.
+    pub meta: Arc<dyn store::MetaStore>,
     /// Moderation rules, escalation and penalties.
     pub moderation: Arc<crate::moderation::Moderation>,
     /// Delivery.
@@ -41,6 +43,8 @@ pub struct Inner {
     pub known_users: DashSet<UserId>,
     /// Permits for WebSocket sessions (`server.max_connections`).
     pub connections: Arc<Semaphore>,
+    /// Sign-in attempts per user id (`auth.login_attempts_per_minute`).
+    pub login_limiter: governor::DefaultKeyedRateLimiter<UserId>,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
 }
@@ -85,6 +89,62 @@ impl Inner {
         self.config.auth.admins.iter().any(|a| a == user.as_str())
     }
 
+    /// Refuses with `unauthorized` a token of a deactivated account or one issued before the
+    /// account's tokens were revoked; returns the directory record when there is one.
+    pub async fn check_account(
+        &self,
+        user: &UserId,
+        issued_at: u64,
+    ) -> Result<Option<Arc<crate::directory::Account>>, ApiError> {
+        let account = self.membership.account(user).await?;
+        if let Some(a) = &account {
+            if !a.is_active() {
+                return Err(ApiError::new(
+                    protocol::ErrorCode::Unauthorized,
+                    "this account is deactivated",
+                ));
+            }
+            if issued_at < a.tokens_valid_after {
+                return Err(ApiError::new(
+                    protocol::ErrorCode::Unauthorized,
+                    "this token was revoked; sign in again",
+                ));
+            }
+        }
+        Ok(account)
+    }
+
+    /// Whether the user is marked external in the directory.
+    pub async fn is_external(&self, user: &UserId) -> Result<bool, ApiError> {
+        Ok(self
+            .membership
+            .account(user)
+            .await?
+            .is_some_and(|a| a.external))
+    }
+
+    /// `forbidden` unless the user is a company administrator.
+    pub fn require_company_admin(&self, user: &UserId) -> Result<(), ApiError> {
+        if self.is_company_admin(user) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "only company administrators may do this",
+            ))
+        }
+    }
+
+    /// Whether the user reviews announcements (`auth.reviewers`, and company administrators).
+    pub fn is_reviewer(&self, user: &UserId) -> bool {
+        self.is_company_admin(user)
+            || self
+                .config
+                .auth
+                .reviewers
+                .iter()
+                .any(|r| r == user.as_str())
+    }
+
     /// Records an audit entry; a failure is logged, never fatal to the request.
     pub async fn audit(&self, entry: store::AuditEntry) {
         if let Err(e) = self.review.audit(entry).await {
@@ -114,11 +174,12 @@ impl Inner {
         Ok(exists)
     }
 
-    /// The group, or `not_found`.
+    /// The group, or `not_found` (also for a dissolved group).
     pub async fn group(&self, id: &GroupId) -> Result<Arc<GroupView>, ApiError> {
         self.membership
             .get(id)
             .await?
+            .filter(|g| g.settings.lifecycle != crate::membership::Lifecycle::Dissolved)
             .ok_or_else(|| ApiError::not_found(format!("no group {id}")))
     }
 

@@ -5,7 +5,7 @@ use std::fmt;
 
 /// The machine-readable reason in an `error` frame or an HTTP error body. These strings are
 /// part of the public contract: never rename one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The frame or request is malformed or a field is invalid.

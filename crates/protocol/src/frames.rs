@@ -23,7 +23,9 @@ pub enum Target {
 }
 
 /// What a message carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     /// Plain text in `body`.
@@ -39,7 +41,7 @@ pub enum MessageKind {
 }
 
 /// A reference to an uploaded file, with the metadata a client needs to render it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attachment {
     /// The file's id, as returned by the upload API.
     pub file_id: String,
@@ -58,7 +60,7 @@ pub struct Attachment {
 }
 
 /// A stored message as clients see it, in `message` and `history` frames.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     /// The conversation it belongs to.
     pub conv: ConvId,
@@ -111,7 +113,7 @@ pub struct SyncedConv {
 }
 
 /// One row of the conversation list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConvSummary {
     /// The conversation.
     pub conv: ConvId,
@@ -132,7 +134,7 @@ pub struct ConvSummary {
 }
 
 /// What happened, in an `event` frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A user joined (or was added to) a group.

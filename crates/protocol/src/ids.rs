@@ -16,7 +16,10 @@ fn valid_id(s: &str) -> bool {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+            utoipa::ToSchema,
+        )]
         #[serde(transparent)]
         pub struct $name(pub String);
 
@@ -64,7 +67,18 @@ string_id!(
 
 /// A message's position in its conversation: 1, 2, 3, ... with no gaps.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    Default,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 pub struct Seq(pub u64);
@@ -77,8 +91,11 @@ impl fmt::Display for Seq {
 
 /// A conversation id in its canonical string form: `dm:<a>:<b>` (user ids sorted) or
 /// `group:<id>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "group:g0193")]
 pub struct ConvId(String);
 
 /// Why a string is not a conversation id.

@@ -42,6 +42,11 @@ pub enum Control {
         /// The group.
         group: GroupId,
     },
+    /// A directory account changed (status, department, external flag): drop cached copies.
+    UserChanged {
+        /// The user.
+        user: UserId,
+    },
 }
 
 /// What an envelope carries.

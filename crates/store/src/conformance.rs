@@ -336,7 +336,10 @@ pub async fn users<S: Store>(store: &S) {
 pub async fn recall_leaves_a_tombstone<S: Store>(store: &S) {
     let conv = ConvId::group(&GroupId::new(unique("grecall")));
     for i in 0..3 {
-        store.append(new_msg(&conv, "a", &format!("r{i}"))).await.unwrap();
+        store
+            .append(new_msg(&conv, "a", &format!("r{i}")))
+            .await
+            .unwrap();
     }
     let original = store.recall(&conv, Seq(2)).await.unwrap().unwrap();
     assert_eq!(original.seq, Seq(2));
@@ -347,7 +350,10 @@ pub async fn recall_leaves_a_tombstone<S: Store>(store: &S) {
     let tomb = &page.messages[1];
     assert_eq!(tomb.kind, MessageKind::Recalled);
     assert!(tomb.body.is_empty() && tomb.attachment.is_none() && tomb.mentions.is_empty());
-    assert_eq!((tomb.id.clone(), tomb.from.clone()), (original.id, original.from));
+    assert_eq!(
+        (tomb.id.clone(), tomb.from.clone()),
+        (original.id, original.from)
+    );
     assert_eq!(page.messages[0].body, "body r2", "neighbours are untouched");
     let after = store.after(&conv, Seq(1), 10).await.unwrap();
     assert_eq!(after.messages[0].kind, MessageKind::Recalled);
@@ -359,8 +365,14 @@ pub async fn recall_leaves_a_tombstone<S: Store>(store: &S) {
 pub async fn meta_records<S: MetaStore>(store: &S) {
     let ns = unique("ns");
     assert_eq!(store.get(&ns, "x").await.unwrap(), None);
-    assert!(store.insert_new(&ns, "user:a", b"1".to_vec()).await.unwrap());
-    assert!(!store.insert_new(&ns, "user:a", b"2".to_vec()).await.unwrap());
+    assert!(store
+        .insert_new(&ns, "user:a", b"1".to_vec())
+        .await
+        .unwrap());
+    assert!(!store
+        .insert_new(&ns, "user:a", b"2".to_vec())
+        .await
+        .unwrap());
     assert_eq!(store.get(&ns, "user:a").await.unwrap(), Some(b"1".to_vec()));
     store
         .apply(vec![

@@ -17,9 +17,8 @@
 //! tokio's blocking pool.
 
 use crate::{
-    MetaOp, MetaStore, Tombstone,
-    Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, NewMessage, Page, Result,
-    ReviewStore, Store, StoreError,
+    Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
+    Page, Result, ReviewStore, Store, StoreError, Tombstone,
 };
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -525,8 +524,8 @@ impl Store for EmbeddedStore {
                     last_ts,
                     read_seq: Seq(read_seq),
                     unread: last_seq - read_seq,
-                last_message: None,
-                mentioned: false,
+                    last_message: None,
+                    mentioned: false,
                 });
             }
             out.sort_by(|a, b| b.last_ts.cmp(&a.last_ts).then(a.conv.cmp(&b.conv)));
@@ -862,6 +861,7 @@ mod tests {
                     message: None,
                     rule: Some("deny/porn.txt:1".into()),
                     category: Some((*cat).into()),
+                    detail: None,
                 })
                 .await
                 .unwrap();

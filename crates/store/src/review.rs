@@ -8,7 +8,7 @@ use protocol::{Attachment, ConvId, MessageKind, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
 /// One audit record: a moderation verdict other than allow, or an admin action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// When, ms since the epoch.
     pub ts: u64,
@@ -31,6 +31,26 @@ pub struct AuditEntry {
     /// The rule category.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// What changed, for admin actions (e.g. a mute's end, a new role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl AuditEntry {
+    /// An entry for an admin action by `actor`, with the other fields empty.
+    pub fn action(ts: u64, actor: &UserId, action: &str) -> Self {
+        Self {
+            ts,
+            actor: actor.clone(),
+            action: action.to_owned(),
+            conv: None,
+            target: None,
+            message: None,
+            rule: None,
+            category: None,
+            detail: None,
+        }
+    }
 }
 
 /// Filters for reading the audit log; every field narrows the result.
@@ -68,7 +88,7 @@ impl AuditQuery {
 }
 
 /// A message held by moderation until an admin approves or rejects it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeldMessage {
     /// The review id.
     pub id: String,

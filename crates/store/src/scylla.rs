@@ -23,9 +23,8 @@
 mod cql;
 
 use crate::{
-    MetaOp, MetaStore,
-    Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, NewMessage, Page, Result,
-    ReviewStore, SeqSource, Store, StoreError,
+    Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
+    Page, Result, ReviewStore, SeqSource, Store, StoreError,
 };
 use ::scylla::client::execution_profile::ExecutionProfile;
 use ::scylla::client::session::Session;
@@ -1249,7 +1248,9 @@ impl MetaStore for ScyllaStore {
             .into_iter()
             .map(|op| -> (&PreparedStatement, BoxedRow) {
                 match op {
-                    MetaOp::Put { ns, key, value } => (&st.insert_meta_kv, Box::new((ns, key, value))),
+                    MetaOp::Put { ns, key, value } => {
+                        (&st.insert_meta_kv, Box::new((ns, key, value)))
+                    }
                     MetaOp::Delete { ns, key } => (&st.delete_meta_kv, Box::new((ns, key))),
                 }
             })

@@ -390,6 +390,7 @@ async fn audit_log_and_review_queue() {
                         message: None,
                         rule: Some("deny/porn.txt:1".into()),
                         category: Some((*cat).into()),
+                        detail: None,
                     })
                     .await
                     .unwrap();

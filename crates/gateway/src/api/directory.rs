@@ -1,0 +1,742 @@
+//! The company directory over HTTP: accounts and departments (company administrators),
+//! directory search (internal users), built-in sign-in, and the caller's own sessions.
+
+use super::{groups, user_changed, ApiJson, Caller};
+use crate::directory::{
+    get_json, hash_password, scan_all, to_json, verify_password, Account, Department,
+    PasswordPolicy, Status, NS_CREDENTIAL, NS_DEPT, NS_USER,
+};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::{now_ms, AppState};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use protocol::{close, ErrorCode, UserId};
+use router::{Control, Envelope};
+use serde::{Deserialize, Serialize};
+use store::{AuditEntry, MetaOp};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(create_user, search_users))
+        .routes(routes!(get_user, update_user))
+        .routes(routes!(deactivate))
+        .routes(routes!(activate))
+        .routes(routes!(set_password))
+        .routes(routes!(create_department, list_departments))
+        .routes(routes!(update_department, delete_department))
+        .routes(routes!(me))
+        .routes(routes!(my_sessions))
+        .routes(routes!(sign_out_session))
+}
+
+fn policy(state: &AppState) -> PasswordPolicy {
+    PasswordPolicy {
+        min_len: state.config.auth.password_min_len,
+        letters_and_digits: state.config.auth.password_letters_and_digits,
+    }
+}
+
+fn audit(me: &UserId, action: &str, target: Option<&UserId>, detail: Option<String>) -> AuditEntry {
+    let mut e = AuditEntry::action(now_ms(), me, action);
+    e.target = target.cloned();
+    e.detail = detail;
+    e
+}
+
+fn valid_id(s: &str) -> bool {
+    UserId::new(s).is_valid()
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    let n = name.trim().chars().count();
+    if n == 0 || n > 100 {
+        return Err(ApiError::bad_request(format!(
+            "{field}: must be 1 to 100 characters"
+        )));
+    }
+    Ok(())
+}
+
+async fn department_exists(state: &AppState, id: &str) -> Result<bool, ApiError> {
+    Ok(state.meta.get(NS_DEPT, id).await?.is_some())
+}
+
+/// `POST /v1/login` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// User id.
+    user: UserId,
+    /// Password.
+    password: String,
+}
+
+/// A signed-in session's token.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Token {
+    /// The JWT, for `Authorization: Bearer` and `/ws?token=`.
+    token: String,
+    /// Expiry, seconds since the epoch.
+    expires_at: u64,
+}
+
+/// Built-in sign-in with a password set by an administrator (no token needed).
+#[utoipa::path(post, path = "/v1/login", tag = "directory", request_body = Login,
+    responses((status = 200, body = Token), (status = 400, body = ErrorBody),
+        (status = 401, description = "Wrong user id or password, or deactivated", body = ErrorBody),
+        (status = 429, description = "Too many attempts", body = ErrorBody)))]
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<Login>,
+) -> Result<Json<Token>, ApiError> {
+    if !req.user.is_valid() {
+        return Err(ApiError::bad_request("user: not a user id"));
+    }
+    if state.login_limiter.check_key(&req.user).is_err() {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many sign-in attempts for this user; wait a minute",
+        ));
+    }
+    let refused = || ApiError::new(ErrorCode::Unauthorized, "wrong user id or password");
+    let hash: Option<String> = get_json(&state.meta, NS_CREDENTIAL, req.user.as_str()).await?;
+    let account = state.membership.account(&req.user).await?;
+    let (Some(hash), Some(account)) = (hash, account) else {
+        // Spend the same time as a real check, so timing does not tell which ids exist.
+        let _ = verify_password(req.password, DUMMY_HASH.into()).await;
+        return Err(refused());
+    };
+    if !verify_password(req.password, hash).await {
+        return Err(refused());
+    }
+    if !account.is_active() {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "this account is deactivated",
+        ));
+    }
+    let (token, expires_at) = state
+        .auth
+        .mint_not_before(&req.user, account.tokens_valid_after)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok(Json(Token { token, expires_at }))
+}
+
+/// An argon2id hash of a random password, checked when the user id is unknown.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2yXo5vKQ8wYQxIYlN9m0fS2H0xQm2bq0b2pWm0p1r0c";
+
+/// `POST /v1/users` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    /// User id (`[A-Za-z0-9_.@-]`, 1..=64).
+    id: UserId,
+    /// Display name.
+    name: String,
+    /// Department id.
+    #[serde(default)]
+    department: Option<String>,
+    /// Job title.
+    #[serde(default)]
+    title: Option<String>,
+    /// Someone outside the company.
+    #[serde(default)]
+    external: bool,
+    /// A password for built-in sign-in (checked against the password policy).
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Registers an account (company administrators). It joins the company groups and its
+/// department's groups.
+#[utoipa::path(post, path = "/v1/users", tag = "directory", request_body = NewAccount, security(("bearer" = [])),
+    responses((status = 201, body = Account), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, description = "No such department", body = ErrorBody),
+        (status = 409, description = "The id is taken", body = ErrorBody)))]
+async fn create_user(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    ApiJson(req): ApiJson<NewAccount>,
+) -> Result<Response, ApiError> {
+    state.require_company_admin(&me)?;
+    if !req.id.is_valid() {
+        return Err(ApiError::bad_request(
+            "id: 1 to 64 characters of letters, digits and _ . @ -",
+        ));
+    }
+    check_name("name", &req.name)?;
+    if req
+        .title
+        .as_deref()
+        .is_some_and(|t| t.chars().count() > 100)
+    {
+        return Err(ApiError::bad_request("title: at most 100 characters"));
+    }
+    if let Some(d) = &req.department {
+        if !department_exists(&state, d).await? {
+            return Err(ApiError::not_found(format!("no department {d}")));
+        }
+    }
+    let hash = match &req.password {
+        Some(p) => {
+            policy(&state).check(p)?;
+            Some(hash_password(p.clone()).await?)
+        }
+        None => None,
+    };
+    let now = now_ms();
+    let account = Account {
+        id: req.id.clone(),
+        name: req.name.trim().to_owned(),
+        department: req.department,
+        title: req.title,
+        status: Status::Active,
+        external: req.external,
+        tokens_valid_after: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    if !state
+        .meta
+        .insert_new(NS_USER, account.id.as_str(), to_json(&account)?)
+        .await?
+    {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("id: user {} exists", account.id),
+        ));
+    }
+    if let Some(h) = hash {
+        if let Err(e) = state
+            .meta
+            .apply(vec![MetaOp::put(
+                NS_CREDENTIAL,
+                account.id.as_str(),
+                to_json(&h)?,
+            )])
+            .await
+        {
+            // Nothing half-applied: without its password the account does not stay.
+            let _ = state
+                .meta
+                .apply(vec![MetaOp::delete(NS_USER, account.id.as_str())])
+                .await;
+            return Err(e.into());
+        }
+    }
+    user_changed(&state, &account.id).await;
+    state.touch_user(&account.id).await?;
+    groups::follow_directory(&state, &account, None).await?;
+    state
+        .audit(audit(&me, "user.create", Some(&account.id), None))
+        .await;
+    Ok((StatusCode::CREATED, Json(account)).into_response())
+}
+
+/// `GET /v1/users` filters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct UserQuery {
+    /// Part of the name or id (case-insensitive).
+    q: Option<String>,
+    /// Only this department.
+    department: Option<String>,
+    /// Include deactivated accounts (company administrators).
+    #[serde(default)]
+    include_deactivated: bool,
+    /// At most this many (default 50, at most 500).
+    limit: Option<usize>,
+}
+
+/// Searches the directory by name and department (internal users).
+#[utoipa::path(get, path = "/v1/users", tag = "directory", params(UserQuery), security(("bearer" = [])),
+    responses((status = 200, body = [Account]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn search_users(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Query(q): Query<UserQuery>,
+) -> Result<Json<Vec<Account>>, ApiError> {
+    let admin = state.is_company_admin(&me);
+    if !admin && state.is_external(&me).await? {
+        return Err(ApiError::forbidden(
+            "external users do not see the directory",
+        ));
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let needle = q.q.as_deref().map(str::to_lowercase);
+    let all: Vec<(String, Account)> = scan_all(&state.meta, NS_USER, "").await?;
+    Ok(Json(
+        all.into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| a.is_active() || (admin && q.include_deactivated))
+            .filter(|a| {
+                q.department
+                    .as_deref()
+                    .is_none_or(|d| a.department.as_deref() == Some(d))
+            })
+            .filter(|a| {
+                needle.as_deref().is_none_or(|n| {
+                    a.name.to_lowercase().contains(n) || a.id.as_str().to_lowercase().contains(n)
+                })
+            })
+            .take(limit)
+            .collect(),
+    ))
+}
+
+/// One account (internal users; company administrators see deactivated ones too).
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "directory", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = Account), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_user(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Account>, ApiError> {
+    let admin = state.is_company_admin(&me);
+    if !admin && me.as_str() != id && state.is_external(&me).await? {
+        return Err(ApiError::forbidden(
+            "external users do not see the directory",
+        ));
+    }
+    let account = state
+        .membership
+        .account(&UserId::new(&id))
+        .await?
+        .filter(|a| admin || a.is_active() || me.as_str() == id)
+        .ok_or_else(|| ApiError::not_found(format!("no user {id}")))?;
+    Ok(Json(account.as_ref().clone()))
+}
+
+/// `PATCH /v1/users/{id}` body: the fields to change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountChange {
+    /// Display name.
+    #[serde(default)]
+    name: Option<String>,
+    /// Department id (`""` removes it).
+    #[serde(default)]
+    department: Option<String>,
+    /// Job title (`""` removes it).
+    #[serde(default)]
+    title: Option<String>,
+    /// External flag.
+    #[serde(default)]
+    external: Option<bool>,
+}
+
+/// Reads an account record for a change, or `not_found`.
+async fn load(state: &AppState, id: &str) -> Result<Account, ApiError> {
+    get_json(&state.meta, NS_USER, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no user {id}")))
+}
+
+async fn save(state: &AppState, account: &Account) -> Result<(), ApiError> {
+    state
+        .meta
+        .apply(vec![MetaOp::put(
+            NS_USER,
+            account.id.as_str(),
+            to_json(account)?,
+        )])
+        .await?;
+    user_changed(state, &account.id).await;
+    Ok(())
+}
+
+/// Changes an account (company administrators). A new department moves the account between
+/// department groups.
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "directory", request_body = AccountChange, security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = Account), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_user(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<AccountChange>,
+) -> Result<Json<Account>, ApiError> {
+    state.require_company_admin(&me)?;
+    let mut account = load(&state, &id).await?;
+    let old_department = account.department.clone();
+    if let Some(n) = &req.name {
+        check_name("name", n)?;
+        account.name = n.trim().to_owned();
+    }
+    if let Some(t) = req.title {
+        if t.chars().count() > 100 {
+            return Err(ApiError::bad_request("title: at most 100 characters"));
+        }
+        account.title = (!t.is_empty()).then_some(t);
+    }
+    if let Some(d) = req.department {
+        if !d.is_empty() && !department_exists(&state, &d).await? {
+            return Err(ApiError::not_found(format!("no department {d}")));
+        }
+        account.department = (!d.is_empty()).then_some(d);
+    }
+    if let Some(x) = req.external {
+        account.external = x;
+    }
+    account.updated_at = now_ms();
+    save(&state, &account).await?;
+    groups::follow_directory(&state, &account, old_department.as_deref()).await?;
+    state
+        .audit(audit(&me, "user.update", Some(&account.id), None))
+        .await;
+    Ok(Json(account))
+}
+
+/// Deactivates an account (company administrators): its tokens stop working and every
+/// session closes with 4001 on every node.
+#[utoipa::path(post, path = "/v1/users/{id}/deactivate", tag = "directory", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = Account), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn deactivate(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Account>, ApiError> {
+    state.require_company_admin(&me)?;
+    if me.as_str() == id {
+        return Err(ApiError::bad_request("id: you cannot deactivate yourself"));
+    }
+    let mut account = load(&state, &id).await?;
+    account.status = Status::Deactivated;
+    // Every token issued up to now is revoked, also after a later re-activation.
+    account.tokens_valid_after = crate::auth::now_secs() + 1;
+    account.updated_at = now_ms();
+    save(&state, &account).await?;
+    let control = Control::Disconnect {
+        code: close::SIGNED_OUT,
+        reason: "account deactivated".into(),
+        session: None,
+    };
+    state
+        .router
+        .publish(Envelope::control(vec![account.id.clone()], control))
+        .await?;
+    state
+        .audit(audit(&me, "user.deactivate", Some(&account.id), None))
+        .await;
+    Ok(Json(account))
+}
+
+/// Re-activates an account (company administrators); old tokens stay revoked.
+#[utoipa::path(post, path = "/v1/users/{id}/activate", tag = "directory", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = Account), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn activate(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Account>, ApiError> {
+    state.require_company_admin(&me)?;
+    let mut account = load(&state, &id).await?;
+    account.status = Status::Active;
+    account.updated_at = now_ms();
+    save(&state, &account).await?;
+    state
+        .audit(audit(&me, "user.activate", Some(&account.id), None))
+        .await;
+    Ok(Json(account))
+}
+
+/// `PUT /v1/users/{id}/password` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPassword {
+    /// The new password (checked against the policy).
+    password: String,
+    /// The current password, when users change their own.
+    #[serde(default)]
+    current: Option<String>,
+}
+
+/// Sets a password: company administrators for anyone, users for themselves (with the
+/// current password). Other sessions keep working.
+#[utoipa::path(put, path = "/v1/users/{id}/password", tag = "directory", request_body = SetPassword, security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 204, description = "Set"), (status = 400, description = "Too weak (names the policy)", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn set_password(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<SetPassword>,
+) -> Result<StatusCode, ApiError> {
+    let admin = state.is_company_admin(&me);
+    if !admin && me.as_str() != id {
+        return Err(ApiError::forbidden(
+            "only company administrators set other users' passwords",
+        ));
+    }
+    let account = load(&state, &id).await?;
+    if !admin {
+        let current: Option<String> = get_json(&state.meta, NS_CREDENTIAL, &id).await?;
+        let ok = match (current, req.current) {
+            (Some(h), Some(c)) => verify_password(c, h).await,
+            _ => false,
+        };
+        if !ok {
+            return Err(ApiError::forbidden("current: wrong current password"));
+        }
+    }
+    policy(&state).check(&req.password)?;
+    let hash = hash_password(req.password).await?;
+    state
+        .meta
+        .apply(vec![MetaOp::put(
+            NS_CREDENTIAL,
+            account.id.as_str(),
+            to_json(&hash)?,
+        )])
+        .await?;
+    state
+        .audit(audit(&me, "user.password", Some(&account.id), None))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Creates a department (company administrators).
+#[utoipa::path(post, path = "/v1/departments", tag = "directory", request_body = Department, security(("bearer" = [])),
+    responses((status = 201, body = Department), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, description = "No such parent", body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_department(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    ApiJson(d): ApiJson<Department>,
+) -> Result<Response, ApiError> {
+    state.require_company_admin(&me)?;
+    if !valid_id(&d.id) {
+        return Err(ApiError::bad_request(
+            "id: 1 to 64 characters of letters, digits and _ . @ -",
+        ));
+    }
+    check_name("name", &d.name)?;
+    if let Some(p) = &d.parent {
+        if !department_exists(&state, p).await? {
+            return Err(ApiError::not_found(format!("no department {p}")));
+        }
+    }
+    if !state.meta.insert_new(NS_DEPT, &d.id, to_json(&d)?).await? {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("id: department {} exists", d.id),
+        ));
+    }
+    state
+        .audit(audit(&me, "department.create", None, Some(d.id.clone())))
+        .await;
+    Ok((StatusCode::CREATED, Json(d)).into_response())
+}
+
+/// The department tree, as a flat list with parents (internal users).
+#[utoipa::path(get, path = "/v1/departments", tag = "directory", security(("bearer" = [])),
+    responses((status = 200, body = [Department]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_departments(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+) -> Result<Json<Vec<Department>>, ApiError> {
+    if !state.is_company_admin(&me) && state.is_external(&me).await? {
+        return Err(ApiError::forbidden(
+            "external users do not see the directory",
+        ));
+    }
+    let all: Vec<(String, Department)> = scan_all(&state.meta, NS_DEPT, "").await?;
+    Ok(Json(all.into_iter().map(|(_, d)| d).collect()))
+}
+
+/// `PATCH /v1/departments/{id}` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DepartmentChange {
+    /// New name.
+    #[serde(default)]
+    name: Option<String>,
+    /// New parent (`""` makes it top-level).
+    #[serde(default)]
+    parent: Option<String>,
+}
+
+/// Renames or moves a department (company administrators); a move that would make a cycle
+/// is refused.
+#[utoipa::path(patch, path = "/v1/departments/{id}", tag = "directory", request_body = DepartmentChange, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Department id")),
+    responses((status = 200, body = Department), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_department(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<DepartmentChange>,
+) -> Result<Json<Department>, ApiError> {
+    state.require_company_admin(&me)?;
+    let mut d: Department = get_json(&state.meta, NS_DEPT, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no department {id}")))?;
+    if let Some(n) = req.name {
+        check_name("name", &n)?;
+        d.name = n.trim().to_owned();
+    }
+    if let Some(p) = req.parent {
+        if p.is_empty() {
+            d.parent = None;
+        } else {
+            // Walk up from the new parent: meeting this department would make a cycle.
+            let mut cursor = Some(p.clone());
+            let mut steps = 0;
+            while let Some(c) = cursor {
+                if c == id {
+                    return Err(ApiError::bad_request(
+                        "parent: a department cannot be inside itself",
+                    ));
+                }
+                let up: Department = get_json(&state.meta, NS_DEPT, &c)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("no department {c}")))?;
+                cursor = up.parent;
+                steps += 1;
+                if steps > 1000 {
+                    return Err(ApiError::bad_request("parent: the tree is too deep"));
+                }
+            }
+            d.parent = Some(p);
+        }
+    }
+    state
+        .meta
+        .apply(vec![MetaOp::put(NS_DEPT, &id, to_json(&d)?)])
+        .await?;
+    state
+        .audit(audit(&me, "department.update", None, Some(id)))
+        .await;
+    Ok(Json(d))
+}
+
+/// Deletes an empty department (company administrators): 409 while accounts or
+/// sub-departments are in it.
+#[utoipa::path(delete, path = "/v1/departments/{id}", tag = "directory", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Department id")),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_department(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.require_company_admin(&me)?;
+    if !department_exists(&state, &id).await? {
+        return Err(ApiError::not_found(format!("no department {id}")));
+    }
+    let depts: Vec<(String, Department)> = scan_all(&state.meta, NS_DEPT, "").await?;
+    if depts.iter().any(|(_, d)| d.parent.as_deref() == Some(&id)) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "the department has sub-departments",
+        ));
+    }
+    let users: Vec<(String, Account)> = scan_all(&state.meta, NS_USER, "").await?;
+    if users
+        .iter()
+        .any(|(_, a)| a.department.as_deref() == Some(&id))
+    {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "the department still has accounts",
+        ));
+    }
+    state.meta.apply(vec![MetaOp::delete(NS_DEPT, &id)]).await?;
+    state
+        .audit(audit(&me, "department.delete", None, Some(id)))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller as the server sees them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Me {
+    /// User id.
+    user: UserId,
+    /// The directory record (absent for users known only from their token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<Account>,
+    /// Whether they are a company administrator.
+    company_admin: bool,
+    /// Whether they review announcements.
+    reviewer: bool,
+}
+
+/// The caller's account and powers.
+#[utoipa::path(get, path = "/v1/me", tag = "directory", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
+async fn me(State(state): State<AppState>, Caller(me): Caller) -> Result<Json<Me>, ApiError> {
+    let account = state.membership.account(&me).await?;
+    Ok(Json(Me {
+        company_admin: state.is_company_admin(&me),
+        reviewer: state.is_reviewer(&me),
+        account: account.map(|a| a.as_ref().clone()),
+        user: me,
+    }))
+}
+
+/// One of the caller's sessions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionInfo {
+    /// Session id (as in `hello`).
+    id: String,
+    /// `json` or `msgpack`.
+    codec: String,
+}
+
+/// The caller's sessions (devices) on the node that answers.
+#[utoipa::path(get, path = "/v1/me/sessions", tag = "directory", security(("bearer" = [])),
+    responses((status = 200, body = [SessionInfo]), (status = 401, body = ErrorBody)))]
+async fn my_sessions(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+) -> Result<Json<Vec<SessionInfo>>, ApiError> {
+    Ok(Json(
+        state
+            .hub
+            .sessions_of(&me)
+            .into_iter()
+            .map(|s| SessionInfo {
+                id: s.id.clone(),
+                codec: if s.codec.is_text() { "json" } else { "msgpack" }.into(),
+            })
+            .collect(),
+    ))
+}
+
+/// Signs one of the caller's sessions out (close 4001), on whichever node holds it.
+#[utoipa::path(delete, path = "/v1/me/sessions/{id}", tag = "directory", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 204, description = "Signed out"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn sign_out_session(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(ApiError::bad_request("id: not a session id"));
+    }
+    let control = Control::Disconnect {
+        code: close::SIGNED_OUT,
+        reason: "signed out from another device".into(),
+        session: Some(id),
+    };
+    state
+        .router
+        .publish(Envelope::control(vec![me], control))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

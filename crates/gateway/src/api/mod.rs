@@ -1,0 +1,203 @@
+//! The HTTP JSON API under `/v1/` and `/healthz`, described by an OpenAPI document served
+//! at `/v1/openapi.json`.
+//!
+//! Every `/v1` route but `POST /v1/login` authenticates with `Authorization: Bearer <jwt>`
+//! and answers errors as `{"error": {"code", "message", "retry"}}` with the code's HTTP
+//! status, including malformed JSON bodies (400), which axum would otherwise answer in plain
+//! text. Routes are registered through [`utoipa_axum`], so a route cannot exist without its
+//! entry in the OpenAPI document.
+
+mod conversations;
+mod directory;
+pub(crate) mod groups;
+mod review;
+
+use crate::error::ApiError;
+use crate::session::{auth_error, bearer};
+use crate::state::AppState;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::{Json, Router};
+use protocol::{ConvId, ErrorCode, EventKind, GroupId, ServerFrame, UserId};
+use router::{Control, Envelope};
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The authenticated caller of an HTTP request: a valid token of an active account.
+pub struct Caller(pub UserId);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers, None)
+            .ok_or_else(|| auth_error(crate::auth::AuthError::Missing))?;
+        let claims = state.auth.verify(&token).map_err(auth_error)?;
+        let user = UserId::new(claims.sub);
+        state.check_account(&user, claims.iat).await?;
+        state.touch_user(&user).await?;
+        Ok(Caller(user))
+    }
+}
+
+/// A JSON body whose rejection is a JSON `bad_request`.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::new(ErrorCode::TooLarge, "request body too large"))
+            }
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// The OpenAPI document's fixed parts; the paths come from the routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chatd HTTP API",
+        description = "Directory, groups, moderation review, audit and files of a chatd node. \
+                       Errors are `{\"error\": {\"code\", \"message\", \"retry\"}}`; \
+                       the WebSocket protocol is in docs/PROTOCOL.md."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(crate::error::ErrorBody, protocol::ErrorCode))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every documented route with its OpenAPI document.
+pub fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .merge(directory::routes())
+        .merge(groups::routes())
+        .merge(conversations::routes())
+        .merge(review::routes())
+        .merge(crate::posts::routes())
+        .merge(crate::files::routes())
+        .split_for_parts()
+}
+
+/// The routes of the API, `/v1/openapi.json` included.
+pub fn routes() -> Router<AppState> {
+    let (router, doc) = documented();
+    let doc = std::sync::Arc::new(doc);
+    router
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("no such route") })
+}
+
+/// `GET /healthz`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    status: &'static str,
+    sessions: usize,
+}
+
+/// Liveness of the node (no authentication).
+#[utoipa::path(get, path = "/healthz", tag = "node",
+    responses((status = 200, description = "The node is serving", body = Health)))]
+async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        sessions: state.hub.len(),
+    })
+}
+
+/// Drops cached copies of a group here and on every other node.
+pub(crate) async fn changed(state: &AppState, id: &GroupId) {
+    state.membership.invalidate(id);
+    let control = Control::GroupChanged { group: id.clone() };
+    if let Err(e) = state.router.publish(Envelope::broadcast(control)).await {
+        tracing::warn!(error = %e, "could not broadcast a membership change");
+    }
+}
+
+/// Drops cached copies of an account here and on every other node.
+pub(crate) async fn user_changed(state: &AppState, user: &UserId) {
+    state.membership.invalidate_user(user);
+    let control = Control::UserChanged { user: user.clone() };
+    if let Err(e) = state.router.publish(Envelope::broadcast(control)).await {
+        tracing::warn!(error = %e, "could not broadcast an account change");
+    }
+}
+
+/// A group `event` frame with the fields most events use.
+pub(crate) fn group_event(
+    event: EventKind,
+    group: &GroupId,
+    actor: &UserId,
+    user: Option<UserId>,
+) -> ServerFrame {
+    ServerFrame::Event {
+        event,
+        conv: Some(ConvId::group(group)),
+        actor: Some(actor.clone()),
+        user,
+        seq: None,
+        until: None,
+        detail: None,
+    }
+}
+
+/// Sends a frame to the given users (best effort: a failure is logged).
+pub(crate) async fn publish(state: &AppState, audience: Vec<UserId>, frame: ServerFrame) {
+    if audience.is_empty() {
+        return;
+    }
+    if let Err(e) = state.router.publish(Envelope::frame(audience, frame)).await {
+        tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
+/// Sends a membership `event` to the given users.
+pub(crate) async fn notify(
+    state: &AppState,
+    audience: Vec<UserId>,
+    event: EventKind,
+    group: &GroupId,
+    actor: &UserId,
+    user: Option<UserId>,
+) {
+    publish(state, audience, group_event(event, group, actor, user)).await;
+}

@@ -1,0 +1,377 @@
+//! Moderation by people: the review queue of held messages, the audit log, and the company
+//! administrator's moderation tools (rule reload, lifting penalties, signing a user out).
+
+use super::{ApiJson, Caller};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::{now_ms, AppState};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use protocol::{ConvId, ErrorCode, EventKind, GroupId, ServerFrame, UserId};
+use router::{Control, Envelope};
+use serde::{Deserialize, Serialize};
+use store::Role;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(review_list))
+        .routes(routes!(review_approve))
+        .routes(routes!(review_reject))
+        .routes(routes!(audit))
+        .routes(routes!(reload_rules))
+        .routes(routes!(lift))
+        .routes(routes!(disconnect))
+}
+
+/// `?conv=` of the review list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ConvQuery {
+    conv: String,
+}
+
+/// Body of approve and reject.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewDecision {
+    /// The conversation the message was sent to.
+    conv: String,
+    /// The review id (the `id` of the sender's `ack`).
+    id: String,
+}
+
+pub(crate) fn parse_conv(s: &str) -> Result<ConvId, ApiError> {
+    ConvId::parse(s).map_err(|e| ApiError::bad_request(format!("conv: {e}")))
+}
+
+/// Who reviews a conversation: the group's owner and admins, or a company administrator.
+async fn require_reviewer(state: &AppState, me: &UserId, conv: &ConvId) -> Result<(), ApiError> {
+    if state.is_company_admin(me) {
+        return Ok(());
+    }
+    if let Some(g) = conv.group_id() {
+        let view = state.group(&g).await?;
+        if view.role_of(me).is_some_and(|r| r >= Role::Admin) {
+            return Ok(());
+        }
+    }
+    Err(ApiError::forbidden(
+        "only the group's owner and admins (or a company administrator) review messages",
+    ))
+}
+
+/// Messages held by the moderation filter in a conversation (its admins, company admins).
+#[utoipa::path(get, path = "/v1/review", tag = "review", params(ConvQuery), security(("bearer" = [])),
+    responses((status = 200, body = [store::HeldMessage]), (status = 400, body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
+async fn review_list(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Query(q): axum::extract::Query<ConvQuery>,
+) -> Result<Json<Vec<store::HeldMessage>>, ApiError> {
+    let conv = parse_conv(&q.conv)?;
+    require_reviewer(&state, &me, &conv).await?;
+    Ok(Json(state.review.held(&conv).await?))
+}
+
+/// The answer to an approval.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Approved {
+    conv: ConvId,
+    seq: protocol::Seq,
+    id: protocol::MessageId,
+}
+
+/// Approves a held message: it is stored with a fresh seq and delivered.
+#[utoipa::path(post, path = "/v1/review/approve", tag = "review", request_body = ReviewDecision, security(("bearer" = [])),
+    responses((status = 200, body = Approved), (status = 404, body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
+async fn review_approve(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    ApiJson(d): ApiJson<ReviewDecision>,
+) -> Result<Json<Approved>, ApiError> {
+    let conv = parse_conv(&d.conv)?;
+    require_reviewer(&state, &me, &conv).await?;
+    let held =
+        state.review.take_held(&conv, &d.id).await?.ok_or_else(|| {
+            ApiError::not_found(format!("no message {} waiting for review", d.id))
+        })?;
+    let audience = match conv.kind() {
+        protocol::ConvKind::Direct(a, b) => vec![UserId::new(a), UserId::new(b)],
+        protocol::ConvKind::Group(g) => state
+            .group(&GroupId::new(g))
+            .await?
+            .members
+            .as_ref()
+            .clone(),
+    };
+    let participants = if conv.group_id().is_some() {
+        Vec::new()
+    } else {
+        audience.clone()
+    };
+    let pump = state.pump.clone();
+    let deliver: store::AfterAppend = Box::new(move |a: &store::Appended| {
+        if !a.duplicate {
+            pump.push(Envelope::frame(
+                audience,
+                ServerFrame::Message(a.message.clone()),
+            ));
+        }
+    });
+    let appended = state
+        .store
+        .append_then(
+            store::NewMessage {
+                conv: conv.clone(),
+                from: held.from.clone(),
+                client_msg_id: held.client_msg_id.clone(),
+                id: protocol::MessageId::new(uuid::Uuid::now_v7().to_string()),
+                kind: held.kind,
+                body: held.body.clone(),
+                attachment: held.attachment.clone(),
+                mentions: held.mentions.clone(),
+                reply_to: held.reply_to,
+                ts: now_ms(),
+                participants,
+            },
+            deliver,
+        )
+        .await?;
+    let message = appended.message;
+    decided(
+        &state,
+        me,
+        &conv,
+        held,
+        EventKind::ReviewApproved,
+        Some(message.seq),
+    )
+    .await;
+    Ok(Json(Approved {
+        conv,
+        seq: message.seq,
+        id: message.id,
+    }))
+}
+
+/// Rejects a held message; its sender is told.
+#[utoipa::path(post, path = "/v1/review/reject", tag = "review", request_body = ReviewDecision, security(("bearer" = [])),
+    responses((status = 204, description = "Rejected"), (status = 404, body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
+async fn review_reject(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    ApiJson(d): ApiJson<ReviewDecision>,
+) -> Result<StatusCode, ApiError> {
+    let conv = parse_conv(&d.conv)?;
+    require_reviewer(&state, &me, &conv).await?;
+    let held =
+        state.review.take_held(&conv, &d.id).await?.ok_or_else(|| {
+            ApiError::not_found(format!("no message {} waiting for review", d.id))
+        })?;
+    decided(&state, me, &conv, held, EventKind::ReviewRejected, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Tells the sender of a held message what the reviewer decided, and records it.
+async fn decided(
+    state: &AppState,
+    reviewer: UserId,
+    conv: &ConvId,
+    held: store::HeldMessage,
+    event: EventKind,
+    seq: Option<protocol::Seq>,
+) {
+    let frame = ServerFrame::Event {
+        event,
+        conv: Some(conv.clone()),
+        actor: Some(reviewer.clone()),
+        user: Some(held.from.clone()),
+        seq,
+        until: None,
+        detail: Some(held.client_msg_id.clone()),
+    };
+    let _ = state
+        .router
+        .publish(Envelope::frame(vec![held.from.clone()], frame))
+        .await;
+    let action = match event {
+        EventKind::ReviewApproved => "review.approve",
+        _ => "review.reject",
+    };
+    state
+        .audit(store::AuditEntry {
+            ts: now_ms(),
+            actor: reviewer,
+            action: action.into(),
+            conv: Some(conv.clone()),
+            target: Some(held.from),
+            message: Some(held.id),
+            rule: held.rule,
+            category: held.category,
+            detail: None,
+        })
+        .await;
+}
+
+fn require_company_admin(state: &AppState, me: &UserId) -> Result<(), ApiError> {
+    if state.is_company_admin(me) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "only company administrators may do this",
+        ))
+    }
+}
+
+/// `GET /v1/audit` filters, as query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditParams {
+    user: Option<String>,
+    group: Option<String>,
+    conv: Option<String>,
+    category: Option<String>,
+    since: Option<u64>,
+    until: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The audit log: moderation verdicts and admin actions, newest first (company admins).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditParams), security(("bearer" = [])),
+    responses((status = 200, body = [store::AuditEntry]), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
+async fn audit(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Query(p): axum::extract::Query<AuditParams>,
+) -> Result<Json<Vec<store::AuditEntry>>, ApiError> {
+    require_company_admin(&state, &me)?;
+    let conv = match (p.conv, p.group) {
+        (Some(c), _) => Some(parse_conv(&c)?),
+        (None, Some(g)) => Some(ConvId::group(&GroupId::new(g))),
+        (None, None) => None,
+    };
+    let q = store::AuditQuery {
+        user: p.user.map(UserId::new),
+        conv,
+        category: p.category,
+        since: p.since,
+        until: p.until,
+        limit: p.limit,
+    };
+    Ok(Json(state.review.audit_query(&q).await?))
+}
+
+/// Reloads the moderation rules from disk (company admins).
+#[utoipa::path(post, path = "/v1/admin/moderation/reload", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Reloaded"), (status = 400, description = "Rules rejected", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
+async fn reload_rules(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_company_admin(&state, &me)?;
+    let m = state.moderation.clone();
+    let result = tokio::task::spawn_blocking(move || m.reload())
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reload task: {e}")))?;
+    match result {
+        Ok(stats) => {
+            state
+                .audit(store::AuditEntry {
+                    ts: now_ms(),
+                    actor: me,
+                    action: "moderation.reload".into(),
+                    conv: None,
+                    target: None,
+                    message: None,
+                    rule: None,
+                    category: None,
+                    detail: None,
+                })
+                .await;
+            Ok(Json(
+                serde_json::json!({"status": "reloaded", "stats": format!("{stats:?}")}),
+            ))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "rules rejected, the previous rules stay in force: {e}"
+        ))),
+    }
+}
+
+/// Lifts a user's moderation penalty (mute or suspension) (company admins).
+#[utoipa::path(post, path = "/v1/admin/users/{user}/lift", tag = "admin", security(("bearer" = [])),
+    params(("user" = String, Path, description = "User id")),
+    responses((status = 204, description = "Lifted"), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
+async fn lift(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(user): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_company_admin(&state, &me)?;
+    let user = UserId::new(user);
+    state.moderation.lift(&user);
+    state
+        .audit(store::AuditEntry {
+            ts: now_ms(),
+            actor: me,
+            action: "moderation.lift".into(),
+            conv: None,
+            target: Some(user.clone()),
+            message: None,
+            rule: None,
+            category: None,
+            detail: None,
+        })
+        .await;
+    let frame = ServerFrame::Event {
+        event: EventKind::Unmuted,
+        conv: None,
+        actor: None,
+        user: Some(user.clone()),
+        seq: None,
+        until: None,
+        detail: None,
+    };
+    let _ = state
+        .router
+        .publish(Envelope::frame(vec![user], frame))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Closes every session of a user on every node (company admins).
+#[utoipa::path(post, path = "/v1/admin/users/{user}/disconnect", tag = "admin", security(("bearer" = [])),
+    params(("user" = String, Path, description = "User id")),
+    responses((status = 204, description = "Signed out"), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
+async fn disconnect(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(user): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_company_admin(&state, &me)?;
+    let user = UserId::new(user);
+    let control = Control::Disconnect {
+        code: protocol::close::SIGNED_OUT,
+        reason: "signed out by an administrator".into(),
+        session: None,
+    };
+    state
+        .router
+        .publish(Envelope::control(vec![user.clone()], control))
+        .await?;
+    state
+        .audit(store::AuditEntry {
+            ts: now_ms(),
+            actor: me,
+            action: "user.disconnect".into(),
+            conv: None,
+            target: Some(user),
+            message: None,
+            rule: None,
+            category: None,
+            detail: None,
+        })
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
