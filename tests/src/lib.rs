@@ -279,6 +279,28 @@ impl Client {
         c
     }
 
+    /// Connects with a raw token and reads `hello`.
+    pub async fn connect_token(node: &Node, user: &str, token: &str) -> Client {
+        let url = format!("ws://{}/ws", node.addr);
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("ws connect");
+        let mut c = Client {
+            ws,
+            codec: Codec::Json,
+            user: user.to_owned(),
+            session_id: String::new(),
+        };
+        match c.recv().await {
+            ServerFrame::Hello { session_id, .. } => c.session_id = session_id,
+            other => panic!("expected hello, got {other:?}"),
+        }
+        c
+    }
+
     /// Tries to connect with a raw URL and headers; returns the HTTP refusal, if refused.
     pub async fn try_connect_raw(url: &str, bearer: Option<&str>) -> Result<(), HttpRefusal> {
         let mut req = url.into_client_request().unwrap();
@@ -497,6 +519,40 @@ impl Api {
             serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
         };
         (status, json)
+    }
+
+    /// Sends a request with a raw bearer token (or none); returns status and JSON.
+    pub async fn call_token(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let json = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        (status, json)
+    }
+
+    /// Registers a directory account as company administrator `admin`; asserts 201.
+    pub async fn create_account(&self, admin: &str, account: serde_json::Value) {
+        let (status, body) = self
+            .call(reqwest::Method::POST, "/v1/users", Some(admin), Some(account))
+            .await;
+        assert_eq!(status, 201, "{body}");
     }
 
     /// Makes `user` known to the server (any authenticated call does).
