@@ -317,6 +317,7 @@ async fn session(state: Arc<State>, stream: TcpStream) -> anyhow::Result<()> {
                     ts,
                     mentions: Vec::new(),
                     reply_to: None,
+                    mentioned: false,
                 }));
                 match other {
                     None => {

@@ -645,6 +645,7 @@ mod tests {
             ts: 1,
             mentions: vec![],
             reply_to: None,
+            mentioned: false,
         });
         for (codec, binary) in [
             (protocol::Codec::Json, false),

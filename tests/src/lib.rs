@@ -550,7 +550,12 @@ impl Api {
     /// Registers a directory account as company administrator `admin`; asserts 201.
     pub async fn create_account(&self, admin: &str, account: serde_json::Value) {
         let (status, body) = self
-            .call(reqwest::Method::POST, "/v1/users", Some(admin), Some(account))
+            .call(
+                reqwest::Method::POST,
+                "/v1/users",
+                Some(admin),
+                Some(account),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
     }

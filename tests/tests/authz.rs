@@ -3,7 +3,7 @@
 //! operation of the OpenAPI document: a new route without rows fails
 //! `matrix_covers_every_documented_route`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop, missing_docs)]
 
 use protocol::{ClientFrame, ConvId, ErrorCode, GroupId, Seq, ServerFrame};
 use reqwest::Method;
@@ -112,50 +112,330 @@ fn rows() -> Vec<Row> {
     use Setup::*;
     vec![
         row("get", "/healthz", "/healthz", None, Plain, ANYONE),
-        row("post", "/v1/login", "/v1/login", Some(r#"{"user":"mem","password":"member123"}"#), Plain, ANYONE),
-        row("post", "/v1/users", "/v1/users", Some(r#"{"id":"new{i}","name":"New {i}"}"#), Plain, COMPANY_ADMIN_201),
+        row(
+            "post",
+            "/v1/login",
+            "/v1/login",
+            Some(r#"{"user":"mem","password":"member123"}"#),
+            Plain,
+            ANYONE,
+        ),
+        row(
+            "post",
+            "/v1/users",
+            "/v1/users",
+            Some(r#"{"id":"new{i}","name":"New {i}"}"#),
+            Plain,
+            COMPANY_ADMIN_201,
+        ),
         row("get", "/v1/users", "/v1/users?q=mem", None, Plain, INTERNAL),
-        row("get", "/v1/users/{id}", "/v1/users/mem", None, Plain, INTERNAL),
-        row("patch", "/v1/users/{id}", "/v1/users/mem", Some(r#"{"title":"Engineer {i}"}"#), Plain, COMPANY_ADMIN),
-        row("post", "/v1/users/{id}/deactivate", "/v1/users/d{i}/deactivate", None, Plain, COMPANY_ADMIN),
-        row("post", "/v1/users/{id}/activate", "/v1/users/mem/activate", None, Plain, COMPANY_ADMIN),
-        row("put", "/v1/users/{id}/password", "/v1/users/v{i}/password", Some(r#"{"password":"fresh12345"}"#), Plain, COMPANY_ADMIN_204),
-        row("post", "/v1/departments", "/v1/departments", Some(r#"{"id":"dept{i}","name":"Dept {i}"}"#), Plain, COMPANY_ADMIN_201),
-        row("get", "/v1/departments", "/v1/departments", None, Plain, INTERNAL),
-        row("patch", "/v1/departments/{id}", "/v1/departments/eng", Some(r#"{"name":"Engineering {i}"}"#), Plain, COMPANY_ADMIN),
-        row("delete", "/v1/departments/{id}", "/v1/departments/empty{i}", None, Plain, COMPANY_ADMIN_204),
+        row(
+            "get",
+            "/v1/users/{id}",
+            "/v1/users/mem",
+            None,
+            Plain,
+            INTERNAL,
+        ),
+        row(
+            "patch",
+            "/v1/users/{id}",
+            "/v1/users/mem",
+            Some(r#"{"title":"Engineer {i}"}"#),
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "post",
+            "/v1/users/{id}/deactivate",
+            "/v1/users/d{i}/deactivate",
+            None,
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "post",
+            "/v1/users/{id}/activate",
+            "/v1/users/mem/activate",
+            None,
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "put",
+            "/v1/users/{id}/password",
+            "/v1/users/v{i}/password",
+            Some(r#"{"password":"fresh12345"}"#),
+            Plain,
+            COMPANY_ADMIN_204,
+        ),
+        row(
+            "post",
+            "/v1/departments",
+            "/v1/departments",
+            Some(r#"{"id":"dept{i}","name":"Dept {i}"}"#),
+            Plain,
+            COMPANY_ADMIN_201,
+        ),
+        row(
+            "get",
+            "/v1/departments",
+            "/v1/departments",
+            None,
+            Plain,
+            INTERNAL,
+        ),
+        row(
+            "patch",
+            "/v1/departments/{id}",
+            "/v1/departments/eng",
+            Some(r#"{"name":"Engineering {i}"}"#),
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "delete",
+            "/v1/departments/{id}",
+            "/v1/departments/empty{i}",
+            None,
+            Plain,
+            COMPANY_ADMIN_204,
+        ),
         row("get", "/v1/me", "/v1/me", None, Plain, SIGNED_IN),
-        row("get", "/v1/me/sessions", "/v1/me/sessions", None, Plain, SIGNED_IN),
-        row("delete", "/v1/me/sessions/{id}", "/v1/me/sessions/nosuch", None, Plain, [401, 401, 401, 204, 204, 204, 204, 204, 204, 204]),
-        row("post", "/v1/groups", "/v1/groups", Some(r#"{"name":"Created by {i}"}"#), Plain, [401, 401, 401, 403, 201, 201, 201, 201, 201, 201]),
+        row(
+            "get",
+            "/v1/me/sessions",
+            "/v1/me/sessions",
+            None,
+            Plain,
+            SIGNED_IN,
+        ),
+        row(
+            "delete",
+            "/v1/me/sessions/{id}",
+            "/v1/me/sessions/nosuch",
+            None,
+            Plain,
+            [401, 401, 401, 204, 204, 204, 204, 204, 204, 204],
+        ),
+        row(
+            "post",
+            "/v1/groups",
+            "/v1/groups",
+            Some(r#"{"name":"Created by {i}"}"#),
+            Plain,
+            [401, 401, 401, 403, 201, 201, 201, 201, 201, 201],
+        ),
         row("get", "/v1/groups", "/v1/groups", None, Plain, SIGNED_IN),
-        row("get", "/v1/groups/{id}", "/v1/groups/{g}", None, Plain, MEMBERS),
-        row("post", "/v1/groups/{id}/members", "/v1/groups/{g}/members", Some(r#"{"user":"n{i}"}"#), Plain, GROUP_ADMINS),
-        row("delete", "/v1/groups/{id}/members/{user}", "/v1/groups/{g}/members/v{i}", None, Plain, GROUP_ADMINS_204),
-        row("put", "/v1/groups/{id}/members/{user}/role", "/v1/groups/{g}/members/v{i}/role", Some(r#"{"role":"admin"}"#), Plain, GROUP_OWNER),
-        row("post", "/v1/groups/{id}/transfer", "/v1/groups/{g}/transfer", Some(r#"{"user":"v{i}"}"#), Plain, GROUP_OWNER_204),
-        row("post", "/v1/groups/{id}/mutes", "/v1/groups/{g}/mutes", Some(r#"{"user":"v{i}","duration_secs":60}"#), Plain, GROUP_ADMINS),
-        row("delete", "/v1/groups/{id}/mutes/{user}", "/v1/groups/{g}/mutes/v{i}", None, MuteVictims, GROUP_ADMINS_204),
-        row("put", "/v1/groups/{id}/muted_all", "/v1/groups/{g}/muted_all", Some(r#"{"muted":false}"#), Plain, GROUP_ADMINS),
-        row("post", "/v1/groups/{id}/bans", "/v1/groups/{g}/bans", Some(r#"{"user":"v{i}"}"#), Plain, GROUP_ADMINS_204),
-        row("delete", "/v1/groups/{id}/bans/{user}", "/v1/groups/{g}/bans/v{i}", None, BanVictims, GROUP_ADMINS_204),
-        row("put", "/v1/groups/{id}/pins/{seq}", "/v1/groups/{g}/pins/{seq}", None, Messages, GROUP_ADMINS),
-        row("delete", "/v1/groups/{id}/pins/{seq}", "/v1/groups/{g}/pins/{seq}", None, Pinned, GROUP_ADMINS),
-        row("put", "/v1/groups/{id}/announcement", "/v1/groups/{g}/announcement", Some(r#"{"text":"Notice {i}"}"#), Plain, GROUP_ADMINS),
-        row("put", "/v1/groups/{id}/approval", "/v1/groups/{g}/approval", Some(r#"{"required":false}"#), Plain, GROUP_OWNER),
-        row("post", "/v1/groups/{id}/archive", "/v1/groups/{gc}/archive", None, OwnGroups, GROUP_OWNER),
-        row("post", "/v1/groups/{id}/dissolve", "/v1/groups/{gc}/dissolve", None, ArchivedGroups, GROUP_OWNER_204),
-        row("get", "/v1/conversations", "/v1/conversations", None, Plain, SIGNED_IN),
-        row("get", "/v1/review", "/v1/review?conv=group:{g}", None, Plain, GROUP_ADMINS),
-        row("post", "/v1/review/approve", "/v1/review/approve", Some(r#"{"conv":"group:{g}","id":"nosuch"}"#), Plain, GROUP_ADMINS_404),
-        row("post", "/v1/review/reject", "/v1/review/reject", Some(r#"{"conv":"group:{g}","id":"nosuch"}"#), Plain, GROUP_ADMINS_404),
-        row("get", "/v1/audit", "/v1/audit?limit=5", None, Plain, COMPANY_ADMIN),
-        row("post", "/v1/admin/moderation/reload", "/v1/admin/moderation/reload", None, Plain, COMPANY_ADMIN),
-        row("post", "/v1/admin/users/{user}/lift", "/v1/admin/users/mute/lift", None, Plain, COMPANY_ADMIN_204),
-        row("post", "/v1/admin/users/{user}/disconnect", "/v1/admin/users/nobody/disconnect", None, Plain, COMPANY_ADMIN_204),
+        row(
+            "get",
+            "/v1/groups/{id}",
+            "/v1/groups/{g}",
+            None,
+            Plain,
+            MEMBERS,
+        ),
+        row(
+            "post",
+            "/v1/groups/{id}/members",
+            "/v1/groups/{g}/members",
+            Some(r#"{"user":"n{i}"}"#),
+            Plain,
+            GROUP_ADMINS,
+        ),
+        row(
+            "delete",
+            "/v1/groups/{id}/members/{user}",
+            "/v1/groups/{g}/members/v{i}",
+            None,
+            Plain,
+            GROUP_ADMINS_204,
+        ),
+        row(
+            "put",
+            "/v1/groups/{id}/members/{user}/role",
+            "/v1/groups/{g}/members/v{i}/role",
+            Some(r#"{"role":"admin"}"#),
+            Plain,
+            GROUP_OWNER,
+        ),
+        row(
+            "post",
+            "/v1/groups/{id}/transfer",
+            "/v1/groups/{g}/transfer",
+            Some(r#"{"user":"v{i}"}"#),
+            Plain,
+            GROUP_OWNER_204,
+        ),
+        row(
+            "post",
+            "/v1/groups/{id}/mutes",
+            "/v1/groups/{g}/mutes",
+            Some(r#"{"user":"v{i}","duration_secs":60}"#),
+            Plain,
+            GROUP_ADMINS,
+        ),
+        row(
+            "delete",
+            "/v1/groups/{id}/mutes/{user}",
+            "/v1/groups/{g}/mutes/v{i}",
+            None,
+            MuteVictims,
+            GROUP_ADMINS_204,
+        ),
+        row(
+            "put",
+            "/v1/groups/{id}/muted_all",
+            "/v1/groups/{g}/muted_all",
+            Some(r#"{"muted":false}"#),
+            Plain,
+            GROUP_ADMINS,
+        ),
+        row(
+            "post",
+            "/v1/groups/{id}/bans",
+            "/v1/groups/{g}/bans",
+            Some(r#"{"user":"v{i}"}"#),
+            Plain,
+            GROUP_ADMINS_204,
+        ),
+        row(
+            "delete",
+            "/v1/groups/{id}/bans/{user}",
+            "/v1/groups/{g}/bans/v{i}",
+            None,
+            BanVictims,
+            GROUP_ADMINS_204,
+        ),
+        row(
+            "put",
+            "/v1/groups/{id}/pins/{seq}",
+            "/v1/groups/{g}/pins/{seq}",
+            None,
+            Messages,
+            GROUP_ADMINS,
+        ),
+        row(
+            "delete",
+            "/v1/groups/{id}/pins/{seq}",
+            "/v1/groups/{g}/pins/{seq}",
+            None,
+            Pinned,
+            GROUP_ADMINS,
+        ),
+        row(
+            "put",
+            "/v1/groups/{id}/announcement",
+            "/v1/groups/{g}/announcement",
+            Some(r#"{"text":"Notice {i}"}"#),
+            Plain,
+            GROUP_ADMINS,
+        ),
+        row(
+            "put",
+            "/v1/groups/{id}/approval",
+            "/v1/groups/{g}/approval",
+            Some(r#"{"required":false}"#),
+            Plain,
+            GROUP_OWNER,
+        ),
+        row(
+            "post",
+            "/v1/groups/{id}/archive",
+            "/v1/groups/{gc}/archive",
+            None,
+            OwnGroups,
+            GROUP_OWNER,
+        ),
+        row(
+            "post",
+            "/v1/groups/{id}/dissolve",
+            "/v1/groups/{gc}/dissolve",
+            None,
+            ArchivedGroups,
+            GROUP_OWNER_204,
+        ),
+        row(
+            "get",
+            "/v1/conversations",
+            "/v1/conversations",
+            None,
+            Plain,
+            SIGNED_IN,
+        ),
+        row(
+            "get",
+            "/v1/review",
+            "/v1/review?conv=group:{g}",
+            None,
+            Plain,
+            GROUP_ADMINS,
+        ),
+        row(
+            "post",
+            "/v1/review/approve",
+            "/v1/review/approve",
+            Some(r#"{"conv":"group:{g}","id":"nosuch"}"#),
+            Plain,
+            GROUP_ADMINS_404,
+        ),
+        row(
+            "post",
+            "/v1/review/reject",
+            "/v1/review/reject",
+            Some(r#"{"conv":"group:{g}","id":"nosuch"}"#),
+            Plain,
+            GROUP_ADMINS_404,
+        ),
+        row(
+            "get",
+            "/v1/audit",
+            "/v1/audit?limit=5",
+            None,
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "post",
+            "/v1/admin/moderation/reload",
+            "/v1/admin/moderation/reload",
+            None,
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "post",
+            "/v1/admin/users/{user}/lift",
+            "/v1/admin/users/mute/lift",
+            None,
+            Plain,
+            COMPANY_ADMIN_204,
+        ),
+        row(
+            "post",
+            "/v1/admin/users/{user}/disconnect",
+            "/v1/admin/users/nobody/disconnect",
+            None,
+            Plain,
+            COMPANY_ADMIN_204,
+        ),
         row("get", "/v1/posts", "/v1/posts", None, Plain, SIGNED_IN),
-        row("post", "/v1/posts/{id}/approve", "/v1/posts/{post}/approve", None, Posts, COMPANY_ADMIN),
-        row("post", "/v1/posts/{id}/reject", "/v1/posts/{post}/reject", Some(r#"{"reason":"no"}"#), Posts, COMPANY_ADMIN),
+        row(
+            "post",
+            "/v1/posts/{id}/approve",
+            "/v1/posts/{post}/approve",
+            None,
+            Posts,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "post",
+            "/v1/posts/{id}/reject",
+            "/v1/posts/{post}/reject",
+            Some(r#"{"reason":"no"}"#),
+            Posts,
+            COMPANY_ADMIN,
+        ),
     ]
 }
 
@@ -180,7 +460,14 @@ async fn ok(api: &Api, m: Method, path: &str, user: &str, body: Option<Value>) -
 
 /// The directory every fixture needs: the callers, ten victims, throwaway accounts.
 async fn directory(api: &Api) {
-    ok(api, Method::POST, "/v1/departments", "boss", Some(json!({"id": "eng", "name": "Eng"}))).await;
+    ok(
+        api,
+        Method::POST,
+        "/v1/departments",
+        "boss",
+        Some(json!({"id": "eng", "name": "Eng"})),
+    )
+    .await;
     let mut users = vec![
         json!({"id": "own", "name": "Owner"}),
         json!({"id": "adm", "name": "Admin"}),
@@ -215,8 +502,22 @@ async fn fixture_group(api: &Api, name: &str) -> String {
     let victims: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
     members.extend(victims.iter().map(String::as_str));
     let g = api.create_group("own", name, &members).await;
-    ok(api, Method::PUT, &format!("/v1/groups/{g}/members/adm/role"), "own", Some(json!({"role": "admin"}))).await;
-    ok(api, Method::POST, &format!("/v1/groups/{g}/mutes"), "own", Some(json!({"user": "mute", "duration_secs": 3600}))).await;
+    ok(
+        api,
+        Method::PUT,
+        &format!("/v1/groups/{g}/members/adm/role"),
+        "own",
+        Some(json!({"role": "admin"})),
+    )
+    .await;
+    ok(
+        api,
+        Method::POST,
+        &format!("/v1/groups/{g}/mutes"),
+        "own",
+        Some(json!({"user": "mute", "duration_secs": 3600})),
+    )
+    .await;
     g
 }
 
@@ -235,9 +536,15 @@ async fn prepare(api: &Api, node: &Node, n: usize, setup: Setup) -> Fixture {
         Setup::MuteVictims | Setup::BanVictims => {
             for i in 0..10 {
                 let (path, body) = if setup == Setup::MuteVictims {
-                    (format!("/v1/groups/{g}/mutes"), json!({"user": format!("v{i}"), "duration_secs": 600}))
+                    (
+                        format!("/v1/groups/{g}/mutes"),
+                        json!({"user": format!("v{i}"), "duration_secs": 600}),
+                    )
                 } else {
-                    (format!("/v1/groups/{g}/bans"), json!({"user": format!("v{i}")}))
+                    (
+                        format!("/v1/groups/{g}/bans"),
+                        json!({"user": format!("v{i}")}),
+                    )
                 };
                 ok(api, Method::POST, &path, "own", Some(body)).await;
             }
@@ -247,7 +554,14 @@ async fn prepare(api: &Api, node: &Node, n: usize, setup: Setup) -> Fixture {
             for i in 0..10 {
                 ack_seq(&owner.send_group(&g, &format!("m{n}-{i}"), "hello").await);
                 if setup == Setup::Pinned {
-                    ok(api, Method::PUT, &format!("/v1/groups/{g}/pins/{}", i + 1), "own", None).await;
+                    ok(
+                        api,
+                        Method::PUT,
+                        &format!("/v1/groups/{g}/pins/{}", i + 1),
+                        "own",
+                        None,
+                    )
+                    .await;
                 }
             }
         }
@@ -255,21 +569,46 @@ async fn prepare(api: &Api, node: &Node, n: usize, setup: Setup) -> Fixture {
             for i in 0..10 {
                 let gc = fixture_group(api, &format!("Own {n}-{i}")).await;
                 if setup == Setup::ArchivedGroups {
-                    ok(api, Method::POST, &format!("/v1/groups/{gc}/archive"), "own", None).await;
+                    ok(
+                        api,
+                        Method::POST,
+                        &format!("/v1/groups/{gc}/archive"),
+                        "own",
+                        None,
+                    )
+                    .await;
                 }
                 own_groups.push(gc);
             }
         }
         Setup::Posts => {
-            ok(api, Method::PUT, &format!("/v1/groups/{g}/approval"), "own", Some(json!({"required": true}))).await;
+            ok(
+                api,
+                Method::PUT,
+                &format!("/v1/groups/{g}/approval"),
+                "own",
+                Some(json!({"required": true})),
+            )
+            .await;
             for i in 0..10 {
-                let b = ok(api, Method::PUT, &format!("/v1/groups/{g}/announcement"), "own", Some(json!({"text": format!("Notice {i}")}))).await;
+                let b = ok(
+                    api,
+                    Method::PUT,
+                    &format!("/v1/groups/{g}/announcement"),
+                    "own",
+                    Some(json!({"text": format!("Notice {i}")})),
+                )
+                .await;
                 assert_eq!(b["status"], "pending", "{b}");
                 posts.push(b["post"]["id"].as_str().unwrap().to_owned());
             }
         }
     }
-    Fixture { g, own_groups, posts }
+    Fixture {
+        g,
+        own_groups,
+        posts,
+    }
 }
 
 fn fill(t: &str, fx: &Fixture, i: usize) -> String {
@@ -300,7 +639,14 @@ async fn every_route_against_every_caller() {
         fixtures.push(prepare(&api, &node, n, r.setup).await);
     }
     // The deactivated caller was a member of every fixture until now.
-    ok(&api, Method::POST, "/v1/users/gone/deactivate", "boss", None).await;
+    ok(
+        &api,
+        Method::POST,
+        "/v1/users/gone/deactivate",
+        "boss",
+        None,
+    )
+    .await;
     let mut failures = Vec::new();
     for (r, fx) in rows.iter().zip(&fixtures) {
         for i in 0..CALLERS.len() {
@@ -322,11 +668,19 @@ async fn every_route_against_every_caller() {
             }
             if status >= 400 {
                 let code = answer["error"]["code"].as_str();
-                assert!(code.is_some(), "{path}: error without a JSON body: {answer}");
+                assert!(
+                    code.is_some(),
+                    "{path}: error without a JSON body: {answer}"
+                );
             }
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -350,8 +704,14 @@ async fn matrix_covers_every_documented_route() {
         .collect();
     let missing: Vec<_> = documented.difference(&covered).collect();
     let stale: Vec<_> = covered.difference(&documented).collect();
-    assert!(missing.is_empty(), "routes without authorization rows: {missing:?}");
-    assert!(stale.is_empty(), "rows for routes the API does not document: {stale:?}");
+    assert!(
+        missing.is_empty(),
+        "routes without authorization rows: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "rows for routes the API does not document: {stale:?}"
+    );
     // Every documented operation says how it authenticates or is deliberately public.
     let public: BTreeSet<&str> = ["/healthz", "/v1/login"].into();
     for (m, p) in &documented {
@@ -397,7 +757,14 @@ async fn every_websocket_operation_against_every_caller() {
     for i in 0..10 {
         ack_seq(&owner.send_group(&g, &format!("r{i}"), "recall me").await);
     }
-    ok(&api, Method::POST, "/v1/users/gone/deactivate", "boss", None).await;
+    ok(
+        &api,
+        Method::POST,
+        "/v1/users/gone/deactivate",
+        "boss",
+        None,
+    )
+    .await;
 
     // Connecting: refused before the upgrade without a valid token of an active account.
     let url = format!("ws://{}/ws", node.addr);
@@ -412,13 +779,79 @@ async fn every_websocket_operation_against_every_caller() {
     let conv = ConvId::group(&GroupId::new(&g));
     // [external, nonmember, member, muted, admin, owner, company_admin]
     let ops: Vec<(&str, [&str; 7])> = vec![
-        ("send", ["forbidden", "forbidden", "ack", "muted", "ack", "ack", "forbidden"]),
-        ("history", ["forbidden", "forbidden", "history", "history", "history", "history", "forbidden"]),
-        ("sync", ["forbidden", "forbidden", "synced", "synced", "synced", "synced", "forbidden"]),
-        ("read", ["forbidden", "forbidden", "pong", "pong", "pong", "pong", "forbidden"]),
-        ("typing", ["forbidden", "forbidden", "pong", "pong", "pong", "pong", "forbidden"]),
+        (
+            "send",
+            [
+                "forbidden",
+                "forbidden",
+                "ack",
+                "muted",
+                "ack",
+                "ack",
+                "forbidden",
+            ],
+        ),
+        (
+            "history",
+            [
+                "forbidden",
+                "forbidden",
+                "history",
+                "history",
+                "history",
+                "history",
+                "forbidden",
+            ],
+        ),
+        (
+            "sync",
+            [
+                "forbidden",
+                "forbidden",
+                "synced",
+                "synced",
+                "synced",
+                "synced",
+                "forbidden",
+            ],
+        ),
+        (
+            "read",
+            [
+                "forbidden",
+                "forbidden",
+                "pong",
+                "pong",
+                "pong",
+                "pong",
+                "forbidden",
+            ],
+        ),
+        (
+            "typing",
+            [
+                "forbidden",
+                "forbidden",
+                "pong",
+                "pong",
+                "pong",
+                "pong",
+                "forbidden",
+            ],
+        ),
         ("conversations", ["conversations"; 7]),
-        ("recall", ["forbidden", "forbidden", "forbidden", "forbidden", "recalled", "recalled", "recalled"]),
+        (
+            "recall",
+            [
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "forbidden",
+                "recalled",
+                "recalled",
+                "recalled",
+            ],
+        ),
         ("ping", ["pong"; 7]),
     ];
     let mut failures = Vec::new();
@@ -438,20 +871,44 @@ async fn every_websocket_operation_against_every_caller() {
                     mentions: vec![],
                     reply_to: None,
                 },
-                "history" => ClientFrame::History { rid: Some(rid.clone()), conv: conv.clone(), before_seq: None, limit: None },
-                "sync" => ClientFrame::Sync { rid: Some(rid.clone()), cursors: BTreeMap::from([(conv.clone(), Seq(0))]), limit: None },
-                "read" => ClientFrame::Read { rid: Some(rid.clone()), conv: conv.clone(), seq: Seq(1) },
+                "history" => ClientFrame::History {
+                    rid: Some(rid.clone()),
+                    conv: conv.clone(),
+                    before_seq: None,
+                    limit: None,
+                },
+                "sync" => ClientFrame::Sync {
+                    rid: Some(rid.clone()),
+                    cursors: BTreeMap::from([(conv.clone(), Seq(0))]),
+                    limit: None,
+                },
+                "read" => ClientFrame::Read {
+                    rid: Some(rid.clone()),
+                    conv: conv.clone(),
+                    seq: Seq(1),
+                },
                 "typing" => ClientFrame::Typing { conv: conv.clone() },
-                "conversations" => ClientFrame::Conversations { rid: Some(rid.clone()) },
-                "recall" => ClientFrame::Recall { rid: Some(rid.clone()), conv: conv.clone(), seq: Seq(i as u64 + 1) },
-                _ => ClientFrame::Ping { rid: Some(rid.clone()) },
+                "conversations" => ClientFrame::Conversations {
+                    rid: Some(rid.clone()),
+                },
+                "recall" => ClientFrame::Recall {
+                    rid: Some(rid.clone()),
+                    conv: conv.clone(),
+                    seq: Seq(i as u64 + 1),
+                },
+                _ => ClientFrame::Ping {
+                    rid: Some(rid.clone()),
+                },
             };
             c.send(&frame).await;
             // read and typing answer nothing on success: a ping right after them is answered
             // in order, so a pong first means they were accepted.
             let follow = format!("after-{rid}");
             if matches!(*op, "read" | "typing") {
-                c.send(&ClientFrame::Ping { rid: Some(follow.clone()) }).await;
+                c.send(&ClientFrame::Ping {
+                    rid: Some(follow.clone()),
+                })
+                .await;
             }
             let reply = c
                 .recv_until(|f| match f {
@@ -468,12 +925,20 @@ async fn every_websocket_operation_against_every_caller() {
             let got = outcome(&reply);
             let want = expect[i - 3];
             if got != want {
-                failures.push(format!("{op} as {}: expected {want}, got {got}", CALLERS[i]));
+                failures.push(format!(
+                    "{op} as {}: expected {want}, got {got}",
+                    CALLERS[i]
+                ));
             }
             if let ServerFrame::Error { code, .. } = reply {
                 assert_ne!(code, ErrorCode::Internal, "{op} as {}", CALLERS[i]);
             }
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
