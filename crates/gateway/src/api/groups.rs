@@ -496,7 +496,7 @@ async fn remove_member(
     let id = GroupId::new(id);
     let user = UserId::new(user);
     let (view, my_role) = authorize(&state, &me, &id, Role::Member, "leave").await?;
-    kick(&state, &me, &view, my_role, &user, "left").await?;
+    kick(&state, &me, &view, my_role, &user, "removed").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
