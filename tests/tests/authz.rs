@@ -3,7 +3,12 @@
 //! operation of the OpenAPI document: a new route without rows fails
 //! `matrix_covers_every_documented_route`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::needless_range_loop,
+    missing_docs
+)]
 
 use protocol::{ClientFrame, ConvId, ErrorCode, GroupId, Seq, ServerFrame};
 use reqwest::Method;
@@ -362,6 +367,14 @@ fn rows() -> Vec<Row> {
             None,
             Plain,
             SIGNED_IN,
+        ),
+        row(
+            "delete",
+            "/v1/conversations/{conv}/messages/{seq}",
+            "/v1/conversations/group:{g}/messages/{seq}",
+            None,
+            Messages,
+            GROUP_ADMINS_204,
         ),
         row(
             "get",

@@ -315,3 +315,55 @@ async fn a_user_signed_out_through_one_node_loses_sessions_everywhere() {
     assert_eq!(on_a.expect_close().await, protocol::close::SIGNED_OUT);
     assert_eq!(on_b.expect_close().await, protocol::close::SIGNED_OUT);
 }
+
+#[tokio::test]
+async fn a_deactivated_account_is_switched_off_on_every_node() {
+    let _g = SERIAL.lock().await;
+    let keyspace = unique_keyspace("e2e");
+    let admin = |id: &str| cluster_node(&keyspace, id).env("CHATD_AUTH__ADMINS", r#"["boss"]"#);
+    let a = Node::start_with(admin(&format!("{keyspace}-a")));
+    let b = Node::start_with(admin(&format!("{keyspace}-b")));
+    let on_a = Api::new(&a);
+    let on_b = Api::new(&b);
+    on_a.create_account(
+        "boss",
+        serde_json::json!({"id": "fay", "name": "Fay", "password": "welcome42"}),
+    )
+    .await;
+    // Node B caches Fay as active, then node A deactivates her.
+    let (s, _) = on_b
+        .call(reqwest::Method::GET, "/v1/me", Some("fay"), None)
+        .await;
+    assert_eq!(s, 200);
+    let mut session_b = Client::connect(&b, "fay").await;
+    let started = std::time::Instant::now();
+    let (s, _) = on_a
+        .call(
+            reqwest::Method::POST,
+            "/v1/users/fay/deactivate",
+            Some("boss"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(session_b.expect_close().await, protocol::close::SIGNED_OUT);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let (s, body) = on_b
+        .call(reqwest::Method::GET, "/v1/me", Some("fay"), None)
+        .await;
+    assert_eq!(s, 401, "node B forgot its cached account: {body}");
+    // Sign-in through either node is refused; the record is shared through the CQL store.
+    let (s, _) = on_b
+        .call(
+            reqwest::Method::POST,
+            "/v1/login",
+            None,
+            Some(serde_json::json!({"user": "fay", "password": "welcome42"})),
+        )
+        .await;
+    assert_eq!(s, 401);
+}
