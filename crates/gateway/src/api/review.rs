@@ -111,34 +111,25 @@ async fn review_approve(
     } else {
         audience.clone()
     };
-    let pump = state.pump.clone();
-    let deliver: store::AfterAppend = Box::new(move |a: &store::Appended| {
-        if !a.duplicate {
-            pump.push(Envelope::frame(
-                audience,
-                ServerFrame::Message(a.message.clone()),
-            ));
-        }
-    });
-    let appended = state
-        .store
-        .append_then(
-            store::NewMessage {
-                conv: conv.clone(),
-                from: held.from.clone(),
-                client_msg_id: held.client_msg_id.clone(),
-                id: protocol::MessageId::new(uuid::Uuid::now_v7().to_string()),
-                kind: held.kind,
-                body: held.body.clone(),
-                attachment: held.attachment.clone(),
-                mentions: held.mentions.clone(),
-                reply_to: held.reply_to,
-                ts: now_ms(),
-                participants,
-            },
-            deliver,
-        )
-        .await?;
+    let appended = crate::messages::append_and_deliver(
+        &state,
+        store::NewMessage {
+            conv: conv.clone(),
+            from: held.from.clone(),
+            client_msg_id: held.client_msg_id.clone(),
+            id: protocol::MessageId::new(uuid::Uuid::now_v7().to_string()),
+            kind: held.kind,
+            body: held.body.clone(),
+            attachment: held.attachment.clone(),
+            mentions: held.mentions.clone(),
+            reply_to: held.reply_to,
+            ts: now_ms(),
+            participants,
+        },
+        audience,
+        None,
+    )
+    .await?;
     let message = appended.message;
     decided(
         &state,
