@@ -5,6 +5,7 @@
 use crate::error::ApiError;
 use crate::hub::SessionHandle;
 use crate::moderation::Restriction;
+use crate::session::InSessionOrder;
 use crate::state::{now_ms, Access, AppState};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moderation::{Action, Penalty};
@@ -278,6 +279,7 @@ async fn send(
             },
             deliver,
         )
+        .in_session_order() // pipelined sends enter the store in send order (session.rs)
         .await?;
     let message: Message = appended.message;
     let ack = ServerFrame::Ack {
