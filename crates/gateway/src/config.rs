@@ -50,7 +50,7 @@ pub struct ServerConfig {
     pub write_batch: usize,
     /// WebSocket read buffer per connection, bytes (small keeps idle connections cheap).
     pub ws_read_buffer: usize,
-    /// WebSocket write buffer per connection, bytes.
+    /// Bytes of frames gathered before one socket write (0: one write per frame).
     pub ws_write_buffer: usize,
     /// On shutdown, how long sessions get to close before the store is flushed.
     pub shutdown_grace_ms: u64,
@@ -67,8 +67,8 @@ impl Default for ServerConfig {
             idle_timeout_ms: 90_000,
             outbound_queue: 1024,
             write_batch: 64,
-            ws_read_buffer: 4096,
-            ws_write_buffer: 0,
+            ws_read_buffer: 1024,
+            ws_write_buffer: 8192,
             shutdown_grace_ms: 3_000,
         }
     }

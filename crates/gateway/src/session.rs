@@ -16,12 +16,16 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use protocol::{close, ClientFrame, Codec, ErrorCode, ServerFrame, UserId, PROTOCOL_VERSION};
 use serde::Deserialize;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tracing::Instrument;
 
 /// Query parameters of `GET /ws`.
@@ -113,7 +117,9 @@ async fn run(
     _permit: OwnedSemaphorePermit,
 ) {
     let session_id = uuid::Uuid::new_v4().simple().to_string();
-    let span = tracing::info_span!("session", session = %session_id, user = %user);
+    // Debug level: at the default `info` filter a session stores no span (about 0.4 KiB per
+    // connection, measured); warnings about a session name it themselves.
+    let span = tracing::debug_span!("session", session = %session_id, user = %user);
     async move {
         let (handle, queue) =
             SessionHandle::new(session_id, user, codec, state.config.server.outbound_queue);
@@ -172,6 +178,81 @@ async fn run(
     .await
 }
 
+/// Most `send`s of one session that may wait for their durable append at once (embedded
+/// store). Each holds an ack slot; the reader stops reading while all are taken.
+const PIPELINE_DEPTH: usize = 16;
+
+/// Orders the store hand-offs of one session's pipelined sends: send `n` may enter the store
+/// only after send `n - 1` has (or has finished without storing anything).
+#[derive(Default)]
+struct Pipeline {
+    /// The ticket whose turn it is.
+    turn: AtomicU64,
+    wake: Notify,
+}
+
+impl Pipeline {
+    async fn wait_turn(&self, ticket: u64) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.turn.load(Ordering::Acquire) >= ticket {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Lets the send after `ticket` go (idempotent).
+    fn release(&self, ticket: u64) {
+        if self.turn.fetch_max(ticket + 1, Ordering::AcqRel) <= ticket {
+            self.wake.notify_waiters();
+        }
+    }
+}
+
+/// The pipelined send a future belongs to.
+#[derive(Clone)]
+struct Ticket {
+    pipeline: Arc<Pipeline>,
+    n: u64,
+}
+
+tokio::task_local! {
+    static TICKET: Ticket;
+}
+
+/// Runs a store hand-off (`Store::append_then`) of a pipelined send in the session's send
+/// order: waits for the previous send's hand-off, polls `hand_off` once (which queues the
+/// job into the store's writer; its bounded queue is FIFO even when full), lets the next
+/// send go, then waits for the outcome. Outside a pipelined send it is just `hand_off.await`.
+pub async fn in_order<F: std::future::Future>(hand_off: F) -> F::Output {
+    let Ok(ticket) = TICKET.try_with(Ticket::clone) else {
+        return hand_off.await;
+    };
+    let mut hand_off = std::pin::pin!(hand_off);
+    let first = std::future::poll_fn(|cx| Poll::Ready(hand_off.as_mut().poll(cx))).await;
+    ticket.pipeline.release(ticket.n);
+    match first {
+        Poll::Ready(out) => out,
+        Poll::Pending => hand_off.await,
+    }
+}
+
+/// `fut.in_session_order()`: [`in_order`] as a method, for the end of a call chain.
+pub trait InSessionOrder: std::future::Future + Sized {
+    /// See [`in_order`].
+    fn in_session_order(self) -> impl std::future::Future<Output = Self::Output> {
+        in_order(self)
+    }
+}
+
+impl<F: std::future::Future> InSessionOrder for F {}
+
+type InFlight<'a> =
+    FuturesOrdered<Pin<Box<dyn std::future::Future<Output = Option<ServerFrame>> + Send + 'a>>>;
+
 async fn read_loop(
     state: &AppState,
     mut stream: futures_util::stream::SplitStream<WebSocket>,
@@ -183,26 +264,55 @@ async fn read_loop(
         state.config.limits.send_per_sec,
         state.config.limits.send_burst,
     );
+    // Sends are pipelined only where the store keeps one writer's order (embedded); other
+    // backends get one send at a time, as before.
+    let depth = if state.config.store.backend == "embedded" {
+        PIPELINE_DEPTH
+    } else {
+        1
+    };
+    let pipeline = Arc::new(Pipeline::default());
+    let mut tickets: u64 = 0;
+    // Allocated at the first send: an idle session carries none of it.
+    let mut in_flight: Option<InFlight<'_>> = None;
     let idle = Duration::from_millis(state.config.server.idle_timeout_ms.max(100));
     let expires_in = Duration::from_secs(token_exp.saturating_sub(now_secs()));
     let expiry = tokio::time::sleep(expires_in);
     tokio::pin!(expiry);
+    // One idle timer, moved only when it fires, rather than a new timer for every frame.
+    let mut last_frame = tokio::time::Instant::now();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     loop {
+        let pending = in_flight.as_ref().map_or(0, |f| f.len());
         let next = tokio::select! {
             _ = handle.closed() => return,
             _ = &mut expiry => {
                 handle.close(close::TOKEN_EXPIRED, "token expired");
                 return;
             }
-            next = tokio::time::timeout(idle, stream.next()) => next,
-        };
-        let message = match next {
-            Err(_) => {
-                handle.close(close::IDLE_TIMEOUT, "idle timeout");
-                return;
+            Some(reply) = next_reply(&mut in_flight), if pending > 0 => {
+                if let Some(reply) = reply {
+                    handle.reply(reply).await;
+                }
+                continue;
             }
-            Ok(None) => return,
-            Ok(Some(Err(e))) => {
+            _ = &mut idle_timer => {
+                let now = tokio::time::Instant::now();
+                if pending == 0 && now >= last_frame + idle {
+                    handle.close(close::IDLE_TIMEOUT, "idle timeout");
+                    return;
+                }
+                let base = if pending == 0 { last_frame } else { now };
+                idle_timer.as_mut().reset(base + idle);
+                continue;
+            }
+            next = stream.next(), if pending < depth => next,
+        };
+        last_frame = tokio::time::Instant::now();
+        let message = match next {
+            None => return,
+            Some(Err(e)) => {
                 if is_too_large(&e) {
                     handle.close(close::TOO_LARGE, "frame too large");
                 } else {
@@ -211,7 +321,7 @@ async fn read_loop(
                 }
                 return;
             }
-            Ok(Some(Ok(m))) => m,
+            Some(Ok(m)) => m,
         };
         let (data, codec) = match message {
             WsMessage::Text(t) => (bytes::Bytes::from(t), Codec::Json),
@@ -224,16 +334,74 @@ async fn read_loop(
         if data.as_ref() == b"__panic__" {
             panic!("test hook: deliberate panic in a session task");
         }
-        let reply = match codec.decode::<ClientFrame>(&data) {
-            Ok(frame) => ops::handle(state, &ctx, frame).await,
-            Err(e) => Some(ServerFrame::error(
-                e.rid,
-                ErrorCode::BadRequest,
-                format!("cannot decode frame: {}", e.message),
-            )),
+        let frame = match codec.decode::<ClientFrame>(&data) {
+            Ok(frame) => frame,
+            Err(e) => {
+                if !drain(&mut in_flight, handle).await {
+                    return;
+                }
+                let reply = ServerFrame::error(
+                    e.rid,
+                    ErrorCode::BadRequest,
+                    format!("cannot decode frame: {}", e.message),
+                );
+                handle.reply(reply).await;
+                continue;
+            }
         };
-        if let Some(reply) = reply {
+        if matches!(frame, ClientFrame::Send { .. }) {
+            // Pipelined: the reply comes out of `in_flight` in send order.
+            let ticket = Ticket {
+                pipeline: pipeline.clone(),
+                n: tickets,
+            };
+            tickets += 1;
+            let ctx = &ctx;
+            let send = async move {
+                ticket.pipeline.wait_turn(ticket.n).await;
+                let reply = TICKET
+                    .scope(ticket.clone(), ops::handle(state, ctx, frame))
+                    .await;
+                ticket.pipeline.release(ticket.n);
+                reply
+            };
+            in_flight
+                .get_or_insert_with(FuturesOrdered::new)
+                .push_back(Box::pin(send));
+            continue;
+        }
+        // Anything else sees the effects of every earlier send, as without pipelining.
+        if !drain(&mut in_flight, handle).await {
+            return;
+        }
+        // Boxed: the reader task's future need not be sized for the largest handler, which
+        // an idle session would carry for nothing.
+        if let Some(reply) = Box::pin(ops::handle(state, &ctx, frame)).await {
             handle.reply(reply).await;
+        }
+    }
+}
+
+async fn next_reply(in_flight: &mut Option<InFlight<'_>>) -> Option<Option<ServerFrame>> {
+    match in_flight {
+        Some(f) => f.next().await,
+        None => None,
+    }
+}
+
+/// Waits for every pipelined send and queues their replies in order; `false` when the
+/// session closed meanwhile.
+async fn drain(in_flight: &mut Option<InFlight<'_>>, handle: &SessionHandle) -> bool {
+    let Some(f) = in_flight else { return true };
+    loop {
+        let reply = tokio::select! {
+            _ = handle.closed() => return false,
+            r = f.next() => r,
+        };
+        match reply {
+            None => return true,
+            Some(Some(reply)) => handle.reply(reply).await,
+            Some(None) => {}
         }
     }
 }
@@ -255,7 +423,8 @@ async fn write_loop(
 ) {
     let codec = handle.codec;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let mut buffered = Vec::with_capacity(batch);
+    // Grows at the first delivery: an idle session holds no batch buffer.
+    let mut buffered = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -269,8 +438,14 @@ async fn write_loop(
                     }
                     sink.flush().await
                 };
-                // A peer that stops reading must not pin the session forever.
-                match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                // A peer that stops reading must not pin the session forever. Most writes
+                // finish at the first poll: those need no timer.
+                let mut write = std::pin::pin!(write);
+                let outcome = match futures_util::FutureExt::now_or_never(write.as_mut()) {
+                    Some(done) => Ok(done),
+                    None => tokio::time::timeout(WRITE_TIMEOUT, write).await,
+                };
+                match outcome {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => {
                         handle.close(close::GOING_AWAY, "write error");
