@@ -231,7 +231,11 @@ pub async fn in_order<F: std::future::Future>(hand_off: F) -> F::Output {
     let Ok(ticket) = TICKET.try_with(Ticket::clone) else {
         return hand_off.await;
     };
-    let mut hand_off = std::pin::pin!(hand_off);
+    // Unconstrained: with tokio's cooperative budget spent, the first poll of the store's
+    // queue would return Pending *without* taking a place in it, and the next send (polled by
+    // the same reader task, in any order) could enter the store first.
+    use std::future::Future as _;
+    let mut hand_off = std::pin::pin!(tokio::task::unconstrained(hand_off));
     let first = std::future::poll_fn(|cx| Poll::Ready(hand_off.as_mut().poll(cx))).await;
     ticket.pipeline.release(ticket.n);
     match first {
