@@ -10,6 +10,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use protocol::{Codec, ServerFrame, UserId};
 use router::{Audience, Control, Envelope, Payload, Router, Sink};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
@@ -55,6 +56,9 @@ pub struct SessionHandle {
     pub user: UserId,
     /// The session's codec.
     pub codec: Codec,
+    /// Hash of `id`, so a fan-out compares each recipient with the skipped session by
+    /// integer (the id string is only read on a hash match).
+    id_hash: u64,
     queue: mpsc::Sender<Arc<SharedFrame>>,
     cancel: CancellationToken,
     close: OnceLock<(u16, String)>,
@@ -70,6 +74,7 @@ impl SessionHandle {
     ) -> (Arc<Self>, mpsc::Receiver<Arc<SharedFrame>>) {
         let (queue, rx) = mpsc::channel(capacity.max(1));
         let handle = Arc::new(Self {
+            id_hash: id_hash(&id),
             id,
             user,
             codec,
@@ -126,9 +131,16 @@ impl SessionHandle {
     }
 }
 
-/// All sessions on this node.
+/// Hashes session ids for [`SessionHandle::id_hash`] (fixed seed: values are compared
+/// within this process only).
+fn id_hash(id: &str) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x5e55_10e1).hash_one(id)
+}
+
+/// All sessions on this node. Keyed with foldhash rather than SipHash: a fan-out looks up
+/// every member, and user ids come from signed tokens, not from arbitrary clients.
 pub struct Hub {
-    sessions: DashMap<UserId, Vec<Arc<SessionHandle>>>,
+    sessions: DashMap<UserId, Vec<Arc<SessionHandle>>, foldhash::fast::RandomState>,
     count: AtomicUsize,
     membership: Arc<Membership>,
 }
@@ -144,7 +156,7 @@ impl Hub {
     /// An empty hub that invalidates `membership` on group-change control messages.
     pub fn new(membership: Arc<Membership>) -> Arc<Self> {
         Arc::new(Self {
-            sessions: DashMap::new(),
+            sessions: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             count: AtomicUsize::new(0),
             membership,
         })
@@ -228,11 +240,10 @@ impl Sink for Hub {
         match (&envelope.audience, &envelope.payload) {
             (Audience::Users(users), Payload::Frame(frame)) => {
                 let shared = SharedFrame::new(frame.clone());
-                let skip = envelope.skip_session.as_deref();
-                self.each_session(users, |s| {
-                    if Some(s.id.as_str()) != skip {
-                        s.push(shared.clone());
-                    }
+                let skip = envelope.skip_session.as_deref().map(|id| (id_hash(id), id));
+                self.each_session(users, |s| match skip {
+                    Some((hash, id)) if hash == s.id_hash && id == s.id => {}
+                    _ => s.push(shared.clone()),
                 });
             }
             (Audience::AllNodes, Payload::Frame(_)) => {
