@@ -32,7 +32,10 @@ impl SessionCtx {
         let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
             handle,
-            limiter: RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst)),
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_second(per_sec).allow_burst(burst),
+                shared_clock(),
+            ),
         }
     }
 
@@ -48,6 +51,14 @@ impl SessionCtx {
             )
         })
     }
+}
+
+/// One clock for every session's rate limiter: building a clock reads the CPU's timestamp
+/// counter calibration (a `CPUID`, a VM exit on virtual machines) that cost ~5 µs per
+/// connect (docs/LOADTEST.md).
+fn shared_clock() -> governor::clock::DefaultClock {
+    static CLOCK: std::sync::OnceLock<governor::clock::DefaultClock> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(governor::clock::DefaultClock::default).clone()
 }
 
 /// Handles one decoded client frame and returns the reply, if the frame has one.
