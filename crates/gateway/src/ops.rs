@@ -58,7 +58,9 @@ impl SessionCtx {
 /// connect (docs/LOADTEST.md).
 fn shared_clock() -> governor::clock::DefaultClock {
     static CLOCK: std::sync::OnceLock<governor::clock::DefaultClock> = std::sync::OnceLock::new();
-    CLOCK.get_or_init(governor::clock::DefaultClock::default).clone()
+    CLOCK
+        .get_or_init(governor::clock::DefaultClock::default)
+        .clone()
 }
 
 /// Handles one decoded client frame and returns the reply, if the frame has one.
