@@ -560,6 +560,29 @@ impl Api {
         assert_eq!(status, 201, "{body}");
     }
 
+    /// Uploads a file as `user` (`POST /v1/files`); returns status and JSON.
+    pub async fn upload(
+        &self,
+        user: &str,
+        name: &str,
+        mime: &str,
+        bytes: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/files", self.base))
+            .query(&[("name", name)])
+            .header("content-type", mime)
+            .bearer_auth(token(user))
+            .body(bytes)
+            .send()
+            .await
+            .expect("http request");
+        let status = resp.status().as_u16();
+        let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
     /// Makes `user` known to the server (any authenticated call does).
     pub async fn touch(&self, user: &str) {
         let (status, body) = self

@@ -736,13 +736,136 @@ async fn matrix_covers_every_documented_route() {
     }
 }
 
-/// Routes covered by other tests' matrices (the files API, in tests/tests/files.rs).
+/// Routes covered by matrices other than [`rows`]: the files API, whose requests are not JSON.
 fn extra_rows() -> Vec<(String, String)> {
-    files_rows()
+    FILE_ROWS
+        .iter()
+        .map(|(m, api, _, _)| ((*m).to_owned(), (*api).to_owned()))
+        .collect()
 }
 
-fn files_rows() -> Vec<(String, String)> {
-    Vec::new()
+/// The files API: (method, OpenAPI path, request path, expectations). `{f}` is a file the
+/// member uploaded and shared in the fixture group; the upload row sends a small PNG.
+const FILE_ROWS: [(&str, &str, &str, [u16; 10]); 3] = [
+    (
+        "post",
+        "/v1/files",
+        "/v1/files?name=chart.png",
+        [401, 401, 401, 201, 201, 201, 201, 201, 201, 201],
+    ),
+    (
+        "get",
+        "/v1/files/{id}",
+        "/v1/files/{f}",
+        [401, 401, 401, 403, 403, 200, 200, 200, 200, 200],
+    ),
+    (
+        "get",
+        "/v1/files/{id}/meta",
+        "/v1/files/{f}/meta",
+        [401, 401, 401, 403, 403, 200, 200, 200, 200, 200],
+    ),
+];
+
+/// A tiny PNG (the signature and an IHDR chunk are enough for the server, which does not
+/// decode images).
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0";
+
+#[tokio::test]
+async fn every_file_route_against_every_caller() {
+    let node = node();
+    let api = Api::new(&node);
+    directory(&api).await;
+    let g = fixture_group(&api, "Files fixture").await;
+    let (s, att) = upload(&api, Some(token("mem")), "report.png", PNG).await;
+    assert_eq!(s, 201, "{att}");
+    let file_id = att["file_id"].as_str().unwrap().to_owned();
+    let mut member = Client::connect(&node, "mem").await;
+    member
+        .send(&ClientFrame::Send {
+            rid: Some("share".into()),
+            client_msg_id: "share".into(),
+            to: protocol::Target::Group(GroupId::new(&g)),
+            kind: protocol::MessageKind::Image,
+            body: String::new(),
+            attachment: Some(serde_json::from_value(att.clone()).unwrap()),
+            mentions: vec![],
+            reply_to: None,
+        })
+        .await;
+    let ack = member
+        .recv_until(|f| matches!(f, ServerFrame::Ack { .. } | ServerFrame::Error { .. }))
+        .await;
+    ack_seq(&ack);
+    ok(
+        &api,
+        Method::POST,
+        "/v1/users/gone/deactivate",
+        "boss",
+        None,
+    )
+    .await;
+    let mut failures = Vec::new();
+    for (m, _, path, expect) in FILE_ROWS {
+        let path = path.replace("{f}", &file_id);
+        for i in 0..CALLERS.len() {
+            let (status, answer) = if m == "post" {
+                upload_path(&api, bearer(i), &path, PNG).await
+            } else {
+                let mut req = api.http.get(format!("{}{path}", api.base));
+                if let Some(t) = bearer(i) {
+                    req = req.bearer_auth(t);
+                }
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await.unwrap();
+                let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                if status == 200 && !path.ends_with("/meta") {
+                    assert_eq!(&bytes[..], PNG, "{path} as {}", CALLERS[i]);
+                }
+                (status, json)
+            };
+            if status != expect[i] {
+                failures.push(format!(
+                    "{} {path} as {}: expected {}, got {status} {answer}",
+                    m.to_uppercase(),
+                    CALLERS[i],
+                    expect[i]
+                ));
+            }
+            if status >= 400 {
+                assert!(
+                    answer["error"]["code"].is_string(),
+                    "{path}: error without a JSON body: {answer}"
+                );
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+async fn upload(api: &Api, bearer: Option<String>, name: &str, bytes: &[u8]) -> (u16, Value) {
+    upload_path(api, bearer, &format!("/v1/files?name={name}"), bytes).await
+}
+
+async fn upload_path(api: &Api, bearer: Option<String>, path: &str, bytes: &[u8]) -> (u16, Value) {
+    let mut req = api
+        .http
+        .post(format!("{}{path}", api.base))
+        .header("content-type", "image/png")
+        .body(bytes.to_vec());
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let json = resp.json().await.unwrap_or(Value::Null);
+    (status, json)
 }
 
 /// What a WebSocket operation answered: a reply type, or an error code.

@@ -343,10 +343,21 @@ async fn read_cursors_typing_and_conversation_list() {
 #[tokio::test]
 async fn images_and_files_carry_attachments_mentions_and_replies() {
     let node = Node::start();
+    let api = Api::new(&node);
     let mut a = Client::connect(&node, "ann").await;
     let mut b = Client::connect(&node, "bob").await;
     a.send_dm("bob", "t1", "look at this").await;
     b.next_message().await;
+    let (status, uploaded) = api
+        .upload(
+            "ann",
+            "chart.png",
+            "image/png",
+            vec![0x89, b'P', b'N', b'G', 1, 2, 3],
+        )
+        .await;
+    assert_eq!(status, 201, "{uploaded}");
+    let file_id = uploaded["file_id"].as_str().unwrap().to_owned();
     a.send(&ClientFrame::Send {
         rid: Some("i1".into()),
         client_msg_id: "i1".into(),
@@ -354,10 +365,11 @@ async fn images_and_files_carry_attachments_mentions_and_replies() {
         kind: MessageKind::Image,
         body: "the chart".into(),
         attachment: Some(protocol::Attachment {
-            file_id: "f-123".into(),
+            file_id: file_id.clone(),
             name: "chart.png".into(),
+            // The client's size and type are replaced by what the server recorded.
             size: 2048,
-            mime: "image/png".into(),
+            mime: "image/jpeg".into(),
             width: Some(640),
             height: Some(480),
         }),
@@ -368,7 +380,10 @@ async fn images_and_files_carry_attachments_mentions_and_replies() {
     ack_seq(&a.recv_until(|f| is_reply_to(f, "i1")).await);
     let m = b.next_message().await;
     assert_eq!(m.kind, MessageKind::Image);
-    assert_eq!(m.attachment.as_ref().unwrap().file_id, "f-123");
+    let att = m.attachment.as_ref().unwrap();
+    assert_eq!(att.file_id, file_id);
+    assert_eq!((att.size, att.mime.as_str()), (7, "image/png"));
+    assert_eq!((att.width, att.height), (Some(640), Some(480)));
     assert_eq!(m.mentions, vec![UserId::new("bob")]);
     assert_eq!(m.reply_to, Some(Seq(1)));
 }

@@ -26,6 +26,8 @@ pub struct Config {
     pub moderation: ModerationConfig,
     /// Group administration.
     pub groups: GroupsConfig,
+    /// Attachments.
+    pub files: FilesConfig,
 }
 
 /// `[server]`
@@ -134,6 +136,42 @@ impl Default for GroupsConfig {
             max_pins: 50,
             max_mute_secs: 30 * 24 * 3600,
             max_announcement_chars: 2000,
+        }
+    }
+}
+
+/// `[files]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Where uploaded content is stored; empty: `files` under `server.data_dir`. In a
+    /// cluster every node must see the same directory (a shared volume).
+    pub dir: PathBuf,
+    /// Largest upload, bytes; a larger one is refused with 413.
+    pub max_bytes: u64,
+    /// Media types that may be uploaded (`Content-Type` without parameters).
+    pub allowed_types: Vec<String>,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            max_bytes: 20 * 1024 * 1024,
+            allowed_types: [
+                "image/png",
+                "image/jpeg",
+                "image/gif",
+                "image/webp",
+                "application/pdf",
+                "text/plain",
+                "application/zip",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

@@ -1,33 +1,394 @@
-//! Attachments: uploads and downloads of files referenced by image and file messages.
+//! Attachments: uploads and downloads of the files that image and file messages reference.
 //!
-//! Placeholder while the module is being written: no routes yet, and attachments are
-//! passed through unchecked as before.
+//! Content is stored once per distinct content (content-addressed by SHA-256) under
+//! `files.dir`; each upload gets its own file id and record (name, type, uploader) in the
+//! [`store::MetaStore`]. A file may be downloaded by its uploader, by company administrators,
+//! and by the members of any conversation it was shared in (recorded when a message that
+//! references it is sent).
 
-use crate::error::ApiError;
-use crate::state::AppState;
-use protocol::{Attachment, ConvId, UserId};
+use crate::api::Caller;
+use crate::directory::{get_json, to_json};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::{now_ms, AppState};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use protocol::{Attachment, ConvId, ErrorCode, UserId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use store::MetaOp;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// The routes of this module.
+/// Namespace of file records, keyed by file id.
+pub const NS_FILE: &str = "file";
+/// Namespace of shares, keyed `file_id/conv`.
+pub const NS_FILE_SHARE: &str = "file_share";
+
+/// What the server records about an upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FileRecord {
+    /// The file id (`f` + a UUIDv7).
+    pub file_id: String,
+    /// The file name (after moderation).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The media type.
+    pub mime: String,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+    /// Who uploaded it.
+    pub uploader: UserId,
+    /// Upload time, ms since the epoch.
+    pub created_at: u64,
+}
+
+/// The routes of this module. The body limit is the module's own (`files.max_bytes`),
+/// checked while reading, so an oversized upload gets the JSON 413.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(upload))
+        .routes(routes!(download))
+        .routes(routes!(metadata))
+        .layer(DefaultBodyLimit::disable())
 }
 
-/// Checks that `user` may attach the file to a message and returns the attachment as the
-/// server records it.
+fn files_dir(state: &AppState) -> PathBuf {
+    let f = &state.config.files;
+    if f.dir.as_os_str().is_empty() {
+        state.config.server.data_dir.join("files")
+    } else {
+        f.dir.clone()
+    }
+}
+
+fn content_path(state: &AppState, sha: &str) -> PathBuf {
+    files_dir(state)
+        .join(sha.get(0..2).unwrap_or("00"))
+        .join(sha.get(2..4).unwrap_or("00"))
+        .join(sha)
+}
+
+fn io_error(e: std::io::Error) -> ApiError {
+    tracing::error!(error = %e, "file storage");
+    ApiError::new(ErrorCode::Unavailable, "file storage is unavailable")
+}
+
+/// `POST /v1/files` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct UploadQuery {
+    /// The file name shown to people (1..=255 characters).
+    name: Option<String>,
+}
+
+/// Uploads a file: the request body is the content, `Content-Type` its media type (one of
+/// `files.allowed_types`), `?name=` its name. Answers the attachment to put in a message.
+#[utoipa::path(post, path = "/v1/files", tag = "files", params(UploadQuery), security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes"),
+    responses((status = 201, body = Attachment), (status = 400, description = "Missing name, empty body, type not allowed", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, description = "The name is blocked", body = ErrorBody),
+        (status = 413, description = "Over files.max_bytes", body = ErrorBody)))]
+async fn upload(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let max = state.config.files.max_bytes;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("the file is over the limit of {max} bytes (files.max_bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max.saturating_add(LINGER_BYTES)) {
+        // Far over the limit: answer at once rather than read it.
+        return Err(too_large());
+    }
+    let name = q.name.as_deref().map(str::trim).unwrap_or_default();
+    if name.is_empty() || name.chars().count() > 255 || name.contains(['/', '\\', '\0']) {
+        return Err(ApiError::bad_request(
+            "name: 1 to 255 characters, without slashes",
+        ));
+    }
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_lowercase()
+        })
+        .unwrap_or_default();
+    if !state.config.files.allowed_types.contains(&mime) {
+        return Err(ApiError::bad_request(format!(
+            "content-type: {mime:?} is not an allowed file type (files.allowed_types)"
+        )));
+    }
+    let verdict = state.moderation.check(
+        name,
+        &moderation::CheckContext {
+            group: None,
+            has_external_member: false,
+        },
+    );
+    let name = match (verdict.action, verdict.masked_text) {
+        (moderation::Action::Block, _) => {
+            return Err(ApiError::new(
+                ErrorCode::Blocked,
+                "the file name is blocked by the moderation filter",
+            ))
+        }
+        (moderation::Action::Mask | moderation::Action::Review, Some(masked)) => masked,
+        _ => name.to_owned(),
+    };
+    let Some(bytes) = read_limited(body, max).await else {
+        return Err(too_large());
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("body: the file is empty"));
+    }
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let path = content_path(&state, &sha);
+    if tokio::fs::metadata(&path).await.is_err() {
+        // Write aside, then rename: a reader never sees half a file, and two uploads of the
+        // same content race harmlessly.
+        let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+        tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
+        let tmp = dir.join(format!(".{sha}.{}", uuid::Uuid::new_v4().simple()));
+        let written = async {
+            let mut f = tokio::fs::File::create(&tmp).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut f, &bytes).await?;
+            f.sync_all().await?;
+            tokio::fs::rename(&tmp, &path).await
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(io_error(e));
+        }
+    }
+    let record = FileRecord {
+        file_id: format!("f{}", uuid::Uuid::now_v7().simple()),
+        name,
+        size: bytes.len() as u64,
+        mime,
+        sha256: sha,
+        uploader: me,
+        created_at: now_ms(),
+    };
+    state
+        .meta
+        .apply(vec![MetaOp::put(
+            NS_FILE,
+            &record.file_id,
+            to_json(&record)?,
+        )])
+        .await?;
+    Ok((StatusCode::CREATED, Json(attachment_of(&record))).into_response())
+}
+
+/// How much of an oversized body is read and discarded before the 413 is sent: a client that
+/// is still sending when the server closes would see a reset instead of the answer.
+const LINGER_BYTES: u64 = 1024 * 1024;
+
+/// Reads the body if it is at most `max` bytes; `None` (after discarding up to
+/// [`LINGER_BYTES`] more) when it is larger, or when the client stops sending midway.
+async fn read_limited(body: Body, max: u64) -> Option<Vec<u8>> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        total = total.saturating_add(chunk.len() as u64);
+        if total > max.saturating_add(LINGER_BYTES) {
+            return None;
+        }
+        if total <= max {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    (total <= max).then_some(bytes)
+}
+
+fn attachment_of(r: &FileRecord) -> Attachment {
+    Attachment {
+        file_id: r.file_id.clone(),
+        name: r.name.clone(),
+        size: r.size,
+        mime: r.mime.clone(),
+        width: None,
+        height: None,
+    }
+}
+
+async fn record(state: &AppState, id: &str) -> Result<FileRecord, ApiError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::not_found(format!("no file {id}")));
+    }
+    get_json(&state.meta, NS_FILE, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no file {id}")))
+}
+
+/// Whether `user` may read the file: its uploader, a company administrator, or a member of
+/// a conversation it was shared in.
+async fn may_read(state: &AppState, user: &UserId, r: &FileRecord) -> Result<bool, ApiError> {
+    if &r.uploader == user || state.is_company_admin(user) {
+        return Ok(true);
+    }
+    let prefix = format!("{}/", r.file_id);
+    let mut after = String::new();
+    loop {
+        let page = state.meta.scan(NS_FILE_SHARE, &prefix, &after, 200).await?;
+        let done = page.len() < 200;
+        for (key, _) in page {
+            if let Some(conv) = key
+                .strip_prefix(&prefix)
+                .and_then(|c| ConvId::parse(c).ok())
+            {
+                if state.access(user, &conv).await.is_ok() {
+                    return Ok(true);
+                }
+            }
+            after = key;
+        }
+        if done {
+            return Ok(false);
+        }
+    }
+}
+
+async fn readable(state: &AppState, user: &UserId, id: &str) -> Result<FileRecord, ApiError> {
+    let r = record(state, id).await?;
+    if !may_read(state, user, &r).await? {
+        return Err(ApiError::forbidden(
+            "only the uploader and members of a conversation the file was shared in may read it",
+        ));
+    }
+    Ok(r)
+}
+
+/// `filename*` value per RFC 5987: UTF-8, percent-encoded.
+fn encode_filename(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Downloads a file's content (its uploader, company administrators, and the members of a
+/// conversation it was shared in).
+#[utoipa::path(get, path = "/v1/files/{id}", tag = "files", security(("bearer" = [])),
+    params(("id" = String, Path, description = "File id")),
+    responses((status = 200, description = "The content, with its media type", content_type = "application/octet-stream"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn download(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = readable(&state, &me, &id).await?;
+    let bytes = tokio::fs::read(content_path(&state, &r.sha256))
+        .await
+        .map_err(io_error)?;
+    let ascii: String = r
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let disposition = format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{}",
+        encode_filename(&r.name)
+    );
+    let mut resp = bytes.into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&r.mime) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(resp)
+}
+
+/// A file's record (same readers as the download).
+#[utoipa::path(get, path = "/v1/files/{id}/meta", tag = "files", security(("bearer" = [])),
+    params(("id" = String, Path, description = "File id")),
+    responses((status = 200, body = FileRecord), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn metadata(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<FileRecord>, ApiError> {
+    Ok(Json(readable(&state, &me, &id).await?))
+}
+
+/// Checks that `user` may attach the file to a message (they can read it) and returns the
+/// attachment with the server's size and type; `not_found` for an unknown file id.
 pub async fn check_attachment(
-    _state: &AppState,
-    _user: &UserId,
+    state: &AppState,
+    user: &UserId,
     attachment: &Attachment,
 ) -> Result<Attachment, ApiError> {
-    Ok(attachment.clone())
+    let r = readable(state, user, &attachment.file_id).await?;
+    Ok(Attachment {
+        file_id: r.file_id,
+        name: attachment.name.clone(),
+        size: r.size,
+        mime: r.mime,
+        width: attachment.width,
+        height: attachment.height,
+    })
 }
 
-/// Records that a file was shared in a conversation (its members may then download it).
-pub async fn record_share(
-    _state: &AppState,
-    _file_id: &str,
-    _conv: &ConvId,
-) -> Result<(), ApiError> {
+/// Records, durably, that a file was shared in a conversation: its members may then read it.
+pub async fn record_share(state: &AppState, file_id: &str, conv: &ConvId) -> Result<(), ApiError> {
+    state
+        .meta
+        .apply(vec![MetaOp::put(
+            NS_FILE_SHARE,
+            &format!("{file_id}/{conv}"),
+            Vec::new(),
+        )])
+        .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames_are_percent_encoded() {
+        assert_eq!(encode_filename("a b.pdf"), "a%20b.pdf");
+        assert_eq!(encode_filename("报告.pdf"), "%E6%8A%A5%E5%91%8A.pdf");
+        assert_eq!(encode_filename("x\"y"), "x%22y");
+    }
 }

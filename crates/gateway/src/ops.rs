@@ -169,11 +169,6 @@ fn validate_send(state: &AppState, req: &SendRequest) -> Result<(), ApiError> {
                     "attachment.file_id must be 1 to 128 bytes and attachment.name at most 255 characters",
                 ));
             }
-            if req.kind == MessageKind::Image && !a.mime.starts_with("image/") {
-                return Err(ApiError::bad_request(
-                    "an image attachment needs an image/* mime type",
-                ));
-            }
         }
     }
     if req.mentions.len() > limits.max_mentions {
@@ -227,7 +222,14 @@ async fn send(
     crate::messages::check_mentions(&access, me, &req.mentions)?;
     let mut req = req;
     if let Some(a) = &req.attachment {
-        req.attachment = Some(crate::files::check_attachment(state, me, a).await?);
+        // The server's record of the file replaces the client's size and type.
+        let a = crate::files::check_attachment(state, me, a).await?;
+        if req.kind == MessageKind::Image && !a.mime.starts_with("image/") {
+            return Err(ApiError::bad_request(
+                "attachment: an image message needs a file of an image/* type",
+            ));
+        }
+        req.attachment = Some(a);
     }
     let external =
         matches!(&access, Access::Group(g) if g.group.kind == store::GroupKind::External);

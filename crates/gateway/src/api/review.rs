@@ -111,6 +111,10 @@ async fn review_approve(
     } else {
         audience.clone()
     };
+    if let Some(a) = &held.attachment {
+        // The share is recorded only now: a held file is not readable by the members before.
+        crate::files::record_share(&state, &a.file_id, &conv).await?;
+    }
     let appended = crate::messages::append_and_deliver(
         &state,
         store::NewMessage {
