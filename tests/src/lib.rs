@@ -251,11 +251,25 @@ impl Client {
             Codec::MsgPack => "msgpack",
         };
         let url = format!("ws://{addr}/ws?codec={name}");
+        Self::connect_url(&url, user, &token(user), codec).await
+    }
+
+    /// Connects as `user` naming the device (`?device=`) and reads `hello`.
+    pub async fn connect_device(node: &Node, user: &str, device: &str) -> Client {
+        let url = format!("ws://{}/ws?device={device}", node.addr);
+        Self::connect_url(&url, user, &token(user), Codec::Json).await
+    }
+
+    /// Connects with a raw token and reads `hello`.
+    pub async fn connect_token(node: &Node, user: &str, token: &str) -> Client {
+        let url = format!("ws://{}/ws", node.addr);
+        Self::connect_url(&url, user, token, Codec::Json).await
+    }
+
+    async fn connect_url(url: &str, user: &str, token: &str, codec: Codec) -> Client {
         let mut req = url.into_client_request().unwrap();
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", token(user)).parse().unwrap(),
-        );
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
         let (ws, _) = tokio_tungstenite::connect_async(req)
             .await
             .expect("ws connect");
@@ -274,28 +288,6 @@ impl Client {
                 assert_eq!(u.as_str(), user);
                 c.session_id = session_id;
             }
-            other => panic!("expected hello, got {other:?}"),
-        }
-        c
-    }
-
-    /// Connects with a raw token and reads `hello`.
-    pub async fn connect_token(node: &Node, user: &str, token: &str) -> Client {
-        let url = format!("ws://{}/ws", node.addr);
-        let mut req = url.into_client_request().unwrap();
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("ws connect");
-        let mut c = Client {
-            ws,
-            codec: Codec::Json,
-            user: user.to_owned(),
-            session_id: String::new(),
-        };
-        match c.recv().await {
-            ServerFrame::Hello { session_id, .. } => c.session_id = session_id,
             other => panic!("expected hello, got {other:?}"),
         }
         c

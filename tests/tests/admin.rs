@@ -170,11 +170,18 @@ async fn directory_sign_in_and_deactivation() {
 
     // Two devices; one signs the other out.
     let mut phone = Client::connect_token(&node, "lin", &lin_token).await;
-    let mut laptop = Client::connect(&node, "lin").await;
+    let mut laptop = Client::connect_device(&node, "lin", "laptop").await;
     let (_, sessions) = api
         .call_token(Method::GET, "/v1/me/sessions", Some(&lin_token), None)
         .await;
-    assert_eq!(sessions.as_array().unwrap().len(), 2, "{sessions}");
+    let sessions = sessions.as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    // Oldest first: the phone, which gave no device name, then the named laptop.
+    assert_eq!(sessions[0]["id"], phone.session_id.as_str());
+    assert_eq!(sessions[1]["id"], laptop.session_id.as_str());
+    assert_eq!(sessions[1]["device"], "laptop");
+    assert_eq!(sessions[1]["codec"], "json");
+    assert!(sessions[1]["connected_at"].as_u64().unwrap() > 0);
     let (s, _) = api
         .call_token(
             Method::DELETE,

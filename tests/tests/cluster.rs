@@ -367,3 +367,66 @@ async fn a_deactivated_account_is_switched_off_on_every_node() {
         .await;
     assert_eq!(s, 401);
 }
+
+#[tokio::test]
+async fn a_user_lists_and_signs_out_sessions_on_every_node() {
+    let _g = SERIAL.lock().await;
+    let cluster = Cluster::start(2);
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let phone = Client::connect_device(a, "gus", "phone").await;
+    let mut laptop = Client::connect_device(b, "gus", "laptop").await;
+    let list = |node: &Node| {
+        let api = Api::new(node);
+        async move {
+            let (s, v) = api
+                .call(reqwest::Method::GET, "/v1/me/sessions", Some("gus"), None)
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let mut found: Vec<(String, String)> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    (
+                        d["id"].as_str().unwrap().to_owned(),
+                        d["device"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            found.sort_by(|x, y| x.1.cmp(&y.1));
+            found
+        }
+    };
+    let both = vec![
+        (laptop.session_id.clone(), "laptop".to_owned()),
+        (phone.session_id.clone(), "phone".to_owned()),
+    ];
+    // Either node answers with both devices.
+    assert_eq!(list(a).await, both);
+    assert_eq!(list(b).await, both);
+
+    // Signing the laptop out through the phone's node closes it on the other node.
+    let (s, _) = Api::new(a)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/me/sessions/{}", laptop.session_id),
+            Some("gus"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    assert_eq!(laptop.expect_close().await, protocol::close::SIGNED_OUT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = list(a).await;
+        if now == vec![(phone.session_id.clone(), "phone".to_owned())] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still listed: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(phone);
+}

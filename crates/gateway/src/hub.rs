@@ -56,6 +56,10 @@ pub struct SessionHandle {
     pub user: UserId,
     /// The session's codec.
     pub codec: Codec,
+    /// The device name the client gave (`?device=`), else its `User-Agent`; may be empty.
+    pub device: Box<str>,
+    /// When the session opened, ms since the epoch.
+    pub connected_at: u64,
     /// Hash of `id`, so a fan-out compares each recipient with the skipped session by
     /// integer (the id string is only read on a hash match).
     id_hash: u64,
@@ -70,6 +74,7 @@ impl SessionHandle {
         id: String,
         user: UserId,
         codec: Codec,
+        device: Box<str>,
         capacity: usize,
     ) -> (Arc<Self>, mpsc::Receiver<Arc<SharedFrame>>) {
         let (queue, rx) = mpsc::channel(capacity.max(1));
@@ -78,11 +83,28 @@ impl SessionHandle {
             id,
             user,
             codec,
+            device,
+            connected_at: crate::state::now_ms(),
             queue,
             cancel: CancellationToken::new(),
             close: OnceLock::new(),
         });
         (handle, rx)
+    }
+
+    /// How the session is listed to its user.
+    pub fn describe(&self) -> SessionDescription {
+        SessionDescription {
+            id: self.id.clone(),
+            codec: if self.codec.is_text() {
+                "json"
+            } else {
+                "msgpack"
+            }
+            .into(),
+            device: self.device.to_string(),
+            connected_at: self.connected_at,
+        }
     }
 
     /// Queues a frame without waiting; a full queue closes the session as a slow consumer.
@@ -272,6 +294,19 @@ impl Sink for Hub {
     }
 }
 
+/// How a session is listed to its user (`GET /v1/me/sessions`), whichever node holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SessionDescription {
+    /// Session id (as in `hello`).
+    pub id: String,
+    /// `json` or `msgpack`.
+    pub codec: String,
+    /// The device name the client gave, else its `User-Agent`; may be empty.
+    pub device: String,
+    /// When the session opened, ms since the epoch.
+    pub connected_at: u64,
+}
+
 /// Hub registration that undoes itself when dropped, even when the session task panics.
 pub struct Registration {
     hub: Arc<Hub>,
@@ -293,6 +328,17 @@ impl Registration {
                 tracing::warn!(error = %e, "presence update failed");
             }
         }
+        match serde_json::to_vec(&handle.describe()) {
+            Ok(description) => {
+                if let Err(e) = router
+                    .session_described(&handle.user, &handle.id, description)
+                    .await
+                {
+                    tracing::warn!(error = %e, "session description not published");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "session description not encoded"),
+        }
         Ok(Self {
             hub,
             router,
@@ -305,16 +351,21 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.handle
             .close(protocol::close::GOING_AWAY, "session ended");
-        if self.hub.unregister(&self.handle) {
-            let router = self.router.clone();
-            let user = self.handle.user.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
+        let last = self.hub.unregister(&self.handle);
+        let router = self.router.clone();
+        let user = self.handle.user.clone();
+        let session = self.handle.id.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = router.session_forgotten(&user, &session).await {
+                    tracing::warn!(error = %e, "session description not withdrawn");
+                }
+                if last {
                     if let Err(e) = router.session_closed(&user).await {
                         tracing::warn!(error = %e, "presence update failed");
                     }
-                });
-            }
+                }
+            });
         }
     }
 }

@@ -35,6 +35,25 @@ pub struct WsQuery {
     token: Option<String>,
     /// `json` (default) or `msgpack`.
     codec: Option<String>,
+    /// A name for this device, shown in the user's session list (else the `User-Agent`).
+    device: Option<String>,
+}
+
+/// The device name a session is listed under: `?device=`, else the `User-Agent` header,
+/// without control characters and cut to 64 characters.
+fn device_name(query: Option<&str>, headers: &HeaderMap) -> Box<str> {
+    let raw = query.unwrap_or_else(|| {
+        headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    });
+    raw.trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect::<String>()
+        .into_boxed_str()
 }
 
 /// The bearer token from the header, or else from the query.
@@ -88,13 +107,14 @@ pub async fn upgrade(
     if let Err(e) = state.touch_user(&user).await {
         return e.into_response();
     }
+    let device = device_name(query.device.as_deref(), &headers);
     let limits = &state.config.limits;
     let server = &state.config.server;
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(server.ws_read_buffer)
         .write_buffer_size(server.ws_write_buffer)
-        .on_upgrade(move |socket| run(state, socket, user, codec, claims.exp, permit))
+        .on_upgrade(move |socket| run(state, socket, user, codec, device, claims.exp, permit))
 }
 
 fn to_ws(codec: Codec, bytes: bytes::Bytes) -> WsMessage {
@@ -113,6 +133,7 @@ async fn run(
     socket: WebSocket,
     user: UserId,
     codec: Codec,
+    device: Box<str>,
     token_exp: u64,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -121,8 +142,13 @@ async fn run(
     // connection, measured); warnings about a session name it themselves.
     let span = tracing::debug_span!("session", session = %session_id, user = %user);
     async move {
-        let (handle, queue) =
-            SessionHandle::new(session_id, user, codec, state.config.server.outbound_queue);
+        let (handle, queue) = SessionHandle::new(
+            session_id,
+            user,
+            codec,
+            device,
+            state.config.server.outbound_queue,
+        );
         let (mut sink, stream) = socket.split();
         let registration = match Registration::new(
             state.hub.clone(),

@@ -131,4 +131,27 @@ pub trait Router: Send + Sync + 'static {
 
     /// This node no longer holds any session of `user`.
     async fn session_closed(&self, user: &UserId) -> Result<(), RouterError>;
+
+    /// Publishes one session's description (opaque bytes, the gateway's JSON) so that the
+    /// user's device list on any node includes it. A single process needs nothing: the
+    /// default does nothing.
+    async fn session_described(
+        &self,
+        _user: &UserId,
+        _session: &str,
+        _description: Vec<u8>,
+    ) -> Result<(), RouterError> {
+        Ok(())
+    }
+
+    /// Withdraws what [`Router::session_described`] published, when the session ends.
+    async fn session_forgotten(&self, _user: &UserId, _session: &str) -> Result<(), RouterError> {
+        Ok(())
+    }
+
+    /// The descriptions of `user`'s sessions on the *other* live nodes (this node's own are
+    /// the caller's to know).
+    async fn remote_sessions(&self, _user: &UserId) -> Result<Vec<Vec<u8>>, RouterError> {
+        Ok(Vec::new())
+    }
 }

@@ -10,7 +10,8 @@
 //! Presence: each node keeps its users in the set `chat:{node}:<id>:users`, refreshes
 //! `chat:{node}:<id>:alive` (a key with a TTL) every heartbeat, and announces changes on
 //! `chat:presence`. Every node rebuilds its map from the sets on start, after every
-//! reconnection and periodically, and drops nodes whose alive key expired.
+//! reconnection and periodically, and drops nodes whose alive key expired. Each session's
+//! description (for its user's device list) is a field of `chat:{node}:<id>:sessions:<user>`.
 //!
 //! Failures: outgoing envelopes go through a bounded queue to one publisher task, which
 //! keeps them (in order) while Redis is away and sends them when it is back; when the queue
@@ -75,6 +76,10 @@ fn users_key(node: &str) -> String {
 fn alive_key(node: &str) -> String {
     format!("chat:{{node}}:{node}:alive")
 }
+/// The descriptions of `user`'s sessions on `node` (a hash: session id → description).
+fn sessions_key(node: &str, user: &str) -> String {
+    format!("chat:{{node}}:{node}:sessions:{user}")
+}
 
 fn unavailable(e: impl std::fmt::Display) -> RouterError {
     RouterError::Unavailable(e.to_string())
@@ -93,6 +98,8 @@ struct Shared {
     sink: OnceLock<Arc<dyn Sink>>,
     /// Users with a session on this node.
     local: DashMap<UserId, ()>,
+    /// Descriptions of this node's sessions by user, to publish again after Redis lost them.
+    described: DashMap<UserId, HashMap<String, Vec<u8>>>,
     /// Cluster-wide: the nodes holding a session of each user (other nodes only).
     presence: DashMap<UserId, Vec<String>>,
     /// Set once the first subscription is up.
@@ -130,11 +137,16 @@ impl RedisRouter {
             client,
             sink: OnceLock::new(),
             local: DashMap::new(),
+            described: DashMap::new(),
             presence: DashMap::new(),
             ready,
             echoes: DashMap::new(),
             next_echo: std::sync::atomic::AtomicU64::new(0),
         });
+        // A node starts with no sessions: forget what an earlier process with this id left.
+        forget_node(&mut conn.clone(), &opts.node_id)
+            .await
+            .map_err(unavailable)?;
         let stop = CancellationToken::new();
         let (out, out_rx) = mpsc::channel(opts.queue.max(1));
         tokio::spawn(publisher(conn.clone(), out_rx, stop.clone()));
@@ -241,6 +253,59 @@ impl Router for RedisRouter {
         }
         self.shared.echoes.remove(&echo);
         Ok(())
+    }
+
+    async fn session_described(
+        &self,
+        user: &UserId,
+        session: &str,
+        description: Vec<u8>,
+    ) -> Result<(), RouterError> {
+        self.shared
+            .described
+            .entry(user.clone())
+            .or_default()
+            .insert(session.to_owned(), description.clone());
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hset(
+                sessions_key(&self.shared.opts.node_id, user.as_str()),
+                session,
+                description,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn session_forgotten(&self, user: &UserId, session: &str) -> Result<(), RouterError> {
+        self.shared.described.remove_if_mut(user, |_, sessions| {
+            sessions.remove(session);
+            sessions.is_empty()
+        });
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hdel(
+                sessions_key(&self.shared.opts.node_id, user.as_str()),
+                session,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn remote_sessions(&self, user: &UserId) -> Result<Vec<Vec<u8>>, RouterError> {
+        let nodes = match self.shared.presence.get(user) {
+            Some(nodes) => nodes.clone(),
+            None => return Ok(Vec::new()),
+        };
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.hvals(sessions_key(node, user.as_str()));
+        }
+        let mut conn = self.conn.clone();
+        let per_node: Vec<Vec<Vec<u8>>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(per_node.into_iter().flatten().collect())
     }
 
     async fn session_closed(&self, user: &UserId) -> Result<(), RouterError> {
@@ -422,7 +487,30 @@ async fn announce(shared: &Shared, mut conn: ConnectionManager) -> redis::RedisR
     for chunk in users.chunks(1000) {
         pipe.sadd(users_key(node), chunk).ignore();
     }
+    for entry in shared.described.iter() {
+        let fields: Vec<(&str, &[u8])> = entry
+            .value()
+            .iter()
+            .map(|(id, d)| (id.as_str(), d.as_slice()))
+            .collect();
+        if !fields.is_empty() {
+            pipe.hset_multiple(sessions_key(node, entry.key().as_str()), &fields)
+                .ignore();
+        }
+    }
     pipe.query_async::<()>(&mut conn).await
+}
+
+/// Deletes what Redis holds about `node`'s users and sessions (a node that is gone, or this
+/// node starting afresh).
+async fn forget_node(conn: &mut ConnectionManager, node: &str) -> redis::RedisResult<()> {
+    let users: Vec<String> = conn.smembers(users_key(node)).await?;
+    let mut pipe = redis::pipe();
+    for user in &users {
+        pipe.del(sessions_key(node, user)).ignore();
+    }
+    pipe.del(users_key(node)).ignore();
+    pipe.query_async::<()>(conn).await
 }
 
 /// Rebuilds the presence map from the nodes' user sets, dropping dead nodes.
@@ -436,7 +524,7 @@ async fn reconcile(shared: &Shared, mut conn: ConnectionManager) -> redis::Redis
         let alive: bool = conn.exists(alive_key(&node)).await?;
         if !alive {
             let _: () = conn.srem(NODES, &node).await?;
-            let _: () = conn.del(users_key(&node)).await?;
+            forget_node(&mut conn, &node).await?;
             continue;
         }
         let users: Vec<String> = conn.smembers(users_key(&node)).await?;

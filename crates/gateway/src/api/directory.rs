@@ -7,6 +7,7 @@ use crate::directory::{
     PasswordPolicy, Status, NS_CREDENTIAL, NS_DEPT, NS_USER,
 };
 use crate::error::{ApiError, ErrorBody};
+use crate::hub::SessionDescription;
 use crate::state::{now_ms, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -688,33 +689,28 @@ async fn me(State(state): State<AppState>, Caller(me): Caller) -> Result<Json<Me
     }))
 }
 
-/// One of the caller's sessions.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SessionInfo {
-    /// Session id (as in `hello`).
-    id: String,
-    /// `json` or `msgpack`.
-    codec: String,
-}
-
-/// The caller's sessions (devices) on the node that answers.
+/// The caller's sessions (devices) on every node, oldest first.
 #[utoipa::path(get, path = "/v1/me/sessions", tag = "directory", security(("bearer" = [])),
-    responses((status = 200, body = [SessionInfo]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [SessionDescription]), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn my_sessions(
     State(state): State<AppState>,
     Caller(me): Caller,
-) -> Result<Json<Vec<SessionInfo>>, ApiError> {
-    Ok(Json(
-        state
-            .hub
-            .sessions_of(&me)
-            .into_iter()
-            .map(|s| SessionInfo {
-                id: s.id.clone(),
-                codec: if s.codec.is_text() { "json" } else { "msgpack" }.into(),
-            })
-            .collect(),
-    ))
+) -> Result<Json<Vec<SessionDescription>>, ApiError> {
+    let mut sessions: Vec<SessionDescription> = state
+        .hub
+        .sessions_of(&me)
+        .iter()
+        .map(|s| s.describe())
+        .collect();
+    for bytes in state.router.remote_sessions(&me).await? {
+        match serde_json::from_slice::<SessionDescription>(&bytes) {
+            Ok(d) => sessions.push(d),
+            Err(e) => tracing::warn!(error = %e, "undecodable session description"),
+        }
+    }
+    sessions.sort_by(|a, b| (a.connected_at, &a.id).cmp(&(b.connected_at, &b.id)));
+    sessions.dedup_by(|a, b| a.id == b.id);
+    Ok(Json(sessions))
 }
 
 /// Signs one of the caller's sessions out (close 4001), on whichever node holds it.
