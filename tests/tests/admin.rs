@@ -949,3 +949,66 @@ async fn announcements_go_out_only_after_approval() {
         "{actions:?}"
     );
 }
+
+/// A token signed by the company's identity provider (Ed25519 test key in
+/// crates/gateway/testdata).
+fn idp_token(key: &str, sub: &str, iss: &str) -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/gateway/testdata");
+    let pem = std::fs::read(format!("{dir}/{key}")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &json!({"sub": sub, "iat": now, "exp": now + 600, "iss": iss}),
+        &jsonwebtoken::EncodingKey::from_ed_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn identity_provider_tokens_work_until_the_account_is_deactivated() {
+    let public = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crates/gateway/testdata/idp-ed25519.pub"
+    );
+    let node = node_with(&[
+        ("CHATD_AUTH__JWT_PUBLIC_KEY_FILE", public),
+        ("CHATD_AUTH__JWT_ISSUER", "https://idp.example"),
+    ]);
+    let api = Api::new(&node);
+    api.touch("boss").await;
+    api.create_account("boss", json!({"id": "ida", "name": "Ida"}))
+        .await;
+    let token = idp_token("idp-ed25519.key", "ida", "https://idp.example");
+    let (s, me) = api
+        .call_token(Method::GET, "/v1/me", Some(&token), None)
+        .await;
+    assert_eq!(s, 200, "{me}");
+    assert_eq!(me["user"], "ida");
+    let mut ws = Client::connect_token(&node, "ida", &token).await;
+
+    // A stranger's key or another issuer: 401, before and after the upgrade.
+    for bad in [
+        idp_token("other-ed25519.key", "ida", "https://idp.example"),
+        idp_token("idp-ed25519.key", "ida", "https://evil.example"),
+    ] {
+        let (s, b) = api
+            .call_token(Method::GET, "/v1/me", Some(&bad), None)
+            .await;
+        assert_eq!((s, code(&b)), (401, "unauthorized"), "{b}");
+        let url = format!("ws://{}/ws", node.addr);
+        let refusal = Client::try_connect_raw(&url, Some(&bad)).await.unwrap_err();
+        assert_eq!(refusal.status, 401);
+    }
+
+    // Deactivation closes the session and refuses the provider's token from then on.
+    let (s, b) = call(&api, Method::POST, "/v1/users/ida/deactivate", "boss", None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(ws.expect_close().await, protocol::close::SIGNED_OUT);
+    let (s, _) = api
+        .call_token(Method::GET, "/v1/me", Some(&token), None)
+        .await;
+    assert_eq!(s, 401);
+}

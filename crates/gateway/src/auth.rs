@@ -1,8 +1,11 @@
-//! Tokens: HS256 JWTs whose `sub` is the user id.
+//! Tokens: JWTs whose `sub` is the user id.
 //!
-//! The signing secret comes from configuration or the environment; when neither sets it, the
-//! node keeps a random one in `<data_dir>/jwt.secret` (created with mode 0600 on first start),
-//! so `cargo run` works with nothing configured and no secret ever lives in the repository.
+//! The server mints and checks HS256 tokens with one secret. The secret comes from
+//! configuration or the environment; when neither sets it, the node keeps a random one in
+//! `<data_dir>/jwt.secret` (created with mode 0600 on first start), so `cargo run` works with
+//! nothing configured and no secret ever lives in the repository. A company's identity
+//! provider may instead sign with its private key: with `auth.jwt_public_key_file` set,
+//! tokens whose header names an asymmetric algorithm are checked with that public key.
 
 use crate::config::{AuthConfig, ServerConfig};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -36,13 +39,26 @@ pub enum AuthError {
     Invalid(String),
 }
 
-/// Checks and mints tokens with one secret.
+/// Checks and mints tokens: HS256 with the secret, and optionally the identity provider's
+/// public-key tokens.
 #[derive(Clone)]
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    external: Option<std::sync::Arc<(DecodingKey, Validation)>>,
+    audience: Option<String>,
     ttl_secs: u64,
+}
+
+/// What the server writes into the tokens it mints.
+#[derive(Serialize)]
+struct Minted<'a> {
+    sub: &'a str,
+    exp: u64,
+    iat: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
 /// Seconds since the epoch.
@@ -53,39 +69,105 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+fn validation(algorithms: &[Algorithm], cfg: &AuthConfig, issuer: Option<&str>) -> Validation {
+    let mut v = Validation::new(algorithms[0]);
+    v.algorithms = algorithms.to_vec();
+    v.leeway = cfg.leeway_secs;
+    let mut required = vec!["exp", "sub"];
+    match &cfg.jwt_audience {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => v.validate_aud = false,
+    }
+    if let Some(iss) = issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+/// Reads an identity provider's PEM public key and the algorithms it verifies.
+pub fn public_key(pem: &[u8]) -> Result<(DecodingKey, Vec<Algorithm>), String> {
+    use Algorithm::*;
+    if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        return Ok((k, vec![EdDSA]));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        return Ok((k, vec![ES256, ES384]));
+    }
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((k, vec![RS256, RS384, RS512, PS256, PS384, PS512]));
+    }
+    Err("not a PEM public key of RSA, EC (P-256, P-384) or Ed25519".into())
+}
+
 impl Auth {
-    /// Builds from a secret.
+    /// Builds from a secret (HS256 only).
     pub fn new(secret: &[u8], cfg: &AuthConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = cfg.leeway_secs;
-        validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
-            validation,
+            validation: validation(&[Algorithm::HS256], cfg, None),
+            external: None,
+            audience: cfg.jwt_audience.clone(),
             ttl_secs: cfg.token_ttl_secs,
         }
     }
 
-    /// Builds from configuration, reading or creating the secret file when no secret is set.
+    /// Also accepts tokens signed with the private half of `pem` (the identity provider's
+    /// public key).
+    pub fn with_public_key(mut self, pem: &[u8], cfg: &AuthConfig) -> Result<Self, String> {
+        let (key, algorithms) = public_key(pem)?;
+        let v = validation(&algorithms, cfg, cfg.jwt_issuer.as_deref());
+        self.external = Some(std::sync::Arc::new((key, v)));
+        Ok(self)
+    }
+
+    /// Builds from configuration, reading or creating the secret file when no secret is set,
+    /// and reading the identity provider's public key when one is configured.
     pub fn from_config(auth: &AuthConfig, server: &ServerConfig) -> std::io::Result<Self> {
         let secret = match &auth.jwt_secret {
             Some(s) if !s.is_empty() => s.as_bytes().to_vec(),
             _ => load_or_create_secret(&server.data_dir)?,
         };
-        Ok(Self::new(&secret, auth))
+        let this = Self::new(&secret, auth);
+        match &auth.jwt_public_key_file {
+            None => Ok(this),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("auth.jwt_public_key_file {}: {e}", path.display()),
+                    )
+                })?;
+                this.with_public_key(&pem, auth).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("auth.jwt_public_key_file {}: {e}", path.display()),
+                    )
+                })
+            }
+        }
+    }
+
+    fn sign(&self, user: &UserId, iat: u64, exp: u64) -> Result<String, AuthError> {
+        let claims = Minted {
+            sub: user.as_str(),
+            exp,
+            iat,
+            aud: self.audience.as_deref(),
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
     }
 
     /// Mints a token for `user`, valid for `ttl_secs` (or the configured lifetime).
     pub fn mint(&self, user: &UserId, ttl_secs: Option<u64>) -> Result<String, AuthError> {
         let now = now_secs();
-        let claims = Claims {
-            sub: user.to_string(),
-            exp: now + ttl_secs.unwrap_or(self.ttl_secs),
-            iat: now,
-        };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+        self.sign(user, now, now + ttl_secs.unwrap_or(self.ttl_secs))
     }
 
     /// Mints a token for a sign-in whose account revoked every token issued before
@@ -96,25 +178,28 @@ impl Auth {
         not_before: u64,
     ) -> Result<(String, u64), AuthError> {
         let iat = now_secs().max(not_before);
-        let claims = Claims {
-            sub: user.to_string(),
-            exp: iat + self.ttl_secs,
-            iat,
-        };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        Ok((token, claims.exp))
+        let exp = iat + self.ttl_secs;
+        Ok((self.sign(user, iat, exp)?, exp))
     }
 
-    /// Verifies a token and returns its claims.
+    /// Verifies a token (HS256 with the secret, or an asymmetric algorithm with the identity
+    /// provider's key) and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let data =
-            decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-                match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                    _ => AuthError::Invalid(e.to_string()),
-                }
-            })?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let (key, validation) = match (&header.alg, &self.external) {
+            (Algorithm::HS256, _) => (&self.decoding, &self.validation),
+            (_, Some(ext)) => (&ext.0, &ext.1),
+            (alg, None) => {
+                return Err(AuthError::Invalid(format!(
+                    "{alg:?} tokens are not accepted (no auth.jwt_public_key_file)"
+                )))
+            }
+        };
+        let data = decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
         if !UserId::new(data.claims.sub.clone()).is_valid() {
             return Err(AuthError::Invalid("sub is not a valid user id".into()));
         }
@@ -183,6 +268,93 @@ mod tests {
         };
         let t = encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
         assert_eq!(a.verify(&t), Err(AuthError::Expired));
+    }
+
+    fn idp_token(key_file: &str, alg: Algorithm, claims: &serde_json::Value) -> String {
+        let pem = std::fs::read(format!(
+            "{}/testdata/{key_file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let key = match alg {
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+            _ => EncodingKey::from_rsa_pem(&pem),
+        }
+        .unwrap();
+        encode(&Header::new(alg), claims, &key).unwrap()
+    }
+
+    fn idp_auth(pub_file: &str, cfg: &AuthConfig) -> Auth {
+        let pem = std::fs::read(format!(
+            "{}/testdata/{pub_file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        Auth::new(b"secret", cfg)
+            .with_public_key(&pem, cfg)
+            .unwrap()
+    }
+
+    #[test]
+    fn identity_provider_tokens_are_checked_with_its_public_key() {
+        let cfg = AuthConfig::default();
+        let claims = serde_json::json!({"sub": "carol", "exp": now_secs() + 60, "iat": now_secs()});
+        for (key, public, alg) in [
+            ("idp-ed25519.key", "idp-ed25519.pub", Algorithm::EdDSA),
+            ("idp-p256.key", "idp-p256.pub", Algorithm::ES256),
+            ("idp-rsa.key", "idp-rsa.pub", Algorithm::RS256),
+            ("idp-rsa.key", "idp-rsa.pub", Algorithm::PS384),
+        ] {
+            let a = idp_auth(public, &cfg);
+            let t = idp_token(key, alg, &claims);
+            assert_eq!(a.verify(&t).unwrap().sub, "carol", "{alg:?}");
+            // The server's own HS256 tokens keep working beside them.
+            let own = a.mint(&UserId::from("dan"), None).unwrap();
+            assert_eq!(a.verify(&own).unwrap().sub, "dan");
+            // Without the key configured, such tokens are refused, saying why.
+            let plain = Auth::new(b"secret", &cfg);
+            let e = plain.verify(&t).unwrap_err();
+            assert!(e.to_string().contains("jwt_public_key_file"), "{e}");
+        }
+        // A stranger's key, and a key of the wrong family for the header, are refused.
+        let a = idp_auth("idp-ed25519.pub", &cfg);
+        let forged = idp_token("other-ed25519.key", Algorithm::EdDSA, &claims);
+        assert!(matches!(a.verify(&forged), Err(AuthError::Invalid(_))));
+        let wrong = idp_token("idp-p256.key", Algorithm::ES256, &claims);
+        assert!(matches!(a.verify(&wrong), Err(AuthError::Invalid(_))));
+        // Expired is reported as such.
+        let old = serde_json::json!({"sub": "carol", "exp": now_secs() - 600});
+        let t = idp_token("idp-ed25519.key", Algorithm::EdDSA, &old);
+        assert_eq!(a.verify(&t), Err(AuthError::Expired));
+        assert!(
+            public_key(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err()
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_enforced_when_configured() {
+        let cfg = AuthConfig {
+            jwt_issuer: Some("https://idp.example".into()),
+            jwt_audience: Some("chatd".into()),
+            ..AuthConfig::default()
+        };
+        let a = idp_auth("idp-ed25519.pub", &cfg);
+        let exp = now_secs() + 60;
+        let good = serde_json::json!({"sub": "carol", "exp": exp, "iss": "https://idp.example", "aud": "chatd"});
+        let t = idp_token("idp-ed25519.key", Algorithm::EdDSA, &good);
+        assert_eq!(a.verify(&t).unwrap().sub, "carol");
+        for bad in [
+            serde_json::json!({"sub": "carol", "exp": exp, "iss": "https://evil.example", "aud": "chatd"}),
+            serde_json::json!({"sub": "carol", "exp": exp, "iss": "https://idp.example", "aud": "other"}),
+            serde_json::json!({"sub": "carol", "exp": exp, "aud": "chatd"}),
+        ] {
+            let t = idp_token("idp-ed25519.key", Algorithm::EdDSA, &bad);
+            assert!(matches!(a.verify(&t), Err(AuthError::Invalid(_))), "{bad}");
+        }
+        // Minted tokens carry the audience, so they pass the same check.
+        let own = a.mint(&UserId::from("dan"), None).unwrap();
+        assert_eq!(a.verify(&own).unwrap().sub, "dan");
     }
 
     #[test]

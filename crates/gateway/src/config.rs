@@ -83,6 +83,13 @@ pub struct AuthConfig {
     /// HS256 signing secret. Unset: read `<data_dir>/jwt.secret`, creating it with a random
     /// secret on first start. Set it through `CHATD_AUTH__JWT_SECRET`, never in a committed file.
     pub jwt_secret: Option<String>,
+    /// PEM public key (RSA, EC P-256/P-384 or Ed25519) of the company's identity provider:
+    /// tokens it signs (RS*/PS*, ES256/ES384, EdDSA) are accepted besides HS256 ones.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, tokens checked with the public key must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// When set, every token must carry this `aud`.
+    pub jwt_audience: Option<String>,
     /// Lifetime of tokens minted by `chatd token`, seconds.
     pub token_ttl_secs: u64,
     /// Clock skew tolerated when checking `exp`, seconds.
@@ -104,6 +111,9 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
             token_ttl_secs: 24 * 3600,
             leeway_secs: 5,
             admins: Vec::new(),
