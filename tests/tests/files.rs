@@ -242,7 +242,7 @@ async fn content_is_stored_once_and_survives_a_restart() {
 }
 
 #[tokio::test]
-async fn a_held_file_becomes_readable_only_when_approved() {
+async fn a_held_file_is_readable_by_its_reviewers_and_by_members_once_approved() {
     let node = Node::start();
     let api = Api::new(&node);
     for u in ["ann", "bob", "cat"] {
@@ -280,6 +280,11 @@ async fn a_held_file_becomes_readable_only_when_approved() {
         get(&api, "cat", &format!("/v1/files/{id}")).await.status(),
         403
     );
+    // The group's owner reviews the message, so she may open the file it carries.
+    assert_eq!(
+        get(&api, "ann", &format!("/v1/files/{id}")).await.status(),
+        200
+    );
     let conv = protocol::ConvId::group(&GroupId::new(&g)).to_string();
     let (s, body) = api
         .call(
@@ -311,4 +316,25 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn uploads_are_rate_limited_per_user() {
+    let node = Node::start_with(NodeOpts::default().env("CHATD_FILES__UPLOADS_PER_MINUTE", 3));
+    let api = Api::new(&node);
+    for i in 0..3 {
+        let (s, b) = api
+            .upload("ann", &format!("n{i}.txt"), "text/plain", vec![b'x'; 4])
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, b) = api
+        .upload("ann", "n3.txt", "text/plain", vec![b'x'; 4])
+        .await;
+    assert_eq!((s, error_of(&b)), (429, "rate_limited"), "{b}");
+    // Another user is not affected.
+    let (s, _) = api
+        .upload("bob", "b.txt", "text/plain", vec![b'x'; 4])
+        .await;
+    assert_eq!(s, 201);
 }

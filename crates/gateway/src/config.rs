@@ -161,6 +161,11 @@ pub struct FilesConfig {
     pub max_bytes: u64,
     /// Media types that may be uploaded (`Content-Type` without parameters).
     pub allowed_types: Vec<String>,
+    /// Uploads per user per minute; more get 429.
+    pub uploads_per_minute: u32,
+    /// Uploads being received at once on a node (each may hold up to `max_bytes` in
+    /// memory); more get 503 with `retry`.
+    pub max_concurrent_uploads: usize,
 }
 
 impl Default for FilesConfig {
@@ -182,6 +187,8 @@ impl Default for FilesConfig {
             ]
             .map(String::from)
             .to_vec(),
+            uploads_per_minute: 30,
+            max_concurrent_uploads: 8,
         }
     }
 }

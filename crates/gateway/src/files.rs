@@ -27,6 +27,9 @@ use utoipa_axum::routes;
 pub const NS_FILE: &str = "file";
 /// Namespace of shares, keyed `file_id/conv`.
 pub const NS_FILE_SHARE: &str = "file_share";
+/// Namespace of files attached to messages held for review, keyed `file_id/conv`: the
+/// conversation's reviewers may read them.
+pub const NS_FILE_HELD: &str = "file_held";
 
 /// What the server records about an upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -91,7 +94,9 @@ pub struct UploadQuery {
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes"),
     responses((status = 201, body = Attachment), (status = 400, description = "Missing name, empty body, type not allowed", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, description = "The name is blocked", body = ErrorBody),
-        (status = 413, description = "Over files.max_bytes", body = ErrorBody)))]
+        (status = 413, description = "Over files.max_bytes", body = ErrorBody),
+        (status = 429, description = "Over files.uploads_per_minute", body = ErrorBody),
+        (status = 503, description = "Over files.max_concurrent_uploads", body = ErrorBody)))]
 async fn upload(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -99,6 +104,21 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    if state.upload_limiter.check_key(&me).is_err() {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} uploads in a minute (files.uploads_per_minute)",
+                state.config.files.uploads_per_minute
+            ),
+        ));
+    }
+    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "too many uploads in progress on this node; retry shortly",
+        ));
+    };
     let max = state.config.files.max_bytes;
     let too_large = || {
         ApiError::new(
@@ -242,30 +262,48 @@ async fn record(state: &AppState, id: &str) -> Result<FileRecord, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no file {id}")))
 }
 
-/// Whether `user` may read the file: its uploader, a company administrator, or a member of
-/// a conversation it was shared in.
+/// Whether `user` may read the file: its uploader, a company administrator, a member of a
+/// conversation it was shared in, or a reviewer of a conversation where a message with it
+/// was held for review.
 async fn may_read(state: &AppState, user: &UserId, r: &FileRecord) -> Result<bool, ApiError> {
     if &r.uploader == user || state.is_company_admin(user) {
         return Ok(true);
     }
-    let prefix = format!("{}/", r.file_id);
+    for conv in convs_of(state, NS_FILE_SHARE, &r.file_id).await? {
+        if state.access(user, &conv).await.is_ok() {
+            return Ok(true);
+        }
+    }
+    for conv in convs_of(state, NS_FILE_HELD, &r.file_id).await? {
+        if crate::api::review::require_reviewer(state, user, &conv)
+            .await
+            .is_ok()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The conversations recorded for a file in namespace `ns` (keys `file_id/conv`).
+async fn convs_of(state: &AppState, ns: &str, file_id: &str) -> Result<Vec<ConvId>, ApiError> {
+    let prefix = format!("{file_id}/");
     let mut after = String::new();
+    let mut convs = Vec::new();
     loop {
-        let page = state.meta.scan(NS_FILE_SHARE, &prefix, &after, 200).await?;
+        let page = state.meta.scan(ns, &prefix, &after, 200).await?;
         let done = page.len() < 200;
         for (key, _) in page {
             if let Some(conv) = key
                 .strip_prefix(&prefix)
                 .and_then(|c| ConvId::parse(c).ok())
             {
-                if state.access(user, &conv).await.is_ok() {
-                    return Ok(true);
-                }
+                convs.push(conv);
             }
             after = key;
         }
         if done {
-            return Ok(false);
+            return Ok(convs);
         }
     }
 }
@@ -370,10 +408,25 @@ pub async fn check_attachment(
 
 /// Records, durably, that a file was shared in a conversation: its members may then read it.
 pub async fn record_share(state: &AppState, file_id: &str, conv: &ConvId) -> Result<(), ApiError> {
+    put_link(state, NS_FILE_SHARE, file_id, conv).await
+}
+
+/// Records that a message with the file is held for review in a conversation: its reviewers
+/// may then read the file (its members only once the message is approved).
+pub async fn record_held(state: &AppState, file_id: &str, conv: &ConvId) -> Result<(), ApiError> {
+    put_link(state, NS_FILE_HELD, file_id, conv).await
+}
+
+async fn put_link(
+    state: &AppState,
+    ns: &str,
+    file_id: &str,
+    conv: &ConvId,
+) -> Result<(), ApiError> {
     state
         .meta
         .apply(vec![MetaOp::put(
-            NS_FILE_SHARE,
+            ns,
             &format!("{file_id}/{conv}"),
             Vec::new(),
         )])

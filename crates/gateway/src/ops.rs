@@ -266,6 +266,9 @@ async fn send(
             rule: verdict.rule.clone(),
         };
         let (id, ts) = (held.id.clone(), held.ts);
+        if let Some(a) = &held.attachment {
+            crate::files::record_held(state, &a.file_id, &held.conv).await?;
+        }
         state.review.hold(held).await?;
         return Ok(Some(ServerFrame::Ack {
             rid: req.rid,

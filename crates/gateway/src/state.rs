@@ -45,6 +45,10 @@ pub struct Inner {
     pub connections: Arc<Semaphore>,
     /// Sign-in attempts per user id (`auth.login_attempts_per_minute`).
     pub login_limiter: governor::DefaultKeyedRateLimiter<UserId>,
+    /// Uploads per user id (`files.uploads_per_minute`).
+    pub upload_limiter: governor::DefaultKeyedRateLimiter<UserId>,
+    /// Permits for uploads being received (`files.max_concurrent_uploads`).
+    pub uploads: Arc<Semaphore>,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
 }

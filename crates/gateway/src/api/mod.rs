@@ -10,7 +10,7 @@
 mod conversations;
 mod directory;
 pub(crate) mod groups;
-mod review;
+pub(crate) mod review;
 
 use crate::error::ApiError;
 use crate::session::{auth_error, bearer};

@@ -47,7 +47,11 @@ pub(crate) fn parse_conv(s: &str) -> Result<ConvId, ApiError> {
 }
 
 /// Who reviews a conversation: the group's owner and admins, or a company administrator.
-async fn require_reviewer(state: &AppState, me: &UserId, conv: &ConvId) -> Result<(), ApiError> {
+pub(crate) async fn require_reviewer(
+    state: &AppState,
+    me: &UserId,
+    conv: &ConvId,
+) -> Result<(), ApiError> {
     if state.is_company_admin(me) {
         return Ok(());
     }
