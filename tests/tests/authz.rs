@@ -652,14 +652,7 @@ async fn every_route_against_every_caller() {
         fixtures.push(prepare(&api, &node, n, r.setup).await);
     }
     // The deactivated caller was a member of every fixture until now.
-    ok(
-        &api,
-        Method::POST,
-        "/v1/users/gone/deactivate",
-        "boss",
-        None,
-    )
-    .await;
+    deactivate_gone(&api).await;
     let mut failures = Vec::new();
     for (r, fx) in rows.iter().zip(&fixtures) {
         for i in 0..CALLERS.len() {
@@ -671,23 +664,52 @@ async fn every_route_against_every_caller() {
             let (status, answer) = api
                 .call_token(method(r.method), &path, token.as_deref(), body)
                 .await;
-            if status != r.expect[i] {
-                failures.push(format!(
-                    "{} {path} as {}: expected {}, got {status} {answer}",
-                    r.method.to_uppercase(),
-                    CALLERS[i],
-                    r.expect[i]
-                ));
-            }
-            if status >= 400 {
-                let code = answer["error"]["code"].as_str();
-                assert!(
-                    code.is_some(),
-                    "{path}: error without a JSON body: {answer}"
-                );
-            }
+            check(
+                &mut failures,
+                r.method,
+                &path,
+                i,
+                r.expect[i],
+                status,
+                &answer,
+            );
         }
     }
+    assert_no_mismatch(&failures);
+}
+
+/// Records a mismatch between the expected and the answered status; any error must have a
+/// JSON body.
+fn check(
+    failures: &mut Vec<String>,
+    method: &str,
+    path: &str,
+    caller: usize,
+    expected: u16,
+    status: u16,
+    answer: &Value,
+) {
+    if status != expected {
+        failures.push(format!(
+            "{} {path} as {}: expected {expected}, got {status} {answer}",
+            method.to_uppercase(),
+            CALLERS[caller],
+        ));
+    }
+    if status >= 400 {
+        assert!(
+            answer["error"]["code"].is_string(),
+            "{path}: error without a JSON body: {answer}"
+        );
+    }
+}
+
+/// Deactivates the `deactivated` caller (after the fixtures that need it as a member).
+async fn deactivate_gone(api: &Api) {
+    ok(api, Method::POST, "/v1/users/gone/deactivate", "boss", None).await;
+}
+
+fn assert_no_mismatch(failures: &[String]) {
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
@@ -797,14 +819,7 @@ async fn every_file_route_against_every_caller() {
         .recv_until(|f| matches!(f, ServerFrame::Ack { .. } | ServerFrame::Error { .. }))
         .await;
     ack_seq(&ack);
-    ok(
-        &api,
-        Method::POST,
-        "/v1/users/gone/deactivate",
-        "boss",
-        None,
-    )
-    .await;
+    deactivate_gone(&api).await;
     let mut failures = Vec::new();
     for (m, _, path, expect) in FILE_ROWS {
         let path = path.replace("{f}", &file_id);
@@ -825,28 +840,10 @@ async fn every_file_route_against_every_caller() {
                 }
                 (status, json)
             };
-            if status != expect[i] {
-                failures.push(format!(
-                    "{} {path} as {}: expected {}, got {status} {answer}",
-                    m.to_uppercase(),
-                    CALLERS[i],
-                    expect[i]
-                ));
-            }
-            if status >= 400 {
-                assert!(
-                    answer["error"]["code"].is_string(),
-                    "{path}: error without a JSON body: {answer}"
-                );
-            }
+            check(&mut failures, m, &path, i, expect[i], status, &answer);
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_mismatch(&failures);
 }
 
 async fn upload(api: &Api, bearer: Option<String>, name: &str, bytes: &[u8]) -> (u16, Value) {
@@ -893,14 +890,7 @@ async fn every_websocket_operation_against_every_caller() {
     for i in 0..10 {
         ack_seq(&owner.send_group(&g, &format!("r{i}"), "recall me").await);
     }
-    ok(
-        &api,
-        Method::POST,
-        "/v1/users/gone/deactivate",
-        "boss",
-        None,
-    )
-    .await;
+    deactivate_gone(&api).await;
 
     // Connecting: refused before the upgrade without a valid token of an active account.
     let url = format!("ws://{}/ws", node.addr);
@@ -1071,10 +1061,5 @@ async fn every_websocket_operation_against_every_caller() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_mismatch(&failures);
 }
