@@ -253,7 +253,10 @@ pub async fn create_groups(
             .collect();
         let body = serde_json::json!({
             "name": format!("loadtest group {g}"),
-            "kind": if group.large { "company" } else { "project" },
+            // Every group is a project group, large ones too: the scenario models traffic
+            // where every member posts, and a `company` group lets only its admins post (and
+            // only a company administrator creates one).
+            "kind": "project",
             "members": first,
         });
         let resp = http

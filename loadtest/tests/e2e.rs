@@ -135,6 +135,49 @@ fn direct_messages_over_msgpack_against_a_testkit_node() {
 }
 
 #[test]
+fn a_small_mixed_day_against_a_spawned_node_is_complete() {
+    let out = tempfile::tempdir().unwrap();
+    let result = loadtest()
+        .arg(scenario("mixed.toml"))
+        .arg("--spawn-server")
+        .arg(testkit::chatd_bin())
+        .args([
+            "--users",
+            "200",
+            "--groups",
+            "20",
+            "--group-size",
+            "30",
+            "--large-group-size",
+            "120",
+            "--rate",
+            "40",
+            "--dm-rate",
+            "40",
+            "--duration",
+            "2",
+            "--ramp-up",
+            "1",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "loadtest failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let r = read_report(&out.path().join("chatd"));
+    assert_eq!(r["completeness"]["lost"], 0, "{}", r["completeness"]);
+    assert!(r["completeness"]["expected"].as_u64().unwrap() > 100);
+    // Several devices per user: more sessions than users.
+    assert!(r["connections"]["sessions"].as_u64().unwrap() > 200);
+}
+
+#[test]
 fn lost_and_duplicated_deliveries_are_caught() {
     // The bare broadcaster with fault injection: every 40th delivery dropped, every 30th
     // delivered twice. The run must fail (non-zero exit) and count both.
