@@ -26,6 +26,17 @@ fn read_report(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("report.json is JSON")
 }
 
+/// Asserts that the harness exited with success; returns its standard output.
+fn succeeded(result: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    assert!(
+        result.status.success(),
+        "loadtest failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    stdout
+}
+
 fn assert_plots(dir: &Path) {
     for f in [
         "latency_over_time.svg",
@@ -48,12 +59,7 @@ fn churn_against_a_spawned_node_is_complete_and_compared_with_the_ceiling() {
         .arg(out.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(
-        result.status.success(),
-        "loadtest failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    let stdout = succeeded(&result);
     assert!(stdout.contains("PASS"), "{stdout}");
     assert!(stdout.contains("chatd vs bare broadcaster"), "{stdout}");
     let combined = read_report(out.path());
@@ -121,12 +127,7 @@ fn direct_messages_over_msgpack_against_a_testkit_node() {
         .arg(out.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(
-        result.status.success(),
-        "loadtest failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    succeeded(&result);
     let r = read_report(&out.path().join("chatd"));
     assert_eq!(r["completeness"]["lost"], 0);
     assert!(r["completeness"]["expected"].as_u64().unwrap() > 500);
@@ -164,12 +165,7 @@ fn a_small_mixed_day_against_a_spawned_node_is_complete() {
         .arg(out.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(
-        result.status.success(),
-        "loadtest failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    succeeded(&result);
     let r = read_report(&out.path().join("chatd"));
     assert_eq!(r["completeness"]["lost"], 0, "{}", r["completeness"]);
     assert!(r["completeness"]["expected"].as_u64().unwrap() > 100);

@@ -560,16 +560,28 @@ impl Api {
         mime: &str,
         bytes: Vec<u8>,
     ) -> (u16, serde_json::Value) {
-        let resp = self
+        self.upload_token(Some(&token(user)), name, mime, bytes)
+            .await
+    }
+
+    /// Uploads a file with a raw bearer token (or none); returns status and JSON.
+    pub async fn upload_token(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        mime: &str,
+        bytes: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
             .http
             .post(format!("{}/v1/files", self.base))
             .query(&[("name", name)])
             .header("content-type", mime)
-            .bearer_auth(token(user))
-            .body(bytes)
-            .send()
-            .await
-            .expect("http request");
+            .body(bytes);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("http request");
         let status = resp.status().as_u16();
         let json = resp.json().await.unwrap_or(serde_json::Value::Null);
         (status, json)

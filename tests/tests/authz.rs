@@ -799,7 +799,9 @@ async fn every_file_route_against_every_caller() {
     let api = Api::new(&node);
     directory(&api).await;
     let g = fixture_group(&api, "Files fixture").await;
-    let (s, att) = upload(&api, Some(token("mem")), "report.png", PNG).await;
+    let (s, att) = api
+        .upload("mem", "report.png", "image/png", PNG.to_vec())
+        .await;
     assert_eq!(s, 201, "{att}");
     let file_id = att["file_id"].as_str().unwrap().to_owned();
     let mut member = Client::connect(&node, "mem").await;
@@ -825,7 +827,8 @@ async fn every_file_route_against_every_caller() {
         let path = path.replace("{f}", &file_id);
         for i in 0..CALLERS.len() {
             let (status, answer) = if m == "post" {
-                upload_path(&api, bearer(i), &path, PNG).await
+                api.upload_token(bearer(i).as_deref(), "chart.png", "image/png", PNG.to_vec())
+                    .await
             } else {
                 let mut req = api.http.get(format!("{}{path}", api.base));
                 if let Some(t) = bearer(i) {
@@ -844,25 +847,6 @@ async fn every_file_route_against_every_caller() {
         }
     }
     assert_no_mismatch(&failures);
-}
-
-async fn upload(api: &Api, bearer: Option<String>, name: &str, bytes: &[u8]) -> (u16, Value) {
-    upload_path(api, bearer, &format!("/v1/files?name={name}"), bytes).await
-}
-
-async fn upload_path(api: &Api, bearer: Option<String>, path: &str, bytes: &[u8]) -> (u16, Value) {
-    let mut req = api
-        .http
-        .post(format!("{}{path}", api.base))
-        .header("content-type", "image/png")
-        .body(bytes.to_vec());
-    if let Some(t) = bearer {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let json = resp.json().await.unwrap_or(Value::Null);
-    (status, json)
 }
 
 /// What a WebSocket operation answered: a reply type, or an error code.

@@ -8,14 +8,25 @@ use protocol::{ClientFrame, ErrorCode, GroupId, MessageKind, ServerFrame, Target
 use serde_json::Value;
 use testkit::*;
 
-/// Sends an image message with `attachment` (as JSON from the upload) and returns the reply.
+/// Sends a file message with `attachment` (as JSON from the upload) and returns the reply.
 async fn send_file(c: &mut Client, to: Target, cmid: &str, attachment: &Value) -> ServerFrame {
+    send_file_with(c, to, cmid, "", attachment).await
+}
+
+/// [`send_file`] with a caption.
+async fn send_file_with(
+    c: &mut Client,
+    to: Target,
+    cmid: &str,
+    body: &str,
+    attachment: &Value,
+) -> ServerFrame {
     c.send(&ClientFrame::Send {
         rid: Some(cmid.into()),
         client_msg_id: cmid.into(),
         to,
         kind: MessageKind::File,
-        body: String::new(),
+        body: body.into(),
         attachment: Some(serde_json::from_value(attachment.clone()).unwrap()),
         mentions: vec![],
         reply_to: None,
@@ -256,18 +267,14 @@ async fn a_held_file_is_readable_by_its_reviewers_and_by_members_once_approved()
     let id = att["file_id"].as_str().unwrap().to_owned();
     let mut b = Client::connect(&node, "bob").await;
     // An advertisement in the body sends the message to review.
-    b.send(&ClientFrame::Send {
-        rid: Some("held".into()),
-        client_msg_id: "held".into(),
-        to: Target::Group(GroupId::new(&g)),
-        kind: MessageKind::File,
-        body: "便宜好货 加微信 abc123".into(),
-        attachment: Some(serde_json::from_value(att.clone()).unwrap()),
-        mentions: vec![],
-        reply_to: None,
-    })
+    let ack = send_file_with(
+        &mut b,
+        Target::Group(GroupId::new(&g)),
+        "held",
+        "便宜好货 加微信 abc123",
+        &att,
+    )
     .await;
-    let ack = b.recv_until(|f| is_reply_to(f, "held")).await;
     let ServerFrame::Ack {
         seq: None,
         id: held,

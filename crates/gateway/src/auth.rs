@@ -134,23 +134,18 @@ impl Auth {
             _ => load_or_create_secret(&server.data_dir)?,
         };
         let this = Self::new(&secret, auth);
-        match &auth.jwt_public_key_file {
-            None => Ok(this),
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("auth.jwt_public_key_file {}: {e}", path.display()),
-                    )
-                })?;
-                this.with_public_key(&pem, auth).map_err(|e| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("auth.jwt_public_key_file {}: {e}", path.display()),
-                    )
-                })
-            }
-        }
+        let Some(path) = &auth.jwt_public_key_file else {
+            return Ok(this);
+        };
+        std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| this.with_public_key(&pem, auth))
+            .map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("auth.jwt_public_key_file {}: {e}", path.display()),
+                )
+            })
     }
 
     fn sign(&self, user: &UserId, iat: u64, exp: u64) -> Result<String, AuthError> {
@@ -355,6 +350,26 @@ mod tests {
         // Minted tokens carry the audience, so they pass the same check.
         let own = a.mint(&UserId::from("dan"), None).unwrap();
         assert_eq!(a.verify(&own).unwrap().sub, "dan");
+    }
+
+    #[test]
+    fn an_unreadable_public_key_stops_the_node_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_key = dir.path().join("idp.pub");
+        std::fs::write(&not_a_key, "hello").unwrap();
+        for path in [dir.path().join("missing.pub"), not_a_key] {
+            let cfg = AuthConfig {
+                jwt_secret: Some("s".into()),
+                jwt_public_key_file: Some(path.clone()),
+                ..AuthConfig::default()
+            };
+            let e = Auth::from_config(&cfg, &ServerConfig::default())
+                .err()
+                .expect("refused");
+            let msg = e.to_string();
+            assert!(msg.contains("auth.jwt_public_key_file"), "{msg}");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+        }
     }
 
     #[test]

@@ -107,6 +107,11 @@ impl SessionHandle {
         }
     }
 
+    /// [`Self::describe`] as the JSON the router publishes for other nodes.
+    pub fn encoded_description(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&self.describe())
+    }
+
     /// Queues a frame without waiting; a full queue closes the session as a slow consumer.
     pub fn push(&self, frame: Arc<SharedFrame>) {
         match self.queue.try_send(frame) {
@@ -258,6 +263,18 @@ impl Hub {
 }
 
 impl Sink for Hub {
+    fn session_descriptions(&self) -> Vec<(UserId, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in self.sessions.iter() {
+            for s in entry.value() {
+                if let Ok(d) = s.encoded_description() {
+                    out.push((s.user.clone(), s.id.clone(), d));
+                }
+            }
+        }
+        out
+    }
+
     fn deliver(&self, envelope: Arc<Envelope>) {
         match (&envelope.audience, &envelope.payload) {
             (Audience::Users(users), Payload::Frame(frame)) => {
@@ -328,7 +345,7 @@ impl Registration {
                 tracing::warn!(error = %e, "presence update failed");
             }
         }
-        match serde_json::to_vec(&handle.describe()) {
+        match handle.encoded_description() {
             Ok(description) => {
                 if let Err(e) = router
                     .session_described(&handle.user, &handle.id, description)

@@ -508,3 +508,22 @@ async fn write_loop(
         .await;
     let _ = sink.close().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_are_cleaned_and_cut() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::USER_AGENT,
+            "  ChatApp/2.1 (iPhone)  ".parse().unwrap(),
+        );
+        assert_eq!(&*device_name(None, &headers), "ChatApp/2.1 (iPhone)");
+        assert_eq!(&*device_name(Some("pad\u{7}\nmini"), &headers), "padmini");
+        let long = "x".repeat(100);
+        assert_eq!(device_name(Some(&long), &headers).chars().count(), 64);
+        assert_eq!(&*device_name(None, &HeaderMap::new()), "");
+    }
+}

@@ -103,6 +103,12 @@ impl Envelope {
 pub trait Sink: Send + Sync + 'static {
     /// Handles one envelope arriving at this node.
     fn deliver(&self, envelope: Arc<Envelope>);
+
+    /// The descriptions of this node's sessions, `(user, session id, description)`, for a
+    /// router that must publish them again (Redis lost them). The default has none.
+    fn session_descriptions(&self) -> Vec<(UserId, String, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 /// Why routing failed.

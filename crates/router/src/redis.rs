@@ -98,8 +98,6 @@ struct Shared {
     sink: OnceLock<Arc<dyn Sink>>,
     /// Users with a session on this node.
     local: DashMap<UserId, ()>,
-    /// Descriptions of this node's sessions by user, to publish again after Redis lost them.
-    described: DashMap<UserId, HashMap<String, Vec<u8>>>,
     /// Cluster-wide: the nodes holding a session of each user (other nodes only).
     presence: DashMap<UserId, Vec<String>>,
     /// Set once the first subscription is up.
@@ -137,7 +135,6 @@ impl RedisRouter {
             client,
             sink: OnceLock::new(),
             local: DashMap::new(),
-            described: DashMap::new(),
             presence: DashMap::new(),
             ready,
             echoes: DashMap::new(),
@@ -261,11 +258,6 @@ impl Router for RedisRouter {
         session: &str,
         description: Vec<u8>,
     ) -> Result<(), RouterError> {
-        self.shared
-            .described
-            .entry(user.clone())
-            .or_default()
-            .insert(session.to_owned(), description.clone());
         let mut conn = self.conn.clone();
         let _: () = conn
             .hset(
@@ -279,10 +271,6 @@ impl Router for RedisRouter {
     }
 
     async fn session_forgotten(&self, user: &UserId, session: &str) -> Result<(), RouterError> {
-        self.shared.described.remove_if_mut(user, |_, sessions| {
-            sessions.remove(session);
-            sessions.is_empty()
-        });
         let mut conn = self.conn.clone();
         let _: () = conn
             .hdel(
@@ -487,14 +475,10 @@ async fn announce(shared: &Shared, mut conn: ConnectionManager) -> redis::RedisR
     for chunk in users.chunks(1000) {
         pipe.sadd(users_key(node), chunk).ignore();
     }
-    for entry in shared.described.iter() {
-        let fields: Vec<(&str, &[u8])> = entry
-            .value()
-            .iter()
-            .map(|(id, d)| (id.as_str(), d.as_slice()))
-            .collect();
-        if !fields.is_empty() {
-            pipe.hset_multiple(sessions_key(node, entry.key().as_str()), &fields)
+    // The sessions' descriptions come from the sink (the hub), which holds the sessions.
+    if let Some(sink) = shared.sink.get() {
+        for (user, session, description) in sink.session_descriptions() {
+            pipe.hset(sessions_key(node, user.as_str()), session, description)
                 .ignore();
         }
     }

@@ -708,8 +708,8 @@ async fn my_sessions(
             Err(e) => tracing::warn!(error = %e, "undecodable session description"),
         }
     }
+    // A session lives on one node, and the router reads only the other nodes: no duplicates.
     sessions.sort_by(|a, b| (a.connected_at, &a.id).cmp(&(b.connected_at, &b.id)));
-    sessions.dedup_by(|a, b| a.id == b.id);
     Ok(Json(sessions))
 }
 
