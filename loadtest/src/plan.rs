@@ -81,6 +81,9 @@ pub struct ConvPlan {
 /// The expanded scenario.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// The run's tag: the prefix of every user id and part of every group name, so runs
+    /// against one server (or one cluster) never collide.
+    pub tag: String,
     /// User ids.
     pub users: Vec<String>,
     /// Sessions of each user.
@@ -167,6 +170,7 @@ impl Plan {
         }
 
         let mut plan = Plan {
+            tag: tag.to_owned(),
             users,
             user_sessions,
             contacts: vec![Vec::new(); n_users],

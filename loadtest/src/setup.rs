@@ -252,7 +252,9 @@ pub async fn create_groups(
             .map(|&m| plan.users[m as usize].as_str())
             .collect();
         let body = serde_json::json!({
-            "name": format!("loadtest group {g}"),
+            // Names are unique in the company: the run's tag keeps a second run against the
+            // same server or cluster from failing with 409.
+            "name": format!("loadtest {} group {g}", plan.tag),
             // Every group is a project group, large ones too: the scenario models traffic
             // where every member posts, and a `company` group lets only its admins post (and
             // only a company administrator creates one).

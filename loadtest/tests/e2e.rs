@@ -136,6 +136,37 @@ fn direct_messages_over_msgpack_against_a_testkit_node() {
 }
 
 #[test]
+fn two_fanout_runs_against_one_node_both_succeed() {
+    // Group names are unique in the company: each run names its groups with its own tag, so
+    // the second run does not fail with 409 (found while measuring a cluster).
+    let node = testkit::Node::start();
+    for run in 0..2 {
+        let out = tempfile::tempdir().unwrap();
+        let result = loadtest()
+            .arg("fanout")
+            .args(["--groups", "2", "--group-size", "5", "--rate", "5"])
+            .args([
+                "--duration",
+                "1",
+                "--ramp-up",
+                "0.5",
+                "--no-progress",
+                "--target",
+            ])
+            .arg(node.addr.to_string())
+            .arg("--jwt-secret")
+            .arg(testkit::SECRET)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        succeeded(&result);
+        let r = read_report(&out.path().join("chatd"));
+        assert_eq!(r["completeness"]["lost"], 0, "run {run}");
+    }
+}
+
+#[test]
 fn a_small_mixed_day_against_a_spawned_node_is_complete() {
     let out = tempfile::tempdir().unwrap();
     let result = loadtest()
