@@ -287,14 +287,14 @@ async fn session(state: Arc<State>, stream: TcpStream) -> anyhow::Result<()> {
             continue;
         };
         match frame {
-            ClientFrame::Send {
+            ClientFrame::Send(protocol::SendFrame {
                 rid,
                 client_msg_id,
                 to,
                 kind,
                 body,
                 ..
-            } => {
+            }) => {
                 let me = UserId::new(user.clone());
                 let (conv, other) = match &to {
                     Target::Group(g) => (ConvId::group(g), None),

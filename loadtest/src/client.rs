@@ -511,7 +511,7 @@ fn build_send(sh: &Shared, s: &mut Session, target: StreamTarget) -> Option<(u32
     };
     let n = s.next_n;
     s.next_n += 1;
-    let frame = ClientFrame::Send {
+    let frame = ClientFrame::Send(protocol::SendFrame {
         rid: Some(n.to_string()),
         client_msg_id: format!("{}-{n}", s.idx),
         to,
@@ -520,7 +520,7 @@ fn build_send(sh: &Shared, s: &mut Session, target: StreamTarget) -> Option<(u32
         attachment: None,
         mentions: Vec::new(),
         reply_to: None,
-    };
+    });
     Some((conv, sh.codec.codec().encode(&frame), n))
 }
 

@@ -407,7 +407,7 @@ impl Client {
 
     /// Sends a text message to a user and returns the ack.
     pub async fn send_dm(&mut self, to: &str, cmid: &str, body: &str) -> ServerFrame {
-        self.send(&protocol::ClientFrame::Send {
+        self.send(&protocol::ClientFrame::Send(protocol::SendFrame {
             rid: Some(cmid.to_owned()),
             client_msg_id: cmid.to_owned(),
             to: protocol::Target::User(protocol::UserId::new(to)),
@@ -416,14 +416,14 @@ impl Client {
             attachment: None,
             mentions: vec![],
             reply_to: None,
-        })
+        }))
         .await;
         self.recv_until(|f| is_reply_to(f, cmid)).await
     }
 
     /// Sends a text message to a group and returns the ack (or error).
     pub async fn send_group(&mut self, group: &str, cmid: &str, body: &str) -> ServerFrame {
-        self.send(&protocol::ClientFrame::Send {
+        self.send(&protocol::ClientFrame::Send(protocol::SendFrame {
             rid: Some(cmid.to_owned()),
             client_msg_id: cmid.to_owned(),
             to: protocol::Target::Group(protocol::GroupId::new(group)),
@@ -432,7 +432,7 @@ impl Client {
             attachment: None,
             mentions: vec![],
             reply_to: None,
-        })
+        }))
         .await;
         self.recv_until(|f| is_reply_to(f, cmid)).await
     }

@@ -718,15 +718,17 @@ async fn mentions_are_checked_flagged_and_listed() {
     let g = api.create_group("olga", "Mentions", &["adam", "mia"]).await;
     let mut adam = Client::connect(&node, "adam").await;
     let mut mia = Client::connect(&node, "mia").await;
-    let send = |cmid: &str, mentions: &[&str]| ClientFrame::Send {
-        rid: Some(cmid.to_owned()),
-        client_msg_id: cmid.to_owned(),
-        to: Target::Group(GroupId::new(&g)),
-        kind: MessageKind::Text,
-        body: "look".into(),
-        attachment: None,
-        mentions: mentions.iter().map(|m| UserId::new(*m)).collect(),
-        reply_to: None,
+    let send = |cmid: &str, mentions: &[&str]| {
+        ClientFrame::Send(protocol::SendFrame {
+            rid: Some(cmid.to_owned()),
+            client_msg_id: cmid.to_owned(),
+            to: Target::Group(GroupId::new(&g)),
+            kind: MessageKind::Text,
+            body: "look".into(),
+            attachment: None,
+            mentions: mentions.iter().map(|m| UserId::new(*m)).collect(),
+            reply_to: None,
+        })
     };
     adam.send(&send("x1", &["zed"])).await;
     let r = adam.recv_until(|f| is_reply_to(f, "x1")).await;

@@ -1,7 +1,8 @@
 //! The authorization matrix: every `/v1` route and every WebSocket operation against every
 //! kind of caller, with the expected status or error code. The matrix must cover every
 //! operation of the OpenAPI document: a new route without rows fails
-//! `matrix_covers_every_documented_route`.
+//! `matrix_covers_every_documented_route`, and a new `ClientFrame` type without a WebSocket
+//! row fails `ws_matrix_covers_every_client_frame`.
 
 #![allow(
     clippy::unwrap_used,
@@ -806,7 +807,7 @@ async fn every_file_route_against_every_caller() {
     let file_id = att["file_id"].as_str().unwrap().to_owned();
     let mut member = Client::connect(&node, "mem").await;
     member
-        .send(&ClientFrame::Send {
+        .send(&ClientFrame::Send(protocol::SendFrame {
             rid: Some("share".into()),
             client_msg_id: "share".into(),
             to: protocol::Target::Group(GroupId::new(&g)),
@@ -815,7 +816,7 @@ async fn every_file_route_against_every_caller() {
             attachment: Some(serde_json::from_value(att.clone()).unwrap()),
             mentions: vec![],
             reply_to: None,
-        })
+        }))
         .await;
     let ack = member
         .recv_until(|f| matches!(f, ServerFrame::Ack { .. } | ServerFrame::Error { .. }))
@@ -863,32 +864,12 @@ fn outcome(f: &ServerFrame) -> String {
     }
 }
 
-#[tokio::test]
-async fn every_websocket_operation_against_every_caller() {
-    let node = node();
-    let api = Api::new(&node);
-    directory(&api).await;
-    let g = fixture_group(&api, "WS fixture").await;
-    // One message per caller to recall, sent by the owner, and one by the member.
-    let mut owner = Client::connect(&node, "own").await;
-    for i in 0..10 {
-        ack_seq(&owner.send_group(&g, &format!("r{i}"), "recall me").await);
-    }
-    deactivate_gone(&api).await;
-
-    // Connecting: refused before the upgrade without a valid token of an active account.
-    let url = format!("ws://{}/ws", node.addr);
-    for i in 0..3 {
-        let refusal = Client::try_connect_raw(&url, bearer(i).as_deref())
-            .await
-            .expect_err("must be refused");
-        assert_eq!(refusal.status, 401, "{}: {}", CALLERS[i], refusal.body);
-        assert!(refusal.body.contains("unauthorized"), "{}", refusal.body);
-    }
-
-    let conv = ConvId::group(&GroupId::new(&g));
-    // [external, nonmember, member, muted, admin, owner, company_admin]
-    let ops: Vec<(&str, [&str; 7])> = vec![
+/// The WebSocket half of the matrix: one row per client frame type (its `type` tag), with the
+/// expected reply type or error code for [external, nonmember, member, muted, admin, owner,
+/// company_admin]; the callers without a valid token are refused before the upgrade. Every
+/// `ClientFrame` type must have a row (`ws_matrix_covers_every_client_frame`).
+fn ws_rows() -> Vec<(&'static str, [&'static str; 7])> {
+    vec![
         (
             "send",
             [
@@ -963,53 +944,117 @@ async fn every_websocket_operation_against_every_caller() {
             ],
         ),
         ("ping", ["pong"; 7]),
-    ];
+    ]
+}
+
+/// The frame a WebSocket row sends. An operation without a frame here fails the test (it used
+/// to become a `ping` silently).
+fn ws_frame(op: &str, rid: &str, group: &str, conv: &ConvId, i: usize) -> ClientFrame {
+    let rid = Some(rid.to_owned());
+    let frame = match op {
+        "send" => ClientFrame::Send(protocol::SendFrame {
+            rid: rid.clone(),
+            client_msg_id: rid.clone().unwrap_or_default(),
+            to: protocol::Target::Group(GroupId::new(group)),
+            kind: protocol::MessageKind::Text,
+            body: "hi".into(),
+            attachment: None,
+            mentions: vec![],
+            reply_to: None,
+        }),
+        "history" => ClientFrame::History {
+            rid,
+            conv: conv.clone(),
+            before_seq: None,
+            limit: None,
+        },
+        "sync" => ClientFrame::Sync {
+            rid,
+            cursors: BTreeMap::from([(conv.clone(), Seq(0))]),
+            limit: None,
+        },
+        "read" => ClientFrame::Read {
+            rid,
+            conv: conv.clone(),
+            seq: Seq(1),
+        },
+        "typing" => ClientFrame::Typing { conv: conv.clone() },
+        "conversations" => ClientFrame::Conversations { rid },
+        "recall" => ClientFrame::Recall {
+            rid,
+            conv: conv.clone(),
+            seq: Seq(i as u64 + 1),
+        },
+        "ping" => ClientFrame::Ping { rid },
+        other => panic!("the WebSocket matrix has no frame for operation {other:?}"),
+    };
+    assert_eq!(
+        frame.type_name(),
+        op,
+        "row {op:?} builds another frame type"
+    );
+    frame
+}
+
+#[test]
+fn ws_matrix_covers_every_client_frame() {
+    let rows: Vec<&str> = ws_rows().iter().map(|(op, _)| *op).collect();
+    let covered: BTreeSet<&str> = rows.iter().copied().collect();
+    assert_eq!(
+        covered.len(),
+        rows.len(),
+        "duplicate WebSocket rows: {rows:?}"
+    );
+    let frames: BTreeSet<&str> = ClientFrame::TYPES.iter().copied().collect();
+    let missing: Vec<_> = frames.difference(&covered).collect();
+    let stale: Vec<_> = covered.difference(&frames).collect();
+    assert!(
+        missing.is_empty(),
+        "client frame types without authorization rows: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "rows for operations that are not client frames: {stale:?}"
+    );
+    // Every row builds its own frame type (an unknown operation panics).
+    let conv = ConvId::group(&GroupId::new("g"));
+    for op in rows {
+        ws_frame(op, "r", "g", &conv, 0);
+    }
+}
+
+#[tokio::test]
+async fn every_websocket_operation_against_every_caller() {
+    let node = node();
+    let api = Api::new(&node);
+    directory(&api).await;
+    let g = fixture_group(&api, "WS fixture").await;
+    // One message per caller to recall, sent by the owner, and one by the member.
+    let mut owner = Client::connect(&node, "own").await;
+    for i in 0..10 {
+        ack_seq(&owner.send_group(&g, &format!("r{i}"), "recall me").await);
+    }
+    deactivate_gone(&api).await;
+
+    // Connecting: refused before the upgrade without a valid token of an active account.
+    let url = format!("ws://{}/ws", node.addr);
+    for i in 0..3 {
+        let refusal = Client::try_connect_raw(&url, bearer(i).as_deref())
+            .await
+            .expect_err("must be refused");
+        assert_eq!(refusal.status, 401, "{}: {}", CALLERS[i], refusal.body);
+        assert!(refusal.body.contains("unauthorized"), "{}", refusal.body);
+    }
+
+    let conv = ConvId::group(&GroupId::new(&g));
+    let ops = ws_rows();
     let mut failures = Vec::new();
     for i in 3..CALLERS.len() {
         let user = user_of(i).unwrap();
         let mut c = Client::connect(&node, user).await;
         for (op, expect) in &ops {
             let rid = format!("{op}-{i}");
-            let frame = match *op {
-                "send" => ClientFrame::Send {
-                    rid: Some(rid.clone()),
-                    client_msg_id: rid.clone(),
-                    to: protocol::Target::Group(GroupId::new(&g)),
-                    kind: protocol::MessageKind::Text,
-                    body: "hi".into(),
-                    attachment: None,
-                    mentions: vec![],
-                    reply_to: None,
-                },
-                "history" => ClientFrame::History {
-                    rid: Some(rid.clone()),
-                    conv: conv.clone(),
-                    before_seq: None,
-                    limit: None,
-                },
-                "sync" => ClientFrame::Sync {
-                    rid: Some(rid.clone()),
-                    cursors: BTreeMap::from([(conv.clone(), Seq(0))]),
-                    limit: None,
-                },
-                "read" => ClientFrame::Read {
-                    rid: Some(rid.clone()),
-                    conv: conv.clone(),
-                    seq: Seq(1),
-                },
-                "typing" => ClientFrame::Typing { conv: conv.clone() },
-                "conversations" => ClientFrame::Conversations {
-                    rid: Some(rid.clone()),
-                },
-                "recall" => ClientFrame::Recall {
-                    rid: Some(rid.clone()),
-                    conv: conv.clone(),
-                    seq: Seq(i as u64 + 1),
-                },
-                _ => ClientFrame::Ping {
-                    rid: Some(rid.clone()),
-                },
-            };
+            let frame = ws_frame(op, &rid, &g, &conv, i);
             c.send(&frame).await;
             // read and typing answer nothing on success: a ping right after them is answered
             // in order, so a pong first means they were accepted.

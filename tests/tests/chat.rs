@@ -358,7 +358,7 @@ async fn images_and_files_carry_attachments_mentions_and_replies() {
         .await;
     assert_eq!(status, 201, "{uploaded}");
     let file_id = uploaded["file_id"].as_str().unwrap().to_owned();
-    a.send(&ClientFrame::Send {
+    a.send(&ClientFrame::Send(protocol::SendFrame {
         rid: Some("i1".into()),
         client_msg_id: "i1".into(),
         to: Target::User(UserId::new("bob")),
@@ -375,7 +375,7 @@ async fn images_and_files_carry_attachments_mentions_and_replies() {
         }),
         mentions: vec![UserId::new("bob")],
         reply_to: Some(Seq(1)),
-    })
+    }))
     .await;
     ack_seq(&a.recv_until(|f| is_reply_to(f, "i1")).await);
     let m = b.next_message().await;
@@ -411,7 +411,7 @@ async fn racing_senders_are_delivered_in_seq_order() {
         let g = g.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
-                c.send(&ClientFrame::Send {
+                c.send(&ClientFrame::Send(protocol::SendFrame {
                     rid: None,
                     client_msg_id: format!("{k}-{i}"),
                     to: Target::Group(protocol::GroupId::new(g.clone())),
@@ -420,7 +420,7 @@ async fn racing_senders_are_delivered_in_seq_order() {
                     attachment: None,
                     mentions: vec![],
                     reply_to: None,
-                })
+                }))
                 .await;
             }
             c

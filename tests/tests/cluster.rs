@@ -126,7 +126,7 @@ async fn a_killed_node_loses_nothing_that_was_acked() {
     let n = 200u64;
     for i in 0..n {
         alice
-            .send(&ClientFrame::Send {
+            .send(&ClientFrame::Send(protocol::SendFrame {
                 rid: Some(format!("k{i}")),
                 client_msg_id: format!("k{i}"),
                 to: protocol::Target::Group(GroupId::new(g.clone())),
@@ -135,7 +135,7 @@ async fn a_killed_node_loses_nothing_that_was_acked() {
                 attachment: None,
                 mentions: vec![],
                 reply_to: None,
-            })
+            }))
             .await;
     }
     // Collect acks for a while, then kill node A in the middle of the flow.

@@ -21,7 +21,7 @@ async fn send_file_with(
     body: &str,
     attachment: &Value,
 ) -> ServerFrame {
-    c.send(&ClientFrame::Send {
+    c.send(&ClientFrame::Send(protocol::SendFrame {
         rid: Some(cmid.into()),
         client_msg_id: cmid.into(),
         to,
@@ -30,7 +30,7 @@ async fn send_file_with(
         attachment: Some(serde_json::from_value(attachment.clone()).unwrap()),
         mentions: vec![],
         reply_to: None,
-    })
+    }))
     .await;
     c.recv_until(|f| is_reply_to(f, cmid)).await
 }

@@ -18,7 +18,7 @@ async fn acked_messages_survive_sigkill() {
     // Pipeline many sends, then kill the process right after the last ack arrives.
     let n = 300u64;
     for i in 0..n {
-        a.send(&ClientFrame::Send {
+        a.send(&ClientFrame::Send(protocol::SendFrame {
             rid: Some(format!("k{i}")),
             client_msg_id: format!("k{i}"),
             to: protocol::Target::User(protocol::UserId::new("bob")),
@@ -27,7 +27,7 @@ async fn acked_messages_survive_sigkill() {
             attachment: None,
             mentions: vec![],
             reply_to: None,
-        })
+        }))
         .await;
     }
     let mut acked = Vec::new();

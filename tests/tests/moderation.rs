@@ -229,7 +229,7 @@ async fn repeat_offenders_are_muted_until_lifted() {
     let mut warned = false;
     for i in 0..3 {
         let rid = format!("v{i}");
-        a.send(&ClientFrame::Send {
+        a.send(&ClientFrame::Send(protocol::SendFrame {
             rid: Some(rid.clone()),
             client_msg_id: rid.clone(),
             to: protocol::Target::User(protocol::UserId::new("bob")),
@@ -238,7 +238,7 @@ async fn repeat_offenders_are_muted_until_lifted() {
             attachment: None,
             mentions: vec![],
             reply_to: None,
-        })
+        }))
         .await;
         loop {
             match a.recv().await {

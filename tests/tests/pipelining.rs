@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use testkit::*;
 
 fn send(rid: &str, cmid: &str, to: Target, body: &str) -> ClientFrame {
-    ClientFrame::Send {
+    ClientFrame::Send(protocol::SendFrame {
         rid: Some(rid.to_owned()),
         client_msg_id: cmid.to_owned(),
         to,
@@ -17,7 +17,7 @@ fn send(rid: &str, cmid: &str, to: Target, body: &str) -> ClientFrame {
         attachment: None,
         mentions: vec![],
         reply_to: None,
-    }
+    })
 }
 
 #[tokio::test]

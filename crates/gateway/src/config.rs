@@ -193,12 +193,35 @@ impl Default for FilesConfig {
     }
 }
 
+/// `store.backend`: which engine keeps the messages and records. A value other than the
+/// variants' names is refused at start-up with an error naming the choices.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// A fjall database under `server.data_dir` (one node).
+    #[default]
+    Embedded,
+    /// ScyllaDB or Apache Cassandra over CQL (cluster mode).
+    Scylla,
+}
+
+/// `router.backend`: how deliveries reach the sessions on other nodes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterBackend {
+    /// This process only.
+    #[default]
+    Local,
+    /// Redis pub/sub between nodes (cluster mode).
+    Redis,
+}
+
 /// `[store]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `embedded` (a fjall database under `server.data_dir`) or `scylla` (cluster mode).
-    pub backend: String,
+    pub backend: StoreBackend,
     /// Most writes made durable by one journal sync (group commit).
     pub max_batch: usize,
     /// Queue in front of the store writer.
@@ -218,7 +241,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            backend: "embedded".into(),
+            backend: StoreBackend::Embedded,
             max_batch: 1024,
             queue: 8192,
             cql_nodes: vec!["127.0.0.1:9042".into()],
@@ -235,7 +258,7 @@ impl Default for StoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RouterConfig {
     /// `local` (this process only) or `redis` (cluster mode).
-    pub backend: String,
+    pub backend: RouterBackend,
     /// Redis URL for the `redis` backend (routing, presence and, in cluster mode, seqs).
     pub redis_url: String,
     /// This node's id, unique in the cluster; empty: generated at start-up.
@@ -251,7 +274,7 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
-            backend: "local".into(),
+            backend: RouterBackend::Local,
             redis_url: "redis://127.0.0.1:6379".into(),
             node_id: String::new(),
             heartbeat_ms: 2000,
@@ -414,5 +437,31 @@ mod tests {
         std::fs::write(&p, "[server]\nlisten_adress = \"x\"\n").unwrap();
         let err = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(err.contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn backends_are_named_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[store]\nbackend = \"scylla\"\n[router]\nbackend = \"redis\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Scylla);
+        assert_eq!(c.router.backend, RouterBackend::Redis);
+        std::fs::write(&p, "[store]\nbackend = \"mysql\"\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            err.contains("mysql") && err.contains("embedded") && err.contains("scylla"),
+            "{err}"
+        );
+        std::fs::write(&p, "[router]\nbackend = \"kafka\"\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            err.contains("kafka") && err.contains("local") && err.contains("redis"),
+            "{err}"
+        );
     }
 }

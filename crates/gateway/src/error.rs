@@ -67,8 +67,8 @@ impl From<store::StoreError> for ApiError {
         match e {
             E::NotFound(m) => Self::new(ErrorCode::NotFound, m),
             E::Conflict(m) => Self::new(ErrorCode::Conflict, m),
-            E::Unavailable(m) => {
-                tracing::warn!(error = %m, "store unavailable");
+            e @ E::Unavailable { .. } => {
+                tracing::warn!(error = %e, "store unavailable");
                 Self::new(
                     ErrorCode::Unavailable,
                     "storage is unavailable; nothing was stored",

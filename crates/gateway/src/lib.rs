@@ -5,7 +5,7 @@
 
 pub mod api;
 pub mod auth;
-pub mod cluster;
+pub mod backends;
 pub mod config;
 pub mod directory;
 pub mod error;

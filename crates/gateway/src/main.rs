@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
             init_tracing();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let store = gateway::server::scylla_store(&config).await?;
+                let store = gateway::backends::scylla_store(&config).await?;
                 store
                     .migrate()
                     .await

@@ -103,7 +103,7 @@ pub struct Membership {
 }
 
 fn meta_err(e: crate::error::ApiError) -> StoreError {
-    StoreError::Corrupt(e.message)
+    StoreError::corrupt(e.message)
 }
 
 impl Membership {

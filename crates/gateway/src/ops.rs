@@ -9,8 +9,8 @@ use crate::state::{now_ms, Access, AppState};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moderation::{Action, Penalty};
 use protocol::{
-    Attachment, ClientFrame, ConvId, ErrorCode, EventKind, Message, MessageId, MessageKind,
-    ModerationNote, Rid, Seq, ServerFrame, SyncedConv, Target, UserId,
+    ClientFrame, ConvId, ErrorCode, EventKind, Message, MessageId, MessageKind, ModerationNote,
+    Rid, SendFrame, Seq, ServerFrame, SyncedConv, Target, UserId,
 };
 use router::Envelope;
 use std::collections::BTreeMap;
@@ -67,32 +67,7 @@ fn shared_clock() -> governor::clock::DefaultClock {
 pub async fn handle(state: &AppState, ctx: &SessionCtx, frame: ClientFrame) -> Option<ServerFrame> {
     let rid = frame.rid().cloned();
     let result = match frame {
-        ClientFrame::Send {
-            rid,
-            client_msg_id,
-            to,
-            kind,
-            body,
-            attachment,
-            mentions,
-            reply_to,
-        } => {
-            send(
-                state,
-                ctx,
-                SendRequest {
-                    rid,
-                    client_msg_id,
-                    to,
-                    kind,
-                    body,
-                    attachment,
-                    mentions,
-                    reply_to,
-                },
-            )
-            .await
-        }
+        ClientFrame::Send(req) => send(state, ctx, req).await,
         ClientFrame::History {
             rid,
             conv,
@@ -120,19 +95,7 @@ pub async fn handle(state: &AppState, ctx: &SessionCtx, frame: ClientFrame) -> O
     }
 }
 
-/// The fields of a `send` frame.
-pub struct SendRequest {
-    rid: Option<Rid>,
-    client_msg_id: String,
-    to: Target,
-    kind: MessageKind,
-    body: String,
-    attachment: Option<Attachment>,
-    mentions: Vec<UserId>,
-    reply_to: Option<Seq>,
-}
-
-fn validate_send(state: &AppState, req: &SendRequest) -> Result<(), ApiError> {
+fn validate_send(state: &AppState, req: &SendFrame) -> Result<(), ApiError> {
     let limits = &state.config.limits;
     if req.client_msg_id.is_empty() || req.client_msg_id.len() > 64 {
         return Err(ApiError::bad_request("client_msg_id must be 1 to 64 bytes"));
@@ -189,7 +152,7 @@ fn validate_send(state: &AppState, req: &SendRequest) -> Result<(), ApiError> {
 async fn send(
     state: &AppState,
     ctx: &SessionCtx,
-    req: SendRequest,
+    req: SendFrame,
 ) -> Result<Option<ServerFrame>, ApiError> {
     validate_send(state, &req)?;
     ctx.check_rate()?;
@@ -246,10 +209,7 @@ async fn send(
         }
     }
     let note = moderate(state, ctx, &conv, &req, &verdict).await?;
-    let body = match (&verdict.action, &verdict.masked_text) {
-        (Action::Mask | Action::Review, Some(masked)) => masked.clone(),
-        _ => req.body.clone(),
-    };
+    let body = verdict.text_to_deliver(&req.body).to_owned();
     if verdict.action == Action::Review {
         let held = store::HeldMessage {
             id: format!("r{}", uuid::Uuid::now_v7().simple()),
@@ -356,7 +316,7 @@ async fn submit_for_approval(
     ctx: &SessionCtx,
     conv: &ConvId,
     view: &crate::membership::GroupView,
-    req: SendRequest,
+    req: SendFrame,
     body: String,
     note: Option<ModerationNote>,
 ) -> Result<Option<ServerFrame>, ApiError> {
@@ -410,7 +370,7 @@ async fn moderate(
     state: &AppState,
     ctx: &SessionCtx,
     conv: &ConvId,
-    req: &SendRequest,
+    req: &SendFrame,
     verdict: &moderation::Verdict,
 ) -> Result<Option<ModerationNote>, ApiError> {
     if verdict.action == Action::Allow {

@@ -2,26 +2,19 @@
 //! shutdown signal, then close sessions and flush the store.
 
 use crate::auth::Auth;
-use crate::cluster::RedisSeqSource;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::membership::Membership;
 use crate::moderation::Moderation;
 use crate::state::{AppState, Inner};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use dashmap::DashSet;
 use protocol::close;
-use router::local::LocalRouter;
-use router::redis::{RedisOptions, RedisRouter, RedisSeq};
-use router::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use store::embedded::{EmbeddedOptions, EmbeddedStore};
-use store::scylla::{parse_consistency, ScyllaOptions, ScyllaStore};
-use store::{MetaStore, ReviewStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -30,53 +23,6 @@ use tokio_util::sync::CancellationToken;
 pub struct Node {
     state: AppState,
     listener: TcpListener,
-}
-
-/// The three faces of one storage backend: messages, moderation records, admin records.
-type Backends = (Arc<dyn Store>, Arc<dyn ReviewStore>, Arc<dyn MetaStore>);
-
-/// Opens the ScyllaDB store (running the migrations) with Redis sequence counters; it also
-/// keeps the audit log and the review queue, shared by every node.
-async fn open_scylla(config: &Config) -> anyhow::Result<Backends> {
-    anyhow::ensure!(
-        config.router.backend == "redis",
-        "store.backend = \"scylla\" needs router.backend = \"redis\", which allocates sequence numbers"
-    );
-    let store = scylla_store(config).await?;
-    store
-        .migrate()
-        .await
-        .context("running the CQL migrations")?;
-    Ok((
-        Arc::new(store.clone()),
-        Arc::new(store.clone()),
-        Arc::new(store),
-    ))
-}
-
-/// Connects the ScyllaDB store described by `config` (without migrating).
-pub async fn scylla_store(config: &Config) -> anyhow::Result<ScyllaStore> {
-    let s = &config.store;
-    let seq = RedisSeq::connect(&config.router.redis_url, &s.keyspace)
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to Redis at {} for sequence numbers",
-                config.router.redis_url
-            )
-        })?;
-    let opts = ScyllaOptions {
-        nodes: s.cql_nodes.clone(),
-        keyspace: s.keyspace.clone(),
-        replication_factor: s.replication_factor,
-        consistency: parse_consistency(&s.consistency)
-            .with_context(|| format!("store.consistency = {:?}", s.consistency))?,
-        request_timeout: Duration::from_millis(s.request_timeout_ms.max(1)),
-        ..ScyllaOptions::default()
-    };
-    ScyllaStore::new(opts, Arc::new(RedisSeqSource(seq)))
-        .await
-        .with_context(|| format!("connecting to the CQL database at {:?}", s.cql_nodes))
 }
 
 impl Node {
@@ -101,51 +47,12 @@ impl Node {
             );
             m
         };
-        let (store, review, meta): Backends = match config.store.backend.as_str() {
-            "embedded" => {
-                let dir = config.server.data_dir.clone();
-                let opts = EmbeddedOptions {
-                    max_batch: config.store.max_batch,
-                    queue: config.store.queue,
-                };
-                let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, opts))
-                    .await?
-                    .with_context(|| {
-                        format!("opening the store in {}", config.server.data_dir.display())
-                    })?;
-                (
-                    Arc::new(store.clone()),
-                    Arc::new(store.clone()),
-                    Arc::new(store),
-                )
-            }
-            "scylla" => open_scylla(&config).await?,
-            other => bail!("store.backend = {other:?}: expected \"embedded\" or \"scylla\""),
-        };
-        let router: Arc<dyn Router> = match config.router.backend.as_str() {
-            "local" => Arc::new(LocalRouter::new()),
-            "redis" => {
-                let r = &config.router;
-                let node_id = if r.node_id.is_empty() {
-                    format!("node-{}", uuid::Uuid::new_v4().simple())
-                } else {
-                    r.node_id.clone()
-                };
-                let opts = RedisOptions {
-                    url: r.redis_url.clone(),
-                    node_id,
-                    heartbeat: Duration::from_millis(r.heartbeat_ms.max(100)),
-                    reconcile: Duration::from_millis(r.reconcile_ms.max(100)),
-                    queue: r.publish_queue,
-                };
-                let router = RedisRouter::connect(opts)
-                    .await
-                    .with_context(|| format!("connecting to Redis at {}", r.redis_url))?;
-                tracing::info!(node = router.node_id(), "redis router connected");
-                Arc::new(router)
-            }
-            other => bail!("router.backend = {other:?}: expected \"local\" or \"redis\""),
-        };
+        let crate::backends::Storage {
+            store,
+            review,
+            meta,
+        } = crate::backends::open_store(&config).await?;
+        let router = crate::backends::open_router(&config.router).await?;
         let membership = Membership::new(store.clone(), meta.clone());
         let hub = Hub::new(membership.clone());
         router.attach(hub.clone());

@@ -296,7 +296,7 @@ async fn read_loop(
     );
     // Sends are pipelined only where the store keeps one writer's order (embedded); other
     // backends get one send at a time, as before.
-    let depth = if state.config.store.backend == "embedded" {
+    let depth = if state.store.keeps_append_order() {
         PIPELINE_DEPTH
     } else {
         1
@@ -379,7 +379,7 @@ async fn read_loop(
                 continue;
             }
         };
-        if matches!(frame, ClientFrame::Send { .. }) {
+        if matches!(frame, ClientFrame::Send(_)) {
             // Pipelined: the reply comes out of `in_flight` in send order.
             let ticket = Ticket {
                 pipeline: pipeline.clone(),

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use gateway::config::Config;
+use gateway::config::{Config, RouterBackend, StoreBackend};
 use std::path::{Path, PathBuf};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -58,8 +58,8 @@ fn port_of(addr: &str) -> u16 {
 #[test]
 fn cluster_toml_is_valid_configuration() {
     let c = Config::load(Some(&repo("config/cluster.toml"))).unwrap();
-    assert_eq!(c.store.backend, "scylla");
-    assert_eq!(c.router.backend, "redis");
+    assert_eq!(c.store.backend, StoreBackend::Scylla);
+    assert_eq!(c.router.backend, RouterBackend::Redis);
 }
 
 #[test]

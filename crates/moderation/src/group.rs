@@ -1,12 +1,11 @@
 //! Per-group overrides, compiled: the group's own words in a small automaton of their own,
 //! tightened actions, and the ban on secret markers. Compile once per group (and again after
-//! a rule reload) and cache it; pass it in [`crate::CheckContext::group`].
+//! a rule reload) and cache it; pass it in [`crate::CheckContext::group`]. Compiling needs the
+//! rule set's separators and categories, so [`GroupPolicy::compile`] lives beside the
+//! moderator (`moderator.rs`), which keeps this module free of imports back into it.
 
-use crate::load::LoadError;
-use crate::matcher::{Matcher, MatcherBuilder};
-use crate::moderator::Moderator;
-use crate::normalize::normalize_pattern;
-use crate::policy::{Action, Detector, GroupPolicySpec, CONFIDENTIAL};
+use crate::matcher::Matcher;
+use crate::policy::Action;
 
 /// Most words a group may add.
 pub const MAX_GROUP_WORDS: usize = 10_000;
@@ -33,54 +32,21 @@ impl std::fmt::Debug for GroupPolicy {
 }
 
 impl GroupPolicy {
-    /// Compiles `spec` against the rule set it will be used with (its separators and category
-    /// names). Unknown category or detector names in `tighten` are an error.
-    pub fn compile(
-        spec: &GroupPolicySpec,
-        moderator: &Moderator,
-    ) -> Result<GroupPolicy, LoadError> {
-        let category = spec
-            .words_category
-            .clone()
-            .unwrap_or_else(|| "group".to_string());
-        if spec.words.len() > MAX_GROUP_WORDS {
-            return Err(LoadError::Group {
-                message: format!("{} words (at most {MAX_GROUP_WORDS})", spec.words.len()),
-            });
-        }
-        let known = |name: &str| {
-            name == category
-                || name == CONFIDENTIAL
-                || moderator.categories().any(|c| c == name)
-                || Detector::ALL.iter().any(|d| d.as_str() == name)
-        };
-        let mut tighten = Vec::new();
-        for (name, action) in &spec.tighten {
-            if !known(name) {
-                return Err(LoadError::Group {
-                    message: format!("unknown category or detector {name:?} in tighten"),
-                });
-            }
-            tighten.push((name.clone(), *action));
-        }
-        let words_action = spec.words_action.unwrap_or(Action::Block);
-        let mut mb = MatcherBuilder::default();
-        for (i, w) in spec.words.iter().enumerate() {
-            let p = normalize_pattern(w, moderator.separators());
-            if !p.is_empty() {
-                mb.deny(&p, i as u32, words_action);
-            }
-        }
-        let matcher = mb.build().map_err(|message| LoadError::Group {
-            message: format!("cannot build the automaton: {message}"),
-        })?;
-        Ok(GroupPolicy {
+    /// The compiled parts ([`GroupPolicy::compile`] checks and builds them).
+    pub(crate) fn from_parts(
+        matcher: Matcher,
+        words_action: Action,
+        category: String,
+        tighten: Vec<(String, Action)>,
+        forbid_secret_markers: bool,
+    ) -> GroupPolicy {
+        GroupPolicy {
             matcher,
             words_action,
             category,
             tighten,
-            forbid_secret_markers: spec.forbid_secret_markers,
-        })
+            forbid_secret_markers,
+        }
     }
 
     pub(crate) fn matcher(&self) -> &Matcher {

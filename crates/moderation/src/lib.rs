@@ -23,7 +23,9 @@
 //! assert_eq!(v.masked_text.as_deref(), Some("call me: 138 **** 5678"));
 //! ```
 
+mod action;
 pub mod detectors;
+mod error;
 pub mod escalation;
 pub mod group;
 pub mod load;

@@ -7,16 +7,16 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use crate::detectors::{self, DetHit, MaskKind, CONTEXT_WORDS};
+use crate::detectors::{self, DetHit, DetScratch, DetectorSet, MaskKind, Scanner, DETECTORS};
+use crate::error::LoadError;
 use crate::escalation::EscalationConfig;
-use crate::group::GroupPolicy;
-use crate::load::LoadError;
+use crate::group::{GroupPolicy, MAX_GROUP_WORDS};
 use crate::matcher::{Entry, Matcher, MatcherBuilder, RawMatch};
 use crate::normalize::{
     fold_text, normalize_pattern, normalize_with, FChar, Normalized, Separators, CLASS_DIGIT,
     CLASS_SEP,
 };
-use crate::policy::{Action, CategoryPolicy, PolicyFile, CONFIDENTIAL};
+use crate::policy::{Action, CategoryPolicy, Detector, GroupPolicySpec, PolicyFile, CONFIDENTIAL};
 use crate::{CheckContext, Hit, Verdict};
 
 /// Built-in secret markers (category `confidential`).
@@ -65,6 +65,8 @@ pub struct Moderator {
     categories: Vec<(String, CategoryPolicy)>,
     policy: PolicyFile,
     stats: LoadStats,
+    /// The detector scanners to run (each once, for its enabled detectors), from the policy.
+    scanners: Vec<(&'static Scanner, DetectorSet)>,
 }
 
 impl std::fmt::Debug for Moderator {
@@ -135,9 +137,11 @@ impl ModeratorBuilder {
                 b.push_rule(format!("builtin:secret:{}", i + 1), cat, m, None, 1);
             }
         }
-        for (w, d) in CONTEXT_WORDS {
-            let p = normalize_pattern(w, &b.seps);
-            b.mb.context(&p, d.bit());
+        for spec in DETECTORS {
+            for w in spec.context_words {
+                let p = normalize_pattern(w, &b.seps);
+                b.mb.context(&p, spec.detector.bit());
+            }
         }
         b
     }
@@ -254,6 +258,7 @@ impl ModeratorBuilder {
                 .iter()
                 .map(|r| r.id.capacity() + std::mem::size_of::<Rule>())
                 .sum::<usize>();
+        let scanners = detectors::plan(|d| self.policy.detectors.get(d).enabled);
         Ok(Moderator {
             seps: self.seps,
             matcher,
@@ -261,6 +266,7 @@ impl ModeratorBuilder {
             categories: self.categories,
             policy: self.policy,
             stats,
+            scanners,
         })
     }
 }
@@ -292,7 +298,7 @@ struct Scratch {
     cands: Vec<Cand>,
     picked: Vec<Cand>,
     det: Vec<DetHit>,
-    groups: Vec<detectors::digits::Group>,
+    det_scratch: DetScratch,
     units: Vec<(u32, u32)>,
 }
 
@@ -343,6 +349,7 @@ impl Moderator {
                 categories: Vec::new(),
                 policy: PolicyFile::default(),
                 stats: LoadStats::default(),
+                scanners: Vec::new(),
             })
     }
 
@@ -500,19 +507,10 @@ impl Moderator {
         // Detectors.
         s.det.clear();
         let d = &self.policy.detectors;
-        if flags.has_digit {
-            let en = detectors::digits::Enabled {
-                phone: d.phone.enabled,
-                id_card: d.id_card.enabled,
-                bank_card: d.bank_card.enabled,
-            };
-            detectors::digits::scan(f, en, &mut s.groups, &mut s.det);
-            if d.address.enabled {
-                detectors::address::scan(f, &mut s.det);
+        for (scanner, on) in &self.scanners {
+            if (scanner.prefilter)(&flags) {
+                (scanner.scan)(f, *on, &mut s.det_scratch, &mut s.det);
             }
-        }
-        if flags.has_at && d.email.enabled {
-            detectors::email::scan(f, &mut s.det);
         }
         let window = self.policy.secrets.context_window as u32;
         for h in &s.det {
@@ -663,6 +661,58 @@ impl Moderator {
         }
         out.push_str(text.get(cursor..).unwrap_or(""));
         out
+    }
+}
+
+impl GroupPolicy {
+    /// Compiles `spec` against the rule set it will be used with (its separators and category
+    /// names). Unknown category or detector names in `tighten` are an error.
+    pub fn compile(
+        spec: &GroupPolicySpec,
+        moderator: &Moderator,
+    ) -> Result<GroupPolicy, LoadError> {
+        let category = spec
+            .words_category
+            .clone()
+            .unwrap_or_else(|| "group".to_string());
+        if spec.words.len() > MAX_GROUP_WORDS {
+            return Err(LoadError::Group {
+                message: format!("{} words (at most {MAX_GROUP_WORDS})", spec.words.len()),
+            });
+        }
+        let known = |name: &str| {
+            name == category
+                || name == CONFIDENTIAL
+                || moderator.categories().any(|c| c == name)
+                || Detector::from_name(name).is_some()
+        };
+        let mut tighten = Vec::new();
+        for (name, action) in &spec.tighten {
+            if !known(name) {
+                return Err(LoadError::Group {
+                    message: format!("unknown category or detector {name:?} in tighten"),
+                });
+            }
+            tighten.push((name.clone(), *action));
+        }
+        let words_action = spec.words_action.unwrap_or(Action::Block);
+        let mut mb = MatcherBuilder::default();
+        for (i, w) in spec.words.iter().enumerate() {
+            let p = normalize_pattern(w, moderator.separators());
+            if !p.is_empty() {
+                mb.deny(&p, i as u32, words_action);
+            }
+        }
+        let matcher = mb.build().map_err(|message| LoadError::Group {
+            message: format!("cannot build the automaton: {message}"),
+        })?;
+        Ok(GroupPolicy::from_parts(
+            matcher,
+            words_action,
+            category,
+            tighten,
+            spec.forbid_secret_markers,
+        ))
     }
 }
 

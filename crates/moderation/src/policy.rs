@@ -11,108 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::escalation::EscalationConfig;
 
-/// What to do with a message, ordered by severity (`Allow < Warn < Mask < Review < Block`).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Deliver as is.
-    #[default]
-    Allow,
-    /// Deliver as is; tell the sender a rule fired.
-    Warn,
-    /// Store and deliver with the matched characters replaced by `*`.
-    Mask,
-    /// Hold for a group admin to approve or reject.
-    Review,
-    /// Neither store nor deliver; the sender gets `blocked` with the category.
-    Block,
-}
-
-impl Action {
-    /// The action's name as written in rule files (`"block"`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Allow => "allow",
-            Action::Warn => "warn",
-            Action::Mask => "mask",
-            Action::Review => "review",
-            Action::Block => "block",
-        }
-    }
-
-    /// Parses an action name as written in rule files.
-    pub fn parse(s: &str) -> Option<Action> {
-        Some(match s.trim() {
-            "allow" => Action::Allow,
-            "warn" => Action::Warn,
-            "mask" => Action::Mask,
-            "review" => Action::Review,
-            "block" => Action::Block,
-            _ => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The built-in personal-data detectors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Detector {
-    /// Chinese mobile numbers (`1[3-9]` + 9 digits, optional `+86`).
-    Phone,
-    /// 18-digit resident identity numbers (GB 11643 check digit and a real birth date).
-    IdCard,
-    /// Bank card numbers (16–19 digits, Luhn).
-    BankCard,
-    /// E-mail addresses.
-    Email,
-    /// Postal addresses (省/市/区/县 ... 路/街 ... N号/室 heuristic).
-    Address,
-}
-
-impl Detector {
-    /// All detectors, in a fixed order.
-    pub const ALL: [Detector; 5] = [
-        Detector::Phone,
-        Detector::IdCard,
-        Detector::BankCard,
-        Detector::Email,
-        Detector::Address,
-    ];
-
-    /// The detector's name, which is also the category of its hits (`"phone"`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Detector::Phone => "phone",
-            Detector::IdCard => "id_card",
-            Detector::BankCard => "bank_card",
-            Detector::Email => "email",
-            Detector::Address => "address",
-        }
-    }
-
-    /// The rule id reported for this detector's hits (`"detector:phone"`, ...).
-    pub fn rule_id(self) -> &'static str {
-        match self {
-            Detector::Phone => "detector:phone",
-            Detector::IdCard => "detector:id_card",
-            Detector::BankCard => "detector:bank_card",
-            Detector::Email => "detector:email",
-            Detector::Address => "detector:address",
-        }
-    }
-
-    pub(crate) fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
-}
+pub use crate::action::Action;
+pub use crate::detectors::Detector;
 
 /// Category of the built-in and configured secret markers and project code names.
 pub const CONFIDENTIAL: &str = "confidential";
@@ -257,45 +157,73 @@ impl Default for SecretsConfig {
     }
 }
 
-/// The detector policies.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DetectorPolicies {
-    /// Mobile numbers.
-    pub phone: DetectorPolicy,
-    /// Resident identity numbers.
-    pub id_card: DetectorPolicy,
-    /// Bank card numbers.
-    pub bank_card: DetectorPolicy,
-    /// E-mail addresses.
-    pub email: DetectorPolicy,
-    /// Postal addresses.
-    pub address: DetectorPolicy,
-}
+/// The detector policies, one per row of the detector table ([`crate::detectors::DETECTORS`]),
+/// written in `policy.toml` as `[detectors.<name>]`; a detector the file does not name keeps
+/// its default, and an unknown name is an error that lists the known ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetectorPolicies(Vec<DetectorPolicy>);
+
+/// The policy of a detector missing from the table (never used while the table is complete).
+static DISABLED: DetectorPolicy = DetectorPolicy {
+    enabled: false,
+    action: Action::Allow,
+    external: None,
+    low_confidence: Action::Allow,
+};
 
 impl Default for DetectorPolicies {
     fn default() -> Self {
-        use Action::*;
-        DetectorPolicies {
-            phone: DetectorPolicy::new(Mask, Block, Mask),
-            id_card: DetectorPolicy::new(Mask, Block, Mask),
-            bank_card: DetectorPolicy::new(Mask, Block, Allow),
-            email: DetectorPolicy::new(Allow, Mask, Allow),
-            address: DetectorPolicy::new(Allow, Warn, Allow),
-        }
+        DetectorPolicies(
+            crate::detectors::DETECTORS
+                .iter()
+                .map(|d| {
+                    let (action, external, low) = d.default_policy;
+                    DetectorPolicy::new(action, external, low)
+                })
+                .collect(),
+        )
     }
 }
 
 impl DetectorPolicies {
     /// The policy of one detector.
     pub fn get(&self, d: Detector) -> &DetectorPolicy {
-        match d {
-            Detector::Phone => &self.phone,
-            Detector::IdCard => &self.id_card,
-            Detector::BankCard => &self.bank_card,
-            Detector::Email => &self.email,
-            Detector::Address => &self.address,
+        self.0.get(d.index()).unwrap_or(&DISABLED)
+    }
+
+    /// The policy of one detector, to change it.
+    pub fn get_mut(&mut self, d: Detector) -> Option<&mut DetectorPolicy> {
+        self.0.get_mut(d.index())
+    }
+}
+
+impl Serialize for DetectorPolicies {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for d in Detector::all() {
+            map.serialize_entry(d.as_str(), self.get(d))?;
         }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for DetectorPolicies {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let given = BTreeMap::<String, DetectorPolicy>::deserialize(de)?;
+        let mut out = DetectorPolicies::default();
+        for (name, policy) in given {
+            let slot = Detector::from_name(&name).and_then(|d| out.get_mut(d));
+            let Some(slot) = slot else {
+                let known: Vec<&str> = Detector::all().map(Detector::as_str).collect();
+                return Err(serde::de::Error::custom(format!(
+                    "unknown detector `{name}`, expected one of {}",
+                    known.join(", ")
+                )));
+            };
+            *slot = policy;
+        }
+        Ok(out)
     }
 }
 

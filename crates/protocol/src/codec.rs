@@ -182,7 +182,7 @@ mod tests {
                 proptest::option::of(any::<u64>())
             )
                 .prop_map(|(rid, client_msg_id, to, kind, body, attachment, reply)| {
-                    ClientFrame::Send {
+                    ClientFrame::Send(SendFrame {
                         rid,
                         client_msg_id,
                         to,
@@ -191,7 +191,7 @@ mod tests {
                         attachment,
                         mentions: vec![],
                         reply_to: reply.map(Seq),
-                    }
+                    })
                 }),
             (
                 rid.clone(),
@@ -309,6 +309,105 @@ mod tests {
         }
     }
 
+    /// `send` was a struct variant; as a newtype variant around [`SendFrame`] it must encode
+    /// to the same bytes in both codecs, and decode the same.
+    #[test]
+    fn send_frame_wire_format_is_unchanged() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Before {
+            Send {
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                rid: Option<Rid>,
+                client_msg_id: String,
+                to: Target,
+                #[serde(default)]
+                kind: MessageKind,
+                #[serde(default)]
+                body: String,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                attachment: Option<Attachment>,
+                #[serde(default, skip_serializing_if = "Vec::is_empty")]
+                mentions: Vec<UserId>,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                reply_to: Option<Seq>,
+            },
+        }
+        let attachment = Attachment {
+            file_id: "f1".into(),
+            name: "a.png".into(),
+            size: 3,
+            mime: "image/png".into(),
+            width: Some(2),
+            height: None,
+        };
+        for (rid, attachment, mentions, reply_to) in [
+            (None, None, vec![], None),
+            (
+                Some("r1".to_string()),
+                Some(attachment),
+                vec![UserId::new("b")],
+                Some(Seq(7)),
+            ),
+        ] {
+            let now = ClientFrame::Send(SendFrame {
+                rid: rid.clone(),
+                client_msg_id: "c1".into(),
+                to: Target::Group(GroupId::new("g1")),
+                kind: MessageKind::Image,
+                body: "hi".into(),
+                attachment: attachment.clone(),
+                mentions: mentions.clone(),
+                reply_to,
+            });
+            let before = Before::Send {
+                rid,
+                client_msg_id: "c1".into(),
+                to: Target::Group(GroupId::new("g1")),
+                kind: MessageKind::Image,
+                body: "hi".into(),
+                attachment,
+                mentions,
+                reply_to,
+            };
+            for codec in [Codec::Json, Codec::MsgPack] {
+                let (a, b) = (codec.encode(&now), codec.encode(&before));
+                assert_eq!(a, b, "{codec:?}");
+                assert_eq!(codec.decode::<ClientFrame>(&b).unwrap(), now);
+            }
+        }
+    }
+
+    /// [`ClientFrame::TYPES`] is exactly the set of `type` tags serde accepts, and
+    /// `type_name` agrees with the encoded tag.
+    #[test]
+    fn client_frame_types_are_complete() {
+        let err = Codec::Json
+            .decode::<ClientFrame>(br#"{"type":"no_such_frame"}"#)
+            .unwrap_err()
+            .to_string();
+        let mut accepted: Vec<&str> = err.split('`').skip(3).step_by(2).collect();
+        accepted.sort_unstable();
+        let mut listed = ClientFrame::TYPES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(accepted, listed, "serde error: {err}");
+        let ping = ClientFrame::Ping { rid: None };
+        let json = String::from_utf8(Codec::Json.encode(&ping).to_vec()).unwrap();
+        assert!(json.contains(&format!("\"type\":\"{}\"", ping.type_name())));
+    }
+
+    #[test]
+    fn event_builder_fills_only_what_it_is_given() {
+        let f = ServerFrame::event(EventKind::Muted)
+            .conv(ConvId::parse("group:g1").unwrap())
+            .until(5)
+            .build();
+        assert_eq!(
+            &Codec::Json.encode(&f)[..],
+            br#"{"type":"event","event":"muted","conv":"group:g1","until":5}"#
+        );
+    }
+
     #[test]
     fn json_shape_matches_the_docs() {
         let f: ClientFrame = Codec::Json
@@ -316,7 +415,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             f,
-            ClientFrame::Send {
+            ClientFrame::Send(SendFrame {
                 rid: Some("1".into()),
                 client_msg_id: "c1".into(),
                 to: Target::Group(GroupId::new("g1")),
@@ -325,7 +424,7 @@ mod tests {
                 attachment: None,
                 mentions: vec![],
                 reply_to: None
-            }
+            })
         );
         let s = Codec::Json.encode(&ServerFrame::Pong { rid: None });
         assert_eq!(&s[..], br#"{"type":"pong"}"#);

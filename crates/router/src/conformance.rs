@@ -2,6 +2,9 @@
 //!
 //! `run_all` gets a factory that builds a fresh router joined to the same backend (for
 //! Redis: another node on the same server), so cross-node delivery is tested too.
+//!
+//! Test code only: compiled for this crate's unit tests and with the `conformance` feature
+//! (for a backend tested outside this crate); production builds do not carry it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -4,9 +4,10 @@
 //! it, and what). The router brings it to every node that holds a session of one of those
 //! users and gives it to that node's [`Sink`], which pushes it into the sessions' queues. The
 //! [`local::LocalRouter`] serves a single process: publishing calls the sink directly. The
-//! Redis backend for cluster mode implements the same trait; [`conformance`] is the test
-//! suite both pass.
+//! Redis backend for cluster mode implements the same trait; `conformance` (feature
+//! `conformance`, for tests only) is the test suite both pass.
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod local;
 pub mod redis;

@@ -1,12 +1,19 @@
-//! The conformance suite every [`Store`] backend must pass.
+//! The conformance suite every backend must pass: [`Store`], [`MetaStore`] and
+//! [`ReviewStore`].
 //!
+//! Test code only: the module is compiled for this crate's unit tests and with the
+//! `conformance` feature, which a backend's tests enable as a dev-dependency feature
+//! (`store = { path = "...", features = ["conformance"] }`); production builds do not carry it.
 //! Each backend's tests call [`run_all`] on a fresh, empty store. The functions panic on a
 //! failed expectation, as tests do; conversation and group ids are made unique per run so a
 //! shared database (such as a CQL keyspace) can be reused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::{Group, GroupKind, Member, MetaOp, MetaStore, NewMessage, Role, Store, StoreError};
+use crate::{
+    AuditEntry, AuditQuery, Group, GroupKind, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
+    ReviewStore, Role, Store, StoreError,
+};
 use protocol::{ConvId, GroupId, MessageId, MessageKind, Seq, UserId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,7 +50,7 @@ pub fn new_msg(conv: &ConvId, from: &str, client_msg_id: &str) -> NewMessage {
 }
 
 /// Runs every check of the suite.
-pub async fn run_all<S: Store + MetaStore + Clone>(store: &S) {
+pub async fn run_all<S: Store + MetaStore + ReviewStore + Clone>(store: &S) {
     seqs_are_gap_free_and_ordered(store).await;
     appends_are_idempotent(store).await;
     concurrent_appends_keep_seq_dense(store).await;
@@ -57,6 +64,7 @@ pub async fn run_all<S: Store + MetaStore + Clone>(store: &S) {
     users(store).await;
     recall_leaves_a_tombstone(store).await;
     meta_records(store).await;
+    audit_log_and_review_queue(store).await;
 }
 
 /// Seq starts at 1 and grows by one per message, per conversation.
@@ -411,4 +419,86 @@ async fn futures_join<S: MetaStore>(store: &S, ns: &str) -> Vec<bool> {
     let c = store.insert_new(ns, "race", b"c".to_vec());
     let (a, b, c) = tokio::join!(a, b, c);
     vec![a.unwrap(), b.unwrap(), c.unwrap()]
+}
+
+/// The audit log (filters, time bounds, limit, newest first) and the review queue (held in
+/// time order, taken once).
+pub async fn audit_log_and_review_queue<S: ReviewStore>(store: &S) {
+    let conv = ConvId::group(&GroupId::new(unique("rq")));
+    let porn = unique("porn");
+    let day = 86_400_000u64;
+    let t0 = 1_700_000_000_000u64;
+    for (i, cat) in [porn.as_str(), "phone", porn.as_str()].iter().enumerate() {
+        store
+            .audit(AuditEntry {
+                // Spread over days, so a backend that partitions by day pages across them.
+                ts: t0 + i as u64 * day,
+                actor: UserId::new(format!("u{i}")),
+                action: "moderation.block".into(),
+                conv: Some(conv.clone()),
+                target: None,
+                message: None,
+                rule: Some("deny/porn.txt:1".into()),
+                category: Some((*cat).into()),
+                detail: None,
+            })
+            .await
+            .unwrap();
+    }
+    let q = AuditQuery {
+        category: Some(porn.clone()),
+        ..AuditQuery::default()
+    };
+    let got = store.audit_query(&q).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>(),
+        vec!["u2", "u0"],
+        "newest first"
+    );
+    let q = AuditQuery {
+        conv: Some(conv.clone()),
+        since: Some(t0 + day),
+        until: Some(t0 + 2 * day),
+        ..AuditQuery::default()
+    };
+    let got = store.audit_query(&q).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>(),
+        vec!["u1"],
+        "since is inclusive, until exclusive"
+    );
+    let q = AuditQuery {
+        conv: Some(conv.clone()),
+        limit: Some(2),
+        ..AuditQuery::default()
+    };
+    assert_eq!(store.audit_query(&q).await.unwrap().len(), 2);
+
+    let held = |id: &str, ts| HeldMessage {
+        id: id.into(),
+        conv: conv.clone(),
+        from: UserId::new("a"),
+        client_msg_id: format!("c{id}"),
+        kind: MessageKind::Text,
+        body: "hold me".into(),
+        attachment: None,
+        mentions: vec![],
+        reply_to: None,
+        ts,
+        category: Some("ads".into()),
+        rule: None,
+    };
+    assert!(store.held(&conv).await.unwrap().is_empty());
+    store.hold(held("r2", 6)).await.unwrap();
+    store.hold(held("r1", 5)).await.unwrap();
+    assert_eq!(
+        store.held(&conv).await.unwrap(),
+        vec![held("r1", 5), held("r2", 6)]
+    );
+    assert_eq!(
+        store.take_held(&conv, "r1").await.unwrap(),
+        Some(held("r1", 5))
+    );
+    assert_eq!(store.take_held(&conv, "r1").await.unwrap(), None);
+    assert_eq!(store.held(&conv).await.unwrap(), vec![held("r2", 6)]);
 }

@@ -120,24 +120,24 @@ pub struct EmbeddedStore {
     stopping: Arc<AtomicBool>,
 }
 
-fn backend<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend<E: Into<crate::error::BoxError>>(e: E) -> StoreError {
+    StoreError::backend_with("fjall", e)
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+    rmp_serde::to_vec_named(v).map_err(|e| StoreError::corrupt_with("encode", e))
 }
 
 fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
-    rmp_serde::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+    rmp_serde::from_slice(b).map_err(|e| StoreError::corrupt_with("decode", e))
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_json::to_vec(v).map_err(|e| StoreError::corrupt_with("encode json", e))
 }
 
 fn unjson<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
-    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_json::from_slice(b).map_err(|e| StoreError::corrupt_with("decode json", e))
 }
 
 /// `a \0 b \0 c ...`
@@ -160,7 +160,7 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64> {
     b.get(at..at + 8)
         .and_then(|s| <[u8; 8]>::try_from(s).ok())
         .map(u64::from_be_bytes)
-        .ok_or_else(|| StoreError::Corrupt("short integer".into()))
+        .ok_or_else(|| StoreError::corrupt("short integer"))
 }
 
 /// The part of a composite key after `prefix \0`.
@@ -237,7 +237,7 @@ impl Keyspaces {
                 .messages
                 .get(msg_key(conv, seq))
                 .map_err(backend)?
-                .ok_or_else(|| StoreError::Corrupt(format!("{conv} seq {seq} missing")))?;
+                .ok_or_else(|| StoreError::corrupt(format!("{conv} seq {seq} missing")))?;
             return Ok(Appended {
                 message: decode(&stored)?,
                 duplicate: true,
@@ -374,9 +374,9 @@ impl EmbeddedStore {
         self.jobs
             .send(job)
             .await
-            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
+            .map_err(|_| StoreError::unavailable("store is closed"))?;
         rx.await
-            .map_err(|_| StoreError::Unavailable("write failed; nothing was acknowledged".into()))?
+            .map_err(|_| StoreError::unavailable("write failed; nothing was acknowledged"))?
     }
 
     /// Runs a read on the blocking pool.
@@ -387,7 +387,7 @@ impl EmbeddedStore {
         let ks = self.ks.clone();
         tokio::task::spawn_blocking(move || f(&ks))
             .await
-            .map_err(|e| StoreError::Backend(format!("read task: {e}")))?
+            .map_err(|e| StoreError::backend_with("read task", e))?
     }
 }
 
@@ -470,9 +470,9 @@ impl Store for EmbeddedStore {
         self.jobs
             .send(job)
             .await
-            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
+            .map_err(|_| StoreError::unavailable("store is closed"))?;
         rx.await
-            .map_err(|_| StoreError::Unavailable("write failed; nothing was acknowledged".into()))?
+            .map_err(|_| StoreError::unavailable("write failed; nothing was acknowledged"))?
     }
 
     async fn history(&self, conv: &ConvId, before: Option<Seq>, limit: usize) -> Result<Page> {
@@ -704,10 +704,15 @@ impl Store for EmbeddedStore {
         if let Some(handle) = handle {
             tokio::task::spawn_blocking(move || handle.join())
                 .await
-                .map_err(|e| StoreError::Backend(format!("join writer: {e}")))?
-                .map_err(|_| StoreError::Backend("store writer panicked".into()))?;
+                .map_err(|e| StoreError::backend_with("join writer", e))?
+                .map_err(|_| StoreError::backend("store writer panicked"))?;
         }
         Ok(())
+    }
+
+    /// One writer thread takes jobs from a FIFO queue and commits them in that order.
+    fn keeps_append_order(&self) -> bool {
+        true
     }
 }
 
@@ -857,64 +862,6 @@ impl ReviewStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn audit_log_and_review_queue() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
-        let conv = ConvId::parse("group:g1").unwrap();
-        for (i, cat) in ["porn", "phone", "porn"].iter().enumerate() {
-            store
-                .audit(AuditEntry {
-                    ts: 1000 + i as u64,
-                    actor: UserId::new(format!("u{i}")),
-                    action: "moderation.block".into(),
-                    conv: Some(conv.clone()),
-                    target: None,
-                    message: None,
-                    rule: Some("deny/porn.txt:1".into()),
-                    category: Some((*cat).into()),
-                    detail: None,
-                })
-                .await
-                .unwrap();
-        }
-        let q = AuditQuery {
-            category: Some("porn".into()),
-            ..AuditQuery::default()
-        };
-        let got = store.audit_query(&q).await.unwrap();
-        assert_eq!(
-            got.iter().map(|e| e.ts).collect::<Vec<_>>(),
-            vec![1002, 1000]
-        );
-        let q = AuditQuery {
-            since: Some(1001),
-            until: Some(1002),
-            ..AuditQuery::default()
-        };
-        assert_eq!(store.audit_query(&q).await.unwrap().len(), 1);
-
-        let held = HeldMessage {
-            id: "r1".into(),
-            conv: conv.clone(),
-            from: UserId::new("a"),
-            client_msg_id: "c1".into(),
-            kind: protocol::MessageKind::Text,
-            body: "hold me".into(),
-            attachment: None,
-            mentions: vec![],
-            reply_to: None,
-            ts: 5,
-            category: Some("ads".into()),
-            rule: None,
-        };
-        store.hold(held.clone()).await.unwrap();
-        assert_eq!(store.held(&conv).await.unwrap(), vec![held.clone()]);
-        assert_eq!(store.take_held(&conv, "r1").await.unwrap(), Some(held));
-        assert_eq!(store.take_held(&conv, "r1").await.unwrap(), None);
-        assert!(store.held(&conv).await.unwrap().is_empty());
-    }
 
     #[tokio::test]
     async fn conformance() {

@@ -4,13 +4,15 @@
 //! choice. [`embedded::EmbeddedStore`] keeps everything in a fjall (LSM) database under the data
 //! directory (the default: nothing to install). [`scylla::ScyllaStore`] (feature `scylla`, on
 //! by default) keeps it in ScyllaDB or Apache Cassandra for cluster mode and implements the
-//! same trait, and [`conformance`] holds the one test suite every backend
-//! must pass.
+//! same traits. `conformance` (feature `conformance`, for tests only: backends enable it as a
+//! dev-dependency feature) holds the one test suite every backend must pass, covering
+//! [`Store`], [`MetaStore`] and [`ReviewStore`].
 //!
 //! The contract that matters most: [`Store::append`] returns only once the message is durable,
 //! assigns the conversation's next `seq` with no gaps, and is idempotent per
 //! (conversation, sender, `client_msg_id`) forever, not just for a cache window.
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod embedded;
 mod error;
@@ -20,7 +22,7 @@ pub mod review;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 
-pub use error::StoreError;
+pub use error::{BoxError, StoreError};
 pub use meta::{MetaOp, MetaStore};
 pub use model::*;
 pub use review::{AuditEntry, AuditQuery, HeldMessage, ReviewStore};
@@ -103,6 +105,15 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable and stops background work; later calls fail
     /// with `Unavailable`.
     async fn close(&self) -> Result<()>;
+
+    /// Whether appends keep the order in which they were handed over: when a caller starts
+    /// [`Store::append_then`] *n* only after the hand-off of append *n − 1* (its first poll),
+    /// *n* gets the later seq and its continuation runs later. True for a backend with one
+    /// FIFO writer (embedded), which lets a session pipeline its sends; false (the default)
+    /// where concurrent appends finish in any order, so the caller must send one at a time.
+    fn keeps_append_order(&self) -> bool {
+        false
+    }
 }
 
 /// Where a backend that cannot allocate seqs atomically itself gets them (cluster mode: Redis).
@@ -133,7 +144,7 @@ impl LocalSeqSource {
     fn counters(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, u64>>> {
         self.counters
             .lock()
-            .map_err(|_| StoreError::Backend("seq source lock poisoned".into()))
+            .map_err(|_| StoreError::backend("seq source lock poisoned"))
     }
 }
 

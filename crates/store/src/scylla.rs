@@ -156,7 +156,7 @@ pub fn parse_consistency(s: &str) -> Result<Consistency> {
         "local_one" => Consistency::LocalOne,
         "all" => Consistency::All,
         other => {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "unknown consistency level {other:?}"
             )))
         }
@@ -243,33 +243,33 @@ impl std::fmt::Debug for ScyllaStore {
 }
 
 fn to_i64(v: u64) -> Result<i64> {
-    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{v} does not fit a CQL bigint")))
+    i64::try_from(v).map_err(|_| StoreError::backend(format!("{v} does not fit a CQL bigint")))
 }
 
 fn to_u64(v: i64) -> Result<u64> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v}")))
+    u64::try_from(v).map_err(|_| StoreError::corrupt(format!("negative value {v}")))
 }
 
 /// The string form of a unit enum (its serde name).
 fn enum_str<T: Serialize>(v: &T) -> Result<String> {
     match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => Ok(s),
-        Ok(other) => Err(StoreError::Corrupt(format!("not a unit enum: {other}"))),
-        Err(e) => Err(StoreError::Corrupt(e.to_string())),
+        Ok(other) => Err(StoreError::corrupt(format!("not a unit enum: {other}"))),
+        Err(e) => Err(StoreError::corrupt_with("enum", e)),
     }
 }
 
 fn enum_parse<T: DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_value(serde_json::Value::String(s.to_owned()))
-        .map_err(|e| StoreError::Corrupt(format!("{s:?}: {e}")))
+        .map_err(|e| StoreError::corrupt_with(format!("{s:?}"), e))
 }
 
 fn json<T: Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_json::to_string(v).map_err(|e| StoreError::corrupt_with("encode json", e))
 }
 
 fn unjson<T: DeserializeOwned>(s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_json::from_str(s).map_err(|e| StoreError::corrupt_with("decode json", e))
 }
 
 fn idem_key(conv: &ConvId, from: &UserId, client_msg_id: &str) -> String {
@@ -295,7 +295,7 @@ type MessageRow = (
 fn message_from_row(r: MessageRow) -> Result<Message> {
     let (conv, seq, id, sender, kind, body, attachment, mentions, reply_to, ts) = r;
     Ok(Message {
-        conv: ConvId::parse(&conv).map_err(|e| StoreError::Corrupt(format!("{conv}: {e:?}")))?,
+        conv: ConvId::parse(&conv).map_err(|e| StoreError::corrupt(format!("{conv}: {e:?}")))?,
         seq: Seq(to_u64(seq)?),
         id: MessageId::new(id),
         from: UserId::new(sender),
@@ -321,13 +321,13 @@ impl ScyllaStore {
     /// schema exists, otherwise right after `migrate` or at the first call.
     pub async fn new(opts: ScyllaOptions, seq: Arc<dyn SeqSource>) -> Result<Self> {
         if !cql::valid_keyspace(&opts.keyspace) {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "invalid keyspace name {:?}: use letters, digits and _",
                 opts.keyspace
             )));
         }
         if opts.bucket_size == 0 {
-            return Err(StoreError::Backend("bucket_size must be at least 1".into()));
+            return Err(StoreError::backend("bucket_size must be at least 1"));
         }
         let profile = ExecutionProfile::builder()
             .consistency(opts.consistency)
@@ -405,7 +405,7 @@ impl ScyllaStore {
             .map_err(cql::decode_err)?;
         match found {
             Some((v,)) if v.parse::<u64>().ok() == Some(want) => Ok(()),
-            Some((v,)) => Err(StoreError::Backend(format!(
+            Some((v,)) => Err(StoreError::backend(format!(
                 "keyspace {ks} was created with bucket_size {v}, the options say {want}: \
                  the bucket size cannot change once messages are stored"
             ))),
@@ -480,7 +480,7 @@ impl ScyllaStore {
 
     fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
-            Err(StoreError::Unavailable("store is closed".into()))
+            Err(StoreError::unavailable("store is closed"))
         } else {
             Ok(())
         }
@@ -702,7 +702,7 @@ impl ScyllaStore {
         }
         // The key is stored but its message cannot be read: its batch is still being applied
         // or the message just expired. Retrying later gives the right answer.
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "{} seq {seq}: idempotency row without its message yet",
             msg.conv
         )))
@@ -755,7 +755,7 @@ impl ScyllaStore {
                 message,
                 duplicate: false,
             }),
-            Err(StoreError::Unavailable(e)) => {
+            Err(StoreError::Unavailable { what, source }) => {
                 let queued = self.inner.pending.len() < self.inner.opts.retry_queue;
                 if queued {
                     self.inner.pending.insert(
@@ -773,14 +773,17 @@ impl ScyllaStore {
                     tracing::error!(conv = %message.conv, seq = message.seq.0,
                         "retry queue full: the seq of a failed append stays a gap");
                 }
-                Err(StoreError::Unavailable(format!(
-                    "{e} (not stored; {})",
-                    if queued {
-                        "kept to be written when the database is back"
-                    } else {
-                        "retry queue full"
-                    }
-                )))
+                Err(StoreError::Unavailable {
+                    what: format!(
+                        "{what} (not stored; {})",
+                        if queued {
+                            "kept to be written when the database is back"
+                        } else {
+                            "retry queue full"
+                        }
+                    ),
+                    source,
+                })
             }
             Err(e) => {
                 tracing::error!(conv = %message.conv, seq = message.seq.0, error = %e,

@@ -4,9 +4,9 @@
 //! `路口交通` has no number; `3号线` has no street. The hit starts up to three characters before
 //! the first marker (the place name, stopping at words like 到/在/住) and ends after the number and its unit (`3栋502室`).
 
+use super::Detector;
 use super::{DetHit, MaskKind};
 use crate::normalize::{FChar, CLASS_DIGIT, CLASS_SEP};
-use crate::policy::Detector;
 
 fn is_unit(c: char) -> bool {
     matches!(
@@ -46,6 +46,21 @@ fn is_place_char(c: char) -> bool {
 }
 
 const LOOKBACK: usize = 24;
+
+/// The address scanner: runs when the text has a digit (an address ends in a number).
+pub(crate) static SCANNER: super::Scanner = super::Scanner {
+    name: "address",
+    prefilter: has_digit,
+    scan: scan_set,
+};
+
+fn has_digit(flags: &crate::normalize::TextFlags) -> bool {
+    flags.has_digit
+}
+
+fn scan_set(f: &[FChar], _: super::DetectorSet, _: &mut super::DetScratch, out: &mut Vec<DetHit>) {
+    scan(f, out);
+}
 
 /// Appends address hits in `f` to `out`.
 pub(crate) fn scan(f: &[FChar], out: &mut Vec<DetHit>) {

@@ -8,9 +8,34 @@
 //! inside a hash or a longer number are not personal data), except the `x` check character of
 //! an identity number.
 
+use super::Detector;
 use super::{DetHit, MaskKind};
 use crate::normalize::{FChar, CLASS_DIGIT};
-use crate::policy::Detector;
+
+/// The scanner of the three number detectors (phone, identity number, bank card).
+pub(crate) static SCANNER: super::Scanner = super::Scanner {
+    name: "digits",
+    prefilter: has_digit,
+    scan: scan_set,
+};
+
+fn has_digit(flags: &crate::normalize::TextFlags) -> bool {
+    flags.has_digit
+}
+
+fn scan_set(
+    f: &[FChar],
+    on: super::DetectorSet,
+    scratch: &mut super::DetScratch,
+    out: &mut Vec<DetHit>,
+) {
+    let en = Enabled {
+        phone: on.contains(Detector::Phone),
+        id_card: on.contains(Detector::IdCard),
+        bank_card: on.contains(Detector::BankCard),
+    };
+    scan(f, en, &mut scratch.digit_groups, out);
+}
 
 /// Which number detectors are enabled.
 #[derive(Clone, Copy, Debug)]

@@ -3,9 +3,9 @@
 //! `[a-z0-9-]+` separated by dots, ending in a top-level label of at least two letters.
 //! The local part is masked, except its first character.
 
+use super::Detector;
 use super::{DetHit, MaskKind};
 use crate::normalize::FChar;
-use crate::policy::Detector;
 
 fn local_char(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '%' | '+' | '-')
@@ -13,6 +13,21 @@ fn local_char(c: char) -> bool {
 
 fn domain_char(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-')
+}
+
+/// The e-mail scanner: runs when the text has an `@`.
+pub(crate) static SCANNER: super::Scanner = super::Scanner {
+    name: "email",
+    prefilter: has_at,
+    scan: scan_set,
+};
+
+fn has_at(flags: &crate::normalize::TextFlags) -> bool {
+    flags.has_at
+}
+
+fn scan_set(f: &[FChar], _: super::DetectorSet, _: &mut super::DetScratch, out: &mut Vec<DetHit>) {
+    scan(f, out);
 }
 
 /// Appends e-mail hits in `f` to `out`.

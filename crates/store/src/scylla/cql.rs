@@ -384,11 +384,15 @@ fn attempt_is_transient(e: &RequestAttemptError) -> bool {
     }
 }
 
-fn classify(transient: bool, what: &str, e: &dyn std::fmt::Display) -> StoreError {
+fn classify(
+    transient: bool,
+    what: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
     if transient {
-        StoreError::Unavailable(format!("{what}: {e}"))
+        StoreError::unavailable_with(what, e)
     } else {
-        StoreError::Backend(format!("{what}: {e}"))
+        StoreError::backend_with(what, e)
     }
 }
 
@@ -413,7 +417,7 @@ pub(super) fn exec_err(e: ExecutionError) -> StoreError {
         ExecutionError::PrepareError(p) => prepare_is_transient(p),
         _ => false,
     };
-    classify(transient, "cql", &e)
+    classify(transient, "cql", e)
 }
 
 fn prepare_is_transient(e: &PrepareError) -> bool {
@@ -426,7 +430,7 @@ fn prepare_is_transient(e: &PrepareError) -> bool {
 
 /// Maps a preparation error (see [`exec_err`]).
 pub(super) fn prepare_err(e: PrepareError) -> StoreError {
-    classify(prepare_is_transient(&e), "cql prepare", &e)
+    classify(prepare_is_transient(&e), "cql prepare", e)
 }
 
 fn next_page_is_transient(e: &NextPageError) -> bool {
@@ -443,7 +447,7 @@ pub(super) fn pager_err(e: PagerExecutionError) -> StoreError {
         PagerExecutionError::NextPageError(n) => next_page_is_transient(n),
         _ => false,
     };
-    classify(transient, "cql paged read", &e)
+    classify(transient, "cql paged read", e)
 }
 
 /// Maps the error of fetching the next row of a paged read (see [`exec_err`]).
@@ -452,7 +456,7 @@ pub(super) fn next_row_err(e: NextRowError) -> StoreError {
         NextRowError::NextPageError(n) => next_page_is_transient(n),
         _ => false,
     };
-    classify(transient, "cql paged read", &e)
+    classify(transient, "cql paged read", e)
 }
 
 /// Maps a failure to connect: the database cannot be reached (yet).
@@ -461,12 +465,12 @@ pub(super) fn session_err(e: NewSessionError) -> StoreError {
         e,
         NewSessionError::EmptyKnownNodesList | NewSessionError::IllegalConfig(_)
     );
-    classify(transient, "cql connect", &e)
+    classify(transient, "cql connect", e)
 }
 
 /// Maps a decoding error of a result (wrong column types: a schema mismatch).
-pub(super) fn decode_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("cql result: {e}"))
+pub(super) fn decode_err(e: impl Into<crate::error::BoxError>) -> StoreError {
+    StoreError::corrupt_with("cql result", e)
 }
 
 #[cfg(test)]

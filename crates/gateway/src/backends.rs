@@ -1,0 +1,148 @@
+//! Opening the configured backends: the store (`[store]`) and the router (`[router]`).
+//!
+//! This is the one place that maps configuration onto backend options, so
+//! [`crate::server::Node::bind`] only says "open the store" and "open the router". Adding a
+//! backend means: its implementation in the `store` or `router` crate, a variant in
+//! [`StoreBackend`] or [`RouterBackend`] with its config keys (`config.rs`,
+//! `config/default.toml`, `docs/CONFIG.md`), and one arm here.
+
+use crate::config::{Config, RouterBackend, RouterConfig, StoreBackend};
+use anyhow::Context;
+use async_trait::async_trait;
+use protocol::{ConvId, Seq};
+use router::local::LocalRouter;
+use router::redis::{RedisOptions, RedisRouter, RedisSeq};
+use router::Router;
+use std::sync::Arc;
+use std::time::Duration;
+use store::embedded::{EmbeddedOptions, EmbeddedStore};
+use store::scylla::{parse_consistency, ScyllaOptions, ScyllaStore};
+use store::{MetaStore, ReviewStore, SeqSource, Store, StoreError};
+
+/// The three faces of one storage backend: messages, moderation records, admin records.
+pub struct Storage {
+    /// Messages, conversations, groups and members.
+    pub store: Arc<dyn Store>,
+    /// The audit log and the review queue.
+    pub review: Arc<dyn ReviewStore>,
+    /// The namespaced admin records.
+    pub meta: Arc<dyn MetaStore>,
+}
+
+impl Storage {
+    /// One backend value that implements all three traits.
+    fn of<S: Store + ReviewStore + MetaStore + Clone>(s: S) -> Self {
+        Self {
+            store: Arc::new(s.clone()),
+            review: Arc::new(s.clone()),
+            meta: Arc::new(s),
+        }
+    }
+}
+
+/// Opens the store `config.store.backend` names (the scylla one migrated, with Redis
+/// sequence counters).
+pub async fn open_store(config: &Config) -> anyhow::Result<Storage> {
+    match config.store.backend {
+        StoreBackend::Embedded => {
+            let dir = config.server.data_dir.clone();
+            let opts = EmbeddedOptions {
+                max_batch: config.store.max_batch,
+                queue: config.store.queue,
+            };
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, opts))
+                .await?
+                .with_context(|| {
+                    format!("opening the store in {}", config.server.data_dir.display())
+                })?;
+            Ok(Storage::of(store))
+        }
+        StoreBackend::Scylla => {
+            anyhow::ensure!(
+                config.router.backend == RouterBackend::Redis,
+                "store.backend = \"scylla\" needs router.backend = \"redis\", which allocates sequence numbers"
+            );
+            let store = scylla_store(config).await?;
+            store
+                .migrate()
+                .await
+                .context("running the CQL migrations")?;
+            Ok(Storage::of(store))
+        }
+    }
+}
+
+/// Connects the ScyllaDB store described by `config` (without migrating); also used by
+/// `chatd migrate`.
+pub async fn scylla_store(config: &Config) -> anyhow::Result<ScyllaStore> {
+    let s = &config.store;
+    let seq = RedisSeq::connect(&config.router.redis_url, &s.keyspace)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to Redis at {} for sequence numbers",
+                config.router.redis_url
+            )
+        })?;
+    let opts = ScyllaOptions {
+        nodes: s.cql_nodes.clone(),
+        keyspace: s.keyspace.clone(),
+        replication_factor: s.replication_factor,
+        consistency: parse_consistency(&s.consistency)
+            .with_context(|| format!("store.consistency = {:?}", s.consistency))?,
+        request_timeout: Duration::from_millis(s.request_timeout_ms.max(1)),
+        ..ScyllaOptions::default()
+    };
+    ScyllaStore::new(opts, Arc::new(RedisSeqSource(seq)))
+        .await
+        .with_context(|| format!("connecting to the CQL database at {:?}", s.cql_nodes))
+}
+
+/// Opens the router `config.backend` names.
+pub async fn open_router(config: &RouterConfig) -> anyhow::Result<Arc<dyn Router>> {
+    Ok(match config.backend {
+        RouterBackend::Local => Arc::new(LocalRouter::new()),
+        RouterBackend::Redis => {
+            let node_id = if config.node_id.is_empty() {
+                format!("node-{}", uuid::Uuid::new_v4().simple())
+            } else {
+                config.node_id.clone()
+            };
+            let opts = RedisOptions {
+                url: config.redis_url.clone(),
+                node_id,
+                heartbeat: Duration::from_millis(config.heartbeat_ms.max(100)),
+                reconcile: Duration::from_millis(config.reconcile_ms.max(100)),
+                queue: config.publish_queue,
+            };
+            let router = RedisRouter::connect(opts)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
+            tracing::info!(node = router.node_id(), "redis router connected");
+            Arc::new(router)
+        }
+    })
+}
+
+/// [`SeqSource`] over Redis `INCR` counters (see `router::redis::RedisSeq`): in cluster mode
+/// the ScyllaDB store's sequence numbers come from Redis.
+pub struct RedisSeqSource(pub RedisSeq);
+
+fn unavailable(e: router::RouterError) -> StoreError {
+    StoreError::unavailable_with("sequence counter", e)
+}
+
+#[async_trait]
+impl SeqSource for RedisSeqSource {
+    async fn next(&self, conv: &ConvId) -> store::Result<Option<Seq>> {
+        Ok(self.0.next(conv).await.map_err(unavailable)?.map(Seq))
+    }
+
+    async fn restore(&self, conv: &ConvId, last: Seq) -> store::Result<Seq> {
+        Ok(Seq(self
+            .0
+            .restore(conv, last.0)
+            .await
+            .map_err(unavailable)?))
+    }
+}
