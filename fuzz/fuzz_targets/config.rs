@@ -37,7 +37,11 @@ fuzz_target!(|data: &[u8]| {
     assert!(!shown.starts_with("<unprintable"), "{shown}");
     // What is printed does not depend on the secret.
     let mut other = config.clone();
-    other.auth.jwt_secret = config.auth.jwt_secret.as_ref().map(|s| format!("{s}-other"));
+    other.auth.jwt_secret = config
+        .auth
+        .jwt_secret
+        .as_ref()
+        .map(|s| format!("{s}-other"));
     assert_eq!(other.redacted(), shown, "redacted() shows the secret");
     // Printing can fail only for values TOML cannot hold; what came from TOML is not one.
     let text = toml::to_string(&config).unwrap_or_else(|e| panic!("cannot print: {e}"));

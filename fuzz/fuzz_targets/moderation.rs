@@ -28,12 +28,20 @@ fn rules() -> &'static Rules {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/moderation");
         let shipped = Moderator::load_dir(&dir).unwrap_or_else(|e| panic!("shipped rules: {e}"));
         let spec = GroupPolicySpec {
-            words: vec!["项目甲".into(), "launch date".into(), "x".into(), "会议室".into()],
+            words: vec![
+                "项目甲".into(),
+                "launch date".into(),
+                "x".into(),
+                "会议室".into(),
+            ],
             words_action: Some(Action::Mask),
             words_category: Some("project".into()),
-            tighten: [("phone".to_string(), Action::Block), ("abuse".to_string(), Action::Block)]
-                .into_iter()
-                .collect(),
+            tighten: [
+                ("phone".to_string(), Action::Block),
+                ("abuse".to_string(), Action::Block),
+            ]
+            .into_iter()
+            .collect(),
             forbid_secret_markers: true,
         };
         let group = GroupPolicy::compile(&spec, &shipped).unwrap_or_else(|e| panic!("group: {e}"));
@@ -46,9 +54,19 @@ fn check_verdict(m: &Moderator, text: &str, ctx: &CheckContext<'_>) {
     assert_eq!(v, m.check(text, ctx), "verdict is not deterministic");
     let mut last_start = 0;
     for h in &v.hits {
-        assert!(h.start <= h.end && h.end <= text.len(), "hit {h:?} outside the text");
-        assert!(text.is_char_boundary(h.start) && text.is_char_boundary(h.end), "hit {h:?}");
-        assert!(h.action > Action::Allow && h.action <= v.action, "hit {h:?} vs {:?}", v.action);
+        assert!(
+            h.start <= h.end && h.end <= text.len(),
+            "hit {h:?} outside the text"
+        );
+        assert!(
+            text.is_char_boundary(h.start) && text.is_char_boundary(h.end),
+            "hit {h:?}"
+        );
+        assert!(
+            h.action > Action::Allow && h.action <= v.action,
+            "hit {h:?} vs {:?}",
+            v.action
+        );
         assert!(h.start >= last_start, "hits out of text order");
         last_start = h.start;
     }
@@ -61,7 +79,11 @@ fn check_verdict(m: &Moderator, text: &str, ctx: &CheckContext<'_>) {
         v.action == Action::Mask || (v.action == Action::Review && masking)
     );
     if let Some(masked) = &v.masked_text {
-        assert_eq!(masked.chars().count(), text.chars().count(), "{text:?} -> {masked:?}");
+        assert_eq!(
+            masked.chars().count(),
+            text.chars().count(),
+            "{text:?} -> {masked:?}"
+        );
         let in_mask = |at: usize| {
             v.hits
                 .iter()
@@ -69,7 +91,10 @@ fn check_verdict(m: &Moderator, text: &str, ctx: &CheckContext<'_>) {
         };
         for ((at, o), c) in text.char_indices().zip(masked.chars()) {
             if o != c {
-                assert!(c == '*' && in_mask(at), "{text:?} -> {masked:?} at byte {at}");
+                assert!(
+                    c == '*' && in_mask(at),
+                    "{text:?} -> {masked:?} at byte {at}"
+                );
             }
         }
         assert_eq!(v.text_to_deliver(text), masked);

@@ -60,19 +60,17 @@ fn start() -> anyhow_lite::Result<Harness> {
             std::env::remove_var(k);
         }
     }
-    let shm = Path::new("/dev/shm");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("chatd-fuzz-session-");
-    let data = if shm.is_dir() {
-        builder.tempdir_in(shm)
-    } else {
-        builder.tempdir()
-    }?
-    .keep();
+    // In $TMPDIR (scripts/fuzz.sh points it at a RAM disk it removes afterwards): every
+    // acknowledged send is fsynced.
+    let data = tempfile::Builder::new()
+        .prefix("chatd-fuzz-session-")
+        .tempdir()?
+        .keep();
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".into();
     config.server.data_dir = data;
-    config.moderation.rules_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/moderation");
+    config.moderation.rules_dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/moderation");
     config.moderation.reload_poll_ms = 0;
     config.auth.admins = vec![USERS[0].into()];
     let max_frame_bytes = config.limits.max_frame_bytes;
@@ -88,7 +86,10 @@ fn start() -> anyhow_lite::Result<Harness> {
         let auth = &node.state().0.auth;
         let mut tokens = Vec::new();
         for u in USERS {
-            tokens.push(auth.mint(&UserId::new(u), None).map_err(|e| e.to_string())?);
+            tokens.push(
+                auth.mint(&UserId::new(u), None)
+                    .map_err(|e| e.to_string())?,
+            );
         }
         tokio::spawn(async move {
             if let Err(e) = node.serve().await {
@@ -389,7 +390,11 @@ type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(h: &Harness, user: usize, codec: Codec) -> WsStream {
-    let name = if codec == Codec::Json { "json" } else { "msgpack" };
+    let name = if codec == Codec::Json {
+        "json"
+    } else {
+        "msgpack"
+    };
     let url = format!("ws://{}/ws?codec={name}&device=fuzz", h.addr);
     let mut req = url
         .into_client_request()
@@ -413,7 +418,11 @@ fn decode(codec: Codec, msg: &Ws) -> Option<ServerFrame> {
         Ws::Binary(b) => (&b[..], false),
         _ => return None,
     };
-    assert_eq!(is_text, codec.is_text(), "{codec:?} session got the other frame kind");
+    assert_eq!(
+        is_text,
+        codec.is_text(),
+        "{codec:?} session got the other frame kind"
+    );
     match codec.decode::<ServerFrame>(data) {
         Ok(f) => Some(f),
         Err(e) => panic!("server sent an undecodable frame ({e}): {msg:?}"),
@@ -503,7 +512,9 @@ async fn run(h: &Harness, script: Script) {
                 rid: Some("end".into()),
             };
             lock(&expected).insert("end".into(), end.clone());
-            let sent = tx.send(wire(Codec::Json, Codec::Json.encode(&end).to_vec())).await;
+            let sent = tx
+                .send(wire(Codec::Json, Codec::Json.encode(&end).to_vec()))
+                .await;
             (tx, sent.err().map(|e| e.to_string()))
         }
     };
@@ -556,9 +567,16 @@ async fn run(h: &Harness, script: Script) {
 
     let ((mut tx, send_error), (answered, close)) = tokio::join!(writer, reader);
     if oversized {
-        assert_eq!(close.as_deref(), Some("1009"), "oversized frame: {send_error:?}");
+        assert_eq!(
+            close.as_deref(),
+            Some("1009"),
+            "oversized frame: {send_error:?}"
+        );
     } else {
-        assert!(close.is_none(), "server closed the session: {close:?} / {send_error:?}");
+        assert!(
+            close.is_none(),
+            "server closed the session: {close:?} / {send_error:?}"
+        );
         let expected = lock(&expected);
         for (rid, frame) in expected.iter() {
             // Several frames may carry one rid (arbitrary text can too): one must fit.
