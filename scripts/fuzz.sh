@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target (fuzz/) for a bounded time: the last step of scripts/test.sh.
+# A crash, panic, broken invariant or hang fails the script and leaves the input that
+# triggered it in fuzz/artifacts/<target>/ (the path and a reproduce command are printed).
+#
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
+#   SECONDS  per target (default: $FUZZ_SECONDS, else 20)
+#   TARGET   frame_json frame_msgpack moderation rules config session (default: all)
+# Reproduce a finding:  cd fuzz && cargo +nightly fuzz run -s none --features node <target> <artifact>
+#
+# Installs the nightly toolchain and cargo-fuzz when they are missing. Build choices (see the
+# Fuzzing section of docs/SECURITY.md for the measurements):
+# - `--sanitizer none` everywhere: every crate of ours forbids unsafe code, so AddressSanitizer
+#   would mostly slow the build and the runs (about 2x) looking for bugs the compiler already
+#   rules out; panics, overflow checks (debug assertions stay on) and the targets' invariants
+#   are what we look for.
+# - the cheap targets (codecs, moderation, rules) in release mode: they run from memory, and
+#   optimized code runs several times more inputs per second;
+# - the targets that link the whole gateway (config, session) with `--dev`: the release build
+#   of its ~330 crates takes far longer than the CI budget on 2 cores, and the session target
+#   spends its time in network round trips, not in code the optimizer would speed up.
+# New corpus entries go to fuzz/target/corpus/<target>/ (not committed); the committed seeds
+# in fuzz/corpus/<target>/ are read only.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+
+secs="${1:-${FUZZ_SECONDS:-20}}"
+[ $# -gt 0 ] && shift
+all=(frame_json frame_msgpack moderation rules config session)
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
+
+cheap_flags=(--sanitizer none)
+node_flags=(--sanitizer none --dev --features node)
+# Line tables are enough for a panic's backtrace, and link much faster than full debug info.
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+flags_of() {
+  case "$1" in
+    config | session) echo "${node_flags[@]}" ;;
+    *) echo "${cheap_flags[@]}" ;;
+  esac
+}
+for t in "${targets[@]}"; do
+  case " ${all[*]} " in
+    *" $t "*) ;;
+    *) echo "unknown fuzz target: $t (known: ${all[*]})" >&2; exit 2 ;;
+  esac
+done
+
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+
+start=$(date +%s)
+for t in "${targets[@]}"; do
+  read -ra flags <<<"$(flags_of "$t")"
+  cargo +nightly fuzz build "${flags[@]}" "$t"
+done
+echo "fuzz build: $(($(date +%s) - start)) s"
+
+# Scratch space for the targets (the session node's store, rule and config files): on a RAM
+# disk when there is one, removed afterwards.
+scratch_root=/dev/shm
+[ -d "$scratch_root" ] && [ -w "$scratch_root" ] || scratch_root="${TMPDIR:-/tmp}"
+scratch=$(mktemp -d "$scratch_root/chatd-fuzz.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+
+failed=()
+for t in "${targets[@]}"; do
+  echo "==> fuzz $t for ${secs} s"
+  mkdir -p "target/corpus/$t"
+  opts=(-max_total_time="$secs" -timeout=120 -rss_limit_mb=4096 -print_final_stats=1)
+  [ "$t" = session ] && opts+=(-max_len=4096)
+  read -ra flags <<<"$(flags_of "$t")"
+  if ! TMPDIR="$scratch" cargo +nightly fuzz run "${flags[@]}" "$t" \
+      "target/corpus/$t" "corpus/$t" -- "${opts[@]}" 2>"target/fuzz-$t.log"; then
+    failed+=("$t")
+    tail -n 60 "target/fuzz-$t.log" >&2
+  fi
+  grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)|cov: ' \
+    "target/fuzz-$t.log" | tail -n 5 || true
+done
+
+echo "fuzzing took $(($(date +%s) - start)) s in all"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "fuzz targets failed: ${failed[*]} (inputs in fuzz/artifacts/<target>/; logs in fuzz/target/fuzz-<target>.log)" >&2
+  exit 1
+fi
