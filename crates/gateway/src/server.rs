@@ -171,14 +171,6 @@ impl Node {
             _ => bail!("TLS needs both server.tls_cert_file and server.tls_key_file"),
         };
         let budgets = Budgets::of_process(&config.server);
-        tracing::info!(
-            open_files = budgets.fd_limit,
-            sockets = budgets.sockets,
-            pending = budgets.pending,
-            sessions = budgets.sessions,
-            tls = tls.is_some(),
-            "connection budgets"
-        );
         let pump = crate::pump::DeliveryPump::start(router.clone(), 65_536, shutdown.clone());
         let state = AppState(Arc::new(Inner {
             pump,
@@ -234,6 +226,15 @@ impl Node {
     /// sessions the grace period to end, flush the store.
     pub async fn serve(self) -> anyhow::Result<()> {
         let state = self.state;
+        let budgets = self.budgets;
+        tracing::info!(
+            open_files = budgets.fd_limit,
+            sockets = budgets.sockets,
+            pending = budgets.pending,
+            sessions = budgets.sessions,
+            tls = self.tls.is_some(),
+            "connection budgets"
+        );
         let app = crate::api::routes()
             .route("/ws", get(crate::session::upgrade))
             .layer(DefaultBodyLimit::max(state.config.limits.max_http_body))
@@ -244,7 +245,7 @@ impl Node {
         let serve = {
             let config = state.config.server.clone();
             let shutdown = shutdown.clone();
-            let (listener, tls, budgets) = (self.listener, self.tls, self.budgets);
+            let (listener, tls) = (self.listener, self.tls);
             tokio::spawn(async move {
                 crate::listener::serve(listener, tls, app, &config, budgets, shutdown).await
             })
