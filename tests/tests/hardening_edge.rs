@@ -24,7 +24,9 @@ fn low_fd_node(nofile: u32, opts: NodeOpts) -> Node {
 /// Opens a connection that sends half a request and never finishes it.
 async fn half_open(node: &Node) -> Option<TcpStream> {
     let mut s = TcpStream::connect(node.addr).await.ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .ok()?;
     Some(s)
 }
 
@@ -70,7 +72,10 @@ fn budgets_line(node: &Node) -> String {
 /// One `key=value` number of a log line.
 fn logged(line: &str, key: &str) -> Option<u64> {
     let rest = line.split(&format!("{key}=")).nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn assert_json_error(status: u16, body: &serde_json::Value, what: &str) {
@@ -202,8 +207,8 @@ async fn upgrades_beyond_the_session_budget_get_503_json_and_http_keeps_working(
 
 /// A self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM, cert DER).
 fn certificate() -> (String, String, Vec<u8>) {
-    let c = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap();
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     (
         c.cert.pem(),
         c.signing_key.serialize_pem(),
@@ -307,16 +312,21 @@ async fn tls_serves_https_and_wss_and_reloads_the_certificate() {
             assert_eq!(line, "HTTP/1.1 200 OK");
             break;
         }
-        assert!(Instant::now() < deadline, "the new certificate was not loaded");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not loaded"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
         https_healthz(&node, &der1).await.is_err(),
         "the old certificate is still presented"
     );
-    ws.send(tokio_tungstenite::tungstenite::Message::Ping(vec![1].into()))
-        .await
-        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Ping(
+        vec![1].into(),
+    ))
+    .await
+    .unwrap();
 
     // A broken file keeps the current certificate and says so in the log.
     std::fs::write(&cert_path, "not a certificate").unwrap();
@@ -354,8 +364,7 @@ async fn origin_allow_list_refuses_foreign_browsers_only() {
                 Ok(_) => Ok(()),
                 Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err((
                     r.status().as_u16(),
-                    String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
-                        .into_owned(),
+                    String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned(),
                 )),
                 Err(e) => panic!("{e}"),
             }
@@ -371,7 +380,7 @@ async fn origin_allow_list_refuses_foreign_browsers_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_never_reach_the_log() {
-    let node = Node::start_with(NodeOpts::default().env("CHATD_LOG", "debug"));
+    let node = Node::start_with(NodeOpts::default().env("CHATD_LOG", "trace"));
     let good = token("alice");
     let bad = format!("{}x", token("mallory"));
     let garbage = "not-a-jwt-but-a-secret-1234567890";
@@ -519,18 +528,33 @@ async fn every_route_answers_every_error_as_json() {
 
     // The known offenders of the issue, by name.
     let (status, body) = api
-        .call(reqwest::Method::GET, "/v1/audit?limit=-1", Some("root"), None)
+        .call(
+            reqwest::Method::GET,
+            "/v1/audit?limit=-1",
+            Some("root"),
+            None,
+        )
         .await;
     assert_eq!(status, 400);
     assert_json_error(status, &body, "?limit=-1");
     assert_eq!(body["error"]["code"], "bad_request");
     let (status, body) = api
-        .call(reqwest::Method::GET, "/v1/audit?since=abc", Some("root"), None)
+        .call(
+            reqwest::Method::GET,
+            "/v1/audit?since=abc",
+            Some("root"),
+            None,
+        )
         .await;
     assert_eq!(status, 400);
     assert_json_error(status, &body, "?since=abc");
     // 413 and 404 and 405.
-    let (status, body) = send("post", "/v1/groups".into(), Some(("application/json", vec![b' '; 8192]))).await;
+    let (status, body) = send(
+        "post",
+        "/v1/groups".into(),
+        Some(("application/json", vec![b' '; 8192])),
+    )
+    .await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "too_large");
     let (status, body) = send("get", "/v1/no/such/route".into(), None).await;

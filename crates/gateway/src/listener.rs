@@ -374,10 +374,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, tls: Option<Tls>, ctx: 
     match tls {
         None => serve_http(io, peer, accepted, id, evicted, first_deadline, &ctx).await,
         Some(tls) => {
-            let handshake = tokio::time::timeout(
-                shared.deadlines.tls_handshake,
-                tls.acceptor.accept(io),
-            );
+            let handshake =
+                tokio::time::timeout(shared.deadlines.tls_handshake, tls.acceptor.accept(io));
             let stream = tokio::select! {
                 r = handshake => r,
                 _ = evicted.cancelled() => return,
@@ -514,6 +512,51 @@ pub fn origin_allowed(allowed: &[String], headers: &axum::http::HeaderMap) -> bo
         .any(|a| a.trim().trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
+/// Query keys whose values are never secret, and are logged as they are.
+const LOGGABLE_QUERY_KEYS: &[&str] = &[
+    "codec",
+    "device",
+    "limit",
+    "since",
+    "until",
+    "before",
+    "after",
+    "state",
+    "group",
+    "conv",
+    "category",
+    "user",
+    "department",
+    "include_deactivated",
+    "name",
+    "type",
+    "mime",
+];
+
+/// A request URI fit for a log line: the path, and the query with every value redacted
+/// except those of a few harmless keys, so that `?token=` (however spelled or encoded)
+/// never reaches a log.
+pub fn redacted_uri(uri: &axum::http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.path().to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let plain_key =
+                key.len() <= 32 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            match (plain_key, LOGGABLE_QUERY_KEYS.contains(&key)) {
+                (true, true) => format!("{key}={value}"),
+                (true, false) => format!("{key}=<redacted>"),
+                (false, _) => "<redacted>".to_owned(),
+            }
+        })
+        .collect();
+    format!("{}?{}", uri.path(), pairs.join("&"))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -552,7 +595,27 @@ mod tests {
         assert!(origin_allowed(&list, &with("https://Chat.Example.com/")));
         assert!(!origin_allowed(&list, &with("https://evil.example")));
         assert!(!origin_allowed(&list, &with("null")));
-        assert!(!origin_allowed(&list, &with("https://chat.example.com.evil.example")));
+        assert!(!origin_allowed(
+            &list,
+            &with("https://chat.example.com.evil.example")
+        ));
+    }
+
+    #[test]
+    fn tokens_are_redacted_from_uris() {
+        let r = |u: &str| redacted_uri(&u.parse().unwrap());
+        assert_eq!(r("/ws"), "/ws");
+        assert_eq!(
+            r("/ws?token=abc.def.ghi&codec=json"),
+            "/ws?token=<redacted>&codec=json"
+        );
+        assert_eq!(r("/ws?%74oken=abc&codec=x"), "/ws?<redacted>&codec=x");
+        assert_eq!(r("/ws?abc.def.ghi"), "/ws?<redacted>");
+        assert_eq!(r("/v1/audit?limit=-1"), "/v1/audit?limit=-1");
+        assert_eq!(
+            r("/v1/x?access_token=s3cret"),
+            "/v1/x?access_token=<redacted>"
+        );
     }
 
     #[test]

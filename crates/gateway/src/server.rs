@@ -5,9 +5,9 @@ use crate::auth::Auth;
 use crate::cluster::RedisSeqSource;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::listener::Budgets;
 use crate::membership::Membership;
 use crate::moderation::Moderation;
-use crate::listener::Budgets;
 use crate::state::{AppState, Inner};
 use crate::tls::Tls;
 use anyhow::{bail, Context};
@@ -252,7 +252,9 @@ impl Node {
         };
         shutdown.cancelled().await;
         tracing::info!("shutting down: closing sessions");
-        state.hub.close_all(close::GOING_AWAY, "server shutting down");
+        state
+            .hub
+            .close_all(close::GOING_AWAY, "server shutting down");
         // Sessions were told to close; give them (and HTTP requests in progress) the grace
         // period to finish.
         let hub = state.hub.clone();

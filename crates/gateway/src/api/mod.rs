@@ -154,10 +154,19 @@ const MAX_ERROR_TEXT: usize = 1024;
 /// (or the status's reason, or for 405 the allowed methods). `Allow`, `Retry-After` and
 /// `WWW-Authenticate` headers are kept.
 pub async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
     let response = next.run(req).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
+    }
+    // The query may hold a token: only the redacted form is ever logged.
+    let uri = crate::listener::redacted_uri(&uri);
+    if status.is_server_error() {
+        tracing::warn!(%method, %uri, status = status.as_u16(), "request failed");
+    } else {
+        tracing::debug!(%method, %uri, status = status.as_u16(), "request refused");
     }
     let is_json = response
         .headers()
