@@ -62,6 +62,8 @@ pub struct NodeOpts {
     pub env: Vec<(String, String)>,
     /// Listen address (default 127.0.0.1:0).
     pub listen: Option<String>,
+    /// A command that runs chatd, e.g. `["prlimit", "--nofile=512:512"]` (empty: none).
+    pub wrapper: Vec<String>,
 }
 
 impl NodeOpts {
@@ -89,7 +91,14 @@ impl Node {
     /// Starts a node on an existing data directory (the caller keeps it alive).
     pub fn spawn(data_dir: &Path, opts: NodeOpts) -> Node {
         let listen = opts.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-        let mut cmd = Command::new(chatd_bin());
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(chatd_bin());
+                c
+            }
+            None => Command::new(chatd_bin()),
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg(&listen)

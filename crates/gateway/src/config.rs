@@ -56,6 +56,31 @@ pub struct ServerConfig {
     pub ws_write_buffer: usize,
     /// On shutdown, how long sessions get to close before the store is flushed.
     pub shutdown_grace_ms: u64,
+    /// Set TCP_NODELAY on every accepted socket (small frames leave at once).
+    pub tcp_nodelay: bool,
+    /// Open files kept back from the connection budget (store, logs, Redis/CQL, probes);
+    /// the open-files limit minus this is the most sockets the node keeps open.
+    pub fd_reserve: u64,
+    /// Most connections that have not yet sent a complete first request; a new one beyond
+    /// it closes the oldest of them.
+    pub max_pending_connections: usize,
+    /// From accept (TLS handshake included) to the first request's complete headers, ms.
+    pub header_read_timeout_ms: u64,
+    /// How long a kept-alive HTTP connection may wait for its next request's headers, ms.
+    pub keepalive_timeout_ms: u64,
+    /// From accept to a completed WebSocket upgrade, ms; later the upgrade gets 503.
+    pub upgrade_timeout_ms: u64,
+    /// PEM certificate chain for TLS; TLS is on when this and `tls_key_file` are set.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for TLS.
+    pub tls_key_file: Option<PathBuf>,
+    /// How long a TLS handshake may take, ms.
+    pub tls_handshake_timeout_ms: u64,
+    /// How often the TLS files are checked for changes, ms (0: never reloaded).
+    pub tls_reload_ms: u64,
+    /// Origins (`scheme://host[:port]`) allowed to open a WebSocket from a browser; empty:
+    /// no check. An upgrade without an `Origin` header (not a browser) is always allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +97,17 @@ impl Default for ServerConfig {
             ws_read_buffer: 1024,
             ws_write_buffer: 8192,
             shutdown_grace_ms: 3_000,
+            tcp_nodelay: true,
+            fd_reserve: 128,
+            max_pending_connections: 1024,
+            header_read_timeout_ms: 20_000,
+            keepalive_timeout_ms: 60_000,
+            upgrade_timeout_ms: 30_000,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_handshake_timeout_ms: 10_000,
+            tls_reload_ms: 10_000,
+            allowed_origins: Vec::new(),
         }
     }
 }

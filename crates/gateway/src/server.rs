@@ -4,10 +4,12 @@
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::listener::Budgets;
 use crate::membership::Membership;
 use crate::moderation::Moderation;
 use crate::state::{AppState, Inner};
-use anyhow::Context;
+use crate::tls::Tls;
+use anyhow::{bail, Context};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use dashmap::DashSet;
@@ -23,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Node {
     state: AppState,
     listener: TcpListener,
+    tls: Option<Tls>,
+    budgets: Budgets,
 }
 
 impl Node {
@@ -59,6 +63,21 @@ impl Node {
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
+        let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
+            (Some(cert), Some(key)) => Some(
+                Tls::start(
+                    cert.clone(),
+                    key.clone(),
+                    Duration::from_millis(config.server.tls_reload_ms),
+                    shutdown.clone(),
+                )
+                .await
+                .context("loading server.tls_cert_file / server.tls_key_file")?,
+            ),
+            (None, None) => None,
+            _ => bail!("TLS needs both server.tls_cert_file and server.tls_key_file"),
+        };
+        let budgets = Budgets::of_process(&config.server);
         let pump = crate::pump::DeliveryPump::start(router.clone(), 65_536, shutdown.clone());
         let state = AppState(Arc::new(Inner {
             pump,
@@ -82,11 +101,16 @@ impl Node {
                 std::num::NonZeroU32::new(config.auth.login_attempts_per_minute.max(1))
                     .unwrap_or(std::num::NonZeroU32::MIN),
             )),
-            connections: Arc::new(Semaphore::new(config.server.max_connections.max(1))),
+            connections: Arc::new(Semaphore::new(budgets.sessions)),
             shutdown,
             config,
         }));
-        Ok(Self { state, listener })
+        Ok(Self {
+            state,
+            listener,
+            tls,
+            budgets,
+        })
     }
 
     /// The bound address.
@@ -99,27 +123,57 @@ impl Node {
         &self.state
     }
 
-    /// Serves until the shutdown token is cancelled, then shuts down in order.
+    /// The connection budgets derived from the open-files limit.
+    pub fn budgets(&self) -> Budgets {
+        self.budgets
+    }
+
+    /// Serves until the shutdown token is cancelled, then shuts down in order: stop
+    /// accepting, close sessions with 1001, let HTTP requests in progress finish, give
+    /// sessions the grace period to end, flush the store.
     pub async fn serve(self) -> anyhow::Result<()> {
         let state = self.state;
+        let budgets = self.budgets;
+        tracing::info!(
+            open_files = budgets.fd_limit,
+            sockets = budgets.sockets,
+            pending = budgets.pending,
+            sessions = budgets.sessions,
+            tls = self.tls.is_some(),
+            "connection budgets"
+        );
         let app = crate::api::routes()
             .route("/ws", get(crate::session::upgrade))
             .layer(DefaultBodyLimit::max(state.config.limits.max_http_body))
+            .layer(axum::middleware::from_fn(crate::api::json_errors))
             .with_state(state.clone());
         let shutdown = state.shutdown.clone();
-        let hub = state.hub.clone();
         let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
-        let closer = async move {
-            shutdown.cancelled().await;
-            tracing::info!("shutting down: closing sessions");
-            hub.close_all(close::GOING_AWAY, "server shutting down");
+        let serve = {
+            let config = state.config.server.clone();
+            let shutdown = shutdown.clone();
+            let (listener, tls) = (self.listener, self.tls);
+            tokio::spawn(async move {
+                crate::listener::serve(listener, tls, app, &config, budgets, shutdown).await
+            })
         };
-        let serve = axum::serve(self.listener, app).with_graceful_shutdown(closer);
-        let serve = tokio::spawn(async move { serve.await });
-        state.shutdown.cancelled().await;
-        // Sessions were told to close; give them the grace period to finish.
-        match tokio::time::timeout(grace, serve).await {
-            Ok(r) => r.context("server task")?.context("serving")?,
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: closing sessions");
+        state
+            .hub
+            .close_all(close::GOING_AWAY, "server shutting down");
+        // Sessions were told to close; give them (and HTTP requests in progress) the grace
+        // period to finish.
+        let hub = state.hub.clone();
+        let drained = async move {
+            serve.await.context("server task")?;
+            while !hub.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(grace, drained).await {
+            Ok(r) => r?,
             Err(_) => tracing::warn!("sessions still open after the grace period"),
         }
         state.store.close().await.context("flushing the store")?;

@@ -78,6 +78,12 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if !crate::listener::origin_allowed(&state.config.server.allowed_origins, &headers) {
+        return ApiError::forbidden(
+            "this Origin may not open a WebSocket (server.allowed_origins)",
+        )
+        .into_response();
+    }
     let token = match bearer(&headers, query.token.as_deref()) {
         Some(t) => t,
         None => return auth_error(AuthError::Missing).into_response(),

@@ -1,11 +1,13 @@
 //! The HTTP JSON API under `/v1/` and `/healthz`, described by an OpenAPI document served
 //! at `/v1/openapi.json`.
 //!
-//! Every `/v1` route but `POST /v1/login` authenticates with `Authorization: Bearer <jwt>`
-//! and answers errors as `{"error": {"code", "message", "retry"}}` with the code's HTTP
-//! status, including malformed JSON bodies (400), which axum would otherwise answer in plain
-//! text. Routes are registered through [`utoipa_axum`], so a route cannot exist without its
-//! entry in the OpenAPI document.
+//! Every `/v1` route but `POST /v1/login` and `GET /v1/openapi.json` (public: it describes
+//! the API, not its data) authenticates with `Authorization: Bearer <jwt>`. Every error of
+//! every route, `/ws` included, is `{"error": {"code", "message", "retry"}}`: handlers answer
+//! with [`ApiError`], and the [`json_errors`] middleware rewrites whatever else is an error
+//! (axum's query, path and body rejections, 404, 405, 413, a refused WebSocket upgrade) into
+//! the same shape, keeping the status and axum's message. Routes are registered through
+//! [`utoipa_axum`], so a route cannot exist without its entry in the OpenAPI document.
 
 mod conversations;
 mod directory;
@@ -18,7 +20,9 @@ use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use protocol::{ConvId, ErrorCode, EventKind, GroupId, ServerFrame, UserId};
 use router::{Control, Envelope};
@@ -125,6 +129,80 @@ pub fn routes() -> Router<AppState> {
             }),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
+}
+
+/// The error code for an HTTP error status that no handler of ours produced.
+fn code_for_status(status: StatusCode) -> ErrorCode {
+    match status.as_u16() {
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 | 410 => ErrorCode::NotFound,
+        409 => ErrorCode::Conflict,
+        413 => ErrorCode::TooLarge,
+        429 => ErrorCode::RateLimited,
+        408 | 502..=504 => ErrorCode::Unavailable,
+        400..=499 => ErrorCode::BadRequest,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// Longest error text of axum's kept as the message.
+const MAX_ERROR_TEXT: usize = 1024;
+
+/// Middleware: any 4xx/5xx response that is not already JSON becomes the documented error
+/// body, with the same status, the matching code and the original text as its message
+/// (or the status's reason, or for 405 the allowed methods). `Allow`, `Retry-After` and
+/// `WWW-Authenticate` headers are kept.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let response = next.run(req).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    // The query may hold a token: only the redacted form is ever logged.
+    let uri = crate::listener::redacted_uri(&uri);
+    if status.is_server_error() {
+        tracing::warn!(%method, %uri, status = status.as_u16(), "request failed");
+    } else {
+        tracing::debug!(%method, %uri, status = status.as_u16(), "request refused");
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let allow = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok());
+    let message = match (text.is_empty(), allow) {
+        (false, _) => text,
+        (true, Some(allow)) if status == StatusCode::METHOD_NOT_ALLOWED => {
+            format!("method not allowed; this route allows {allow}")
+        }
+        (true, _) => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase(),
+    };
+    let mut out = ApiError::new(code_for_status(status), message).into_response();
+    *out.status_mut() = status;
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
 }
 
 /// `GET /healthz`.
