@@ -4,7 +4,7 @@
 # triggered it in fuzz/artifacts/<target>/ (the path and a reproduce command are printed).
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
-#   SECONDS  per target (default: $FUZZ_SECONDS, else 20)
+#   SECONDS  per target (default: $FUZZ_SECONDS, else 15: six targets fit the CI budget)
 #   TARGET   frame_json frame_msgpack moderation rules config session (default: all)
 # Reproduce a finding:  cd fuzz && cargo +nightly fuzz run -s none --dev --features node <target> <artifact>
 #
@@ -24,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-secs="${1:-${FUZZ_SECONDS:-20}}"
+secs="${1:-${FUZZ_SECONDS:-15}}"
 [ $# -gt 0 ] && shift
 all=(frame_json frame_msgpack moderation rules config session)
 targets=("$@")

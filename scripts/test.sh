@@ -5,7 +5,7 @@
 #
 # Usage: scripts/test.sh            # everything
 #        SKIP_SERVICES=1 scripts/test.sh   # without Redis/Cassandra (their tests then fail loudly)
-#        FUZZ_SECONDS=60 scripts/test.sh   # fuzz each target longer (default 20 s); SKIP_FUZZ=1 skips
+#        FUZZ_SECONDS=60 scripts/test.sh   # fuzz each target longer (default 15 s); SKIP_FUZZ=1 skips
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +49,6 @@ step "cargo test (every crate, every test)"
 cargo test --locked --workspace --no-fail-fast "${features[@]}" -- --include-ignored
 
 if [ -z "${SKIP_FUZZ:-}" ]; then
-  step "fuzzing: every cargo-fuzz target for ${FUZZ_SECONDS:-20} s (scripts/fuzz.sh)"
-  scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+  step "fuzzing: every cargo-fuzz target for ${FUZZ_SECONDS:-15} s (scripts/fuzz.sh)"
+  scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 fi
