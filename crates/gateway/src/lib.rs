@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod budget;
 pub mod cluster;
 pub mod config;
 pub mod directory;
