@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use store::NewMessage;
+use tokio::sync::Semaphore;
 
 /// Per-session state the handlers use.
 pub struct SessionCtx {
@@ -143,24 +143,22 @@ pub async fn handle_shared(
             attachment,
             mentions,
             reply_to,
-        } => {
-            send(
-                state,
-                ctx,
-                SendRequest {
-                    rid,
-                    client_msg_id,
-                    to,
-                    kind,
-                    body,
-                    attachment,
-                    mentions,
-                    reply_to,
-                },
-            )
-            .await
-            .map(|r| r.map(SharedFrame::new))
-        }
+        } => send(
+            state,
+            ctx,
+            SendRequest {
+                rid,
+                client_msg_id,
+                to,
+                kind,
+                body,
+                attachment,
+                mentions,
+                reply_to,
+            },
+        )
+        .await
+        .map(|r| r.map(SharedFrame::new)),
         ClientFrame::History {
             rid,
             conv,
@@ -572,7 +570,6 @@ fn action_name(a: Action) -> &'static str {
     }
 }
 
-
 /// Reserves the memory of one heavy reply: the session's one slot (waiting until its
 /// previous heavy reply was written), then the per-reply budget from the user's and the
 /// node's budgets (see [`crate::budget`]).
@@ -582,7 +579,10 @@ async fn reserve_reply(state: &AppState, ctx: &SessionCtx) -> Result<ReplyBytes,
         _ = ctx.handle.closed() => None,
     };
     let Some(slot) = slot else {
-        return Err(ApiError::new(ErrorCode::Unavailable, "the session is closing"));
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the session is closing",
+        ));
     };
     state
         .hub
