@@ -200,6 +200,24 @@ mod tests {
         b.reserve(&UserId::new("v"), None).await.unwrap();
     }
 
+    #[tokio::test]
+    async fn the_node_budget_is_shared_by_every_user() {
+        let b = ReplyBudgets::new(&limits(100, 200, 250));
+        let r1 = b.reserve(&UserId::new("a"), None).await.unwrap();
+        let mut r2 = b.reserve(&UserId::new("b"), None).await.unwrap();
+        let e = b.reserve(&UserId::new("c"), None).await.err().unwrap();
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        // Room comes back as replies shrink or are written; waiters get it.
+        r2.shrink_to(40);
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.reserve(&UserId::new("c"), None).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(r1);
+        assert!(waiter.await.unwrap());
+    }
+
     #[test]
     fn encoded_len_is_the_json_length() {
         let v = serde_json::json!({"a": "x\u{1}y", "b": [1, 2, 3]});

@@ -24,7 +24,7 @@ pub struct SharedFrame {
     json: OnceLock<Bytes>,
     msgpack: OnceLock<Bytes>,
     /// The reply budget this frame holds until it is written and dropped.
-    _budget: Option<ReplyBytes>,
+    _budget: Option<Box<ReplyBytes>>,
 }
 
 impl SharedFrame {
@@ -44,7 +44,7 @@ impl SharedFrame {
             frame,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
-            _budget: Some(budget),
+            _budget: Some(Box::new(budget)),
         })
     }
 
