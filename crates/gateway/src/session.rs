@@ -487,7 +487,7 @@ fn read_error_close(e: axum::Error) -> (u16, &'static str) {
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the close frame (after what the socket layer already holds) may take to leave.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, WsMessage>,
