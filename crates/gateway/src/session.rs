@@ -195,9 +195,23 @@ async fn run(
             )
             .in_current_span(),
         );
-        read_loop(&state, stream, &handle, token_exp).await;
+        let stream = read_loop(&state, stream, &handle, token_exp).await;
         drop(registration);
-        let _ = writer.await;
+        // After a broken frame the client may still be sending: keep reading (and
+        // discarding) for a moment, so the socket is not closed with unread data (a TCP
+        // reset that could destroy the close frame before the client reads it).
+        let broken = handle.close_reason().is_some_and(|(code, _)| {
+            matches!(
+                *code,
+                close::PROTOCOL_ERROR | close::INVALID_PAYLOAD | close::TOO_LARGE
+            )
+        });
+        if broken {
+            let _ = tokio::join!(writer, linger(stream));
+        } else {
+            drop(stream);
+            let _ = writer.await;
+        }
         tracing::debug!(reason = ?handle.close_reason(), "session closed");
     }
     .instrument(span)
@@ -283,20 +297,41 @@ impl<F: std::future::Future> InSessionOrder for F {}
 type InFlight<'a> =
     FuturesOrdered<Pin<Box<dyn std::future::Future<Output = Option<ServerFrame>> + Send + 'a>>>;
 
+/// Reads the session's frames until it ends; returns the read half (see [`linger`]).
 async fn read_loop(
     state: &AppState,
-    stream: futures_util::stream::SplitStream<WebSocket>,
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
     handle: &Arc<SessionHandle>,
     token_exp: u64,
-) {
+) -> futures_util::stream::SplitStream<WebSocket> {
     let ctx = SessionCtx::new(
         handle.clone(),
         state.config.limits.send_per_sec,
         state.config.limits.send_burst,
     );
-    read_frames(state, &ctx, stream, handle, token_exp).await;
+    read_frames(state, &ctx, &mut stream, handle, token_exp).await;
     // Read cursors the rate held back are still stored and published: the final one counts.
     ops::flush_reads(state, &ctx, true).await;
+    stream
+}
+
+/// How long the read half stays open after a broken frame closed the session.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads and discards what the peer still sends, for at most [`LINGER`] or until it closes
+/// (its close reply or the end of the stream). The WebSocket layer may repeat an error
+/// without reading further, so errors pause instead of spinning.
+async fn linger(mut stream: futures_util::stream::SplitStream<WebSocket>) {
+    let drain = async {
+        loop {
+            match stream.next().await {
+                None | Some(Ok(WsMessage::Close(_))) => return,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Sleeps until `due`, or forever without one.
@@ -310,7 +345,7 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 async fn read_frames(
     state: &AppState,
     ctx: &SessionCtx,
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
     handle: &Arc<SessionHandle>,
     token_exp: u64,
 ) {
