@@ -328,7 +328,7 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     /// Longest message body, in characters.
     pub max_body_chars: usize,
-    /// Sustained sends (and typing notices) per second per session.
+    /// Sustained sends per second per session.
     pub send_per_sec: u32,
     /// Burst allowance on top of `send_per_sec`.
     pub send_burst: u32,
@@ -338,6 +338,22 @@ pub struct LimitsConfig {
     pub sync_max: u32,
     /// Most conversations in one `sync` request.
     pub sync_max_conversations: usize,
+    /// Largest `sync`, `history` or `conversations` reply, bytes (its estimated encoded
+    /// size): a page stops early with `has_more` when the next message would not fit.
+    pub reply_max_bytes: usize,
+    /// Bytes of such replies one user may have in flight at once (being built, queued or
+    /// written), across their sessions on this node.
+    pub replies_max_bytes_per_user: usize,
+    /// Bytes of such replies the node has in flight at once.
+    pub replies_max_bytes: usize,
+    /// How long a heavy request waits for room in those budgets before `unavailable`, ms.
+    pub reply_wait_ms: u64,
+    /// Sustained `read` and `typing` notices per second one session makes others receive.
+    pub ephemeral_per_sec: u32,
+    /// Burst allowed above `ephemeral_per_sec`.
+    pub ephemeral_burst: u32,
+    /// Shortest interval between two `typing` notices of one session in one conversation, ms.
+    pub typing_interval_ms: u64,
     /// Most users in one message's `mentions`.
     pub max_mentions: usize,
     /// Largest HTTP request body, bytes.
@@ -354,6 +370,13 @@ impl Default for LimitsConfig {
             history_max: 200,
             sync_max: 500,
             sync_max_conversations: 200,
+            reply_max_bytes: 1024 * 1024,
+            replies_max_bytes_per_user: 4 * 1024 * 1024,
+            replies_max_bytes: 32 * 1024 * 1024,
+            reply_wait_ms: 2000,
+            ephemeral_per_sec: 5,
+            ephemeral_burst: 10,
+            typing_interval_ms: 3000,
             max_mentions: 100,
             max_http_body: 1024 * 1024,
         }

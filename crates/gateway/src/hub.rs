@@ -5,6 +5,8 @@
 //! session's queue is full, the session is closed with 4000 (slow consumer) and its client
 //! reconnects and `sync`s; nothing is lost because everything delivered is in history.
 
+use crate::budget::{ReplyBudgets, ReplyBytes};
+use crate::config::LimitsConfig;
 use crate::membership::Membership;
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -21,6 +23,8 @@ pub struct SharedFrame {
     frame: ServerFrame,
     json: OnceLock<Bytes>,
     msgpack: OnceLock<Bytes>,
+    /// The reply budget this frame holds until it is written and dropped.
+    _budget: Option<Box<ReplyBytes>>,
 }
 
 impl SharedFrame {
@@ -30,7 +34,26 @@ impl SharedFrame {
             frame,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
+            _budget: None,
         })
+    }
+
+    /// Wraps a reply that holds `budget` until the writer has written it.
+    pub fn with_budget(frame: ServerFrame, budget: ReplyBytes) -> Arc<Self> {
+        Arc::new(Self {
+            frame,
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+            _budget: Some(Box::new(budget)),
+        })
+    }
+
+    /// The frame, without a copy when this is the only reference.
+    pub fn into_frame(self: Arc<Self>) -> ServerFrame {
+        match Arc::try_unwrap(self) {
+            Ok(s) => s.frame,
+            Err(shared) => shared.frame.clone(),
+        }
     }
 
     /// The frame's bytes in `codec`.
@@ -130,8 +153,13 @@ impl SessionHandle {
     /// Queues a frame, waiting for room (for replies to the session's own requests, so a
     /// client that pipelines requests is slowed down rather than disconnected).
     pub async fn reply(&self, frame: ServerFrame) {
+        self.reply_shared(SharedFrame::new(frame)).await;
+    }
+
+    /// [`Self::reply`] for a frame already wrapped (e.g. one holding a reply budget).
+    pub async fn reply_shared(&self, frame: Arc<SharedFrame>) {
         tokio::select! {
-            _ = self.queue.send(SharedFrame::new(frame)) => {}
+            _ = self.queue.send(frame) => {}
             _ = self.cancel.cancelled() => {}
         }
     }
@@ -170,6 +198,8 @@ pub struct Hub {
     sessions: DashMap<UserId, Vec<Arc<SessionHandle>>, foldhash::fast::RandomState>,
     count: AtomicUsize,
     membership: Arc<Membership>,
+    /// Memory budgets of heavy replies, made from the config at first use.
+    replies: OnceLock<Arc<ReplyBudgets>>,
 }
 
 /// Why a session could not be registered.
@@ -186,7 +216,13 @@ impl Hub {
             sessions: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             count: AtomicUsize::new(0),
             membership,
+            replies: OnceLock::new(),
         })
+    }
+
+    /// The node's reply budgets (`limits.reply_max_bytes` and friends).
+    pub fn reply_budgets(&self, limits: &LimitsConfig) -> &Arc<ReplyBudgets> {
+        self.replies.get_or_init(|| ReplyBudgets::new(limits))
     }
 
     /// Adds a session; returns whether it is the user's first on this node.

@@ -84,6 +84,11 @@ impl fmt::Display for ErrorCode {
 pub mod close {
     /// Server shutting down (standard "going away"): reconnect, to another node if possible.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke RFC 6455 (unmasked frame, reserved opcode or bits, bad
+    /// fragmentation, a control frame too long): fix the client; reconnecting repeats it.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8 (standard "invalid payload data").
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame over the size limit (standard "message too big"): do not resend that frame.
     pub const TOO_LARGE: u16 = 1009;
     /// Unexpected server error: reconnect with backoff.
