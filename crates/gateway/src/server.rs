@@ -147,6 +147,9 @@ impl Node {
             other => bail!("router.backend = {other:?}: expected \"local\" or \"redis\""),
         };
         let membership = Membership::new(store.clone(), meta.clone());
+        membership
+            .revocations
+            .spawn_pruner(Duration::from_secs(3600), shutdown.clone());
         let hub = Hub::new(membership.clone());
         router.attach(hub.clone());
         let listener = TcpListener::bind(&config.server.listen)
@@ -171,6 +174,8 @@ impl Node {
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 config.files.max_concurrent_uploads.max(1),
             )),
+            uploads_by_user: Default::default(),
+            signin: crate::signin::SignIn::new(&config.auth)?,
             login_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
                 std::num::NonZeroU32::new(config.auth.login_attempts_per_minute.max(1))
                     .unwrap_or(std::num::NonZeroU32::MIN),
@@ -207,6 +212,7 @@ impl Node {
             tracing::info!("shutting down: closing sessions");
             hub.close_all(close::GOING_AWAY, "server shutting down");
         };
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(closer);
         let serve = tokio::spawn(async move { serve.await });
         state.shutdown.cancelled().await;

@@ -9,7 +9,7 @@
 
 use crate::auth::{now_secs, AuthError};
 use crate::error::ApiError;
-use crate::hub::{Registration, SessionHandle, SharedFrame};
+use crate::hub::{Registration, SessionHandle, SharedFrame, TokenRef};
 use crate::ops::{self, SessionCtx};
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -100,8 +100,12 @@ pub async fn upgrade(
         )
         .into_response();
     };
+    let token_ref = TokenRef {
+        id: claims.token_id(&token).into(),
+        iat: claims.iat,
+    };
     let user = UserId::new(claims.sub);
-    if let Err(e) = state.check_account(&user, claims.iat).await {
+    if let Err(e) = state.check_account(&user, claims.iat, &token_ref.id).await {
         return e.into_response();
     }
     if let Err(e) = state.touch_user(&user).await {
@@ -114,7 +118,9 @@ pub async fn upgrade(
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(server.ws_read_buffer)
         .write_buffer_size(server.ws_write_buffer)
-        .on_upgrade(move |socket| run(state, socket, user, codec, device, claims.exp, permit))
+        .on_upgrade(move |socket| {
+            run(state, socket, user, codec, device, (token_ref, claims.exp), permit)
+        })
 }
 
 fn to_ws(codec: Codec, bytes: bytes::Bytes) -> WsMessage {
@@ -134,7 +140,7 @@ async fn run(
     user: UserId,
     codec: Codec,
     device: Box<str>,
-    token_exp: u64,
+    (token, token_exp): (TokenRef, u64),
     _permit: OwnedSemaphorePermit,
 ) {
     let session_id = uuid::Uuid::new_v4().simple().to_string();
@@ -147,6 +153,7 @@ async fn run(
             user,
             codec,
             device,
+            token,
             state.config.server.outbound_queue,
         );
         let (mut sink, stream) = socket.split();
