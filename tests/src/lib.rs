@@ -143,6 +143,11 @@ impl Node {
         }
     }
 
+    /// The process id of the chatd child (for reading `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Base HTTP URL.
     pub fn http(&self) -> String {
         format!("http://{}", self.addr)

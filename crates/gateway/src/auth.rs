@@ -294,8 +294,12 @@ mod tests {
     #[test]
     fn minted_tokens_name_their_session_and_live_a_bounded_time() {
         let a = Auth::new(b"secret", &AuthConfig::default());
-        let t1 = a.verify(&a.mint(&UserId::from("a"), None).unwrap()).unwrap();
-        let t2 = a.verify(&a.mint(&UserId::from("a"), None).unwrap()).unwrap();
+        let t1 = a
+            .verify(&a.mint(&UserId::from("a"), None).unwrap())
+            .unwrap();
+        let t2 = a
+            .verify(&a.mint(&UserId::from("a"), None).unwrap())
+            .unwrap();
         assert_eq!(t1.sid.as_deref().map(str::len), Some(32));
         assert_ne!(t1.sid, t2.sid);
         let max = AuthConfig::default().max_token_lifetime_secs;

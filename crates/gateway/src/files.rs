@@ -236,9 +236,9 @@ async fn upload(
             return Err(ApiError::new(
                 ErrorCode::Timeout,
                 format!(
-                    "the upload came slower than {} bytes per second (files.upload_min_bytes_per_sec)",
-                    pace.min_bytes_per_sec
-                ),
+                "the upload came slower than {} bytes per second (files.upload_min_bytes_per_sec)",
+                pace.min_bytes_per_sec
+            ),
             ))
         }
     };
@@ -304,7 +304,8 @@ impl Pace {
         if self.min_bytes_per_sec == 0 {
             return None;
         }
-        let earned = std::time::Duration::from_secs_f64(received as f64 / self.min_bytes_per_sec as f64);
+        let earned =
+            std::time::Duration::from_secs_f64(received as f64 / self.min_bytes_per_sec as f64);
         Some(start + self.grace + earned)
     }
 }
@@ -554,7 +555,10 @@ mod tests {
         };
         let t = tokio::time::Instant::now();
         assert_eq!(pace.due(t, 0), Some(t + std::time::Duration::from_secs(10)));
-        assert_eq!(pace.due(t, 5000), Some(t + std::time::Duration::from_secs(15)));
+        assert_eq!(
+            pace.due(t, 5000),
+            Some(t + std::time::Duration::from_secs(15))
+        );
         let off = Pace {
             min_bytes_per_sec: 0,
             ..pace

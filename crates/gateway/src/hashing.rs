@@ -110,10 +110,9 @@ impl HashPool {
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
         match self.run(Work::Hash(password)).await? {
             Done::Hashed(Ok(h)) => Ok(h),
-            Done::Hashed(Err(e)) => Err(ApiError::new(
-                ErrorCode::Internal,
-                format!("hashing: {e}"),
-            )),
+            Done::Hashed(Err(e)) => {
+                Err(ApiError::new(ErrorCode::Internal, format!("hashing: {e}")))
+            }
             _ => Err(ApiError::new(ErrorCode::Internal, "hashing: no hash")),
         }
     }
@@ -240,8 +239,14 @@ mod tests {
         let p = pool();
         let h = p.hash("correct horse 1".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        assert!(p.verify("correct horse 1".into(), Some(h.clone())).await.unwrap());
-        assert!(!p.verify("wrong horse 1".into(), Some(h.clone())).await.unwrap());
+        assert!(p
+            .verify("correct horse 1".into(), Some(h.clone()))
+            .await
+            .unwrap());
+        assert!(!p
+            .verify("wrong horse 1".into(), Some(h.clone()))
+            .await
+            .unwrap());
         // The crate's own verifier agrees, and we check what the crate hashes.
         use argon2::password_hash::{PasswordHasher, PasswordVerifier};
         assert!(Argon2::default()
@@ -252,7 +257,10 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(p.verify("other pass 2".into(), Some(theirs)).await.unwrap());
-        assert!(!p.verify("x".into(), Some("not a hash".into())).await.unwrap());
+        assert!(!p
+            .verify("x".into(), Some("not a hash".into()))
+            .await
+            .unwrap());
         assert!(!p.verify("x".into(), None).await.unwrap());
     }
 

@@ -163,14 +163,16 @@ impl SessionHandle {
     }
 }
 
-/// Which token a session was opened with: its id (see [`crate::revocation::token_id`]) and
-/// issue time.
+/// Which token a session was opened with: its id (see [`crate::revocation::token_id`]), issue
+/// and expiry time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenRef {
     /// The token's id.
     pub id: Box<str>,
     /// The token's `iat`, seconds since the epoch.
     pub iat: u64,
+    /// The token's `exp`, seconds since the epoch.
+    pub exp: u64,
 }
 
 /// Hashes session ids for [`SessionHandle::id_hash`] (fixed seed: values are compared

@@ -307,6 +307,9 @@ mod tests {
         assert!(k.refuses("other", 99, 200));
         assert!(!k.refuses("other", 100, 200));
         assert!(k.refuses("s1", 150, 200));
-        assert!(!k.refuses("s1", 150, 501), "expired records no longer matter");
+        assert!(
+            !k.refuses("s1", 150, 501),
+            "expired records no longer matter"
+        );
     }
 }

@@ -103,6 +103,7 @@ pub async fn upgrade(
     let token_ref = TokenRef {
         id: claims.token_id(&token).into(),
         iat: claims.iat,
+        exp: claims.exp,
     };
     let user = UserId::new(claims.sub);
     if let Err(e) = state.check_account(&user, claims.iat, &token_ref.id).await {
@@ -118,9 +119,7 @@ pub async fn upgrade(
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(server.ws_read_buffer)
         .write_buffer_size(server.ws_write_buffer)
-        .on_upgrade(move |socket| {
-            run(state, socket, user, codec, device, (token_ref, claims.exp), permit)
-        })
+        .on_upgrade(move |socket| run(state, socket, user, codec, device, token_ref, permit))
 }
 
 fn to_ws(codec: Codec, bytes: bytes::Bytes) -> WsMessage {
@@ -140,7 +139,7 @@ async fn run(
     user: UserId,
     codec: Codec,
     device: Box<str>,
-    (token, token_exp): (TokenRef, u64),
+    token: TokenRef,
     _permit: OwnedSemaphorePermit,
 ) {
     let session_id = uuid::Uuid::new_v4().simple().to_string();
@@ -202,7 +201,7 @@ async fn run(
             )
             .in_current_span(),
         );
-        read_loop(&state, stream, &handle, token_exp).await;
+        read_loop(&state, stream, &handle, handle.token.exp).await;
         drop(registration);
         let _ = writer.await;
         tracing::debug!(reason = ?handle.close_reason(), "session closed");

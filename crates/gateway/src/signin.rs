@@ -123,17 +123,17 @@ mod tests {
     fn forwarded_for_counts_only_behind_a_trusted_proxy() {
         let s = signin(&["10.0.0.5", "10.0.0.6"]);
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "1.2.3.4, 5.6.7.8, 10.0.0.6".parse().unwrap());
+        h.insert(
+            "x-forwarded-for",
+            "1.2.3.4, 5.6.7.8, 10.0.0.6".parse().unwrap(),
+        );
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         // A stranger cannot choose its address.
         assert_eq!(s.client(ip("9.9.9.9"), &h), ip("9.9.9.9"));
         // Through the proxies: the right-most untrusted entry (earlier ones are the client's
         // own claims).
         assert_eq!(s.client(ip("10.0.0.5"), &h), ip("5.6.7.8"));
-        assert_eq!(
-            s.client(ip("10.0.0.5"), &HeaderMap::new()),
-            ip("10.0.0.5")
-        );
+        assert_eq!(s.client(ip("10.0.0.5"), &HeaderMap::new()), ip("10.0.0.5"));
         assert!(SignIn::new(&AuthConfig {
             trusted_proxies: vec!["nonsense".into()],
             ..AuthConfig::default()

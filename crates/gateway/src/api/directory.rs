@@ -130,7 +130,12 @@ async fn login(
         let _ = state.signin.hashing.verify(req.password, None).await?;
         return Err(refused());
     };
-    if !state.signin.hashing.verify(req.password, Some(hash)).await? {
+    if !state
+        .signin
+        .hashing
+        .verify(req.password, Some(hash))
+        .await?
+    {
         return Err(refused());
     }
     if !account.is_active() {
