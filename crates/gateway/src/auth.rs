@@ -196,7 +196,8 @@ impl Auth {
     /// The longest a token may live (`auth.max_token_lifetime_secs`): every token issued
     /// before a time has expired this long (plus the leeway) after it.
     pub fn max_lifetime_secs(&self) -> u64 {
-        self.max_lifetime_secs + self.validation.leeway
+        self.max_lifetime_secs
+            .saturating_add(self.validation.leeway)
     }
 
     /// Mints a token for a sign-in whose account revoked every token issued before

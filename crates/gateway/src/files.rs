@@ -306,7 +306,7 @@ impl Pace {
         }
         let earned =
             std::time::Duration::from_secs_f64(received as f64 / self.min_bytes_per_sec as f64);
-        Some(start + self.grace + earned)
+        start.checked_add(self.grace)?.checked_add(earned)
     }
 }
 

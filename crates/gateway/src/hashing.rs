@@ -83,7 +83,9 @@ impl HashPool {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             work,
-            deadline: Instant::now() + self.wait,
+            deadline: Instant::now()
+                .checked_add(self.wait)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             reply,
         };
         match self.queue.try_send(job) {

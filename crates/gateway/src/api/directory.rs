@@ -160,7 +160,7 @@ async fn login(
 pub(crate) async fn revoke_all_tokens(state: &AppState, user: &UserId) -> Result<u64, ApiError> {
     // One second ahead: a token minted earlier in this second is revoked too.
     let before = crate::auth::now_secs() + 1;
-    let until = before + state.auth.max_lifetime_secs();
+    let until = before.saturating_add(state.auth.max_lifetime_secs());
     state
         .membership
         .revocations
@@ -183,7 +183,7 @@ pub(crate) async fn revoke_token(
     user: &UserId,
     token_id: &str,
 ) -> Result<(), ApiError> {
-    let until = crate::auth::now_secs() + state.auth.max_lifetime_secs();
+    let until = crate::auth::now_secs().saturating_add(state.auth.max_lifetime_secs());
     state
         .membership
         .revocations
