@@ -296,6 +296,44 @@ mod tests {
         assert_eq!(a, token_id(Some(""), "x.y.z"));
     }
 
+    #[tokio::test]
+    async fn revocations_are_stored_read_back_after_a_restart_and_pruned() {
+        use store::embedded::{EmbeddedOptions, EmbeddedStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let meta: Arc<dyn MetaStore> = Arc::new(store);
+        let now = crate::auth::now_secs();
+        let (ann, bo) = (UserId::from("ann"), UserId::from("bo"));
+        let first = Revocations::new(meta.clone());
+        first.revoke_token(&ann, "s1", now + 600).await.unwrap();
+        first.revoke_user(&bo, now + 1, now + 600).await.unwrap();
+        // An older cut-off never lowers a newer one.
+        first.revoke_user(&bo, now - 100, now + 10).await.unwrap();
+        first.revoke_token(&ann, "gone", now - 5).await.unwrap();
+        assert!(first.is_revoked(&ann, "s1", now).await.unwrap());
+
+        // A fresh instance (a restart, or another node sharing the store) reads them.
+        let second = Revocations::new(meta.clone());
+        assert!(second.is_revoked(&ann, "s1", now).await.unwrap());
+        assert!(!second.is_revoked(&ann, "s2", now).await.unwrap());
+        assert!(second.is_revoked(&bo, "any", now).await.unwrap());
+        assert!(!second.is_revoked(&bo, "any", now + 1).await.unwrap());
+        assert_eq!(second.not_before(&bo).await.unwrap(), now + 1);
+
+        // Pruning removes only what can no longer refuse anything.
+        assert_eq!(second.prune().await.unwrap(), 1);
+        let third = Revocations::new(meta.clone());
+        assert!(third.is_revoked(&ann, "s1", now).await.unwrap());
+        assert_eq!(
+            meta.scan(NS_REVOKED_TOKEN, "", "", 10).await.unwrap().len(),
+            1
+        );
+
+        // A broadcast this node only has in its cache counts too.
+        third.apply(&ann, Some("s9"), None, now + 600);
+        assert!(third.is_revoked(&ann, "s9", now).await.unwrap());
+    }
+
     #[test]
     fn cut_offs_and_token_ids_refuse() {
         let mut k = Known::default();

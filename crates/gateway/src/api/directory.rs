@@ -122,9 +122,17 @@ async fn login(
     if state.login_limiter.check_key(&req.user).is_err() {
         return Err(too_many_for_user());
     }
+    // One entry per user id tried: made-up ids must not grow the limiter without bound.
+    if state.login_limiter.len() > 100_000 {
+        state.login_limiter.retain_recent();
+    }
     let refused = || ApiError::new(ErrorCode::Unauthorized, "wrong user id or password");
     let hash: Option<String> = get_json(&state.meta, NS_CREDENTIAL, req.user.as_str()).await?;
-    let account = state.membership.account(&req.user).await?;
+    // Only ids with a password reach the account cache, so made-up ids do not fill it.
+    let account = match &hash {
+        Some(_) => state.membership.account(&req.user).await?,
+        None => None,
+    };
     let (Some(hash), Some(account)) = (hash, account) else {
         // The same work as a real check, so neither answer nor time tells which ids exist.
         let _ = state.signin.hashing.verify(req.password, None).await?;
