@@ -141,6 +141,21 @@ pub struct AuthConfig {
     pub password_letters_and_digits: bool,
     /// Failed sign-ins allowed per user id per minute before `POST /v1/login` answers 429.
     pub login_attempts_per_minute: u32,
+    /// Sign-in attempts allowed per client address per minute (any user id) before
+    /// `POST /v1/login` answers 429.
+    pub login_attempts_per_minute_per_address: u32,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` header names the client (for the
+    /// per-address limit); empty: the peer address is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Password hashes (argon2id, 19 MiB each) computed at once on this node.
+    pub hash_concurrency: usize,
+    /// Sign-ins and password changes that may wait for a hashing slot; more get 503.
+    pub hash_queue: usize,
+    /// Longest wait for a hashing slot, ms; after it the request gets 503 with `retry`.
+    pub hash_wait_ms: u64,
+    /// Longest lifetime of any accepted token, seconds (revocation records are kept this
+    /// long); a token that expires later is refused.
+    pub max_token_lifetime_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -157,6 +172,12 @@ impl Default for AuthConfig {
             password_min_len: 8,
             password_letters_and_digits: true,
             login_attempts_per_minute: 10,
+            login_attempts_per_minute_per_address: 60,
+            trusted_proxies: Vec::new(),
+            hash_concurrency: 2,
+            hash_queue: 32,
+            hash_wait_ms: 3_000,
+            max_token_lifetime_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -202,6 +223,13 @@ pub struct FilesConfig {
     /// Uploads being received at once on a node (each may hold up to `max_bytes` in
     /// memory); more get 503 with `retry`.
     pub max_concurrent_uploads: usize,
+    /// Uploads one user may have in progress at once on a node; more get 429.
+    pub max_concurrent_uploads_per_user: usize,
+    /// Slowest accepted upload, bytes per second on average after `upload_grace_ms`; a
+    /// slower (or stalled) upload ends with 408 and frees its slot.
+    pub upload_min_bytes_per_sec: u64,
+    /// Time an upload gets before `upload_min_bytes_per_sec` applies, ms.
+    pub upload_grace_ms: u64,
 }
 
 impl Default for FilesConfig {
@@ -225,6 +253,9 @@ impl Default for FilesConfig {
             .to_vec(),
             uploads_per_minute: 30,
             max_concurrent_uploads: 8,
+            max_concurrent_uploads_per_user: 2,
+            upload_min_bytes_per_sec: 4096,
+            upload_grace_ms: 10_000,
         }
     }
 }

@@ -83,6 +83,8 @@ pub struct SessionHandle {
     pub device: Box<str>,
     /// When the session opened, ms since the epoch.
     pub connected_at: u64,
+    /// The token the session was opened with, so that revoking it closes the session.
+    pub token: TokenRef,
     /// Hash of `id`, so a fan-out compares each recipient with the skipped session by
     /// integer (the id string is only read on a hash match).
     id_hash: u64,
@@ -98,6 +100,7 @@ impl SessionHandle {
         user: UserId,
         codec: Codec,
         device: Box<str>,
+        token: TokenRef,
         capacity: usize,
     ) -> (Arc<Self>, mpsc::Receiver<Arc<SharedFrame>>) {
         let (queue, rx) = mpsc::channel(capacity.max(1));
@@ -107,6 +110,7 @@ impl SessionHandle {
             user,
             codec,
             device,
+            token,
             connected_at: crate::state::now_ms(),
             queue,
             cancel: CancellationToken::new(),
@@ -127,6 +131,7 @@ impl SessionHandle {
             .into(),
             device: self.device.to_string(),
             connected_at: self.connected_at,
+            token_id: self.token.id.to_string(),
         }
     }
 
@@ -184,6 +189,18 @@ impl SessionHandle {
     pub fn is_closed(&self) -> bool {
         self.cancel.is_cancelled()
     }
+}
+
+/// Which token a session was opened with: its id (see [`crate::revocation::token_id`]), issue
+/// and expiry time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenRef {
+    /// The token's id.
+    pub id: Box<str>,
+    /// The token's `iat`, seconds since the epoch.
+    pub iat: u64,
+    /// The token's `exp`, seconds since the epoch.
+    pub exp: u64,
 }
 
 /// Hashes session ids for [`SessionHandle::id_hash`] (fixed seed: values are compared
@@ -342,6 +359,24 @@ impl Sink for Hub {
                 }
                 Control::GroupChanged { group } => self.membership.invalidate(group),
                 Control::UserChanged { user } => self.membership.invalidate_user(user),
+                Control::TokensRevoked {
+                    user,
+                    token,
+                    before,
+                    until,
+                } => {
+                    let (token, before) = (token.as_deref(), *before);
+                    self.membership
+                        .revocations
+                        .apply(user, token, before, *until);
+                    self.each_session(std::slice::from_ref(user), |s| {
+                        if token.is_some_and(|t| *t == *s.token.id)
+                            || before.is_some_and(|b| s.token.iat < b)
+                        {
+                            s.close(protocol::close::SIGNED_OUT, "token revoked: sign in again");
+                        }
+                    });
+                }
             },
         }
     }
@@ -358,6 +393,10 @@ pub struct SessionDescription {
     pub device: String,
     /// When the session opened, ms since the epoch.
     pub connected_at: u64,
+    /// The id of the token the session was opened with (what signing the session out
+    /// revokes).
+    #[serde(default)]
+    pub token_id: String,
 }
 
 /// Hub registration that undoes itself when dropped, even when the session task panics.

@@ -9,7 +9,7 @@
 
 use crate::auth::{now_secs, AuthError};
 use crate::error::ApiError;
-use crate::hub::{Registration, SessionHandle, SharedFrame};
+use crate::hub::{Registration, SessionHandle, SharedFrame, TokenRef};
 use crate::ops::{self, SessionCtx};
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -106,8 +106,13 @@ pub async fn upgrade(
         )
         .into_response();
     };
+    let token_ref = TokenRef {
+        id: claims.token_id(&token).into(),
+        iat: claims.iat,
+        exp: claims.exp,
+    };
     let user = UserId::new(claims.sub);
-    if let Err(e) = state.check_account(&user, claims.iat).await {
+    if let Err(e) = state.check_account(&user, claims.iat, &token_ref.id).await {
         return e.into_response();
     }
     if let Err(e) = state.touch_user(&user).await {
@@ -120,7 +125,7 @@ pub async fn upgrade(
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(server.ws_read_buffer)
         .write_buffer_size(server.ws_write_buffer)
-        .on_upgrade(move |socket| run(state, socket, user, codec, device, claims.exp, permit))
+        .on_upgrade(move |socket| run(state, socket, user, codec, device, token_ref, permit))
 }
 
 fn to_ws(codec: Codec, bytes: bytes::Bytes) -> WsMessage {
@@ -140,7 +145,7 @@ async fn run(
     user: UserId,
     codec: Codec,
     device: Box<str>,
-    token_exp: u64,
+    token: TokenRef,
     _permit: OwnedSemaphorePermit,
 ) {
     let session_id = uuid::Uuid::new_v4().simple().to_string();
@@ -153,6 +158,7 @@ async fn run(
             user,
             codec,
             device,
+            token,
             state.config.server.outbound_queue,
         );
         let (mut sink, stream) = socket.split();
@@ -201,7 +207,7 @@ async fn run(
             )
             .in_current_span(),
         );
-        let stream = read_loop(&state, stream, &handle, token_exp).await;
+        let stream = read_loop(&state, stream, &handle, handle.token.exp).await;
         drop(registration);
         // After a broken frame the client may still be sending: keep reading (and
         // discarding) for a moment, so the socket is not closed with unread data (a TCP

@@ -28,6 +28,8 @@ pub enum ErrorCode {
     Muted,
     /// A dependency (store, router) is temporarily unavailable.
     Unavailable,
+    /// The request took too long to arrive (a stalled or too slow upload body).
+    Timeout,
     /// A bug on the server side.
     Internal,
 }
@@ -37,7 +39,10 @@ impl ErrorCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
+            ErrorCode::RateLimited
+                | ErrorCode::Unavailable
+                | ErrorCode::Timeout
+                | ErrorCode::Internal
         )
     }
 
@@ -54,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Blocked => "blocked",
             ErrorCode::Muted => "muted",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -69,6 +75,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
+            ErrorCode::Timeout => 408,
             ErrorCode::Internal => 500,
         }
     }

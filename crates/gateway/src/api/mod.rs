@@ -42,8 +42,9 @@ impl FromRequestParts<AppState> for Caller {
         let token = bearer(&parts.headers, None)
             .ok_or_else(|| auth_error(crate::auth::AuthError::Missing))?;
         let claims = state.auth.verify(&token).map_err(auth_error)?;
+        let token_id = claims.token_id(&token);
         let user = UserId::new(claims.sub);
-        state.check_account(&user, claims.iat).await?;
+        state.check_account(&user, claims.iat, &token_id).await?;
         state.touch_user(&user).await?;
         Ok(Caller(user))
     }
