@@ -573,3 +573,51 @@ async fn every_route_answers_every_error_as_json() {
     let (status, body) = send("get", "/ws?codec=%FF&device=%FF".into(), None).await;
     assert_json_error(status, &body, "GET /ws bad query");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_responses_is_cut_off() {
+    let node =
+        Node::start_with(NodeOpts::default().env("CHATD_SERVER__KEEPALIVE_TIMEOUT_MS", 1000));
+    let http = reqwest::Client::new();
+    let one = http
+        .get(format!("{}/v1/openapi.json", node.http()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    // Many pipelined requests for a large response, from a socket with a tiny receive window,
+    // and then no reading at all: the node's writes stall.
+    let n = 400;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(node.addr).await.unwrap();
+    let req = "GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(n);
+    s.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Meanwhile others are served as usual.
+    let (status, took) = healthz(&http, &node).await;
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(2));
+    // The stalled connection was closed: what was buffered arrives, then the end.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("the stalled connection was never closed");
+    assert!(
+        got < one * n / 2,
+        "{got} bytes of {} arrived: the stalled connection was kept",
+        one * n
+    );
+}

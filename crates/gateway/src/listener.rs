@@ -70,10 +70,7 @@ impl Budgets {
         // Room for `pending` connections, plus a quarter as many plain HTTP ones (`/healthz`,
         // the admin API) in progress.
         let room = pending.saturating_add(pending / 4);
-        let sessions = cfg
-            .max_connections
-            .min(sockets.saturating_sub(room))
-            .max(1);
+        let sessions = cfg.max_connections.min(sockets.saturating_sub(room)).max(1);
         Self {
             fd_limit,
             sockets,
@@ -222,10 +219,18 @@ impl Drop for Slot {
 }
 
 /// A socket that gives its slot back when dropped, wherever it ends up (a WebSocket session
-/// owns it after the upgrade).
+/// owns it after the upgrade), and counts the reads and writes that moved bytes, so the
+/// connection's task can tell a stalled HTTP exchange from a busy one.
 struct Counted<IO> {
     io: IO,
+    progress: Arc<AtomicU64>,
     _slot: Slot,
+}
+
+impl<IO> Counted<IO> {
+    fn moved(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
@@ -234,7 +239,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.moved();
+        }
+        r
     }
 }
 
@@ -244,7 +254,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
@@ -257,7 +271,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -268,6 +286,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
 struct PendingGuard {
     shared: Arc<Shared>,
     id: u64,
+    /// Cancelled when the connection is evicted from the pending set.
+    evicted: CancellationToken,
 }
 
 impl Drop for PendingGuard {
@@ -328,13 +348,23 @@ pub async fn serve(
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
         }
+        // Counted and registered before the task runs, so a burst of accepts sees itself.
+        let slot = Slot::new(shared.clone());
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        shared.enter_pending(id, evicted.clone());
+        let pending = PendingGuard {
+            shared: shared.clone(),
+            id,
+            evicted,
+        };
         let ctx = ConnCtx {
             shared: shared.clone(),
             app: app.clone(),
             shutdown: shutdown.clone(),
             _done: done_tx.clone(),
         };
-        tokio::spawn(connection(stream, peer, tls.clone(), ctx));
+        tokio::spawn(connection(stream, slot, pending, peer, tls.clone(), ctx));
     }
     drop(listener);
     drop(done_tx);
@@ -358,34 +388,45 @@ async fn accept_error(shared: &Shared, e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, tls: Option<Tls>, ctx: ConnCtx) {
+async fn connection(
+    stream: TcpStream,
+    slot: Slot,
+    pending: PendingGuard,
+    peer: SocketAddr,
+    tls: Option<Tls>,
+    ctx: ConnCtx,
+) {
     let accepted = Instant::now();
     let shared = ctx.shared.clone();
+    let progress = Arc::new(AtomicU64::new(0));
     let io = Counted {
         io: stream,
-        _slot: Slot::new(shared.clone()),
+        progress: progress.clone(),
+        _slot: slot,
     };
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let evicted = CancellationToken::new();
-    shared.enter_pending(id, evicted.clone());
-    let _pending = PendingGuard {
-        shared: shared.clone(),
+    let (id, evicted) = (pending.id, pending.evicted.clone());
+    let conn = Conn {
+        peer,
+        accepted,
         id,
+        evicted,
+        progress,
+        ctx: &ctx,
     };
     let first_deadline = tokio::time::Instant::from_std(accepted + shared.deadlines.first_request);
     match tls {
-        None => serve_http(io, peer, accepted, id, evicted, first_deadline, &ctx).await,
+        None => serve_http(io, first_deadline, conn).await,
         Some(tls) => {
             let handshake =
                 tokio::time::timeout(shared.deadlines.tls_handshake, tls.acceptor.accept(io));
             let stream = tokio::select! {
                 r = handshake => r,
-                _ = evicted.cancelled() => return,
+                _ = pending.evicted.cancelled() => return,
                 _ = tokio::time::sleep_until(first_deadline) => return,
                 _ = ctx.shutdown.cancelled() => return,
             };
             match stream {
-                Ok(Ok(s)) => serve_http(s, peer, accepted, id, evicted, first_deadline, &ctx).await,
+                Ok(Ok(s)) => serve_http(s, first_deadline, conn).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -393,17 +434,28 @@ async fn connection(stream: TcpStream, peer: SocketAddr, tls: Option<Tls>, ctx: 
     }
 }
 
-async fn serve_http<IO>(
-    io: IO,
+/// One accepted connection's facts, for [`serve_http`].
+struct Conn<'a> {
     peer: SocketAddr,
     accepted: Instant,
     id: u64,
     evicted: CancellationToken,
-    first_deadline: tokio::time::Instant,
-    ctx: &ConnCtx,
-) where
+    progress: Arc<AtomicU64>,
+    ctx: &'a ConnCtx,
+}
+
+async fn serve_http<IO>(io: IO, first_deadline: tokio::time::Instant, c: Conn<'_>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        peer,
+        accepted,
+        id,
+        evicted,
+        progress,
+        ctx,
+    } = c;
     let shared = &ctx.shared;
     let service = ConnService {
         app: ctx.app.clone(),
@@ -424,6 +476,11 @@ async fn serve_http<IO>(
     tokio::pin!(conn);
     let mut first_armed = true;
     let mut shutting_down = false;
+    // An exchange that moves no byte for a whole keep-alive period is stalled (a client that
+    // stopped reading its response, or sending its body): closed at the next check.
+    let stall = shared.deadlines.keep_alive;
+    let mut stall_check = tokio::time::interval_at(tokio::time::Instant::now() + stall, stall);
+    let mut last_progress = progress.load(Ordering::Relaxed);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -443,6 +500,14 @@ async fn serve_http<IO>(
                     return;
                 }
                 first_armed = false;
+            }
+            _ = stall_check.tick() => {
+                let now = progress.load(Ordering::Relaxed);
+                if now == last_progress {
+                    tracing::debug!(%peer, "no progress for a keep-alive period; closed");
+                    return;
+                }
+                last_progress = now;
             }
             _ = ctx.shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
