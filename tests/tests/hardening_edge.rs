@@ -260,11 +260,26 @@ async fn tls_serves_https_and_wss_and_reloads_the_certificate() {
         NodeOpts::default()
             .env("CHATD_SERVER__TLS_CERT_FILE", cert_path.display())
             .env("CHATD_SERVER__TLS_KEY_FILE", key_path.display())
-            .env("CHATD_SERVER__TLS_RELOAD_MS", 100),
+            .env("CHATD_SERVER__TLS_RELOAD_MS", 100)
+            .env("CHATD_SERVER__TLS_HANDSHAKE_TIMEOUT_MS", 1000),
     );
     assert_eq!(
         https_healthz(&node, &der1).await.unwrap(),
         "HTTP/1.1 200 OK"
+    );
+
+    // A connection that never starts its handshake is closed at the handshake deadline.
+    let mut silent = TcpStream::connect(node.addr).await.unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(15), silent.read(&mut buf))
+        .await
+        .expect("a silent TLS connection was kept");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
     );
 
     // wss:// session: hello, then a DM to itself arrives.
@@ -620,4 +635,63 @@ async fn a_client_that_stops_reading_its_responses_is_cut_off() {
         "{got} bytes of {} arrived: the stalled connection was kept",
         one * n
     );
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_accept_loop_neither_dies_nor_spins() {
+    // No reserve at 80 files: sessions plus the store's own files exhaust the descriptors,
+    // so accept() itself fails with EMFILE.
+    let mut node = low_fd_node(80, NodeOpts::default().env("CHATD_SERVER__FD_RESERVE", 0));
+    let mut sessions = Vec::new();
+    let url = format!("ws://{}/ws", node.addr);
+    for i in 0..140 {
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", token(&format!("f{i}")))
+                .parse()
+                .unwrap(),
+        );
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio_tungstenite::connect_async(req),
+        )
+        .await
+        {
+            Ok(Ok((ws, _))) => sessions.push(ws),
+            _ => break,
+        }
+    }
+    assert!(sessions.len() > 20, "only {} sessions", sessions.len());
+    // While descriptors are exhausted, the node backs off instead of spinning.
+    let pid = node.child.id();
+    let before = cpu_ticks(pid);
+    let waiting: Vec<_> = (0..20)
+        .map(|_| std::net::TcpStream::connect(node.addr))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    // 2 s at 100 ticks/s: a spinning loop would use ~200.
+    assert!(used < 100, "{used} ticks in 2 s");
+    drop(waiting);
+    // Sessions leave: the node serves again.
+    sessions.truncate(sessions.len() / 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let http = reqwest::Client::new();
+    let (status, took) = healthz(&http, &node).await;
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(node.is_running());
 }
