@@ -695,3 +695,33 @@ async fn out_of_file_descriptors_the_accept_loop_neither_dies_nor_spins() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(node.is_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_after_its_deadline_gets_503_json() {
+    let node = Node::start_with(NodeOpts::default().env("CHATD_SERVER__UPGRADE_TIMEOUT_MS", 300));
+    // Connect, dawdle past the deadline, then ask for the upgrade.
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        token("slowpoke")
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains("}}") {
+        let k = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(k > 0, "closed: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..k]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"code\":\"unavailable\""), "{text}");
+    // A prompt client is upgraded as usual.
+    Client::connect(&node, "prompt").await;
+}
