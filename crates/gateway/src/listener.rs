@@ -11,14 +11,15 @@
 //! - **Deadlines.** The first request's headers (and the TLS handshake) must arrive within
 //!   `server.header_read_timeout_ms` of the accept; a kept-alive connection must start its next
 //!   request within `server.keepalive_timeout_ms`; a WebSocket upgrade must complete within
-//!   `server.upgrade_timeout_ms` of the accept (else 503 before the upgrade).
+//!   `server.upgrade_timeout_ms` of the accept (else 503 before the upgrade); an HTTP exchange
+//!   that moves no byte for a keep-alive period (a client that stopped reading) is closed.
 //! - **Never dies, never spins.** Accept errors such as `EMFILE` evict the oldest pending
 //!   connection and back off briefly.
 //!
 //! Every request carries [`ConnectInfo<SocketAddr>`] in its extensions, as
 //! `into_make_service_with_connect_info` would. A connection's task ends when it is upgraded:
 //! a WebSocket session then costs the session's own tasks and a few words here (the counted
-//! socket wrapper), nothing more.
+//! socket wrapper: two pointers and a shared progress counter), nothing more.
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
