@@ -116,9 +116,9 @@ async fn half_open_flood_beyond_the_fd_limit_locks_nobody_out() {
     let http = reqwest::Client::new();
     let (status, took) = healthz(&http, &node).await;
     assert_eq!(status, 200);
-    assert!(took < Duration::from_secs(2), "healthz took {took:?}");
+    assert!(took < Duration::from_secs(3), "healthz took {took:?}");
     let took = dm_latency(&node, "alice", "bob").await;
-    assert!(took < Duration::from_secs(2), "DM took {took:?}");
+    assert!(took < Duration::from_secs(3), "DM took {took:?}");
 
     // Most of the flood was evicted to make room (the pending budget is 96).
     let mut open = 0;
@@ -148,7 +148,7 @@ async fn half_open_flood_beyond_the_fd_limit_locks_nobody_out() {
     // And the node still serves.
     let (status, _) = healthz(&http, &node).await;
     assert_eq!(status, 200);
-    assert!(dm_latency(&node, "carol", "dave").await < Duration::from_secs(2));
+    assert!(dm_latency(&node, "carol", "dave").await < Duration::from_secs(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +179,7 @@ async fn upgrades_beyond_the_session_budget_get_503_json_and_http_keeps_working(
     let http = reqwest::Client::new();
     let (status, took) = healthz(&http, &node).await;
     assert_eq!(status, 200);
-    assert!(took < Duration::from_secs(2));
+    assert!(took < Duration::from_secs(3));
     let api = Api::new(&node);
     let (status, body) = api
         .call(reqwest::Method::GET, "/v1/audit", Some("root"), None)
@@ -189,7 +189,7 @@ async fn upgrades_beyond_the_session_budget_get_503_json_and_http_keeps_working(
     let t = Instant::now();
     a[0].send_dm("u1", "cap-1", "at the cap").await;
     assert_eq!(rest[0].next_message().await.body, "at the cap");
-    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(t.elapsed() < Duration::from_secs(3));
 
     // A session leaving frees its place.
     drop(sessions.pop());
@@ -615,7 +615,7 @@ async fn a_client_that_stops_reading_its_responses_is_cut_off() {
     // Meanwhile others are served as usual.
     let (status, took) = healthz(&http, &node).await;
     assert_eq!(status, 200);
-    assert!(took < Duration::from_secs(2));
+    assert!(took < Duration::from_secs(3));
     // The stalled connection was closed: what was buffered arrives, then the end.
     let mut got = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
