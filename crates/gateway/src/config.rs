@@ -99,7 +99,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 3_000,
             tcp_nodelay: true,
             fd_reserve: 128,
-            max_pending_connections: 1024,
+            max_pending_connections: 512,
             header_read_timeout_ms: 20_000,
             keepalive_timeout_ms: 60_000,
             upgrade_timeout_ms: 30_000,

@@ -164,7 +164,8 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     }
     // The query may hold a token: only the redacted form is ever logged.
     let uri = crate::listener::redacted_uri(&uri);
-    if status.is_server_error() {
+    // 503 is expected backpressure (a budget): not worth a warning per request.
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
         tracing::warn!(%method, %uri, status = status.as_u16(), "request failed");
     } else {
         tracing::debug!(%method, %uri, status = status.as_u16(), "request refused");
