@@ -152,6 +152,16 @@ impl Node {
         }
     }
 
+    /// The process id of the `chatd` child (e.g. to read its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's resident set size in KiB (`VmRSS` in /proc/<pid>/status; Linux only).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
     /// Base HTTP URL.
     pub fn http(&self) -> String {
         format!("http://{}", self.addr)
@@ -197,6 +207,19 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `kB` field of /proc/<pid>/status (`VmRSS:`, `VmHWM:`), or 0 when unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 #[derive(serde::Serialize)]

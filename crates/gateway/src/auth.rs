@@ -6,6 +6,10 @@
 //! nothing configured and no secret ever lives in the repository. A company's identity
 //! provider may instead sign with its private key: with `auth.jwt_public_key_file` set,
 //! tokens whose header names an asymmetric algorithm are checked with that public key.
+//!
+//! Every token the server mints names its session with a random `sid` claim, so one token
+//! can be revoked (see [`crate::revocation`]); no token may live longer than
+//! `auth.max_token_lifetime_secs`, so a revocation record can be pruned after that time.
 
 use crate::config::{AuthConfig, ServerConfig};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -23,6 +27,17 @@ pub struct Claims {
     /// Issue time, seconds since the epoch.
     #[serde(default)]
     pub iat: u64,
+    /// The token's id (tokens this server mints; an identity provider's may carry one).
+    #[serde(default)]
+    pub sid: Option<String>,
+}
+
+impl Claims {
+    /// The id revocations name this token by: its `sid`, else a digest of `token` (the
+    /// token these claims came from).
+    pub fn token_id(&self, token: &str) -> String {
+        crate::revocation::token_id(self.sid.as_deref(), token)
+    }
 }
 
 /// Why a token was refused.
@@ -49,6 +64,7 @@ pub struct Auth {
     external: Option<std::sync::Arc<(DecodingKey, Validation)>>,
     audience: Option<String>,
     ttl_secs: u64,
+    max_lifetime_secs: u64,
 }
 
 /// What the server writes into the tokens it mints.
@@ -57,6 +73,7 @@ struct Minted<'a> {
     sub: &'a str,
     exp: u64,
     iat: u64,
+    sid: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
 }
@@ -114,6 +131,7 @@ impl Auth {
             external: None,
             audience: cfg.jwt_audience.clone(),
             ttl_secs: cfg.token_ttl_secs,
+            max_lifetime_secs: cfg.max_token_lifetime_secs,
         }
     }
 
@@ -149,20 +167,37 @@ impl Auth {
     }
 
     fn sign(&self, user: &UserId, iat: u64, exp: u64) -> Result<String, AuthError> {
+        let sid = uuid::Uuid::new_v4().simple().to_string();
         let claims = Minted {
             sub: user.as_str(),
             exp,
             iat,
+            sid: &sid,
             aud: self.audience.as_deref(),
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Invalid(e.to_string()))
     }
 
-    /// Mints a token for `user`, valid for `ttl_secs` (or the configured lifetime).
+    /// Mints a token for `user`, valid for `ttl_secs` (or the configured lifetime), with a
+    /// fresh `sid`. A lifetime over `auth.max_token_lifetime_secs` is refused.
     pub fn mint(&self, user: &UserId, ttl_secs: Option<u64>) -> Result<String, AuthError> {
         let now = now_secs();
-        self.sign(user, now, now + ttl_secs.unwrap_or(self.ttl_secs))
+        let ttl = ttl_secs.unwrap_or(self.ttl_secs);
+        if ttl > self.max_lifetime_secs {
+            return Err(AuthError::Invalid(format!(
+                "a lifetime of {ttl} s is over auth.max_token_lifetime_secs ({} s)",
+                self.max_lifetime_secs
+            )));
+        }
+        self.sign(user, now, now + ttl)
+    }
+
+    /// The longest a token may live (`auth.max_token_lifetime_secs`): every token issued
+    /// before a time has expired this long (plus the leeway) after it.
+    pub fn max_lifetime_secs(&self) -> u64 {
+        self.max_lifetime_secs
+            .saturating_add(self.validation.leeway)
     }
 
     /// Mints a token for a sign-in whose account revoked every token issued before
@@ -197,6 +232,14 @@ impl Auth {
         })?;
         if !UserId::new(data.claims.sub.clone()).is_valid() {
             return Err(AuthError::Invalid("sub is not a valid user id".into()));
+        }
+        // A token that would outlive every revocation record is refused: its revocation
+        // could be pruned while it still works.
+        if data.claims.exp > now_secs().saturating_add(self.max_lifetime_secs()) {
+            return Err(AuthError::Invalid(format!(
+                "the token lives longer than auth.max_token_lifetime_secs ({} s)",
+                self.max_lifetime_secs
+            )));
         }
         Ok(data.claims)
     }
@@ -250,6 +293,30 @@ mod tests {
     }
 
     #[test]
+    fn minted_tokens_name_their_session_and_live_a_bounded_time() {
+        let a = Auth::new(b"secret", &AuthConfig::default());
+        let t1 = a
+            .verify(&a.mint(&UserId::from("a"), None).unwrap())
+            .unwrap();
+        let t2 = a
+            .verify(&a.mint(&UserId::from("a"), None).unwrap())
+            .unwrap();
+        assert_eq!(t1.sid.as_deref().map(str::len), Some(32));
+        assert_ne!(t1.sid, t2.sid);
+        let max = AuthConfig::default().max_token_lifetime_secs;
+        assert!(a.mint(&UserId::from("a"), Some(max + 1)).is_err());
+        let long = Claims {
+            sub: "a".into(),
+            exp: now_secs() + max + 3600,
+            iat: now_secs(),
+            sid: None,
+        };
+        let t = encode(&Header::new(Algorithm::HS256), &long, &a.encoding).unwrap();
+        let e = a.verify(&t).unwrap_err();
+        assert!(e.to_string().contains("max_token_lifetime_secs"), "{e}");
+    }
+
+    #[test]
     fn expired_tokens_are_refused() {
         let cfg = AuthConfig {
             leeway_secs: 0,
@@ -260,6 +327,7 @@ mod tests {
             sub: "bob".into(),
             exp: now_secs() - 10,
             iat: 0,
+            sid: None,
         };
         let t = encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
         assert_eq!(a.verify(&t), Err(AuthError::Expired));

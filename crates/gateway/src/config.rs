@@ -99,7 +99,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 3_000,
             tcp_nodelay: true,
             fd_reserve: 128,
-            max_pending_connections: 1024,
+            max_pending_connections: 512,
             header_read_timeout_ms: 20_000,
             keepalive_timeout_ms: 60_000,
             upgrade_timeout_ms: 30_000,
@@ -141,6 +141,21 @@ pub struct AuthConfig {
     pub password_letters_and_digits: bool,
     /// Failed sign-ins allowed per user id per minute before `POST /v1/login` answers 429.
     pub login_attempts_per_minute: u32,
+    /// Sign-in attempts allowed per client address per minute (any user id) before
+    /// `POST /v1/login` answers 429.
+    pub login_attempts_per_minute_per_address: u32,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` header names the client (for the
+    /// per-address limit); empty: the peer address is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Password hashes (argon2id, 19 MiB each) computed at once on this node.
+    pub hash_concurrency: usize,
+    /// Sign-ins and password changes that may wait for a hashing slot; more get 503.
+    pub hash_queue: usize,
+    /// Longest wait for a hashing slot, ms; after it the request gets 503 with `retry`.
+    pub hash_wait_ms: u64,
+    /// Longest lifetime of any accepted token, seconds (revocation records are kept this
+    /// long); a token that expires later is refused.
+    pub max_token_lifetime_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -157,6 +172,12 @@ impl Default for AuthConfig {
             password_min_len: 8,
             password_letters_and_digits: true,
             login_attempts_per_minute: 10,
+            login_attempts_per_minute_per_address: 60,
+            trusted_proxies: Vec::new(),
+            hash_concurrency: 2,
+            hash_queue: 32,
+            hash_wait_ms: 3_000,
+            max_token_lifetime_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -202,6 +223,13 @@ pub struct FilesConfig {
     /// Uploads being received at once on a node (each may hold up to `max_bytes` in
     /// memory); more get 503 with `retry`.
     pub max_concurrent_uploads: usize,
+    /// Uploads one user may have in progress at once on a node; more get 429.
+    pub max_concurrent_uploads_per_user: usize,
+    /// Slowest accepted upload, bytes per second on average after `upload_grace_ms`; a
+    /// slower (or stalled) upload ends with 408 and frees its slot.
+    pub upload_min_bytes_per_sec: u64,
+    /// Time an upload gets before `upload_min_bytes_per_sec` applies, ms.
+    pub upload_grace_ms: u64,
 }
 
 impl Default for FilesConfig {
@@ -225,6 +253,9 @@ impl Default for FilesConfig {
             .to_vec(),
             uploads_per_minute: 30,
             max_concurrent_uploads: 8,
+            max_concurrent_uploads_per_user: 2,
+            upload_min_bytes_per_sec: 4096,
+            upload_grace_ms: 10_000,
         }
     }
 }
@@ -328,7 +359,7 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     /// Longest message body, in characters.
     pub max_body_chars: usize,
-    /// Sustained sends (and typing notices) per second per session.
+    /// Sustained sends per second per session.
     pub send_per_sec: u32,
     /// Burst allowance on top of `send_per_sec`.
     pub send_burst: u32,
@@ -338,6 +369,22 @@ pub struct LimitsConfig {
     pub sync_max: u32,
     /// Most conversations in one `sync` request.
     pub sync_max_conversations: usize,
+    /// Largest `sync`, `history` or `conversations` reply, bytes (its estimated encoded
+    /// size): a page stops early with `has_more` when the next message would not fit.
+    pub reply_max_bytes: usize,
+    /// Bytes of such replies one user may have in flight at once (being built, queued or
+    /// written), across their sessions on this node.
+    pub replies_max_bytes_per_user: usize,
+    /// Bytes of such replies the node has in flight at once.
+    pub replies_max_bytes: usize,
+    /// How long a heavy request waits for room in those budgets before `unavailable`, ms.
+    pub reply_wait_ms: u64,
+    /// Sustained `read` and `typing` notices per second one session makes others receive.
+    pub ephemeral_per_sec: u32,
+    /// Burst allowed above `ephemeral_per_sec`.
+    pub ephemeral_burst: u32,
+    /// Shortest interval between two `typing` notices of one session in one conversation, ms.
+    pub typing_interval_ms: u64,
     /// Most users in one message's `mentions`.
     pub max_mentions: usize,
     /// Largest HTTP request body, bytes.
@@ -354,6 +401,13 @@ impl Default for LimitsConfig {
             history_max: 200,
             sync_max: 500,
             sync_max_conversations: 200,
+            reply_max_bytes: 1024 * 1024,
+            replies_max_bytes_per_user: 4 * 1024 * 1024,
+            replies_max_bytes: 32 * 1024 * 1024,
+            reply_wait_ms: 2000,
+            ephemeral_per_sec: 5,
+            ephemeral_burst: 10,
+            typing_interval_ms: 3000,
             max_mentions: 100,
             max_http_body: 1024 * 1024,
         }

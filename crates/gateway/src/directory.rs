@@ -105,36 +105,6 @@ impl PasswordPolicy {
     }
 }
 
-/// Hashes a password with argon2id (on the blocking pool: it is deliberately slow).
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::PasswordHasher;
-        argon2::Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("hash task: {e}")))?
-    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("hashing: {e}")))
-}
-
-/// Checks a password against a stored argon2 hash.
-pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::phc::PasswordHash;
-        use argon2::password_hash::PasswordVerifier;
-        PasswordHash::new(&hash)
-            .map(|h| {
-                argon2::Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
-}
-
 /// Encodes a record.
 pub fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(v).map_err(|e| ApiError::new(ErrorCode::Internal, format!("encode: {e}")))
@@ -208,14 +178,5 @@ mod tests {
             assert_eq!(e.code, ErrorCode::BadRequest);
             assert!(e.message.contains("at least 8 characters"), "{}", e.message);
         }
-    }
-
-    #[tokio::test]
-    async fn argon2id_round_trip() {
-        let h = hash_password("correct horse 1".into()).await.unwrap();
-        assert!(h.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse 1".into(), h.clone()).await);
-        assert!(!verify_password("wrong horse 1".into(), h.clone()).await);
-        assert!(!verify_password("x".into(), "not a hash".into()).await);
     }
 }

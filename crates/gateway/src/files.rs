@@ -5,6 +5,12 @@
 //! [`store::MetaStore`]. A file may be downloaded by its uploader, by company administrators,
 //! and by the members of any conversation it was shared in (recorded when a message that
 //! references it is sent).
+//!
+//! Budgets: a node receives at most `files.max_concurrent_uploads` uploads at once, one user
+//! at most `files.max_concurrent_uploads_per_user` of them, and an upload must keep an
+//! average of `files.upload_min_bytes_per_sec` after `files.upload_grace_ms`: a stalled or
+//! trickling body ends with 408 `timeout` and frees its slot, so a few slow clients cannot
+//! hold every slot.
 
 use crate::api::Caller;
 use crate::directory::{get_json, to_json};
@@ -30,6 +36,39 @@ pub const NS_FILE_SHARE: &str = "file_share";
 /// Namespace of files attached to messages held for review, keyed `file_id/conv`: the
 /// conversation's reviewers may read them.
 pub const NS_FILE_HELD: &str = "file_held";
+
+/// Uploads in progress per user on this node.
+pub type UploadsByUser = dashmap::DashMap<UserId, usize>;
+
+/// One user's upload slot, given back when dropped.
+struct UserSlot<'a> {
+    map: &'a UploadsByUser,
+    user: UserId,
+}
+
+impl<'a> UserSlot<'a> {
+    /// Takes one of `user`'s `max` slots, or `None` when they are all taken.
+    fn take(map: &'a UploadsByUser, user: &UserId, max: usize) -> Option<Self> {
+        let mut n = map.entry(user.clone()).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            map,
+            user: user.clone(),
+        })
+    }
+}
+
+impl Drop for UserSlot<'_> {
+    fn drop(&mut self) {
+        self.map.remove_if_mut(&self.user, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+}
 
 /// What the server records about an upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -94,8 +133,9 @@ pub struct UploadQuery {
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes"),
     responses((status = 201, body = Attachment), (status = 400, description = "Missing name, empty body, type not allowed", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, description = "The name is blocked", body = ErrorBody),
+        (status = 408, description = "The body came slower than files.upload_min_bytes_per_sec", body = ErrorBody),
         (status = 413, description = "Over files.max_bytes", body = ErrorBody),
-        (status = 429, description = "Over files.uploads_per_minute", body = ErrorBody),
+        (status = 429, description = "Over files.uploads_per_minute or files.max_concurrent_uploads_per_user", body = ErrorBody),
         (status = 503, description = "Over files.max_concurrent_uploads", body = ErrorBody)))]
 async fn upload(
     State(state): State<AppState>,
@@ -113,6 +153,19 @@ async fn upload(
             ),
         ));
     }
+    let Some(_mine) = UserSlot::take(
+        &state.uploads_by_user,
+        &me,
+        state.config.files.max_concurrent_uploads_per_user,
+    ) else {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "you already have {} uploads in progress (files.max_concurrent_uploads_per_user)",
+                state.config.files.max_concurrent_uploads_per_user
+            ),
+        ));
+    };
     let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
@@ -172,8 +225,22 @@ async fn upload(
         (moderation::Action::Mask | moderation::Action::Review, Some(masked)) => masked,
         _ => name.to_owned(),
     };
-    let Some(bytes) = read_limited(body, max).await else {
-        return Err(too_large());
+    let pace = Pace {
+        grace: std::time::Duration::from_millis(state.config.files.upload_grace_ms),
+        min_bytes_per_sec: state.config.files.upload_min_bytes_per_sec,
+    };
+    let bytes = match read_limited(body, max, pace).await {
+        Ok(bytes) => bytes,
+        Err(Refused::TooLarge) => return Err(too_large()),
+        Err(Refused::TooSlow) => {
+            return Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                "the upload came slower than {} bytes per second (files.upload_min_bytes_per_sec)",
+                pace.min_bytes_per_sec
+            ),
+            ))
+        }
     };
     if bytes.is_empty() {
         return Err(ApiError::bad_request("body: the file is empty"));
@@ -222,24 +289,66 @@ async fn upload(
 /// is still sending when the server closes would see a reset instead of the answer.
 const LINGER_BYTES: u64 = 1024 * 1024;
 
-/// Reads the body if it is at most `max` bytes; `None` (after discarding up to
-/// [`LINGER_BYTES`] more) when it is larger, or when the client stops sending midway.
-async fn read_limited(body: Body, max: u64) -> Option<Vec<u8>> {
+/// The slowest an upload body may arrive.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// Time before the rate applies.
+    grace: std::time::Duration,
+    /// Average bytes per second since the start, required after `grace` (0: no minimum).
+    min_bytes_per_sec: u64,
+}
+
+impl Pace {
+    /// When the body must have sent more than `received` bytes.
+    fn due(&self, start: tokio::time::Instant, received: u64) -> Option<tokio::time::Instant> {
+        if self.min_bytes_per_sec == 0 {
+            return None;
+        }
+        let earned =
+            std::time::Duration::from_secs_f64(received as f64 / self.min_bytes_per_sec as f64);
+        start.checked_add(self.grace)?.checked_add(earned)
+    }
+}
+
+/// Why a body was not read.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// Over the limit, or cut short by the client.
+    TooLarge,
+    /// Slower than the [`Pace`].
+    TooSlow,
+}
+
+/// Reads the body if it is at most `max` bytes and keeps `pace`; `TooLarge` (after discarding
+/// up to [`LINGER_BYTES`] more) when it is larger, or when the client stops sending midway.
+async fn read_limited(body: Body, max: u64, pace: Pace) -> Result<Vec<u8>, Refused> {
     use futures_util::StreamExt;
+    let start = tokio::time::Instant::now();
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
     let mut total: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.ok()?;
+    loop {
+        let next = match pace.due(start, total) {
+            Some(due) => tokio::time::timeout_at(due, stream.next())
+                .await
+                .map_err(|_| Refused::TooSlow)?,
+            None => stream.next().await,
+        };
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|_| Refused::TooLarge)?;
         total = total.saturating_add(chunk.len() as u64);
         if total > max.saturating_add(LINGER_BYTES) {
-            return None;
+            return Err(Refused::TooLarge);
         }
         if total <= max {
             bytes.extend_from_slice(&chunk);
         }
     }
-    (total <= max).then_some(bytes)
+    if total <= max {
+        Ok(bytes)
+    } else {
+        Err(Refused::TooLarge)
+    }
 }
 
 fn attachment_of(r: &FileRecord) -> Attachment {
@@ -437,6 +546,39 @@ async fn put_link(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pace_grows_with_what_was_received() {
+        let pace = Pace {
+            grace: std::time::Duration::from_secs(10),
+            min_bytes_per_sec: 1000,
+        };
+        let t = tokio::time::Instant::now();
+        assert_eq!(pace.due(t, 0), Some(t + std::time::Duration::from_secs(10)));
+        assert_eq!(
+            pace.due(t, 5000),
+            Some(t + std::time::Duration::from_secs(15))
+        );
+        let off = Pace {
+            min_bytes_per_sec: 0,
+            ..pace
+        };
+        assert_eq!(off.due(t, 5000), None);
+    }
+
+    #[test]
+    fn one_user_holds_at_most_their_share() {
+        let map = UploadsByUser::default();
+        let (a, b) = (UserId::from("a"), UserId::from("b"));
+        let s1 = UserSlot::take(&map, &a, 2).unwrap();
+        let s2 = UserSlot::take(&map, &a, 2).unwrap();
+        assert!(UserSlot::take(&map, &a, 2).is_none());
+        let other = UserSlot::take(&map, &b, 2).unwrap();
+        drop(s1);
+        let s3 = UserSlot::take(&map, &a, 2).unwrap();
+        drop((s2, s3, other));
+        assert!(map.is_empty(), "slots are given back");
+    }
 
     #[test]
     fn filenames_are_percent_encoded() {

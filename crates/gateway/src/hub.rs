@@ -5,6 +5,8 @@
 //! session's queue is full, the session is closed with 4000 (slow consumer) and its client
 //! reconnects and `sync`s; nothing is lost because everything delivered is in history.
 
+use crate::budget::{ReplyBudgets, ReplyBytes};
+use crate::config::LimitsConfig;
 use crate::membership::Membership;
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -21,6 +23,8 @@ pub struct SharedFrame {
     frame: ServerFrame,
     json: OnceLock<Bytes>,
     msgpack: OnceLock<Bytes>,
+    /// The reply budget this frame holds until it is written and dropped.
+    _budget: Option<Box<ReplyBytes>>,
 }
 
 impl SharedFrame {
@@ -30,7 +34,26 @@ impl SharedFrame {
             frame,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
+            _budget: None,
         })
+    }
+
+    /// Wraps a reply that holds `budget` until the writer has written it.
+    pub fn with_budget(frame: ServerFrame, budget: ReplyBytes) -> Arc<Self> {
+        Arc::new(Self {
+            frame,
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+            _budget: Some(Box::new(budget)),
+        })
+    }
+
+    /// The frame, without a copy when this is the only reference.
+    pub fn into_frame(self: Arc<Self>) -> ServerFrame {
+        match Arc::try_unwrap(self) {
+            Ok(s) => s.frame,
+            Err(shared) => shared.frame.clone(),
+        }
     }
 
     /// The frame's bytes in `codec`.
@@ -60,6 +83,8 @@ pub struct SessionHandle {
     pub device: Box<str>,
     /// When the session opened, ms since the epoch.
     pub connected_at: u64,
+    /// The token the session was opened with, so that revoking it closes the session.
+    pub token: TokenRef,
     /// Hash of `id`, so a fan-out compares each recipient with the skipped session by
     /// integer (the id string is only read on a hash match).
     id_hash: u64,
@@ -75,6 +100,7 @@ impl SessionHandle {
         user: UserId,
         codec: Codec,
         device: Box<str>,
+        token: TokenRef,
         capacity: usize,
     ) -> (Arc<Self>, mpsc::Receiver<Arc<SharedFrame>>) {
         let (queue, rx) = mpsc::channel(capacity.max(1));
@@ -84,6 +110,7 @@ impl SessionHandle {
             user,
             codec,
             device,
+            token,
             connected_at: crate::state::now_ms(),
             queue,
             cancel: CancellationToken::new(),
@@ -104,6 +131,7 @@ impl SessionHandle {
             .into(),
             device: self.device.to_string(),
             connected_at: self.connected_at,
+            token_id: self.token.id.to_string(),
         }
     }
 
@@ -130,8 +158,13 @@ impl SessionHandle {
     /// Queues a frame, waiting for room (for replies to the session's own requests, so a
     /// client that pipelines requests is slowed down rather than disconnected).
     pub async fn reply(&self, frame: ServerFrame) {
+        self.reply_shared(SharedFrame::new(frame)).await;
+    }
+
+    /// [`Self::reply`] for a frame already wrapped (e.g. one holding a reply budget).
+    pub async fn reply_shared(&self, frame: Arc<SharedFrame>) {
         tokio::select! {
-            _ = self.queue.send(SharedFrame::new(frame)) => {}
+            _ = self.queue.send(frame) => {}
             _ = self.cancel.cancelled() => {}
         }
     }
@@ -158,6 +191,18 @@ impl SessionHandle {
     }
 }
 
+/// Which token a session was opened with: its id (see [`crate::revocation::token_id`]), issue
+/// and expiry time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenRef {
+    /// The token's id.
+    pub id: Box<str>,
+    /// The token's `iat`, seconds since the epoch.
+    pub iat: u64,
+    /// The token's `exp`, seconds since the epoch.
+    pub exp: u64,
+}
+
 /// Hashes session ids for [`SessionHandle::id_hash`] (fixed seed: values are compared
 /// within this process only).
 fn id_hash(id: &str) -> u64 {
@@ -170,6 +215,8 @@ pub struct Hub {
     sessions: DashMap<UserId, Vec<Arc<SessionHandle>>, foldhash::fast::RandomState>,
     count: AtomicUsize,
     membership: Arc<Membership>,
+    /// Memory budgets of heavy replies, made from the config at first use.
+    replies: OnceLock<Arc<ReplyBudgets>>,
 }
 
 /// Why a session could not be registered.
@@ -186,7 +233,13 @@ impl Hub {
             sessions: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             count: AtomicUsize::new(0),
             membership,
+            replies: OnceLock::new(),
         })
+    }
+
+    /// The node's reply budgets (`limits.reply_max_bytes` and friends).
+    pub fn reply_budgets(&self, limits: &LimitsConfig) -> &Arc<ReplyBudgets> {
+        self.replies.get_or_init(|| ReplyBudgets::new(limits))
     }
 
     /// Adds a session; returns whether it is the user's first on this node.
@@ -306,6 +359,24 @@ impl Sink for Hub {
                 }
                 Control::GroupChanged { group } => self.membership.invalidate(group),
                 Control::UserChanged { user } => self.membership.invalidate_user(user),
+                Control::TokensRevoked {
+                    user,
+                    token,
+                    before,
+                    until,
+                } => {
+                    let (token, before) = (token.as_deref(), *before);
+                    self.membership
+                        .revocations
+                        .apply(user, token, before, *until);
+                    self.each_session(std::slice::from_ref(user), |s| {
+                        if token.is_some_and(|t| *t == *s.token.id)
+                            || before.is_some_and(|b| s.token.iat < b)
+                        {
+                            s.close(protocol::close::SIGNED_OUT, "token revoked: sign in again");
+                        }
+                    });
+                }
             },
         }
     }
@@ -322,6 +393,10 @@ pub struct SessionDescription {
     pub device: String,
     /// When the session opened, ms since the epoch.
     pub connected_at: u64,
+    /// The id of the token the session was opened with (what signing the session out
+    /// revokes).
+    #[serde(default)]
+    pub token_id: String,
 }
 
 /// Hub registration that undoes itself when dropped, even when the session task panics.

@@ -6,19 +6,20 @@
 //!   ("pending": half-open, slow TLS handshakes, trickled headers) have their own budget,
 //!   `server.max_pending_connections`; a new one beyond it evicts the oldest pending one, so
 //!   half-open connections can never lock out a client that sends its request at once.
-//!   WebSocket sessions are capped below the socket budget, leaving room for pending
-//!   connections and plain HTTP (`/healthz`, the admin API).
+//!   WebSocket sessions are capped below the socket budget, leaving room for the pending
+//!   budget and a quarter as much plain HTTP (`/healthz`, the admin API).
 //! - **Deadlines.** The first request's headers (and the TLS handshake) must arrive within
 //!   `server.header_read_timeout_ms` of the accept; a kept-alive connection must start its next
 //!   request within `server.keepalive_timeout_ms`; a WebSocket upgrade must complete within
-//!   `server.upgrade_timeout_ms` of the accept (else 503 before the upgrade).
+//!   `server.upgrade_timeout_ms` of the accept (else 503 before the upgrade); an HTTP exchange
+//!   that moves no byte for a keep-alive period (a client that stopped reading) is closed.
 //! - **Never dies, never spins.** Accept errors such as `EMFILE` evict the oldest pending
 //!   connection and back off briefly.
 //!
 //! Every request carries [`ConnectInfo<SocketAddr>`] in its extensions, as
 //! `into_make_service_with_connect_info` would. A connection's task ends when it is upgraded:
 //! a WebSocket session then costs the session's own tasks and a few words here (the counted
-//! socket wrapper), nothing more.
+//! socket wrapper: two pointers and a shared progress counter), nothing more.
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
@@ -67,11 +68,10 @@ impl Budgets {
             .unwrap_or(usize::MAX)
             .max(8);
         let pending = cfg.max_pending_connections.clamp(1, (sockets / 4).max(1));
-        // Room for `pending` half-open connections plus as many plain HTTP connections.
-        let sessions = cfg
-            .max_connections
-            .min(sockets.saturating_sub(pending.saturating_mul(2)))
-            .max(1);
+        // Room for `pending` connections, plus a quarter as many plain HTTP ones (`/healthz`,
+        // the admin API) in progress.
+        let room = pending.saturating_add(pending / 4);
+        let sessions = cfg.max_connections.min(sockets.saturating_sub(room)).max(1);
         Self {
             fd_limit,
             sockets,
@@ -220,10 +220,18 @@ impl Drop for Slot {
 }
 
 /// A socket that gives its slot back when dropped, wherever it ends up (a WebSocket session
-/// owns it after the upgrade).
+/// owns it after the upgrade), and counts the reads and writes that moved bytes, so the
+/// connection's task can tell a stalled HTTP exchange from a busy one.
 struct Counted<IO> {
     io: IO,
+    progress: Arc<AtomicU64>,
     _slot: Slot,
+}
+
+impl<IO> Counted<IO> {
+    fn moved(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
@@ -232,7 +240,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.moved();
+        }
+        r
     }
 }
 
@@ -242,7 +255,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
@@ -255,7 +272,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -266,6 +287,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
 struct PendingGuard {
     shared: Arc<Shared>,
     id: u64,
+    /// Cancelled when the connection is evicted from the pending set.
+    evicted: CancellationToken,
 }
 
 impl Drop for PendingGuard {
@@ -326,13 +349,23 @@ pub async fn serve(
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
         }
+        // Counted and registered before the task runs, so a burst of accepts sees itself.
+        let slot = Slot::new(shared.clone());
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        shared.enter_pending(id, evicted.clone());
+        let pending = PendingGuard {
+            shared: shared.clone(),
+            id,
+            evicted,
+        };
         let ctx = ConnCtx {
             shared: shared.clone(),
             app: app.clone(),
             shutdown: shutdown.clone(),
             _done: done_tx.clone(),
         };
-        tokio::spawn(connection(stream, peer, tls.clone(), ctx));
+        tokio::spawn(connection(stream, slot, pending, peer, tls.clone(), ctx));
     }
     drop(listener);
     drop(done_tx);
@@ -356,34 +389,45 @@ async fn accept_error(shared: &Shared, e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, tls: Option<Tls>, ctx: ConnCtx) {
+async fn connection(
+    stream: TcpStream,
+    slot: Slot,
+    pending: PendingGuard,
+    peer: SocketAddr,
+    tls: Option<Tls>,
+    ctx: ConnCtx,
+) {
     let accepted = Instant::now();
     let shared = ctx.shared.clone();
+    let progress = Arc::new(AtomicU64::new(0));
     let io = Counted {
         io: stream,
-        _slot: Slot::new(shared.clone()),
+        progress: progress.clone(),
+        _slot: slot,
     };
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let evicted = CancellationToken::new();
-    shared.enter_pending(id, evicted.clone());
-    let _pending = PendingGuard {
-        shared: shared.clone(),
+    let (id, evicted) = (pending.id, pending.evicted.clone());
+    let conn = Conn {
+        peer,
+        accepted,
         id,
+        evicted,
+        progress,
+        ctx: &ctx,
     };
     let first_deadline = tokio::time::Instant::from_std(accepted + shared.deadlines.first_request);
     match tls {
-        None => serve_http(io, peer, accepted, id, evicted, first_deadline, &ctx).await,
+        None => serve_http(io, first_deadline, conn).await,
         Some(tls) => {
             let handshake =
                 tokio::time::timeout(shared.deadlines.tls_handshake, tls.acceptor.accept(io));
             let stream = tokio::select! {
                 r = handshake => r,
-                _ = evicted.cancelled() => return,
+                _ = pending.evicted.cancelled() => return,
                 _ = tokio::time::sleep_until(first_deadline) => return,
                 _ = ctx.shutdown.cancelled() => return,
             };
             match stream {
-                Ok(Ok(s)) => serve_http(s, peer, accepted, id, evicted, first_deadline, &ctx).await,
+                Ok(Ok(s)) => serve_http(s, first_deadline, conn).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -391,17 +435,28 @@ async fn connection(stream: TcpStream, peer: SocketAddr, tls: Option<Tls>, ctx: 
     }
 }
 
-async fn serve_http<IO>(
-    io: IO,
+/// One accepted connection's facts, for [`serve_http`].
+struct Conn<'a> {
     peer: SocketAddr,
     accepted: Instant,
     id: u64,
     evicted: CancellationToken,
-    first_deadline: tokio::time::Instant,
-    ctx: &ConnCtx,
-) where
+    progress: Arc<AtomicU64>,
+    ctx: &'a ConnCtx,
+}
+
+async fn serve_http<IO>(io: IO, first_deadline: tokio::time::Instant, c: Conn<'_>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        peer,
+        accepted,
+        id,
+        evicted,
+        progress,
+        ctx,
+    } = c;
     let shared = &ctx.shared;
     let service = ConnService {
         app: ctx.app.clone(),
@@ -422,6 +477,11 @@ async fn serve_http<IO>(
     tokio::pin!(conn);
     let mut first_armed = true;
     let mut shutting_down = false;
+    // An exchange that moves no byte for a whole keep-alive period is stalled (a client that
+    // stopped reading its response, or sending its body): closed at the next check.
+    let stall = shared.deadlines.keep_alive;
+    let mut stall_check = tokio::time::interval_at(tokio::time::Instant::now() + stall, stall);
+    let mut last_progress = progress.load(Ordering::Relaxed);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -441,6 +501,14 @@ async fn serve_http<IO>(
                     return;
                 }
                 first_armed = false;
+            }
+            _ = stall_check.tick() => {
+                let now = progress.load(Ordering::Relaxed);
+                if now == last_progress {
+                    tracing::debug!(%peer, "no progress for a keep-alive period; closed");
+                    return;
+                }
+                last_progress = now;
             }
             _ = ctx.shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
@@ -568,7 +636,15 @@ mod tests {
         let b = Budgets::derive(&cfg, 512);
         assert_eq!(b.sockets, 512 - cfg.fd_reserve as usize);
         assert!(b.pending >= 1 && b.pending <= b.sockets / 4);
-        assert!(b.sessions + 2 * b.pending <= b.sockets, "{b:?}");
+        assert_eq!(b.pending, 96);
+        assert_eq!(b.sessions, 384 - 96 - 24, "{b:?}");
+    }
+
+    #[test]
+    fn the_connect_storm_fits_a_20000_fd_limit() {
+        // loadtest/scenarios/connect-storm.toml holds 19,000 idle sessions at 20,000 files.
+        let b = Budgets::derive(&ServerConfig::default(), 20_000);
+        assert!(b.sessions >= 19_000, "{b:?}");
     }
 
     #[test]

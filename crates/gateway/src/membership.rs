@@ -100,6 +100,8 @@ pub struct Membership {
     epoch: AtomicU64,
     /// Serializes read-modify-write changes of one group's settings on this node.
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Revoked tokens and users' cut-offs (cached in front of the store).
+    pub revocations: Arc<crate::revocation::Revocations>,
 }
 
 fn meta_err(e: crate::error::ApiError) -> StoreError {
@@ -111,6 +113,7 @@ impl Membership {
     pub fn new(store: Arc<dyn Store>, meta: Arc<dyn MetaStore>) -> Arc<Self> {
         Arc::new(Self {
             store,
+            revocations: Arc::new(crate::revocation::Revocations::new(meta.clone())),
             meta,
             groups: DashMap::new(),
             accounts: DashMap::new(),

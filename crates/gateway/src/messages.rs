@@ -187,16 +187,39 @@ async fn company_admin_access(state: &AppState, conv: &ConvId) -> Result<Access,
 }
 
 /// The user's conversations, most recently active first, with the last message and the
-/// mention flag (an unread message mentions them).
+/// mention flag (an unread message mentions them), within `limits.reply_max_bytes`.
 pub async fn conversation_list(
     state: &AppState,
     user: &UserId,
 ) -> Result<Vec<ConvSummary>, ApiError> {
+    let max = state.config.limits.reply_max_bytes;
+    Ok(conversation_list_within(state, user, max).await?.0)
+}
+
+/// [`conversation_list`] whose estimated encoded size stays within `max_bytes`: once the
+/// next entry's last message would not fit, entries come without `last_message` (the list
+/// itself is bounded by the user's memberships). Returns the list and its estimated size.
+pub async fn conversation_list_within(
+    state: &AppState,
+    user: &UserId,
+    max_bytes: usize,
+) -> Result<(Vec<ConvSummary>, usize), ApiError> {
     let mut list = state.store.conversations(user).await?;
+    let mut used = 64;
+    let mut room = true;
     for c in &mut list {
-        if c.last_seq.0 > 0 {
+        used += crate::budget::encoded_len(&*c) + 1;
+        if c.last_seq.0 > 0 && room {
             let page = state.store.history(&c.conv, None, 1).await?;
-            c.last_message = page.messages.into_iter().next();
+            if let Some(m) = page.messages.into_iter().next() {
+                let size = crate::budget::encoded_len(&m) + 16;
+                if used + size <= max_bytes {
+                    used += size;
+                    c.last_message = Some(m);
+                } else {
+                    room = false;
+                }
+            }
         }
         if c.unread > 0 {
             let mine = marker(state, NS_MENTION, &format!("{user}/{}", c.conv)).await?;
@@ -216,7 +239,7 @@ pub async fn conversation_list(
             _ => kept.push(c),
         }
     }
-    Ok(kept)
+    Ok((kept, used))
 }
 
 async fn marker(state: &AppState, ns: &str, key: &str) -> Result<u64, ApiError> {

@@ -58,6 +58,9 @@ impl Node {
         } = crate::backends::open_store(&config).await?;
         let router = crate::backends::open_router(&config.router).await?;
         let membership = Membership::new(store.clone(), meta.clone());
+        membership
+            .revocations
+            .spawn_pruner(Duration::from_secs(3600), shutdown.clone());
         let hub = Hub::new(membership.clone());
         router.attach(hub.clone());
         let listener = TcpListener::bind(&config.server.listen)
@@ -97,6 +100,8 @@ impl Node {
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 config.files.max_concurrent_uploads.max(1),
             )),
+            uploads_by_user: Default::default(),
+            signin: crate::signin::SignIn::new(&config.auth)?,
             login_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
                 std::num::NonZeroU32::new(config.auth.login_attempts_per_minute.max(1))
                     .unwrap_or(std::num::NonZeroU32::MIN),

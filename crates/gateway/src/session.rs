@@ -9,7 +9,7 @@
 
 use crate::auth::{now_secs, AuthError};
 use crate::error::ApiError;
-use crate::hub::{Registration, SessionHandle, SharedFrame};
+use crate::hub::{Registration, SessionHandle, SharedFrame, TokenRef};
 use crate::ops::{self, SessionCtx};
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -106,8 +106,13 @@ pub async fn upgrade(
         )
         .into_response();
     };
+    let token_ref = TokenRef {
+        id: claims.token_id(&token).into(),
+        iat: claims.iat,
+        exp: claims.exp,
+    };
     let user = UserId::new(claims.sub);
-    if let Err(e) = state.check_account(&user, claims.iat).await {
+    if let Err(e) = state.check_account(&user, claims.iat, &token_ref.id).await {
         return e.into_response();
     }
     if let Err(e) = state.touch_user(&user).await {
@@ -120,7 +125,7 @@ pub async fn upgrade(
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(server.ws_read_buffer)
         .write_buffer_size(server.ws_write_buffer)
-        .on_upgrade(move |socket| run(state, socket, user, codec, device, claims.exp, permit))
+        .on_upgrade(move |socket| run(state, socket, user, codec, device, token_ref, permit))
 }
 
 fn to_ws(codec: Codec, bytes: bytes::Bytes) -> WsMessage {
@@ -140,7 +145,7 @@ async fn run(
     user: UserId,
     codec: Codec,
     device: Box<str>,
-    token_exp: u64,
+    token: TokenRef,
     _permit: OwnedSemaphorePermit,
 ) {
     let session_id = uuid::Uuid::new_v4().simple().to_string();
@@ -153,6 +158,7 @@ async fn run(
             user,
             codec,
             device,
+            token,
             state.config.server.outbound_queue,
         );
         let (mut sink, stream) = socket.split();
@@ -201,9 +207,23 @@ async fn run(
             )
             .in_current_span(),
         );
-        read_loop(&state, stream, &handle, token_exp).await;
+        let stream = read_loop(&state, stream, &handle, handle.token.exp).await;
         drop(registration);
-        let _ = writer.await;
+        // After a broken frame the client may still be sending: keep reading (and
+        // discarding) for a moment, so the socket is not closed with unread data (a TCP
+        // reset that could destroy the close frame before the client reads it).
+        let broken = handle.close_reason().is_some_and(|(code, _)| {
+            matches!(
+                *code,
+                close::PROTOCOL_ERROR | close::INVALID_PAYLOAD | close::TOO_LARGE
+            )
+        });
+        if broken {
+            let _ = tokio::join!(writer, linger(stream));
+        } else {
+            drop(stream);
+            let _ = writer.await;
+        }
         tracing::debug!(reason = ?handle.close_reason(), "session closed");
     }
     .instrument(span)
@@ -289,17 +309,58 @@ impl<F: std::future::Future> InSessionOrder for F {}
 type InFlight<'a> =
     FuturesOrdered<Pin<Box<dyn std::future::Future<Output = Option<ServerFrame>> + Send + 'a>>>;
 
+/// Reads the session's frames until it ends; returns the read half (see [`linger`]).
 async fn read_loop(
     state: &AppState,
     mut stream: futures_util::stream::SplitStream<WebSocket>,
     handle: &Arc<SessionHandle>,
     token_exp: u64,
-) {
+) -> futures_util::stream::SplitStream<WebSocket> {
     let ctx = SessionCtx::new(
         handle.clone(),
         state.config.limits.send_per_sec,
         state.config.limits.send_burst,
     );
+    read_frames(state, &ctx, &mut stream, handle, token_exp).await;
+    // Read cursors the rate held back are still stored and published: the final one counts.
+    ops::flush_reads(state, &ctx, true).await;
+    stream
+}
+
+/// How long the read half stays open after a broken frame closed the session.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads and discards what the peer still sends, for at most [`LINGER`] or until it closes
+/// (its close reply or the end of the stream). The WebSocket layer may repeat an error
+/// without reading further, so errors pause instead of spinning.
+async fn linger(mut stream: futures_util::stream::SplitStream<WebSocket>) {
+    let drain = async {
+        loop {
+            match stream.next().await {
+                None | Some(Ok(WsMessage::Close(_))) => return,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Sleeps until `due`, or forever without one.
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_frames(
+    state: &AppState,
+    ctx: &SessionCtx,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    handle: &Arc<SessionHandle>,
+    token_exp: u64,
+) {
     // Sends are pipelined only where the store keeps one writer's order (embedded); other
     // backends get one send at a time, as before.
     let depth = if state.store.keeps_append_order() {
@@ -321,6 +382,7 @@ async fn read_loop(
     tokio::pin!(idle_timer);
     loop {
         let pending = in_flight.as_ref().map_or(0, |f| f.len());
+        let reads_due = ctx.reads_due();
         let next = tokio::select! {
             _ = handle.closed() => return,
             _ = &mut expiry => {
@@ -343,18 +405,18 @@ async fn read_loop(
                 idle_timer.as_mut().reset(base + idle);
                 continue;
             }
+            _ = sleep_until(reads_due), if reads_due.is_some() => {
+                ops::flush_reads(state, ctx, false).await;
+                continue;
+            }
             next = stream.next(), if pending < depth => next,
         };
         last_frame = tokio::time::Instant::now();
         let message = match next {
             None => return,
             Some(Err(e)) => {
-                if is_too_large(&e) {
-                    handle.close(close::TOO_LARGE, "frame too large");
-                } else {
-                    tracing::debug!(error = %e, "read error");
-                    handle.close(close::GOING_AWAY, "read error");
-                }
+                let (code, reason) = read_error_close(e);
+                handle.close(code, reason);
                 return;
             }
             Some(Ok(m)) => m,
@@ -392,7 +454,6 @@ async fn read_loop(
                 n: tickets,
             };
             tickets += 1;
-            let ctx = &ctx;
             let send = async move {
                 ticket.pipeline.wait_turn(ticket.n).await;
                 let reply = TICKET
@@ -407,13 +468,15 @@ async fn read_loop(
             continue;
         }
         // Anything else sees the effects of every earlier send, as without pipelining.
+        // Heavy requests (`sync`, `history`, `conversations`) run one at a time here, and
+        // each holds the session's heavy slot until its reply is written (ops.rs).
         if !drain(&mut in_flight, handle).await {
             return;
         }
         // Boxed: the reader task's future need not be sized for the largest handler, which
         // an idle session would carry for nothing.
-        if let Some(reply) = Box::pin(ops::handle(state, &ctx, frame)).await {
-            handle.reply(reply).await;
+        if let Some(reply) = Box::pin(ops::handle_shared(state, ctx, frame)).await {
+            handle.reply_shared(reply).await;
         }
     }
 }
@@ -442,13 +505,36 @@ async fn drain(in_flight: &mut Option<InFlight<'_>>, handle: &SessionHandle) -> 
     }
 }
 
-fn is_too_large(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("too long") || text.contains("too big") || text.contains("Space limit")
+/// The close code for a failed read, by the WebSocket layer's error type: a message or
+/// frame over the limit is 1009, invalid UTF-8 in a text message 1007, any other RFC 6455
+/// violation (unmasked client frame, reserved opcode or bits, bad fragmentation, a control
+/// frame too long or fragmented) 1002; a broken connection gets 1001 (nobody reads it).
+fn read_error_close(e: axum::Error) -> (u16, &'static str) {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    let Some(e) = inner.downcast_ref::<WsError>() else {
+        tracing::debug!(error = %inner, "read error");
+        return (close::GOING_AWAY, "read error");
+    };
+    match e {
+        WsError::Capacity(_) => (close::TOO_LARGE, "frame too large"),
+        WsError::Utf8(_) => (close::INVALID_PAYLOAD, "invalid UTF-8 in a text frame"),
+        WsError::Protocol(p) => {
+            tracing::debug!(error = %p, "protocol violation");
+            (close::PROTOCOL_ERROR, "WebSocket protocol violation")
+        }
+        other => {
+            tracing::debug!(error = %other, "read error");
+            (close::GOING_AWAY, "read error")
+        }
+    }
 }
 
 /// How long one batch of writes may take before the peer counts as a slow consumer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the close frame (after what the socket layer already holds) may take to leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, WsMessage>,
@@ -464,6 +550,8 @@ async fn write_loop(
     loop {
         tokio::select! {
             biased;
+            // Closing wins over queued frames: they are dropped, the close frame goes next.
+            _ = handle.closed() => break,
             n = queue.recv_many(&mut buffered, batch) => {
                 if n == 0 {
                     break;
@@ -474,45 +562,81 @@ async fn write_loop(
                     }
                     sink.flush().await
                 };
-                // A peer that stops reading must not pin the session forever. Most writes
-                // finish at the first poll: those need no timer.
-                let mut write = std::pin::pin!(write);
-                let outcome = match futures_util::FutureExt::now_or_never(write.as_mut()) {
-                    Some(done) => Ok(done),
-                    None => tokio::time::timeout(WRITE_TIMEOUT, write).await,
-                };
-                match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        handle.close(close::GOING_AWAY, "write error");
-                        return;
-                    }
-                    Err(_) => {
-                        handle.close(close::SLOW_CONSUMER, "write timed out: reconnect and sync");
-                        return;
-                    }
+                match bounded_write(write, &handle).await {
+                    Written::Done => {}
+                    Written::Stopped => break,
+                    Written::Failed => return,
                 }
             }
-            _ = handle.closed() => break,
             _ = ping.tick() => {
-                if sink.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
-                    handle.close(close::GOING_AWAY, "write error");
-                    return;
+                let write = sink.send(WsMessage::Ping(bytes::Bytes::new()));
+                match bounded_write(write, &handle).await {
+                    Written::Done => {}
+                    Written::Stopped => break,
+                    Written::Failed => return,
                 }
             }
         }
     }
+    // Stop writing queued frames (and give their reply budgets back) before the close frame.
+    buffered.clear();
+    queue.close();
+    while queue.try_recv().is_ok() {}
     let (code, reason) = handle
         .close_reason()
         .cloned()
         .unwrap_or((close::GOING_AWAY, "session ended".into()));
-    let _ = sink
-        .send(WsMessage::Close(Some(CloseFrame {
+    // A frame cut off by the close is still whole in the WebSocket layer's buffer, so the
+    // close frame follows it; the client sees it once it reads that far, if it does so
+    // within the deadline.
+    let goodbye = async {
+        sink.send(WsMessage::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from(reason),
         })))
-        .await;
-    let _ = sink.close().await;
+        .await?;
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+}
+
+/// How a write against the peer ended.
+enum Written {
+    /// Written; go on.
+    Done,
+    /// The session is closing: made no progress for [`WRITE_TIMEOUT`] (closed as a slow
+    /// consumer) or closed meanwhile (the write is abandoned, so the close frame is not
+    /// stuck behind the rest of the queue). The close frame should follow.
+    Stopped,
+    /// The socket failed: nothing more can be written.
+    Failed,
+}
+
+/// Runs one write against the peer, bounded by [`WRITE_TIMEOUT`] and the session's closing.
+async fn bounded_write<F>(write: F, handle: &SessionHandle) -> Written
+where
+    F: std::future::Future<Output = Result<(), axum::Error>>,
+{
+    let mut write = std::pin::pin!(write);
+    // Most writes finish at the first poll: those need no timer.
+    let outcome = match futures_util::FutureExt::now_or_never(write.as_mut()) {
+        Some(done) => Ok(done),
+        None => tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => r,
+            _ = handle.closed() => return Written::Stopped,
+        },
+    };
+    match outcome {
+        Ok(Ok(())) => Written::Done,
+        Ok(Err(_)) => {
+            handle.close(close::GOING_AWAY, "write error");
+            Written::Failed
+        }
+        Err(_) => {
+            handle.close(close::SLOW_CONSUMER, "write timed out: reconnect and sync");
+            Written::Stopped
+        }
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,10 @@ pub struct Inner {
     pub upload_limiter: governor::DefaultKeyedRateLimiter<UserId>,
     /// Permits for uploads being received (`files.max_concurrent_uploads`).
     pub uploads: Arc<Semaphore>,
+    /// Uploads in progress per user (`files.max_concurrent_uploads_per_user`).
+    pub uploads_by_user: crate::files::UploadsByUser,
+    /// Password hashing workers and the per-address sign-in limit.
+    pub signin: crate::signin::SignIn,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
 }
@@ -93,13 +97,27 @@ impl Inner {
         self.config.auth.admins.iter().any(|a| a == user.as_str())
     }
 
-    /// Refuses with `unauthorized` a token of a deactivated account or one issued before the
-    /// account's tokens were revoked; returns the directory record when there is one.
+    /// Refuses with `unauthorized` a token of a deactivated account, one issued before the
+    /// account's tokens were revoked, and a revoked token (by its id `token_id` or by the
+    /// user's cut-off, see [`crate::revocation`]); returns the directory record when there
+    /// is one.
     pub async fn check_account(
         &self,
         user: &UserId,
         issued_at: u64,
+        token_id: &str,
     ) -> Result<Option<Arc<crate::directory::Account>>, ApiError> {
+        if self
+            .membership
+            .revocations
+            .is_revoked(user, token_id, issued_at)
+            .await?
+        {
+            return Err(ApiError::new(
+                protocol::ErrorCode::Unauthorized,
+                "this token was revoked; sign in again",
+            ));
+        }
         let account = self.membership.account(user).await?;
         if let Some(a) = &account {
             if !a.is_active() {

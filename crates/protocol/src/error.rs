@@ -28,6 +28,8 @@ pub enum ErrorCode {
     Muted,
     /// A dependency (store, router) is temporarily unavailable.
     Unavailable,
+    /// The request took too long to arrive (a stalled or too slow upload body).
+    Timeout,
     /// A bug on the server side.
     Internal,
 }
@@ -37,7 +39,10 @@ impl ErrorCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
+            ErrorCode::RateLimited
+                | ErrorCode::Unavailable
+                | ErrorCode::Timeout
+                | ErrorCode::Internal
         )
     }
 
@@ -54,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Blocked => "blocked",
             ErrorCode::Muted => "muted",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -69,6 +75,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
+            ErrorCode::Timeout => 408,
             ErrorCode::Internal => 500,
         }
     }
@@ -84,6 +91,11 @@ impl fmt::Display for ErrorCode {
 pub mod close {
     /// Server shutting down (standard "going away"): reconnect, to another node if possible.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke RFC 6455 (unmasked frame, reserved opcode or bits, bad
+    /// fragmentation, a control frame too long): fix the client; reconnecting repeats it.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8 (standard "invalid payload data").
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame over the size limit (standard "message too big"): do not resend that frame.
     pub const TOO_LARGE: u16 = 1009;
     /// Unexpected server error: reconnect with backoff.

@@ -48,6 +48,19 @@ pub enum Control {
         /// The user.
         user: UserId,
     },
+    /// Some of a user's tokens were revoked: remember it, and close the sessions that use
+    /// them with 4001 (every node gets it).
+    TokensRevoked {
+        /// The user.
+        user: UserId,
+        /// The revoked token's id (its `sid` claim, or a digest of an identity provider's
+        /// token), when one token was revoked.
+        token: Option<String>,
+        /// Tokens issued before this time (seconds since the epoch) are revoked, when set.
+        before: Option<u64>,
+        /// When the revoked tokens have all expired (seconds since the epoch).
+        until: u64,
+    },
 }
 
 /// What an envelope carries.

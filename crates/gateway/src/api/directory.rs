@@ -3,11 +3,12 @@
 
 use super::{groups, user_changed, ApiJson, Caller};
 use crate::directory::{
-    get_json, hash_password, scan_all, to_json, verify_password, Account, Department,
-    PasswordPolicy, Status, NS_CREDENTIAL, NS_DEPT, NS_USER,
+    get_json, scan_all, to_json, Account, Department, PasswordPolicy, Status, NS_CREDENTIAL,
+    NS_DEPT, NS_USER,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::SessionDescription;
+use crate::signin::ClientAddr;
 use crate::state::{now_ms, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -87,33 +88,62 @@ pub struct Token {
     expires_at: u64,
 }
 
-/// Built-in sign-in with a password set by an administrator (no token needed).
+fn too_many_for_user() -> ApiError {
+    ApiError::new(
+        ErrorCode::RateLimited,
+        "too many sign-in attempts for this user; wait a minute",
+    )
+}
+
+/// Built-in sign-in with a password set by an administrator (no token needed). Limited per
+/// client address and per user id; the password check runs on the node's few hashing workers
+/// (503 with `retry` when they are all busy), and costs the same for an unknown user id.
 #[utoipa::path(post, path = "/v1/login", tag = "directory", request_body = Login,
     responses((status = 200, body = Token), (status = 400, body = ErrorBody),
         (status = 401, description = "Wrong user id or password, or deactivated", body = ErrorBody),
-        (status = 429, description = "Too many attempts", body = ErrorBody)))]
+        (status = 429, description = "Too many attempts for this user id or from this address", body = ErrorBody),
+        (status = 503, description = "Every password hashing worker is busy; retry", body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Json<Token>, ApiError> {
     if !req.user.is_valid() {
         return Err(ApiError::bad_request("user: not a user id"));
     }
-    if state.login_limiter.check_key(&req.user).is_err() {
+    if req.password.len() > 1024 {
+        // No stored password is longer (the policy), so nothing longer is worth hashing.
         return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "too many sign-in attempts for this user; wait a minute",
+            ErrorCode::Unauthorized,
+            "wrong user id or password",
         ));
+    }
+    state.signin.check_address(addr)?;
+    if state.login_limiter.check_key(&req.user).is_err() {
+        return Err(too_many_for_user());
+    }
+    // One entry per user id tried: made-up ids must not grow the limiter without bound.
+    if state.login_limiter.len() > 100_000 {
+        state.login_limiter.retain_recent();
     }
     let refused = || ApiError::new(ErrorCode::Unauthorized, "wrong user id or password");
     let hash: Option<String> = get_json(&state.meta, NS_CREDENTIAL, req.user.as_str()).await?;
-    let account = state.membership.account(&req.user).await?;
+    // Only ids with a password reach the account cache, so made-up ids do not fill it.
+    let account = match &hash {
+        Some(_) => state.membership.account(&req.user).await?,
+        None => None,
+    };
     let (Some(hash), Some(account)) = (hash, account) else {
-        // Spend the same time as a real check, so timing does not tell which ids exist.
-        let _ = verify_password(req.password, DUMMY_HASH.into()).await;
+        // The same work as a real check, so neither answer nor time tells which ids exist.
+        let _ = state.signin.hashing.verify(req.password, None).await?;
         return Err(refused());
     };
-    if !verify_password(req.password, hash).await {
+    if !state
+        .signin
+        .hashing
+        .verify(req.password, Some(hash))
+        .await?
+    {
         return Err(refused());
     }
     if !account.is_active() {
@@ -122,16 +152,60 @@ async fn login(
             "this account is deactivated",
         ));
     }
+    let not_before = account
+        .tokens_valid_after
+        .max(state.membership.revocations.not_before(&req.user).await?);
     let (token, expires_at) = state
         .auth
-        .mint_not_before(&req.user, account.tokens_valid_after)
+        .mint_not_before(&req.user, not_before)
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     Ok(Json(Token { token, expires_at }))
 }
 
-/// An argon2id hash of a random password, checked when the user id is unknown.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2yXo5vKQ8wYQxIYlN9m0fS2H0xQm2bq0b2pWm0p1r0c";
+/// Revokes every token of `user` issued up to now, on every node: their sessions close with
+/// 4001 and the tokens are refused (HTTP 401, and at the WebSocket upgrade). Returns the new
+/// cut-off (seconds): a token minted for the user now must have an `iat` of at least this.
+pub(crate) async fn revoke_all_tokens(state: &AppState, user: &UserId) -> Result<u64, ApiError> {
+    // One second ahead: a token minted earlier in this second is revoked too.
+    let before = crate::auth::now_secs() + 1;
+    let until = before.saturating_add(state.auth.max_lifetime_secs());
+    state
+        .membership
+        .revocations
+        .revoke_user(user, before, until)
+        .await?;
+    let control = Control::TokensRevoked {
+        user: user.clone(),
+        token: None,
+        before: Some(before),
+        until,
+    };
+    state.router.publish(Envelope::broadcast(control)).await?;
+    Ok(before)
+}
+
+/// Revokes one token of `user` (by its id) on every node: the sessions using it close with
+/// 4001 and it is refused from now on.
+pub(crate) async fn revoke_token(
+    state: &AppState,
+    user: &UserId,
+    token_id: &str,
+) -> Result<(), ApiError> {
+    let until = crate::auth::now_secs().saturating_add(state.auth.max_lifetime_secs());
+    state
+        .membership
+        .revocations
+        .revoke_token(user, token_id, until)
+        .await?;
+    let control = Control::TokensRevoked {
+        user: user.clone(),
+        token: Some(token_id.to_owned()),
+        before: None,
+        until,
+    };
+    state.router.publish(Envelope::broadcast(control)).await?;
+    Ok(())
+}
 
 /// `POST /v1/users` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -188,7 +262,7 @@ async fn create_user(
     let hash = match &req.password {
         Some(p) => {
             policy(&state).check(p)?;
-            Some(hash_password(p.clone()).await?)
+            Some(state.signin.hashing.hash(p.clone()).await?)
         }
         None => None,
     };
@@ -463,17 +537,23 @@ pub struct SetPassword {
 }
 
 /// Sets a password: company administrators for anyone, users for themselves (with the
-/// current password). Other sessions keep working.
+/// current password). Every token of the user issued before is revoked (their sessions close
+/// with 4001); users changing their own password get a fresh token in the answer (200), an
+/// administrator resetting someone else's gets 204.
 #[utoipa::path(put, path = "/v1/users/{id}/password", tag = "directory", request_body = SetPassword, security(("bearer" = [])),
     params(("id" = String, Path, description = "User id")),
-    responses((status = 204, description = "Set"), (status = 400, description = "Too weak (names the policy)", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Set (your own password): a fresh token; the old ones are revoked", body = Token),
+        (status = 204, description = "Set (someone else's password): their tokens are revoked"),
+        (status = 400, description = "Too weak (names the policy)", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, description = "Too many attempts at the current password", body = ErrorBody),
+        (status = 503, description = "Every password hashing worker is busy; retry", body = ErrorBody)))]
 async fn set_password(
     State(state): State<AppState>,
     Caller(me): Caller,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<SetPassword>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let admin = state.is_company_admin(&me);
     if !admin && me.as_str() != id {
         return Err(ApiError::forbidden(
@@ -482,9 +562,15 @@ async fn set_password(
     }
     let account = load(&state, &id).await?;
     if !admin {
+        // Guessing the current password costs sign-in attempts.
+        if state.login_limiter.check_key(&me).is_err() {
+            return Err(too_many_for_user());
+        }
         let current: Option<String> = get_json(&state.meta, NS_CREDENTIAL, &id).await?;
         let ok = match (current, req.current) {
-            (Some(h), Some(c)) => verify_password(c, h).await,
+            (Some(h), Some(c)) if c.len() <= 1024 => {
+                state.signin.hashing.verify(c, Some(h)).await?
+            }
             _ => false,
         };
         if !ok {
@@ -492,7 +578,7 @@ async fn set_password(
         }
     }
     policy(&state).check(&req.password)?;
-    let hash = hash_password(req.password).await?;
+    let hash = state.signin.hashing.hash(req.password).await?;
     state
         .meta
         .apply(vec![MetaOp::put(
@@ -501,10 +587,18 @@ async fn set_password(
             to_json(&hash)?,
         )])
         .await?;
+    let not_before = revoke_all_tokens(&state, &account.id).await?;
     state
         .audit(audit(&me, "user.password", Some(&account.id), None))
         .await;
-    Ok(StatusCode::NO_CONTENT)
+    if me != account.id {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let (token, expires_at) = state
+        .auth
+        .mint_not_before(&me, not_before.max(account.tokens_valid_after))
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok(Json(Token { token, expires_at }).into_response())
 }
 
 /// Creates a department (company administrators).
@@ -713,7 +807,9 @@ async fn my_sessions(
     Ok(Json(sessions))
 }
 
-/// Signs one of the caller's sessions out (close 4001), on whichever node holds it.
+/// Signs one of the caller's sessions out (close 4001), on whichever node holds it, and
+/// revokes the token it was opened with: that token no longer connects nor calls the API,
+/// and every other session opened with it closes too. An unknown session id is a no-op.
 #[utoipa::path(delete, path = "/v1/me/sessions/{id}", tag = "directory", security(("bearer" = [])),
     params(("id" = String, Path, description = "Session id")),
     responses((status = 204, description = "Signed out"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
@@ -724,6 +820,26 @@ async fn sign_out_session(
 ) -> Result<StatusCode, ApiError> {
     if id.is_empty() || id.len() > 64 {
         return Err(ApiError::bad_request("id: not a session id"));
+    }
+    let local = state
+        .hub
+        .sessions_of(&me)
+        .iter()
+        .find(|s| s.id == id)
+        .map(|s| s.token.id.to_string());
+    let token_id = match local {
+        Some(t) => Some(t),
+        None => state
+            .router
+            .remote_sessions(&me)
+            .await?
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<SessionDescription>(b).ok())
+            .find(|d| d.id == id)
+            .map(|d| d.token_id),
+    };
+    if let Some(token_id) = token_id.filter(|t| !t.is_empty()) {
+        revoke_token(&state, &me, &token_id).await?;
     }
     let control = Control::Disconnect {
         code: close::SIGNED_OUT,

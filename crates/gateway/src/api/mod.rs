@@ -42,8 +42,9 @@ impl FromRequestParts<AppState> for Caller {
         let token = bearer(&parts.headers, None)
             .ok_or_else(|| auth_error(crate::auth::AuthError::Missing))?;
         let claims = state.auth.verify(&token).map_err(auth_error)?;
+        let token_id = claims.token_id(&token);
         let user = UserId::new(claims.sub);
-        state.check_account(&user, claims.iat).await?;
+        state.check_account(&user, claims.iat, &token_id).await?;
         state.touch_user(&user).await?;
         Ok(Caller(user))
     }
@@ -163,7 +164,8 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     }
     // The query may hold a token: only the redacted form is ever logged.
     let uri = crate::listener::redacted_uri(&uri);
-    if status.is_server_error() {
+    // 503 is expected backpressure (a budget): not worth a warning per request.
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
         tracing::warn!(%method, %uri, status = status.as_u16(), "request failed");
     } else {
         tracing::debug!(%method, %uri, status = status.as_u16(), "request refused");

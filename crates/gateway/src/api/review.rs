@@ -339,17 +339,34 @@ async fn lift(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Closes every session of a user on every node (company admins).
-#[utoipa::path(post, path = "/v1/admin/users/{user}/disconnect", tag = "admin", security(("bearer" = [])),
-    params(("user" = String, Path, description = "User id")),
-    responses((status = 204, description = "Signed out"), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
+/// `?revoke=` of a disconnect.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DisconnectQuery {
+    /// Also revoke every token of the user issued up to now (they must sign in again; with an
+    /// identity provider, get a new token). Without it the clients may reconnect.
+    #[serde(default)]
+    revoke: bool,
+}
+
+/// Closes every session of a user on every node (company admins); with `?revoke=true` also
+/// revokes every token issued to them up to now, directory account or not.
+#[utoipa::path(post, path = "/v1/admin/users/{user}/disconnect", tag = "admin", params(("user" = String, Path, description = "User id"), DisconnectQuery),
+    security(("bearer" = [])),
+    responses((status = 204, description = "Signed out"), (status = 400, body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
 async fn disconnect(
     State(state): State<AppState>,
     Caller(me): Caller,
     Path(user): Path<String>,
+    Query(q): Query<DisconnectQuery>,
 ) -> Result<StatusCode, ApiError> {
     require_company_admin(&state, &me)?;
     let user = UserId::new(user);
+    if q.revoke {
+        if !user.is_valid() {
+            return Err(ApiError::bad_request("user: not a user id"));
+        }
+        super::directory::revoke_all_tokens(&state, &user).await?;
+    }
     let control = Control::Disconnect {
         code: protocol::close::SIGNED_OUT,
         reason: "signed out by an administrator".into(),
@@ -369,7 +386,7 @@ async fn disconnect(
             message: None,
             rule: None,
             category: None,
-            detail: None,
+            detail: q.revoke.then(|| "tokens revoked".to_owned()),
         })
         .await;
     Ok(StatusCode::NO_CONTENT)
