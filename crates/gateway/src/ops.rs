@@ -134,9 +134,7 @@ pub async fn handle_shared(
 ) -> Option<Arc<SharedFrame>> {
     let rid = frame.rid().cloned();
     let result: Result<Option<Arc<SharedFrame>>, ApiError> = match frame {
-        ClientFrame::Send(req) => send(state, ctx, req)
-            .await
-            .map(|r| r.map(SharedFrame::new)),
+        ClientFrame::Send(req) => send(state, ctx, req).await.map(|r| r.map(SharedFrame::new)),
         ClientFrame::History {
             rid,
             conv,
