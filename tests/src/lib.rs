@@ -157,7 +157,7 @@ impl Node {
         self.child.id()
     }
 
-    /// The child's resident set size in KiB (`VmRSS` in /proc/<pid>/status; Linux only).
+    /// The child's resident set size in KiB (`VmRSS` in `/proc/<pid>/status`; Linux only).
     pub fn rss_kib(&self) -> u64 {
         proc_status_kib(self.pid(), "VmRSS:")
     }
@@ -209,7 +209,7 @@ impl Drop for Node {
     }
 }
 
-/// A `kB` field of /proc/<pid>/status (`VmRSS:`, `VmHWM:`), or 0 when unreadable.
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), or 0 when unreadable.
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

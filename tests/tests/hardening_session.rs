@@ -127,6 +127,9 @@ async fn broken_websocket_frames_get_1002_1007_and_1009() {
     let node = Node::start();
     let ping = br#"{"type":"ping"}"#;
     let big = vec![b'x'; 70_000];
+    // Just over the default limit (64 KiB): the rest of it stays unread in the node's
+    // receive buffer when the session closes (found by the `session` fuzz target).
+    let just_over = vec![b'x'; 64 * 1024 + 1];
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         (
             "invalid UTF-8 in a text frame",
@@ -188,12 +191,28 @@ async fn broken_websocket_frames_get_1002_1007_and_1009() {
             frame(0x81, true, &big),
             close::TOO_LARGE,
         ),
+        (
+            "frame just over the limit",
+            frame(0x81, true, &just_over),
+            close::TOO_LARGE,
+        ),
+        (
+            "binary frame just over the limit, then more frames",
+            [frame(0x82, true, &just_over), frame(0x81, true, ping)].concat(),
+            close::TOO_LARGE,
+        ),
     ];
     for (what, bytes, expected) in cases {
         let (mut s, rest) = raw_ws(&node, "ann").await;
         // A well-formed frame first: the session works until the violation.
         s.write_all(&frame(0x81, true, ping)).await.unwrap();
         s.write_all(&bytes).await.unwrap();
+        if expected == close::TOO_LARGE {
+            // A client that reads its socket a little later must still find the close frame:
+            // the node must not reset the connection under it (the rest of the oversized
+            // frame is unread in the node's receive buffer).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let code = read_close_code(&mut s, rest).await;
         assert_eq!(code, Some(expected), "{what}");
     }

@@ -327,23 +327,32 @@ async fn read_loop(
     stream
 }
 
-/// How long the read half stays open after a broken frame closed the session.
+/// How long the socket stays open after a broken frame closed the session.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Reads and discards what the peer still sends, for at most [`LINGER`] or until it closes
-/// (its close reply or the end of the stream). The WebSocket layer may repeat an error
-/// without reading further, so errors pause instead of spinning.
+/// A lingering close (RFC 6455 section 7.1.1): keeps the socket open for at most [`LINGER`]
+/// after the close frame was sent, reading and discarding what the peer still sends, until
+/// the peer answers with its own close. Closing a socket whose receive buffer holds unread
+/// data (the rest of an oversized frame) sends a TCP reset, and a reset makes the peer's
+/// kernel drop the close frame it has not read yet; so when the WebSocket layer stops reading
+/// after the broken frame (its stream ends or repeats the error), the socket is still held
+/// open until the deadline.
 async fn linger(mut stream: futures_util::stream::SplitStream<WebSocket>) {
+    let deadline = tokio::time::Instant::now() + LINGER;
     let drain = async {
         loop {
             match stream.next().await {
-                None | Some(Ok(WsMessage::Close(_))) => return,
+                // The peer answered the close: it has read ours.
+                Some(Ok(WsMessage::Close(_))) => return,
                 Some(Ok(_)) => {}
-                Some(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                None | Some(Err(_)) => {
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                }
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER, drain).await;
+    let _ = tokio::time::timeout_at(deadline, drain).await;
 }
 
 /// Sleeps until `due`, or forever without one.
