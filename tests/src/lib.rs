@@ -227,6 +227,17 @@ struct Claims<'a> {
     sub: &'a str,
     exp: u64,
     iat: u64,
+    /// A token id, as every token the server mints carries one: without it two tokens of one
+    /// user minted in the same second are the same bytes, and signing one device out (which
+    /// revokes its token) would revoke the other's too.
+    sid: String,
+}
+
+/// A token id unique in this test process.
+fn next_sid() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("t{}-{n}", std::process::id())
 }
 
 fn now_secs() -> u64 {
@@ -249,6 +260,7 @@ pub fn token_with_exp(user: &str, exp: u64) -> String {
             sub: user,
             exp,
             iat: now_secs(),
+            sid: next_sid(),
         },
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
