@@ -13,6 +13,20 @@ fn loadtest() -> Command {
     c
 }
 
+/// The harness run against a testkit node (`--target`, its signing secret) writing to `out`.
+fn loadtest_against(node: &testkit::Node, out: &Path, args: &[&str]) -> std::process::Output {
+    loadtest()
+        .args(args)
+        .args(["--no-progress", "--target"])
+        .arg(node.addr.to_string())
+        .arg("--jwt-secret")
+        .arg(testkit::SECRET)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 fn scenario(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scenarios")
@@ -100,9 +114,11 @@ fn direct_messages_over_msgpack_against_a_testkit_node() {
             .env("CHATD_LIMITS__SEND_BURST", 10_000),
     );
     let out = tempfile::tempdir().unwrap();
-    let result = loadtest()
-        .arg("dm")
-        .args([
+    let result = loadtest_against(
+        &node,
+        out.path(),
+        &[
+            "dm",
             "--users",
             "300",
             "--rate",
@@ -111,22 +127,12 @@ fn direct_messages_over_msgpack_against_a_testkit_node() {
             "2",
             "--ramp-up",
             "1",
-        ])
-        .args([
             "--codec",
             "msgpack",
-            "--no-progress",
             "--procs",
             "2",
-            "--target",
-        ])
-        .arg(node.addr.to_string())
-        .arg("--jwt-secret")
-        .arg(testkit::SECRET)
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
+        ],
+    );
     succeeded(&result);
     let r = read_report(&out.path().join("chatd"));
     assert_eq!(r["completeness"]["lost"], 0);
@@ -142,24 +148,23 @@ fn two_fanout_runs_against_one_node_both_succeed() {
     let node = testkit::Node::start();
     for run in 0..2 {
         let out = tempfile::tempdir().unwrap();
-        let result = loadtest()
-            .arg("fanout")
-            .args(["--groups", "2", "--group-size", "5", "--rate", "5"])
-            .args([
+        let result = loadtest_against(
+            &node,
+            out.path(),
+            &[
+                "fanout",
+                "--groups",
+                "2",
+                "--group-size",
+                "5",
+                "--rate",
+                "5",
                 "--duration",
                 "1",
                 "--ramp-up",
                 "0.5",
-                "--no-progress",
-                "--target",
-            ])
-            .arg(node.addr.to_string())
-            .arg("--jwt-secret")
-            .arg(testkit::SECRET)
-            .arg("--out")
-            .arg(out.path())
-            .output()
-            .unwrap();
+            ],
+        );
         succeeded(&result);
         let r = read_report(&out.path().join("chatd"));
         assert_eq!(r["completeness"]["lost"], 0, "run {run}");

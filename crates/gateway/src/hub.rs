@@ -5,8 +5,7 @@
 //! session's queue is full, the session is closed with 4000 (slow consumer) and its client
 //! reconnects and `sync`s; nothing is lost because everything delivered is in history.
 
-use crate::budget::{ReplyBudgets, ReplyBytes};
-use crate::config::LimitsConfig;
+use crate::budget::ReplyBytes;
 use crate::membership::Membership;
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -215,8 +214,6 @@ pub struct Hub {
     sessions: DashMap<UserId, Vec<Arc<SessionHandle>>, foldhash::fast::RandomState>,
     count: AtomicUsize,
     membership: Arc<Membership>,
-    /// Memory budgets of heavy replies, made from the config at first use.
-    replies: OnceLock<Arc<ReplyBudgets>>,
 }
 
 /// Why a session could not be registered.
@@ -233,13 +230,7 @@ impl Hub {
             sessions: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             count: AtomicUsize::new(0),
             membership,
-            replies: OnceLock::new(),
         })
-    }
-
-    /// The node's reply budgets (`limits.reply_max_bytes` and friends).
-    pub fn reply_budgets(&self, limits: &LimitsConfig) -> &Arc<ReplyBudgets> {
-        self.replies.get_or_init(|| ReplyBudgets::new(limits))
     }
 
     /// Adds a session; returns whether it is the user's first on this node.

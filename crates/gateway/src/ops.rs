@@ -545,11 +545,7 @@ async fn reserve_reply(state: &AppState, ctx: &SessionCtx) -> Result<ReplyBytes,
             "the session is closing",
         ));
     };
-    state
-        .hub
-        .reply_budgets(&state.config.limits)
-        .reserve(ctx.user(), Some(slot))
-        .await
+    state.replies.reserve(ctx.user(), Some(slot)).await
 }
 
 /// Where a budgeted page starts and which way it reads.

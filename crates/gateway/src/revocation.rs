@@ -11,7 +11,6 @@
 //! broadcast still refuses, because it reads the store again once its cached answer for a
 //! user is older than [`FRESH_FOR`].
 
-use crate::directory::{from_json, to_json};
 use dashmap::DashMap;
 use protocol::UserId;
 use serde::{Deserialize, Serialize};
@@ -88,8 +87,14 @@ pub struct Revocations {
     cache: DashMap<UserId, Known>,
 }
 
-fn corrupt(e: crate::error::ApiError) -> StoreError {
-    StoreError::corrupt(e.message)
+/// Decodes a revocation record; a bad one is a corrupt store record, not a client error.
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt_with("revocation record", e))
+}
+
+/// Encodes a revocation record.
+fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(|e| StoreError::backend_with("encoding a revocation", e))
 }
 
 impl Revocations {
@@ -107,7 +112,7 @@ impl Revocations {
             ..Known::default()
         };
         if let Some(b) = self.meta.get(NS_REVOKED_USER, user.as_str()).await? {
-            let r: UserRecord = from_json(&b).map_err(corrupt)?;
+            let r: UserRecord = decode(&b)?;
             known.before = r.before;
         }
         let prefix = format!("{user}/");
@@ -120,7 +125,7 @@ impl Revocations {
             let done = page.len() < 500;
             for (key, value) in page {
                 if let Some(id) = key.strip_prefix(&prefix) {
-                    let r: TokenRecord = from_json(&value).map_err(corrupt)?;
+                    let r: TokenRecord = decode(&value)?;
                     known.tokens.insert(id.into(), r.until);
                 }
                 after = key;
@@ -173,7 +178,7 @@ impl Revocations {
         token_id: &str,
         until: u64,
     ) -> Result<(), StoreError> {
-        let value = to_json(&TokenRecord { until }).map_err(corrupt)?;
+        let value = encode(&TokenRecord { until })?;
         self.meta
             .apply(vec![MetaOp::put(
                 NS_REVOKED_TOKEN,
@@ -194,14 +199,14 @@ impl Revocations {
         until: u64,
     ) -> Result<(), StoreError> {
         let old: Option<UserRecord> = match self.meta.get(NS_REVOKED_USER, user.as_str()).await? {
-            Some(b) => Some(from_json(&b).map_err(corrupt)?),
+            Some(b) => Some(decode(&b)?),
             None => None,
         };
         let record = UserRecord {
             before: before.max(old.as_ref().map_or(0, |r| r.before)),
             until: until.max(old.as_ref().map_or(0, |r| r.until)),
         };
-        let value = to_json(&record).map_err(corrupt)?;
+        let value = encode(&record)?;
         self.meta
             .apply(vec![MetaOp::put(NS_REVOKED_USER, user.as_str(), value)])
             .await?;

@@ -83,6 +83,7 @@ impl Node {
         let budgets = Budgets::of_process(&config.server);
         let pump = crate::pump::DeliveryPump::start(router.clone(), 65_536, shutdown.clone());
         let state = AppState(Arc::new(Inner {
+            replies: crate::budget::ReplyBudgets::new(&config.limits),
             pump,
             auth,
             store,

@@ -21,6 +21,8 @@ pub struct AppState(pub Arc<Inner>);
 pub struct Inner {
     /// Effective configuration.
     pub config: Config,
+    /// Memory budgets of heavy replies (`limits.reply_max_bytes` and friends).
+    pub replies: Arc<crate::budget::ReplyBudgets>,
     /// Token checking.
     pub auth: Auth,
     /// Persistence.
