@@ -47,14 +47,6 @@ impl SharedFrame {
         })
     }
 
-    /// The frame, without a copy when this is the only reference.
-    pub fn into_frame(self: Arc<Self>) -> ServerFrame {
-        match Arc::try_unwrap(self) {
-            Ok(s) => s.frame,
-            Err(shared) => shared.frame.clone(),
-        }
-    }
-
     /// The frame's bytes in `codec`.
     pub fn encoded(&self, codec: Codec) -> Bytes {
         let cell = match codec {

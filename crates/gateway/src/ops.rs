@@ -118,16 +118,10 @@ fn shared_clock() -> governor::clock::DefaultClock {
         .clone()
 }
 
-/// Handles one decoded client frame and returns the reply, if the frame has one.
-pub async fn handle(state: &AppState, ctx: &SessionCtx, frame: ClientFrame) -> Option<ServerFrame> {
-    handle_shared(state, ctx, frame)
-        .await
-        .map(SharedFrame::into_frame)
-}
-
-/// [`handle`], with the reply wrapped for the session's queue: a heavy reply (`synced`,
-/// `history`, `conversations`) carries its memory budget until it is written.
-pub async fn handle_shared(
+/// Handles one decoded client frame and returns the reply, if the frame has one, wrapped for
+/// the session's queue: a heavy reply (`synced`, `history`, `conversations`) carries its
+/// memory budget until it is written.
+pub async fn handle(
     state: &AppState,
     ctx: &SessionCtx,
     frame: ClientFrame,

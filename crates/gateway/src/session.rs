@@ -306,8 +306,9 @@ pub trait InSessionOrder: std::future::Future + Sized {
 
 impl<F: std::future::Future> InSessionOrder for F {}
 
-type InFlight<'a> =
-    FuturesOrdered<Pin<Box<dyn std::future::Future<Output = Option<ServerFrame>> + Send + 'a>>>;
+type InFlight<'a> = FuturesOrdered<
+    Pin<Box<dyn std::future::Future<Output = Option<Arc<SharedFrame>>> + Send + 'a>>,
+>;
 
 /// Reads the session's frames until it ends; returns the read half (see [`linger`]).
 async fn read_loop(
@@ -400,7 +401,7 @@ async fn read_frames(
             }
             Some(reply) = next_reply(&mut in_flight), if pending > 0 => {
                 if let Some(reply) = reply {
-                    handle.reply(reply).await;
+                    handle.reply_shared(reply).await;
                 }
                 continue;
             }
@@ -484,13 +485,13 @@ async fn read_frames(
         }
         // Boxed: the reader task's future need not be sized for the largest handler, which
         // an idle session would carry for nothing.
-        if let Some(reply) = Box::pin(ops::handle_shared(state, ctx, frame)).await {
+        if let Some(reply) = Box::pin(ops::handle(state, ctx, frame)).await {
             handle.reply_shared(reply).await;
         }
     }
 }
 
-async fn next_reply(in_flight: &mut Option<InFlight<'_>>) -> Option<Option<ServerFrame>> {
+async fn next_reply(in_flight: &mut Option<InFlight<'_>>) -> Option<Option<Arc<SharedFrame>>> {
     match in_flight {
         Some(f) => f.next().await,
         None => None,
@@ -508,7 +509,7 @@ async fn drain(in_flight: &mut Option<InFlight<'_>>, handle: &SessionHandle) -> 
         };
         match reply {
             None => return true,
-            Some(Some(reply)) => handle.reply(reply).await,
+            Some(Some(reply)) => handle.reply_shared(reply).await,
             Some(None) => {}
         }
     }
