@@ -430,3 +430,41 @@ async fn a_user_lists_and_signs_out_sessions_on_every_node() {
     }
     drop(phone);
 }
+
+#[tokio::test]
+async fn a_node_that_missed_the_revocation_broadcast_still_refuses_the_token() {
+    // Fault: node B is not running while node A revokes, so it never receives the broadcast;
+    // the revocation lives in the shared CQL store, and B refuses the token when it starts.
+    let _g = SERIAL.lock().await;
+    let keyspace = unique_keyspace("e2e");
+    let admin = |id: &str| cluster_node(&keyspace, id).env("CHATD_AUTH__ADMINS", r#"["boss"]"#);
+    let a = Node::start_with(admin(&format!("{keyspace}-a")));
+    let hal_token = token("hal");
+    let api = Api::new(&a);
+    api.touch("boss").await;
+    assert_eq!(
+        api.call_token(reqwest::Method::GET, "/v1/groups", Some(&hal_token), None)
+            .await
+            .0,
+        200
+    );
+    let (s, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/admin/users/hal/disconnect?revoke=true",
+            Some("boss"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let b = Node::start_with(admin(&format!("{keyspace}-b")));
+    let url = format!("ws://{}/ws", b.addr);
+    let refused = Client::try_connect_raw(&url, Some(&hal_token))
+        .await
+        .expect_err("a revoked token must not open a session on the node that missed it");
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    let (s, _) = Api::new(&b)
+        .call_token(reqwest::Method::GET, "/v1/groups", Some(&hal_token), None)
+        .await;
+    assert_eq!(s, 401);
+}
