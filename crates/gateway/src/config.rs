@@ -81,6 +81,9 @@ pub struct ServerConfig {
     /// Origins (`scheme://host[:port]`) allowed to open a WebSocket from a browser; empty:
     /// no check. An upgrade without an `Origin` header (not a browser) is always allowed.
     pub allowed_origins: Vec<String>,
+    /// Development: serve the web app from this directory (e.g. `web/dist`) instead of the
+    /// copy embedded in the binary, so a rebuilt app shows without rebuilding chatd.
+    pub web_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             tls_handshake_timeout_ms: 10_000,
             tls_reload_ms: 10_000,
             allowed_origins: Vec::new(),
+            web_dir: None,
         }
     }
 }

@@ -149,6 +149,7 @@ impl Node {
             "connection budgets"
         );
         let app = crate::api::routes()
+            .merge(crate::api::web::routes())
             .route("/ws", get(crate::session::upgrade))
             .layer(DefaultBodyLimit::max(state.config.limits.max_http_body))
             .layer(axum::middleware::from_fn(crate::api::json_errors))

@@ -13,6 +13,7 @@ mod conversations;
 mod directory;
 pub(crate) mod groups;
 pub(crate) mod review;
+pub(crate) mod web;
 
 use crate::error::ApiError;
 use crate::session::{auth_error, bearer};
