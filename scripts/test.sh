@@ -48,6 +48,18 @@ fi
 step "cargo test (every crate, every test)"
 cargo test --locked --workspace --no-fail-fast "${features[@]}" -- --include-ignored
 
+step "web app and TypeScript SDK: npm ci, build check, Vitest + headless chromium (docs/WEB.md)"
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+npm ci --no-audit --no-fund
+npm run -w web build
+if ! git diff --exit-code --stat -- web/dist || [ -n "$(git status --porcelain -- web/dist)" ]; then
+  echo "web/dist is not the build of web/ and clients/ts: run 'npm run -w web build' and commit web/dist" >&2
+  exit 1
+fi
+npm test
+
 if [ -z "${SKIP_FUZZ:-}" ]; then
   step "fuzzing: every cargo-fuzz target for ${FUZZ_SECONDS:-15} s (scripts/fuzz.sh)"
   scripts/fuzz.sh "${FUZZ_SECONDS:-15}"

@@ -8,7 +8,8 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { crc32, deflateSync } from 'node:zlib';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { launch } from './browser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ROOT, startNode, token, type Node } from '../../clients/ts/test/chatd';
 import { Api } from '../../clients/ts/src/index';
@@ -48,25 +49,6 @@ let browser: Browser;
 const contexts: BrowserContext[] = [];
 let admin: Api;
 let listen: string;
-
-/** Launches the machine's chromium with the flags this environment needs. */
-export async function launch(): Promise<Browser> {
-  return chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    headless: true,
-    // playwright gives every launch a fresh temporary --user-data-dir.
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
-}
 
 async function shot(page: Page, name: string) {
   if (!SHOTS) return;
@@ -214,6 +196,17 @@ describe('web app in chromium', () => {
     await expect.poll(async () => (await bodies(bob)).at(-1)).toBe('便宜好货 加微信 abc123');
     await openConv(alice, conv);
     await expect.poll(() => bodies(alice)).toEqual(['便宜好货 加微信 abc123']);
+    // A mention picked from the autocomplete, then recalled.
+    await alice.locator('#composer-input').pressSequentially('@b');
+    await alice.getByRole('option', { name: '@bob' }).waitFor();
+    await alice.locator('#composer-input').press('Tab');
+    await alice.locator('#composer-input').pressSequentially('see this');
+    await alice.locator('#composer-input').press('Enter');
+    const mentioned = bob.locator('.msg.mentioned', { hasText: '@bob see this' });
+    await mentioned.waitFor();
+    await alice.locator('.vlist .msg', { hasText: '@bob see this' }).getByRole('button', { name: 'Recall' }).click();
+    await bob.locator('.vlist .msg', { hasText: 'This message was recalled' }).waitFor();
+    await expect.poll(() => bodies(bob)).toEqual(['便宜好货 加微信 abc123']);
     // The owner moderates from the same app: mute a member.
     await alice.locator('[data-view="admin"]').click();
     await alice.locator('[data-tab="group"]').click();

@@ -231,6 +231,7 @@ function Review() {
     );
     all.sort((a, b) => a.ts - b.ts);
     setHeld(all);
+    for (const h of all) if (h.conv.startsWith('group:') && !s.groups.has(h.conv.slice(6))) void s.loadGroup(h.conv.slice(6));
     if (s.me?.reviewer) setPosts(await s.api.posts('pending').catch(() => []));
   };
   useEffect(() => {

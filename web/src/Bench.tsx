@@ -1,7 +1,8 @@
 /**
  * `#/bench?n=10000`: the message list with n synthetic messages (the real row component),
- * and `window.chatdBench()`, which scrolls from the newest to the oldest message in steps
- * of one screen per animation frame and reports frame times (docs/BENCHMARKS.md).
+ * and `window.chatdBench(frames)`, which flings up from the newest message one screen per
+ * animation frame, then jumps to 20 places and the top, and reports the time from each
+ * scroll to the next frame (docs/BENCHMARKS.md).
  */
 import type { Message } from '@chatd/client';
 import { useMemo } from 'preact/hooks';
@@ -10,7 +11,7 @@ import { VirtualList } from './VirtualList';
 
 declare global {
   interface Window {
-    chatdBench?: (step?: number) => Promise<{ frames: number; p50: number; p95: number; max: number; rowsInDom: number; total: number }>;
+    chatdBench?: (frames?: number) => Promise<{ frames: number; p50: number; p95: number; max: number; rowsInDom: number; total: number }>;
   }
 }
 
@@ -26,21 +27,24 @@ export function Bench() {
     }
     return out;
   }, [n]);
-  window.chatdBench = async (step) => {
+  window.chatdBench = async (frames = 300) => {
     const el = document.querySelector<HTMLElement>('.vlist')!;
     const times: number[] = [];
-    let last = performance.now();
-    const stride = step ?? el.clientHeight;
+    const frame = () => new Promise((r) => requestAnimationFrame(r));
+    const timed = async (move: () => void) => {
+      const t0 = performance.now();
+      move();
+      await frame();
+      times.push(performance.now() - t0);
+    };
     el.scrollTop = el.scrollHeight;
-    await new Promise((r) => requestAnimationFrame(r));
-    while (el.scrollTop > 0) {
-      el.scrollTop = Math.max(0, el.scrollTop - stride);
-      el.dispatchEvent(new Event('scroll'));
-      await new Promise((r) => requestAnimationFrame(r));
-      const now = performance.now();
-      times.push(now - last);
-      last = now;
-    }
+    await frame();
+    await frame();
+    // A fling upwards from the newest message: one screen per frame.
+    for (let i = 0; i < frames && el.scrollTop > 0; i++) await timed(() => (el.scrollTop = Math.max(0, el.scrollTop - el.clientHeight)));
+    // Jumps anywhere in the 10,000 (dragging the scroll bar), then to the very top.
+    for (let i = 1; i <= 20; i++) await timed(() => (el.scrollTop = ((i * 7919) % 20) * (el.scrollHeight / 20)));
+    await timed(() => (el.scrollTop = 0));
     times.sort((a, b) => a - b);
     const q = (p: number) => times[Math.min(times.length - 1, Math.floor(p * times.length))]!;
     return { frames: times.length, p50: q(0.5), p95: q(0.95), max: times[times.length - 1]!, rowsInDom: el.querySelectorAll('[data-vkey]').length, total: items.length };

@@ -5,7 +5,8 @@
 //! directory instead (development: rebuild the app without rebuilding chatd).
 //! `index.html` is revalidated on every load (`no-cache` with an `ETag`); files under
 //! `assets/` have content hashes in their names and are cached for a year (`immutable`).
-//! Pages carry a Content-Security-Policy that allows only this origin (and its WebSocket).
+//! Pages carry a Content-Security-Policy that allows only this origin (and its WebSocket),
+//! and are gzipped for clients that accept it.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -38,6 +39,8 @@ pub fn routes() -> Router<AppState> {
         .route("/index.html", get(index))
         .route("/favicon.svg", get(favicon))
         .route("/assets/{*path}", get(asset))
+        // gzip for clients that accept it (the app is about a third of its size gzipped).
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
