@@ -208,13 +208,13 @@ async fn upload(
             "content-type: {mime:?} is not an allowed file type (files.allowed_types)"
         )));
     }
-    let verdict = state.moderation.check(
-        name,
-        &moderation::CheckContext {
-            group: None,
-            has_external_member: false,
-        },
-    );
+    // An upload belongs to no conversation yet: its name is checked as the uploader's own
+    // (outsider rules for an external uploader), and again with the conversation's rules in
+    // every message that shares it.
+    let own = crate::policy::Access::Direct([me.clone(), me.clone()]);
+    let verdict = crate::policy::ModerationScope::of(&state, &own)
+        .await?
+        .check(&state, name);
     let name = match (verdict.action, verdict.masked_text) {
         (moderation::Action::Block, _) => {
             return Err(ApiError::new(
@@ -379,7 +379,7 @@ async fn may_read(state: &AppState, user: &UserId, r: &FileRecord) -> Result<boo
         return Ok(true);
     }
     for conv in convs_of(state, NS_FILE_SHARE, &r.file_id).await? {
-        if state.access(user, &conv).await.is_ok() {
+        if crate::policy::access(state, user, &conv).await.is_ok() {
             return Ok(true);
         }
     }

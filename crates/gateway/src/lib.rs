@@ -18,6 +18,7 @@ pub mod membership;
 pub mod messages;
 pub mod moderation;
 pub mod ops;
+pub mod policy;
 pub mod posts;
 pub mod pump;
 pub mod revocation;

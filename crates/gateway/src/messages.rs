@@ -2,7 +2,8 @@
 //! recall, and the conversation list with last message, unread count and mention flag.
 
 use crate::error::ApiError;
-use crate::state::{now_ms, Access, AppState};
+use crate::policy::Access;
+use crate::state::{now_ms, AppState};
 use protocol::{ConvId, ConvSummary, ErrorCode, EventKind, Message, Seq, ServerFrame, UserId};
 use router::Envelope;
 use std::collections::HashSet;
@@ -119,7 +120,7 @@ pub async fn recall(
     seq: Seq,
 ) -> Result<(), ApiError> {
     let admin = state.is_company_admin(actor);
-    let access = match state.access(actor, conv).await {
+    let access = match crate::policy::access(state, actor, conv).await {
         Ok(a) => a,
         Err(e) if admin && e.code == ErrorCode::Forbidden => {
             company_admin_access(state, conv).await?

@@ -6,7 +6,8 @@ use crate::budget::{self, ReplyBytes};
 use crate::error::ApiError;
 use crate::hub::{SessionHandle, SharedFrame};
 use crate::moderation::Restriction;
-use crate::state::{now_ms, Access, AppState};
+use crate::policy::Access;
+use crate::state::{now_ms, AppState};
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moderation::{Action, Penalty};
@@ -235,9 +236,9 @@ async fn send(
                 return Err(ApiError::bad_request("to.group is not a valid group id"));
             }
             let conv = ConvId::group(g);
-            let access = state.access(me, &conv).await?;
+            let access = crate::policy::access(state, me, &conv).await?;
             if let Access::Group(view) = &access {
-                check_group_posting(view, me)?;
+                crate::policy::check_posting(view, me)?;
             }
             (conv, access)
         }
@@ -255,22 +256,19 @@ async fn send(
         }
         req.attachment = Some(a);
     }
-    let external =
-        matches!(&access, Access::Group(g) if g.group.kind == store::GroupKind::External);
-    let ctx_m = moderation::CheckContext {
-        group: None,
-        has_external_member: external,
-    };
-    let mut verdict = state.moderation.check(&req.body, &ctx_m);
-    if let Some(a) = &req.attachment {
-        // File names pass the filter too; the stricter verdict wins.
-        let name_verdict = state.moderation.check(&a.name, &ctx_m);
-        if name_verdict.action > verdict.action {
-            verdict = name_verdict;
-        }
-    }
+    let scope = crate::policy::ModerationScope::of(state, &access).await?;
+    let checked = crate::policy::check_message(
+        state,
+        &scope,
+        &req.body,
+        req.attachment.as_ref().map(|a| a.name.as_str()),
+    );
+    let verdict = checked.verdict;
     let note = moderate(state, ctx, &conv, &req, &verdict).await?;
-    let body = verdict.text_to_deliver(&req.body).to_owned();
+    let body = checked.body;
+    if let (Some(a), Some(name)) = (&mut req.attachment, checked.attachment_name) {
+        a.name = name;
+    }
     if verdict.action == Action::Review {
         let held = store::HeldMessage {
             id: format!("r{}", uuid::Uuid::now_v7().simple()),
@@ -346,28 +344,6 @@ async fn send(
         moderation: note,
     };
     Ok(Some(ack))
-}
-
-/// Refuses posts to archived groups and from members muted in the group (or in a group
-/// muted as a whole, where only the owner and admins post).
-fn check_group_posting(view: &crate::membership::GroupView, me: &UserId) -> Result<(), ApiError> {
-    use crate::membership::Lifecycle;
-    if view.settings.lifecycle == Lifecycle::Archived {
-        return Err(ApiError::forbidden("the group is archived (read-only)"));
-    }
-    if let Some(until) = view.settings.muted_until(me, now_ms()) {
-        return Err(ApiError::new(
-            ErrorCode::Muted,
-            format!("you are muted in this group until {until} (ms since the epoch)"),
-        ));
-    }
-    if view.settings.muted_all && !view.is_admin(me) {
-        return Err(ApiError::new(
-            ErrorCode::Muted,
-            "the group is muted: only the owner and admins post",
-        ));
-    }
-    Ok(())
 }
 
 /// Holds a post to an approval-only group until a reviewer approves it; the `ack` has no
@@ -622,7 +598,7 @@ async fn history(
     before: Option<Seq>,
     limit: Option<u32>,
 ) -> Result<Option<Arc<SharedFrame>>, ApiError> {
-    state.access(ctx.user(), &conv).await?;
+    crate::policy::access(state, ctx.user(), &conv).await?;
     let max = state.config.limits.history_max.max(1);
     let limit = limit.unwrap_or(50).clamp(1, max) as usize;
     let mut reserved = reserve_reply(state, ctx).await?;
@@ -658,7 +634,7 @@ async fn sync(
     let max = limits.sync_max.max(1);
     let limit = limit.unwrap_or(max).clamp(1, max) as usize;
     for conv in cursors.keys() {
-        state.access(ctx.user(), conv).await?;
+        crate::policy::access(state, ctx.user(), conv).await?;
     }
     let mut reserved = reserve_reply(state, ctx).await?;
     let mut budget = Budget {
@@ -703,7 +679,7 @@ async fn read(
     conv: ConvId,
     seq: Seq,
 ) -> Result<Option<Arc<SharedFrame>>, ApiError> {
-    state.access(ctx.user(), &conv).await?;
+    crate::policy::access(state, ctx.user(), &conv).await?;
     ctx.ephemeral(state, |e| {
         let full = e.reads.len() >= MAX_PENDING_READS;
         match e.reads.get_mut(&conv) {
@@ -751,7 +727,7 @@ async fn publish_read(
     conv: ConvId,
     seq: Seq,
 ) -> Result<(), ApiError> {
-    let access = state.access(ctx.user(), &conv).await?;
+    let access = crate::policy::access(state, ctx.user(), &conv).await?;
     let last = state.store.last_seq(&conv).await?;
     let seq = Seq(seq.0.min(last.0));
     let now = state.store.set_read(ctx.user(), &conv, seq).await?;
@@ -773,7 +749,7 @@ async fn typing(
     ctx: &SessionCtx,
     conv: ConvId,
 ) -> Result<Option<Arc<SharedFrame>>, ApiError> {
-    let access = state.access(ctx.user(), &conv).await?;
+    let access = crate::policy::access(state, ctx.user(), &conv).await?;
     let interval = Duration::from_millis(state.config.limits.typing_interval_ms);
     let allowed = ctx.ephemeral(state, |e| {
         let now = tokio::time::Instant::now();

@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::membership::{GroupView, Membership};
 use dashmap::DashSet;
-use protocol::{ConvId, ConvKind, GroupId, UserId};
+use protocol::{GroupId, UserId};
 use router::Router;
 use std::sync::Arc;
 use store::Store;
@@ -72,25 +72,6 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Who may see a conversation, resolved for one caller.
-pub enum Access {
-    /// A direct conversation: both users.
-    Direct([UserId; 2]),
-    /// A group conversation.
-    Group(Arc<GroupView>),
-}
-
-impl Access {
-    /// Everyone who receives the conversation's messages.
-    pub fn audience(&self) -> Vec<UserId> {
-        match self {
-            Access::Direct([a, b]) if a == b => vec![a.clone()],
-            Access::Direct(pair) => pair.to_vec(),
-            Access::Group(g) => g.members.as_ref().clone(),
-        }
-    }
 }
 
 impl Inner {
@@ -205,26 +186,5 @@ impl Inner {
             .await?
             .filter(|g| g.settings.lifecycle != crate::membership::Lifecycle::Dissolved)
             .ok_or_else(|| ApiError::not_found(format!("no group {id}")))
-    }
-
-    /// Checks that `user` may read and write `conv`, and says who else is in it.
-    pub async fn access(&self, user: &UserId, conv: &ConvId) -> Result<Access, ApiError> {
-        match conv.kind() {
-            ConvKind::Direct(a, b) => {
-                if a != user.as_str() && b != user.as_str() {
-                    return Err(ApiError::forbidden(format!("{conv} is not yours")));
-                }
-                Ok(Access::Direct([UserId::new(a), UserId::new(b)]))
-            }
-            ConvKind::Group(g) => {
-                let view = self.group(&GroupId::new(g)).await?;
-                if view.role_of(user).is_none() {
-                    return Err(ApiError::forbidden(format!(
-                        "you are not a member of group {g}"
-                    )));
-                }
-                Ok(Access::Group(view))
-            }
-        }
     }
 }

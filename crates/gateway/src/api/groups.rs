@@ -343,7 +343,7 @@ async fn get_group(
 
 /// The group and the caller's role, or `forbidden` unless they are at least `min`.
 /// Company administrators count as owners of every group.
-async fn authorize(
+pub(super) async fn authorize(
     state: &AppState,
     me: &UserId,
     id: &GroupId,
@@ -1018,13 +1018,9 @@ async fn set_announcement(
             "text: at most {max} characters"
         )));
     }
-    let verdict = state.moderation.check(
-        &text,
-        &moderation::CheckContext {
-            group: None,
-            has_external_member: view.group.kind == GroupKind::External,
-        },
-    );
+    let verdict = crate::policy::ModerationScope::of_group(&state, &view)
+        .await?
+        .check(&state, &text);
     if verdict.action == moderation::Action::Block {
         return Err(ApiError::new(
             ErrorCode::Blocked,

@@ -11,6 +11,7 @@
 
 mod conversations;
 mod directory;
+mod group_moderation;
 pub(crate) mod groups;
 pub(crate) mod review;
 
@@ -110,6 +111,7 @@ pub fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(healthz))
         .merge(directory::routes())
         .merge(groups::routes())
+        .merge(group_moderation::routes())
         .merge(conversations::routes())
         .merge(review::routes())
         .merge(crate::posts::routes())
