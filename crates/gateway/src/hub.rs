@@ -102,7 +102,7 @@ impl SessionHandle {
             codec,
             device,
             token,
-            connected_at: crate::state::now_ms(),
+            connected_at: crate::clock::now_ms(),
             queue,
             cancel: CancellationToken::new(),
             close: OnceLock::new(),

@@ -55,7 +55,7 @@ pub async fn append_and_deliver(
         }
     });
     // A session's pipelined sends enter the store in send order (see session.rs).
-    let appended = crate::session::in_order(state.store.append_then(msg, deliver)).await?;
+    let appended = crate::order::in_order(state.store.append_then(msg, deliver)).await?;
     if !appended.duplicate && !appended.message.mentions.is_empty() {
         record_mentions(state, &appended.message).await;
     }

@@ -172,3 +172,23 @@ pub fn check_message(
         attachment_name,
     }
 }
+
+/// Who reviews a conversation: the group's owner and admins, or a company administrator.
+pub async fn require_reviewer(
+    state: &AppState,
+    me: &UserId,
+    conv: &ConvId,
+) -> Result<(), ApiError> {
+    if state.is_company_admin(me) {
+        return Ok(());
+    }
+    if let Some(g) = conv.group_id() {
+        let view = state.group(&g).await?;
+        if view.role_of(me).is_some_and(|r| r >= store::Role::Admin) {
+            return Ok(());
+        }
+    }
+    Err(ApiError::forbidden(
+        "only the group's owner and admins (or a company administrator) review messages",
+    ))
+}

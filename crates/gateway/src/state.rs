@@ -52,7 +52,7 @@ pub struct Inner {
     /// Permits for uploads being received (`files.max_concurrent_uploads`).
     pub uploads: Arc<Semaphore>,
     /// Uploads in progress per user (`files.max_concurrent_uploads_per_user`).
-    pub uploads_by_user: crate::files::UploadsByUser,
+    pub uploads_by_user: crate::budget::UploadsByUser,
     /// Password hashing workers and the per-address sign-in limit.
     pub signin: crate::signin::SignIn,
     /// Cancelled when the node shuts down.
@@ -66,13 +66,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the epoch (the clock lives in [`crate::clock`]; re-exported here for
+/// the handlers that already import it with the state).
+pub use crate::clock::now_ms;
 
 impl Inner {
     /// Whether the user is a company administrator (`auth.admins`).
