@@ -26,6 +26,7 @@ pub mod policy;
 pub mod posts;
 pub mod pump;
 pub mod revocation;
+pub mod send;
 pub mod server;
 pub mod session;
 pub mod signin;

@@ -18,12 +18,14 @@ pub const MENTION_ALL: &str = "all";
 
 /// Stores a message and, once it is durable, hands its delivery to the ordered pump:
 /// recipients it mentions get the frame with `mentioned: true`. `skip` is the sender's own
-/// session (which gets an `ack` instead). Returns the append's outcome.
+/// session (which gets an `ack` instead); `order` is the send's place in its session's order,
+/// if it is pipelined. Returns the append's outcome.
 pub async fn append_and_deliver(
     state: &AppState,
     msg: NewMessage,
     audience: Vec<UserId>,
     skip: Option<String>,
+    order: Option<&crate::order::Ticket>,
 ) -> Result<store::Appended, ApiError> {
     let everyone = msg.mentions.iter().any(|m| m.as_str() == MENTION_ALL);
     let named: HashSet<UserId> = msg.mentions.iter().cloned().collect();
@@ -54,8 +56,8 @@ pub async fn append_and_deliver(
             pump.push(e);
         }
     });
-    // A session's pipelined sends enter the store in send order (see session.rs).
-    let appended = crate::order::in_order(state.store.append_then(msg, deliver)).await?;
+    // A session's pipelined sends enter the store in send order (see order.rs).
+    let appended = crate::order::in_order(order, state.store.append_then(msg, deliver)).await?;
     if !appended.duplicate && !appended.message.mentions.is_empty() {
         record_mentions(state, &appended.message).await;
     }

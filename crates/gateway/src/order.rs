@@ -2,7 +2,9 @@
 //! for their durable append at once (`Store::keeps_append_order()` backends), and their
 //! messages must enter the store in the order the client sent them: each send gets a
 //! [`Ticket`] from the session's [`SendOrder`], and the send path's store hand-off runs through
-//! [`in_order`], which waits for the previous ticket's hand-off and then lets the next go.
+//! [`in_order`], which lets the next send go once this one's job is in the store's queue.
+//! The ticket is passed down the send path explicitly (`send::send`, then
+//! `messages::append_and_deliver`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,8 +42,9 @@ impl Pipeline {
     }
 }
 
-/// The pipelined send a future belongs to.
-#[derive(Clone)]
+/// The place of one pipelined send in its session's order. Dropping it lets the next send
+/// go, so a send that ends without storing anything (refused, held, failed) never blocks
+/// the ones behind it.
 pub struct Ticket {
     pipeline: Arc<Pipeline>,
     n: u64,
@@ -67,33 +70,29 @@ impl SendOrder {
 }
 
 impl Ticket {
-    /// Runs one send: waits until the previous send has entered the store, runs `send` with
-    /// this ticket in scope (its [`in_order`] hand-off lets the next send go), and lets the
-    /// next send go in any case when `send` ends without storing anything.
-    pub async fn run<F: Future>(self, send: F) -> F::Output {
+    /// Waits until the previous send has entered the store (or ended without storing).
+    pub async fn wait_turn(&self) {
         self.pipeline.wait_turn(self.n).await;
-        let reply = TICKET.scope(self.clone(), send).await;
-        self.pipeline.release(self.n);
-        reply
     }
 }
 
-tokio::task_local! {
-    static TICKET: Ticket;
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.pipeline.release(self.n);
+    }
 }
 
 /// Runs a store hand-off (`Store::append_then`) of a pipelined send in the session's send
-/// order: waits for the previous send's hand-off, polls `hand_off` once (which queues the
-/// job into the store's writer; its bounded queue is FIFO even when full), lets the next
-/// send go, then waits for the outcome. Outside a pipelined send it is just `hand_off.await`.
-pub async fn in_order<F: std::future::Future>(hand_off: F) -> F::Output {
-    let Ok(ticket) = TICKET.try_with(Ticket::clone) else {
+/// order: polls `hand_off` once (which queues the job into the store's writer; its bounded
+/// queue is FIFO even when full), lets the next send go, then waits for the outcome. Without
+/// a ticket (a send that is not pipelined, an approval) it is just `hand_off.await`.
+pub async fn in_order<F: Future>(ticket: Option<&Ticket>, hand_off: F) -> F::Output {
+    let Some(ticket) = ticket else {
         return hand_off.await;
     };
     // Unconstrained: with tokio's cooperative budget spent, the first poll of the store's
     // queue would return Pending *without* taking a place in it, and the next send (polled by
     // the same reader task, in any order) could enter the store first.
-    use std::future::Future as _;
     let mut hand_off = std::pin::pin!(tokio::task::unconstrained(hand_off));
     let first = std::future::poll_fn(|cx| Poll::Ready(hand_off.as_mut().poll(cx))).await;
     ticket.pipeline.release(ticket.n);

@@ -200,6 +200,7 @@ async fn publish_post(state: &AppState, me: &UserId, mut post: Post) -> Result<P
                 },
                 view.members.as_ref().clone(),
                 None,
+                None,
             )
             .await?;
             post.seq = Some(appended.message.seq);

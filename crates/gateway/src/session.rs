@@ -382,14 +382,22 @@ async fn read_frames(
                 continue;
             }
         };
-        if matches!(frame, ClientFrame::Send(_)) {
-            // Pipelined: the reply comes out of `in_flight` in send order.
-            let send = order.next_ticket().run(ops::handle(state, ctx, frame));
-            in_flight
-                .get_or_insert_with(FuturesOrdered::new)
-                .push_back(Box::pin(send));
-            continue;
-        }
+        let frame = match frame {
+            ClientFrame::Send(req) => {
+                // Pipelined: each send waits for the previous one to enter the store, and the
+                // replies come out of `in_flight` in send order.
+                let ticket = order.next_ticket();
+                let send = async move {
+                    ticket.wait_turn().await;
+                    ops::send_in_order(state, ctx, req, &ticket).await
+                };
+                in_flight
+                    .get_or_insert_with(FuturesOrdered::new)
+                    .push_back(Box::pin(send));
+                continue;
+            }
+            frame => frame,
+        };
         // Anything else sees the effects of every earlier send, as without pipelining.
         // Heavy requests (`sync`, `history`, `conversations`) run one at a time here, and
         // each holds the session's heavy slot until its reply is written (ops.rs).

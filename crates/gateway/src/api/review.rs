@@ -115,6 +115,7 @@ async fn review_approve(
         },
         audience,
         None,
+        None,
     )
     .await?;
     let message = appended.message;
