@@ -338,6 +338,22 @@ fn rows() -> Vec<Row> {
             GROUP_ADMINS,
         ),
         row(
+            "get",
+            "/v1/groups/{id}/moderation",
+            "/v1/groups/{g}/moderation",
+            None,
+            Plain,
+            GROUP_ADMINS,
+        ),
+        row(
+            "put",
+            "/v1/groups/{id}/moderation",
+            "/v1/groups/{g}/moderation",
+            Some(r#"{"words":["word{i}"]}"#),
+            Plain,
+            GROUP_ADMINS,
+        ),
+        row(
             "put",
             "/v1/groups/{id}/approval",
             "/v1/groups/{g}/approval",

@@ -78,13 +78,8 @@ struct Minted<'a> {
     aud: Option<&'a str>,
 }
 
-/// Seconds since the epoch.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+/// Seconds since the epoch (see [`crate::clock`]).
+pub use crate::clock::now_secs;
 
 fn validation(algorithms: &[Algorithm], cfg: &AuthConfig, issuer: Option<&str>) -> Validation {
     let mut v = Validation::new(algorithms[0]);

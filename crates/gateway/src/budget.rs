@@ -160,6 +160,39 @@ pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
     c.0
 }
 
+/// Uploads in progress per user on this node.
+pub type UploadsByUser = dashmap::DashMap<UserId, usize>;
+
+/// One user's upload slot, given back when dropped.
+pub struct UserSlot<'a> {
+    map: &'a UploadsByUser,
+    user: UserId,
+}
+
+impl<'a> UserSlot<'a> {
+    /// Takes one of `user`'s `max` slots, or `None` when they are all taken.
+    pub fn take(map: &'a UploadsByUser, user: &UserId, max: usize) -> Option<Self> {
+        let mut n = map.entry(user.clone()).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            map,
+            user: user.clone(),
+        })
+    }
+}
+
+impl Drop for UserSlot<'_> {
+    fn drop(&mut self) {
+        self.map.remove_if_mut(&self.user, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

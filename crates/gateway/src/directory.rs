@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use protocol::{ErrorCode, UserId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::sync::Arc;
-use store::{MetaOp, MetaStore};
+use store::MetaStore;
 
 /// Namespace of account records, keyed by user id.
 pub const NS_USER: &str = "user";
@@ -126,18 +126,6 @@ pub async fn get_json<T: DeserializeOwned>(
         Some(b) => Ok(Some(from_json(&b)?)),
         None => Ok(None),
     }
-}
-
-/// Writes one JSON record (durably).
-pub async fn put_json<T: Serialize>(
-    meta: &Arc<dyn MetaStore>,
-    ns: &str,
-    key: &str,
-    value: &T,
-) -> Result<(), ApiError> {
-    meta.apply(vec![MetaOp::put(ns, key, to_json(value)?)])
-        .await?;
-    Ok(())
 }
 
 /// Every record of a namespace (paged internally), decoded.

@@ -5,29 +5,15 @@
 //! [`store::MetaStore`]. A file may be downloaded by its uploader, by company administrators,
 //! and by the members of any conversation it was shared in (recorded when a message that
 //! references it is sent).
-//!
-//! Budgets: a node receives at most `files.max_concurrent_uploads` uploads at once, one user
-//! at most `files.max_concurrent_uploads_per_user` of them, and an upload must keep an
-//! average of `files.upload_min_bytes_per_sec` after `files.upload_grace_ms`: a stalled or
-//! trickling body ends with 408 `timeout` and frees its slot, so a few slow clients cannot
-//! hold every slot.
+//! The HTTP handlers are in `api/files.rs`.
 
-use crate::api::Caller;
-use crate::directory::{get_json, to_json};
-use crate::error::{ApiError, ErrorBody};
-use crate::state::{now_ms, AppState};
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use crate::directory::get_json;
+use crate::error::ApiError;
+use crate::state::AppState;
 use protocol::{Attachment, ConvId, ErrorCode, UserId};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use store::MetaOp;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 /// Namespace of file records, keyed by file id.
 pub const NS_FILE: &str = "file";
@@ -36,39 +22,6 @@ pub const NS_FILE_SHARE: &str = "file_share";
 /// Namespace of files attached to messages held for review, keyed `file_id/conv`: the
 /// conversation's reviewers may read them.
 pub const NS_FILE_HELD: &str = "file_held";
-
-/// Uploads in progress per user on this node.
-pub type UploadsByUser = dashmap::DashMap<UserId, usize>;
-
-/// One user's upload slot, given back when dropped.
-struct UserSlot<'a> {
-    map: &'a UploadsByUser,
-    user: UserId,
-}
-
-impl<'a> UserSlot<'a> {
-    /// Takes one of `user`'s `max` slots, or `None` when they are all taken.
-    fn take(map: &'a UploadsByUser, user: &UserId, max: usize) -> Option<Self> {
-        let mut n = map.entry(user.clone()).or_insert(0);
-        if *n >= max.max(1) {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            map,
-            user: user.clone(),
-        })
-    }
-}
-
-impl Drop for UserSlot<'_> {
-    fn drop(&mut self) {
-        self.map.remove_if_mut(&self.user, |_, n| {
-            *n = n.saturating_sub(1);
-            *n == 0
-        });
-    }
-}
 
 /// What the server records about an upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -89,17 +42,8 @@ pub struct FileRecord {
     pub created_at: u64,
 }
 
-/// The routes of this module. The body limit is the module's own (`files.max_bytes`),
-/// checked while reading, so an oversized upload gets the JSON 413.
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(upload))
-        .routes(routes!(download))
-        .routes(routes!(metadata))
-        .layer(DefaultBodyLimit::disable())
-}
-
-fn files_dir(state: &AppState) -> PathBuf {
+/// Where file contents are kept (`files.dir`, default `<data_dir>/files`).
+pub fn files_dir(state: &AppState) -> PathBuf {
     let f = &state.config.files;
     if f.dir.as_os_str().is_empty() {
         state.config.server.data_dir.join("files")
@@ -108,250 +52,22 @@ fn files_dir(state: &AppState) -> PathBuf {
     }
 }
 
-fn content_path(state: &AppState, sha: &str) -> PathBuf {
+/// The path of the content with SHA-256 `sha`.
+pub fn content_path(state: &AppState, sha: &str) -> PathBuf {
     files_dir(state)
         .join(sha.get(0..2).unwrap_or("00"))
         .join(sha.get(2..4).unwrap_or("00"))
         .join(sha)
 }
 
-fn io_error(e: std::io::Error) -> ApiError {
+/// A file storage failure: logged, answered as `unavailable`.
+pub fn io_error(e: std::io::Error) -> ApiError {
     tracing::error!(error = %e, "file storage");
     ApiError::new(ErrorCode::Unavailable, "file storage is unavailable")
 }
 
-/// `POST /v1/files` query.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct UploadQuery {
-    /// The file name shown to people (1..=255 characters).
-    name: Option<String>,
-}
-
-/// Uploads a file: the request body is the content, `Content-Type` its media type (one of
-/// `files.allowed_types`), `?name=` its name. Answers the attachment to put in a message.
-#[utoipa::path(post, path = "/v1/files", tag = "files", params(UploadQuery), security(("bearer" = [])),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes"),
-    responses((status = 201, body = Attachment), (status = 400, description = "Missing name, empty body, type not allowed", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, description = "The name is blocked", body = ErrorBody),
-        (status = 408, description = "The body came slower than files.upload_min_bytes_per_sec", body = ErrorBody),
-        (status = 413, description = "Over files.max_bytes", body = ErrorBody),
-        (status = 429, description = "Over files.uploads_per_minute or files.max_concurrent_uploads_per_user", body = ErrorBody),
-        (status = 503, description = "Over files.max_concurrent_uploads", body = ErrorBody)))]
-async fn upload(
-    State(state): State<AppState>,
-    Caller(me): Caller,
-    Query(q): Query<UploadQuery>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    if state.upload_limiter.check_key(&me).is_err() {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "more than {} uploads in a minute (files.uploads_per_minute)",
-                state.config.files.uploads_per_minute
-            ),
-        ));
-    }
-    let Some(_mine) = UserSlot::take(
-        &state.uploads_by_user,
-        &me,
-        state.config.files.max_concurrent_uploads_per_user,
-    ) else {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "you already have {} uploads in progress (files.max_concurrent_uploads_per_user)",
-                state.config.files.max_concurrent_uploads_per_user
-            ),
-        ));
-    };
-    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "too many uploads in progress on this node; retry shortly",
-        ));
-    };
-    let max = state.config.files.max_bytes;
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::TooLarge,
-            format!("the file is over the limit of {max} bytes (files.max_bytes)"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max.saturating_add(LINGER_BYTES)) {
-        // Far over the limit: answer at once rather than read it.
-        return Err(too_large());
-    }
-    let name = q.name.as_deref().map(str::trim).unwrap_or_default();
-    if name.is_empty() || name.chars().count() > 255 || name.contains(['/', '\\', '\0']) {
-        return Err(ApiError::bad_request(
-            "name: 1 to 255 characters, without slashes",
-        ));
-    }
-    let mime = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_lowercase()
-        })
-        .unwrap_or_default();
-    if !state.config.files.allowed_types.contains(&mime) {
-        return Err(ApiError::bad_request(format!(
-            "content-type: {mime:?} is not an allowed file type (files.allowed_types)"
-        )));
-    }
-    let verdict = state.moderation.check(
-        name,
-        &moderation::CheckContext {
-            group: None,
-            has_external_member: false,
-        },
-    );
-    let name = match (verdict.action, verdict.masked_text) {
-        (moderation::Action::Block, _) => {
-            return Err(ApiError::new(
-                ErrorCode::Blocked,
-                "the file name is blocked by the moderation filter",
-            ))
-        }
-        (moderation::Action::Mask | moderation::Action::Review, Some(masked)) => masked,
-        _ => name.to_owned(),
-    };
-    let pace = Pace {
-        grace: std::time::Duration::from_millis(state.config.files.upload_grace_ms),
-        min_bytes_per_sec: state.config.files.upload_min_bytes_per_sec,
-    };
-    let bytes = match read_limited(body, max, pace).await {
-        Ok(bytes) => bytes,
-        Err(Refused::TooLarge) => return Err(too_large()),
-        Err(Refused::TooSlow) => {
-            return Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!(
-                "the upload came slower than {} bytes per second (files.upload_min_bytes_per_sec)",
-                pace.min_bytes_per_sec
-            ),
-            ))
-        }
-    };
-    if bytes.is_empty() {
-        return Err(ApiError::bad_request("body: the file is empty"));
-    }
-    let sha = hex::encode(Sha256::digest(&bytes));
-    let path = content_path(&state, &sha);
-    if tokio::fs::metadata(&path).await.is_err() {
-        // Write aside, then rename: a reader never sees half a file, and two uploads of the
-        // same content race harmlessly.
-        let dir = path.parent().map(PathBuf::from).unwrap_or_default();
-        tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
-        let tmp = dir.join(format!(".{sha}.{}", uuid::Uuid::new_v4().simple()));
-        let written = async {
-            let mut f = tokio::fs::File::create(&tmp).await?;
-            tokio::io::AsyncWriteExt::write_all(&mut f, &bytes).await?;
-            f.sync_all().await?;
-            tokio::fs::rename(&tmp, &path).await
-        }
-        .await;
-        if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(io_error(e));
-        }
-    }
-    let record = FileRecord {
-        file_id: format!("f{}", uuid::Uuid::now_v7().simple()),
-        name,
-        size: bytes.len() as u64,
-        mime,
-        sha256: sha,
-        uploader: me,
-        created_at: now_ms(),
-    };
-    state
-        .meta
-        .apply(vec![MetaOp::put(
-            NS_FILE,
-            &record.file_id,
-            to_json(&record)?,
-        )])
-        .await?;
-    Ok((StatusCode::CREATED, Json(attachment_of(&record))).into_response())
-}
-
-/// How much of an oversized body is read and discarded before the 413 is sent: a client that
-/// is still sending when the server closes would see a reset instead of the answer.
-const LINGER_BYTES: u64 = 1024 * 1024;
-
-/// The slowest an upload body may arrive.
-#[derive(Debug, Clone, Copy)]
-struct Pace {
-    /// Time before the rate applies.
-    grace: std::time::Duration,
-    /// Average bytes per second since the start, required after `grace` (0: no minimum).
-    min_bytes_per_sec: u64,
-}
-
-impl Pace {
-    /// When the body must have sent more than `received` bytes.
-    fn due(&self, start: tokio::time::Instant, received: u64) -> Option<tokio::time::Instant> {
-        if self.min_bytes_per_sec == 0 {
-            return None;
-        }
-        let earned =
-            std::time::Duration::from_secs_f64(received as f64 / self.min_bytes_per_sec as f64);
-        start.checked_add(self.grace)?.checked_add(earned)
-    }
-}
-
-/// Why a body was not read.
-#[derive(Debug, PartialEq, Eq)]
-enum Refused {
-    /// Over the limit, or cut short by the client.
-    TooLarge,
-    /// Slower than the [`Pace`].
-    TooSlow,
-}
-
-/// Reads the body if it is at most `max` bytes and keeps `pace`; `TooLarge` (after discarding
-/// up to [`LINGER_BYTES`] more) when it is larger, or when the client stops sending midway.
-async fn read_limited(body: Body, max: u64, pace: Pace) -> Result<Vec<u8>, Refused> {
-    use futures_util::StreamExt;
-    let start = tokio::time::Instant::now();
-    let mut stream = body.into_data_stream();
-    let mut bytes = Vec::new();
-    let mut total: u64 = 0;
-    loop {
-        let next = match pace.due(start, total) {
-            Some(due) => tokio::time::timeout_at(due, stream.next())
-                .await
-                .map_err(|_| Refused::TooSlow)?,
-            None => stream.next().await,
-        };
-        let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|_| Refused::TooLarge)?;
-        total = total.saturating_add(chunk.len() as u64);
-        if total > max.saturating_add(LINGER_BYTES) {
-            return Err(Refused::TooLarge);
-        }
-        if total <= max {
-            bytes.extend_from_slice(&chunk);
-        }
-    }
-    if total <= max {
-        Ok(bytes)
-    } else {
-        Err(Refused::TooLarge)
-    }
-}
-
-fn attachment_of(r: &FileRecord) -> Attachment {
+/// The attachment a message carries for a stored file.
+pub fn attachment_of(r: &FileRecord) -> Attachment {
     Attachment {
         file_id: r.file_id.clone(),
         name: r.name.clone(),
@@ -362,7 +78,8 @@ fn attachment_of(r: &FileRecord) -> Attachment {
     }
 }
 
-async fn record(state: &AppState, id: &str) -> Result<FileRecord, ApiError> {
+/// The record of file `id`, or `not_found`.
+pub async fn record(state: &AppState, id: &str) -> Result<FileRecord, ApiError> {
     if id.is_empty() || id.len() > 128 {
         return Err(ApiError::not_found(format!("no file {id}")));
     }
@@ -379,12 +96,12 @@ async fn may_read(state: &AppState, user: &UserId, r: &FileRecord) -> Result<boo
         return Ok(true);
     }
     for conv in convs_of(state, NS_FILE_SHARE, &r.file_id).await? {
-        if state.access(user, &conv).await.is_ok() {
+        if crate::policy::access(state, user, &conv).await.is_ok() {
             return Ok(true);
         }
     }
     for conv in convs_of(state, NS_FILE_HELD, &r.file_id).await? {
-        if crate::api::review::require_reviewer(state, user, &conv)
+        if crate::policy::require_reviewer(state, user, &conv)
             .await
             .is_ok()
         {
@@ -417,7 +134,8 @@ async fn convs_of(state: &AppState, ns: &str, file_id: &str) -> Result<Vec<ConvI
     }
 }
 
-async fn readable(state: &AppState, user: &UserId, id: &str) -> Result<FileRecord, ApiError> {
+/// The record of file `id` if `user` may read it: `not_found` or `forbidden` otherwise.
+pub async fn readable(state: &AppState, user: &UserId, id: &str) -> Result<FileRecord, ApiError> {
     let r = record(state, id).await?;
     if !may_read(state, user, &r).await? {
         return Err(ApiError::forbidden(
@@ -428,77 +146,6 @@ async fn readable(state: &AppState, user: &UserId, id: &str) -> Result<FileRecor
 }
 
 /// `filename*` value per RFC 5987: UTF-8, percent-encoded.
-fn encode_filename(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Downloads a file's content (its uploader, company administrators, and the members of a
-/// conversation it was shared in).
-#[utoipa::path(get, path = "/v1/files/{id}", tag = "files", security(("bearer" = [])),
-    params(("id" = String, Path, description = "File id")),
-    responses((status = 200, description = "The content, with its media type", content_type = "application/octet-stream"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn download(
-    State(state): State<AppState>,
-    Caller(me): Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let r = readable(&state, &me, &id).await?;
-    let bytes = tokio::fs::read(content_path(&state, &r.sha256))
-        .await
-        .map_err(io_error)?;
-    let ascii: String = r
-        .name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let disposition = format!(
-        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{}",
-        encode_filename(&r.name)
-    );
-    let mut resp = bytes.into_response();
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&r.mime) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    Ok(resp)
-}
-
-/// A file's record (same readers as the download).
-#[utoipa::path(get, path = "/v1/files/{id}/meta", tag = "files", security(("bearer" = [])),
-    params(("id" = String, Path, description = "File id")),
-    responses((status = 200, body = FileRecord), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn metadata(
-    State(state): State<AppState>,
-    Caller(me): Caller,
-    Path(id): Path<String>,
-) -> Result<Json<FileRecord>, ApiError> {
-    Ok(Json(readable(&state, &me, &id).await?))
-}
-
-/// Checks that `user` may attach the file to a message (they can read it) and returns the
-/// attachment with the server's size and type; `not_found` for an unknown file id.
 pub async fn check_attachment(
     state: &AppState,
     user: &UserId,
@@ -541,49 +188,4 @@ async fn put_link(
         )])
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pace_grows_with_what_was_received() {
-        let pace = Pace {
-            grace: std::time::Duration::from_secs(10),
-            min_bytes_per_sec: 1000,
-        };
-        let t = tokio::time::Instant::now();
-        assert_eq!(pace.due(t, 0), Some(t + std::time::Duration::from_secs(10)));
-        assert_eq!(
-            pace.due(t, 5000),
-            Some(t + std::time::Duration::from_secs(15))
-        );
-        let off = Pace {
-            min_bytes_per_sec: 0,
-            ..pace
-        };
-        assert_eq!(off.due(t, 5000), None);
-    }
-
-    #[test]
-    fn one_user_holds_at_most_their_share() {
-        let map = UploadsByUser::default();
-        let (a, b) = (UserId::from("a"), UserId::from("b"));
-        let s1 = UserSlot::take(&map, &a, 2).unwrap();
-        let s2 = UserSlot::take(&map, &a, 2).unwrap();
-        assert!(UserSlot::take(&map, &a, 2).is_none());
-        let other = UserSlot::take(&map, &b, 2).unwrap();
-        drop(s1);
-        let s3 = UserSlot::take(&map, &a, 2).unwrap();
-        drop((s2, s3, other));
-        assert!(map.is_empty(), "slots are given back");
-    }
-
-    #[test]
-    fn filenames_are_percent_encoded() {
-        assert_eq!(encode_filename("a b.pdf"), "a%20b.pdf");
-        assert_eq!(encode_filename("报告.pdf"), "%E6%8A%A5%E5%91%8A.pdf");
-        assert_eq!(encode_filename("x\"y"), "x%22y");
-    }
 }

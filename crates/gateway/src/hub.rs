@@ -55,11 +55,6 @@ impl SharedFrame {
         };
         cell.get_or_init(|| codec.encode(&self.frame)).clone()
     }
-
-    /// The frame itself.
-    pub fn frame(&self) -> &ServerFrame {
-        &self.frame
-    }
 }
 
 /// The hub's view of one connected session.
@@ -102,7 +97,7 @@ impl SessionHandle {
             codec,
             device,
             token,
-            connected_at: crate::state::now_ms(),
+            connected_at: crate::clock::now_ms(),
             queue,
             cancel: CancellationToken::new(),
             close: OnceLock::new(),
@@ -174,11 +169,6 @@ impl SessionHandle {
     /// Resolves when the session is asked to close.
     pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
-    }
-
-    /// Whether the session was asked to close.
-    pub fn is_closed(&self) -> bool {
-        self.cancel.is_cancelled()
     }
 }
 

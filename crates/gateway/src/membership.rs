@@ -14,6 +14,10 @@ use store::{Group, Member, MetaStore, Role, Store, StoreError};
 
 /// Namespace of [`GroupSettings`] records, keyed by group id.
 pub const NS_GROUP_SETTINGS: &str = "group_settings";
+/// Namespace of a group's own moderation rules ([`moderation::GroupPolicySpec`] as JSON),
+/// keyed by group id. Apart from the settings, which every member reads: the rules (a list
+/// of words banned in the group) are for the group's owner, admins and company admins.
+pub const NS_GROUP_MODERATION: &str = "group_moderation";
 
 /// Where a project group is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
@@ -75,6 +79,11 @@ pub struct GroupView {
     pub members: Arc<Vec<UserId>>,
     /// Settings.
     pub settings: GroupSettings,
+    /// The group's own moderation rules, if it has any.
+    pub moderation: Option<Arc<moderation::GroupPolicySpec>>,
+    /// Whether some member is an external account (or the group is an external group),
+    /// worked out at the first message that needs it.
+    external: tokio::sync::OnceCell<bool>,
 }
 
 impl GroupView {
@@ -146,11 +155,17 @@ impl Membership {
                 .await
                 .map_err(meta_err)?
                 .unwrap_or_default();
+        let moderation: Option<moderation::GroupPolicySpec> =
+            crate::directory::get_json(&self.meta, NS_GROUP_MODERATION, id.as_str())
+                .await
+                .map_err(meta_err)?;
         let view = Arc::new(GroupView {
             group,
             roles: members.iter().map(|m| (m.user.clone(), m.role)).collect(),
             members: Arc::new(members.into_iter().map(|m| m.user).collect()),
             settings,
+            moderation: moderation.map(Arc::new),
+            external: tokio::sync::OnceCell::new(),
         });
         if self.epoch.load(Ordering::Acquire) == epoch {
             self.groups.insert(id.clone(), view.clone());
@@ -185,9 +200,41 @@ impl Membership {
         Ok(account)
     }
 
-    /// Forgets an account (after it changed).
+    /// Forgets an account (after it changed), and the groups it is a member of (whether a
+    /// group has an external member depends on its members' accounts).
     pub fn invalidate_user(&self, user: &UserId) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.accounts.remove(user);
+        self.groups.retain(|_, v| !v.roles.contains_key(user));
+    }
+
+    /// Whether the user's directory account marks them external.
+    pub async fn is_external(&self, user: &UserId) -> Result<bool, StoreError> {
+        Ok(self.account(user).await?.is_some_and(|a| a.external))
+    }
+
+    /// Whether the group is an external group or has an external member: the account of
+    /// every member is read once per cached group view (most from the account cache,
+    /// 32 at a time).
+    pub async fn has_external_member(&self, view: &GroupView) -> Result<bool, StoreError> {
+        view.external
+            .get_or_try_init(|| async {
+                if view.group.kind == store::GroupKind::External {
+                    return Ok(true);
+                }
+                // 32 reads at a time: a large group's first message must not wait for one
+                // round trip per member to a remote store.
+                for chunk in view.members.chunks(32) {
+                    let reads: Vec<_> = chunk.iter().map(|m| self.is_external(m)).collect();
+                    for external in futures_util::future::join_all(reads).await {
+                        if external? {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            })
+            .await
+            .copied()
     }
 }

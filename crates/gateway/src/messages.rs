@@ -2,7 +2,8 @@
 //! recall, and the conversation list with last message, unread count and mention flag.
 
 use crate::error::ApiError;
-use crate::state::{now_ms, Access, AppState};
+use crate::policy::Access;
+use crate::state::{now_ms, AppState};
 use protocol::{ConvId, ConvSummary, ErrorCode, EventKind, Message, Seq, ServerFrame, UserId};
 use router::Envelope;
 use std::collections::HashSet;
@@ -17,12 +18,14 @@ pub const MENTION_ALL: &str = "all";
 
 /// Stores a message and, once it is durable, hands its delivery to the ordered pump:
 /// recipients it mentions get the frame with `mentioned: true`. `skip` is the sender's own
-/// session (which gets an `ack` instead). Returns the append's outcome.
+/// session (which gets an `ack` instead); `order` is the send's place in its session's order,
+/// if it is pipelined. Returns the append's outcome.
 pub async fn append_and_deliver(
     state: &AppState,
     msg: NewMessage,
     audience: Vec<UserId>,
     skip: Option<String>,
+    order: Option<&crate::order::Ticket>,
 ) -> Result<store::Appended, ApiError> {
     let everyone = msg.mentions.iter().any(|m| m.as_str() == MENTION_ALL);
     let named: HashSet<UserId> = msg.mentions.iter().cloned().collect();
@@ -53,8 +56,8 @@ pub async fn append_and_deliver(
             pump.push(e);
         }
     });
-    // A session's pipelined sends enter the store in send order (see session.rs).
-    let appended = crate::session::in_order(state.store.append_then(msg, deliver)).await?;
+    // A session's pipelined sends enter the store in send order (see order.rs).
+    let appended = crate::order::in_order(order, state.store.append_then(msg, deliver)).await?;
     if !appended.duplicate && !appended.message.mentions.is_empty() {
         record_mentions(state, &appended.message).await;
     }
@@ -119,7 +122,7 @@ pub async fn recall(
     seq: Seq,
 ) -> Result<(), ApiError> {
     let admin = state.is_company_admin(actor);
-    let access = match state.access(actor, conv).await {
+    let access = match crate::policy::access(state, actor, conv).await {
         Ok(a) => a,
         Err(e) if admin && e.code == ErrorCode::Forbidden => {
             company_admin_access(state, conv).await?

@@ -7,9 +7,12 @@
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use moderation::{CheckContext, Escalator, LoadError, Moderator, Penalty, Verdict};
-use protocol::UserId;
+use moderation::{
+    CheckContext, Escalator, GroupPolicy, GroupPolicySpec, LoadError, Moderator, Penalty, Verdict,
+};
+use protocol::{GroupId, UserId};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -26,10 +29,24 @@ pub enum Restriction {
 /// Rules, escalation and penalties.
 pub struct Moderation {
     rules: ArcSwap<Moderator>,
+    /// Bumped by every rule reload: group policies compiled against older rules are rebuilt.
+    generation: AtomicU64,
+    /// Compiled per-group policies (see [`Moderation::group_policy`]).
+    groups: DashMap<GroupId, CompiledGroup>,
     escalator: Escalator,
     restrictions: DashMap<UserId, Restriction>,
     dir: Option<PathBuf>,
 }
+
+/// One group's policy as compiled, with what it was compiled from.
+struct CompiledGroup {
+    generation: u64,
+    spec: Arc<GroupPolicySpec>,
+    policy: Option<Arc<GroupPolicy>>,
+}
+
+/// Most compiled group policies kept; past it the cache starts over (they recompile on use).
+const MAX_COMPILED_GROUPS: usize = 100_000;
 
 impl Moderation {
     /// Loads the rules from `dir` (empty path: built-in detectors only). A directory that
@@ -49,6 +66,8 @@ impl Moderation {
         let escalator = Escalator::new(moderator.escalation_config().clone());
         Ok(Self {
             rules: ArcSwap::from_pointee(moderator),
+            generation: AtomicU64::new(0),
+            groups: DashMap::new(),
             escalator,
             restrictions: DashMap::new(),
             dir,
@@ -60,6 +79,48 @@ impl Moderation {
         self.rules.load().check(text, ctx)
     }
 
+    /// Compiles a group's rules against the rules in force: how an admin's new rules are
+    /// checked before they are stored (unknown category or detector names are an error).
+    pub fn compile_group(&self, spec: &GroupPolicySpec) -> Result<GroupPolicy, LoadError> {
+        GroupPolicy::compile(spec, &self.rules.load())
+    }
+
+    /// The compiled policy of group `id` whose stored rules are `spec`, compiled once per
+    /// change of the group's rules or of the rule set and cached. Rules that no longer compile
+    /// against reloaded rules (a category was removed) are logged and not applied, so the
+    /// group falls back to the company rules instead of refusing every message.
+    pub fn group_policy(
+        &self,
+        id: &GroupId,
+        spec: &Arc<GroupPolicySpec>,
+    ) -> Option<Arc<GroupPolicy>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(c) = self.groups.get(id) {
+            if c.generation == generation && Arc::ptr_eq(&c.spec, spec) {
+                return c.policy.clone();
+            }
+        }
+        let policy = match self.compile_group(spec) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::error!(group = %id, error = %e, "the group's moderation rules do not compile against the rules in force; applying the company rules only");
+                None
+            }
+        };
+        if self.groups.len() >= MAX_COMPILED_GROUPS {
+            self.groups.clear();
+        }
+        self.groups.insert(
+            id.clone(),
+            CompiledGroup {
+                generation,
+                spec: spec.clone(),
+                policy: policy.clone(),
+            },
+        );
+        policy
+    }
+
     /// Reloads the rule files; on error the old rules stay in force.
     pub fn reload(&self) -> Result<moderation::LoadStats, LoadError> {
         let Some(dir) = &self.dir else {
@@ -68,6 +129,7 @@ impl Moderation {
         let fresh = Moderator::load_dir(dir)?;
         let stats = fresh.stats().clone();
         self.rules.store(Arc::new(fresh));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(?stats, "moderation rules reloaded");
         Ok(stats)
     }

@@ -5,21 +5,17 @@
 use crate::budget::{self, ReplyBytes};
 use crate::error::ApiError;
 use crate::hub::{SessionHandle, SharedFrame};
-use crate::moderation::Restriction;
-use crate::state::{now_ms, Access, AppState};
+use crate::state::AppState;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use moderation::{Action, Penalty};
 use protocol::{
-    ClientFrame, ConvId, ErrorCode, EventKind, Message, MessageId, MessageKind, ModerationNote,
-    Rid, SendFrame, Seq, ServerFrame, SyncedConv, Target, UserId,
+    ClientFrame, ConvId, ErrorCode, Rid, SendFrame, Seq, ServerFrame, SyncedConv, UserId,
 };
 use router::Envelope;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use store::NewMessage;
 use tokio::sync::Semaphore;
 
 /// Per-session state the handlers use.
@@ -66,6 +62,15 @@ impl SessionCtx {
 
     fn user(&self) -> &UserId {
         &self.handle.user
+    }
+
+    /// The session as the send path sees it.
+    fn sender(&self) -> crate::send::Sender<'_> {
+        crate::send::Sender {
+            user: &self.handle.user,
+            session: &self.handle.id,
+            check_rate: self,
+        }
     }
 
     fn check_rate(&self) -> Result<(), ApiError> {
@@ -118,6 +123,26 @@ fn shared_clock() -> governor::clock::DefaultClock {
         .clone()
 }
 
+/// Handles a pipelined `send` in its session's order (`ticket`): the `ack`, or the error.
+pub async fn send_in_order(
+    state: &AppState,
+    ctx: &SessionCtx,
+    req: SendFrame,
+    ticket: &crate::order::Ticket,
+) -> Option<Arc<SharedFrame>> {
+    let rid = req.rid.clone();
+    match crate::send::send(state, &ctx.sender(), req, Some(ticket)).await {
+        Ok(reply) => reply.map(SharedFrame::new),
+        Err(e) => Some(SharedFrame::new(e.frame(rid))),
+    }
+}
+
+impl crate::send::RateCheck for SessionCtx {
+    fn check_rate(&self) -> Result<(), ApiError> {
+        SessionCtx::check_rate(self)
+    }
+}
+
 /// Handles one decoded client frame and returns the reply, if the frame has one, wrapped for
 /// the session's queue: a heavy reply (`synced`, `history`, `conversations`) carries its
 /// memory budget until it is written.
@@ -128,7 +153,9 @@ pub async fn handle(
 ) -> Option<Arc<SharedFrame>> {
     let rid = frame.rid().cloned();
     let result: Result<Option<Arc<SharedFrame>>, ApiError> = match frame {
-        ClientFrame::Send(req) => send(state, ctx, req).await.map(|r| r.map(SharedFrame::new)),
+        ClientFrame::Send(req) => crate::send::send(state, &ctx.sender(), req, None)
+            .await
+            .map(|r| r.map(SharedFrame::new)),
         ClientFrame::History {
             rid,
             conv,
@@ -153,375 +180,6 @@ pub async fn handle(
     match result {
         Ok(reply) => reply,
         Err(e) => Some(SharedFrame::new(e.frame(rid))),
-    }
-}
-
-fn validate_send(state: &AppState, req: &SendFrame) -> Result<(), ApiError> {
-    let limits = &state.config.limits;
-    if req.client_msg_id.is_empty() || req.client_msg_id.len() > 64 {
-        return Err(ApiError::bad_request("client_msg_id must be 1 to 64 bytes"));
-    }
-    let chars = req.body.chars().count();
-    if chars > limits.max_body_chars {
-        return Err(ApiError::bad_request(format!(
-            "body is {chars} characters; the limit is {}",
-            limits.max_body_chars
-        )));
-    }
-    match req.kind {
-        MessageKind::Text => {
-            if req.body.trim().is_empty() {
-                return Err(ApiError::bad_request(
-                    "a text message needs a non-empty body",
-                ));
-            }
-            if req.attachment.is_some() {
-                return Err(ApiError::bad_request("a text message has no attachment"));
-            }
-        }
-        MessageKind::Recalled => {
-            return Err(ApiError::bad_request(
-                "kind: recalled is not sent; use the recall frame",
-            ));
-        }
-        MessageKind::Image | MessageKind::File => {
-            let Some(a) = &req.attachment else {
-                return Err(ApiError::bad_request("images and files need an attachment"));
-            };
-            if a.file_id.is_empty() || a.file_id.len() > 128 || a.name.chars().count() > 255 {
-                return Err(ApiError::bad_request(
-                    "attachment.file_id must be 1 to 128 bytes and attachment.name at most 255 characters",
-                ));
-            }
-        }
-    }
-    if req.mentions.len() > limits.max_mentions {
-        return Err(ApiError::bad_request(format!(
-            "at most {} mentions",
-            limits.max_mentions
-        )));
-    }
-    if req.mentions.iter().any(|m| !m.is_valid()) {
-        return Err(ApiError::bad_request("mentions must be user ids"));
-    }
-    if req.reply_to == Some(Seq(0)) {
-        return Err(ApiError::bad_request("reply_to must be a seq of 1 or more"));
-    }
-    Ok(())
-}
-
-async fn send(
-    state: &AppState,
-    ctx: &SessionCtx,
-    req: SendFrame,
-) -> Result<Option<ServerFrame>, ApiError> {
-    validate_send(state, &req)?;
-    ctx.check_rate()?;
-    let me = ctx.user();
-    let (conv, access) = match &req.to {
-        Target::User(other) => {
-            if !other.is_valid() {
-                return Err(ApiError::bad_request("to.user is not a valid user id"));
-            }
-            if !state.user_exists(other).await? {
-                return Err(ApiError::not_found(format!("no user {other}")));
-            }
-            let conv = ConvId::direct(me, other);
-            let access = Access::Direct([me.clone(), other.clone()]);
-            (conv, access)
-        }
-        Target::Group(g) => {
-            if !g.is_valid() {
-                return Err(ApiError::bad_request("to.group is not a valid group id"));
-            }
-            let conv = ConvId::group(g);
-            let access = state.access(me, &conv).await?;
-            if let Access::Group(view) = &access {
-                check_group_posting(view, me)?;
-            }
-            (conv, access)
-        }
-    };
-    check_restriction(state, me)?;
-    crate::messages::check_mentions(&access, me, &req.mentions)?;
-    let mut req = req;
-    if let Some(a) = &req.attachment {
-        // The server's record of the file replaces the client's size and type.
-        let a = crate::files::check_attachment(state, me, a).await?;
-        if req.kind == MessageKind::Image && !a.mime.starts_with("image/") {
-            return Err(ApiError::bad_request(
-                "attachment: an image message needs a file of an image/* type",
-            ));
-        }
-        req.attachment = Some(a);
-    }
-    let external =
-        matches!(&access, Access::Group(g) if g.group.kind == store::GroupKind::External);
-    let ctx_m = moderation::CheckContext {
-        group: None,
-        has_external_member: external,
-    };
-    let mut verdict = state.moderation.check(&req.body, &ctx_m);
-    if let Some(a) = &req.attachment {
-        // File names pass the filter too; the stricter verdict wins.
-        let name_verdict = state.moderation.check(&a.name, &ctx_m);
-        if name_verdict.action > verdict.action {
-            verdict = name_verdict;
-        }
-    }
-    let note = moderate(state, ctx, &conv, &req, &verdict).await?;
-    let body = verdict.text_to_deliver(&req.body).to_owned();
-    if verdict.action == Action::Review {
-        let held = store::HeldMessage {
-            id: format!("r{}", uuid::Uuid::now_v7().simple()),
-            conv: conv.clone(),
-            from: me.clone(),
-            client_msg_id: req.client_msg_id.clone(),
-            kind: req.kind,
-            body,
-            attachment: req.attachment,
-            mentions: req.mentions,
-            reply_to: req.reply_to,
-            ts: now_ms(),
-            category: verdict.category.clone(),
-            rule: verdict.rule.clone(),
-        };
-        let (id, ts) = (held.id.clone(), held.ts);
-        if let Some(a) = &held.attachment {
-            crate::files::record_held(state, &a.file_id, &held.conv).await?;
-        }
-        state.review.hold(held).await?;
-        return Ok(Some(ServerFrame::Ack {
-            rid: req.rid,
-            client_msg_id: req.client_msg_id,
-            conv,
-            seq: None,
-            id: MessageId::new(id),
-            ts,
-            duplicate: false,
-            moderation: note,
-        }));
-    }
-    if let Access::Group(view) = &access {
-        if view.settings.approval_required {
-            return submit_for_approval(state, ctx, &conv, view, req, body, note).await;
-        }
-    }
-    if let Some(a) = &req.attachment {
-        crate::files::record_share(state, &a.file_id, &conv).await?;
-    }
-    let participants = match &access {
-        Access::Direct(_) => access.audience(),
-        Access::Group(_) => Vec::new(),
-    };
-    // Delivery is queued from the store's writer, in seq order, once the message is durable.
-    let appended = crate::messages::append_and_deliver(
-        state,
-        NewMessage {
-            conv: conv.clone(),
-            from: me.clone(),
-            client_msg_id: req.client_msg_id.clone(),
-            id: MessageId::new(uuid::Uuid::now_v7().to_string()),
-            kind: req.kind,
-            body,
-            attachment: req.attachment,
-            mentions: req.mentions,
-            reply_to: req.reply_to,
-            ts: now_ms(),
-            participants,
-        },
-        access.audience(),
-        Some(ctx.handle.id.clone()),
-    )
-    .await?;
-    let message: Message = appended.message;
-    let ack = ServerFrame::Ack {
-        rid: req.rid,
-        client_msg_id: req.client_msg_id,
-        conv,
-        seq: Some(message.seq),
-        id: message.id.clone(),
-        ts: message.ts,
-        duplicate: appended.duplicate,
-        moderation: note,
-    };
-    Ok(Some(ack))
-}
-
-/// Refuses posts to archived groups and from members muted in the group (or in a group
-/// muted as a whole, where only the owner and admins post).
-fn check_group_posting(view: &crate::membership::GroupView, me: &UserId) -> Result<(), ApiError> {
-    use crate::membership::Lifecycle;
-    if view.settings.lifecycle == Lifecycle::Archived {
-        return Err(ApiError::forbidden("the group is archived (read-only)"));
-    }
-    if let Some(until) = view.settings.muted_until(me, now_ms()) {
-        return Err(ApiError::new(
-            ErrorCode::Muted,
-            format!("you are muted in this group until {until} (ms since the epoch)"),
-        ));
-    }
-    if view.settings.muted_all && !view.is_admin(me) {
-        return Err(ApiError::new(
-            ErrorCode::Muted,
-            "the group is muted: only the owner and admins post",
-        ));
-    }
-    Ok(())
-}
-
-/// Holds a post to an approval-only group until a reviewer approves it; the `ack` has no
-/// seq and its `id` is the post id (see `/v1/posts`).
-async fn submit_for_approval(
-    state: &AppState,
-    ctx: &SessionCtx,
-    conv: &ConvId,
-    view: &crate::membership::GroupView,
-    req: SendFrame,
-    body: String,
-    note: Option<ModerationNote>,
-) -> Result<Option<ServerFrame>, ApiError> {
-    if req.kind != MessageKind::Text {
-        return Err(ApiError::bad_request(
-            "kind: posts to an approval-only group are text",
-        ));
-    }
-    let post = crate::posts::submit(
-        state,
-        ctx.user(),
-        &view.group.id,
-        crate::posts::PostKind::Message,
-        body,
-        Some(req.client_msg_id.clone()),
-    )
-    .await?;
-    Ok(Some(ServerFrame::Ack {
-        rid: req.rid,
-        client_msg_id: req.client_msg_id,
-        conv: conv.clone(),
-        seq: None,
-        id: MessageId::new(post.id),
-        ts: post.created_at,
-        duplicate: false,
-        moderation: note.or(Some(ModerationNote {
-            action: "approval".into(),
-            category: None,
-        })),
-    }))
-}
-
-/// Refuses senders who are muted or suspended.
-fn check_restriction(state: &AppState, user: &UserId) -> Result<(), ApiError> {
-    match state.moderation.restriction(user, now_ms()) {
-        None => Ok(()),
-        Some(Restriction::MutedUntil(until)) => Err(ApiError::new(
-            ErrorCode::Muted,
-            format!("you are muted until {until} (ms since the epoch)"),
-        )),
-        Some(Restriction::Suspended) => Err(ApiError::new(
-            ErrorCode::Muted,
-            "you are suspended from posting until an administrator lifts it",
-        )),
-    }
-}
-
-/// Applies a verdict's side effects: audit, escalation, and the `blocked` error. Returns the
-/// note for the sender's `ack`.
-async fn moderate(
-    state: &AppState,
-    ctx: &SessionCtx,
-    conv: &ConvId,
-    req: &SendFrame,
-    verdict: &moderation::Verdict,
-) -> Result<Option<ModerationNote>, ApiError> {
-    if verdict.action == Action::Allow {
-        return Ok(None);
-    }
-    let me = ctx.user();
-    let now = now_ms();
-    state
-        .audit(store::AuditEntry {
-            ts: now,
-            actor: me.clone(),
-            action: format!("moderation.{}", action_name(verdict.action)),
-            conv: Some(conv.clone()),
-            target: None,
-            message: Some(req.client_msg_id.clone()),
-            rule: verdict.rule.clone(),
-            category: verdict.category.clone(),
-            detail: None,
-        })
-        .await;
-    if verdict.escalate {
-        let penalty = state.moderation.record_violation(me, now);
-        escalate(state, me, penalty, now).await;
-    }
-    let category = verdict.category.clone();
-    if verdict.action == Action::Block {
-        return Err(ApiError::new(
-            ErrorCode::Blocked,
-            format!(
-                "message blocked by the moderation filter (category: {})",
-                category.as_deref().unwrap_or("policy")
-            ),
-        ));
-    }
-    Ok(Some(ModerationNote {
-        action: action_name(verdict.action).to_owned(),
-        category,
-    }))
-}
-
-/// Tells the user about a penalty and records it.
-async fn escalate(state: &AppState, user: &UserId, penalty: Penalty, now: u64) {
-    let (event, until, name) = match penalty {
-        Penalty::None => return,
-        Penalty::Warn => (EventKind::Warned, None, "escalation.warn"),
-        Penalty::Mute(d) => (
-            EventKind::Muted,
-            Some(now + d.as_millis() as u64),
-            "escalation.mute",
-        ),
-        Penalty::Suspend => (EventKind::Muted, None, "escalation.suspend"),
-    };
-    state
-        .audit(store::AuditEntry {
-            ts: now,
-            actor: user.clone(),
-            action: name.to_owned(),
-            conv: None,
-            target: Some(user.clone()),
-            message: None,
-            rule: None,
-            category: None,
-            detail: None,
-        })
-        .await;
-    let frame = ServerFrame::Event {
-        event,
-        conv: None,
-        actor: None,
-        user: Some(user.clone()),
-        seq: None,
-        until,
-        detail: Some(name.to_owned()),
-    };
-    if let Err(e) = state
-        .router
-        .publish(Envelope::frame(vec![user.clone()], frame))
-        .await
-    {
-        tracing::warn!(error = %e, "could not tell a user about a penalty");
-    }
-}
-
-fn action_name(a: Action) -> &'static str {
-    match a {
-        Action::Allow => "allow",
-        Action::Warn => "warn",
-        Action::Mask => "mask",
-        Action::Review => "review",
-        Action::Block => "block",
     }
 }
 
@@ -622,7 +280,7 @@ async fn history(
     before: Option<Seq>,
     limit: Option<u32>,
 ) -> Result<Option<Arc<SharedFrame>>, ApiError> {
-    state.access(ctx.user(), &conv).await?;
+    crate::policy::access(state, ctx.user(), &conv).await?;
     let max = state.config.limits.history_max.max(1);
     let limit = limit.unwrap_or(50).clamp(1, max) as usize;
     let mut reserved = reserve_reply(state, ctx).await?;
@@ -658,7 +316,7 @@ async fn sync(
     let max = limits.sync_max.max(1);
     let limit = limit.unwrap_or(max).clamp(1, max) as usize;
     for conv in cursors.keys() {
-        state.access(ctx.user(), conv).await?;
+        crate::policy::access(state, ctx.user(), conv).await?;
     }
     let mut reserved = reserve_reply(state, ctx).await?;
     let mut budget = Budget {
@@ -703,7 +361,7 @@ async fn read(
     conv: ConvId,
     seq: Seq,
 ) -> Result<Option<Arc<SharedFrame>>, ApiError> {
-    state.access(ctx.user(), &conv).await?;
+    crate::policy::access(state, ctx.user(), &conv).await?;
     ctx.ephemeral(state, |e| {
         let full = e.reads.len() >= MAX_PENDING_READS;
         match e.reads.get_mut(&conv) {
@@ -751,7 +409,7 @@ async fn publish_read(
     conv: ConvId,
     seq: Seq,
 ) -> Result<(), ApiError> {
-    let access = state.access(ctx.user(), &conv).await?;
+    let access = crate::policy::access(state, ctx.user(), &conv).await?;
     let last = state.store.last_seq(&conv).await?;
     let seq = Seq(seq.0.min(last.0));
     let now = state.store.set_read(ctx.user(), &conv, seq).await?;
@@ -773,7 +431,7 @@ async fn typing(
     ctx: &SessionCtx,
     conv: ConvId,
 ) -> Result<Option<Arc<SharedFrame>>, ApiError> {
-    let access = state.access(ctx.user(), &conv).await?;
+    let access = crate::policy::access(state, ctx.user(), &conv).await?;
     let interval = Duration::from_millis(state.config.limits.typing_interval_ms);
     let allowed = ctx.ephemeral(state, |e| {
         let now = tokio::time::Instant::now();

@@ -1,20 +1,16 @@
 //! Posts that wait for a reviewer: messages to approval-only groups (announcement channels)
 //! and announcement changes of company and department groups. Only approved posts are
 //! delivered; every state change is in the audit log, and the author hears the decision.
+//! The HTTP handlers are in `api/posts.rs`.
 
-use crate::api::{ApiJson, Caller};
 use crate::directory::{from_json, scan_all, to_json};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::state::{now_ms, AppState};
-use axum::extract::{Path, Query, State};
-use axum::Json;
 use protocol::{
     ConvId, ErrorCode, EventKind, GroupId, MessageId, MessageKind, Seq, ServerFrame, UserId,
 };
 use serde::{Deserialize, Serialize};
 use store::{AuditEntry, MetaOp, NewMessage};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 /// Namespace of posts, keyed by post id (time-ordered).
 pub const NS_POST: &str = "post";
@@ -77,14 +73,6 @@ pub struct Post {
     pub reason: Option<String>,
 }
 
-/// The routes of this module.
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list))
-        .routes(routes!(approve))
-        .routes(routes!(reject))
-}
-
 fn audit(me: &UserId, action: &str, post: &Post) -> AuditEntry {
     let mut e = AuditEntry::action(now_ms(), me, action);
     e.conv = Some(ConvId::group(&post.group));
@@ -129,44 +117,6 @@ pub async fn submit(
         .await?;
     state.audit(audit(author, "post.submit", &post)).await;
     Ok(post)
-}
-
-/// `GET /v1/posts` filters.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct PostQuery {
-    /// Only posts in this state.
-    state: Option<PostState>,
-    /// Only posts to this group.
-    group: Option<String>,
-}
-
-/// Posts: reviewers see every post, other users their own.
-#[utoipa::path(get, path = "/v1/posts", tag = "posts", params(PostQuery), security(("bearer" = [])),
-    responses((status = 200, body = [Post]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-async fn list(
-    State(state): State<AppState>,
-    Caller(me): Caller,
-    Query(q): Query<PostQuery>,
-) -> Result<Json<Vec<Post>>, ApiError> {
-    let reviewer = state.is_reviewer(&me);
-    let all: Vec<(String, Post)> = scan_all(&state.meta, NS_POST, "").await?;
-    Ok(Json(
-        all.into_iter()
-            .map(|(_, p)| p)
-            .filter(|p| reviewer || p.author == me)
-            .filter(|p| q.state.is_none_or(|s| p.state == s))
-            .filter(|p| q.group.as_deref().is_none_or(|g| p.group.as_str() == g))
-            .collect(),
-    ))
-}
-
-/// `POST /v1/posts/{id}/reject` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Decision {
-    /// Why (shown to the author).
-    #[serde(default)]
-    reason: Option<String>,
 }
 
 /// Takes the decision on a pending post exactly once.
@@ -220,32 +170,7 @@ async fn tell_author(state: &AppState, post: &Post, me: &UserId) {
             _ => format!("approved {}", post.id),
         }),
     };
-    crate::api::publish(state, vec![post.author.clone()], frame).await;
-}
-
-/// Approves a pending post: a message is stored with the next seq and delivered; an
-/// announcement replaces the group's. Reviewers only, never their own post.
-#[utoipa::path(post, path = "/v1/posts/{id}/approve", tag = "posts", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Post id")),
-    responses((status = 200, body = Post), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "Already decided", body = ErrorBody)))]
-async fn approve(
-    State(state): State<AppState>,
-    Caller(me): Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Post>, ApiError> {
-    let post = decide(&state, &me, &id).await?;
-    match publish_post(&state, &me, post).await {
-        Ok(post) => Ok(Json(post)),
-        Err(e) => {
-            // Nothing was delivered: let the post be decided again.
-            let _ = state
-                .meta
-                .apply(vec![MetaOp::delete(NS_POST_DECISION, &id)])
-                .await;
-            Err(e)
-        }
-    }
+    crate::events::publish(state, vec![post.author.clone()], frame).await;
 }
 
 async fn publish_post(state: &AppState, me: &UserId, mut post: Post) -> Result<Post, ApiError> {
@@ -275,12 +200,13 @@ async fn publish_post(state: &AppState, me: &UserId, mut post: Post) -> Result<P
                 },
                 view.members.as_ref().clone(),
                 None,
+                None,
             )
             .await?;
             post.seq = Some(appended.message.seq);
         }
         PostKind::Announcement => {
-            crate::api::groups::publish_announcement(&state, &me, &view, post.body.clone()).await?;
+            crate::groups::publish_announcement(&state, &me, &view, post.body.clone()).await?;
         }
     }
     post.state = PostState::Approved;
@@ -292,27 +218,60 @@ async fn publish_post(state: &AppState, me: &UserId, mut post: Post) -> Result<P
     Ok(post)
 }
 
-/// Rejects a pending post; it is never delivered and its author is told. Reviewers only.
-#[utoipa::path(post, path = "/v1/posts/{id}/reject", tag = "posts", request_body = Decision, security(("bearer" = [])),
-    params(("id" = String, Path, description = "Post id")),
-    responses((status = 200, body = Post), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "Already decided", body = ErrorBody)))]
-async fn reject(
-    State(state): State<AppState>,
-    Caller(me): Caller,
-    Path(id): Path<String>,
-    ApiJson(d): ApiJson<Decision>,
-) -> Result<Json<Post>, ApiError> {
-    if d.reason.as_deref().is_some_and(|r| r.chars().count() > 500) {
+/// Posts `me` may see (reviewers every post, other users their own), optionally only those
+/// in state `only` or to group `group`.
+pub async fn list(
+    state: &AppState,
+    me: &UserId,
+    only: Option<PostState>,
+    group: Option<&str>,
+) -> Result<Vec<Post>, ApiError> {
+    let reviewer = state.is_reviewer(me);
+    let all: Vec<(String, Post)> = scan_all(&state.meta, NS_POST, "").await?;
+    Ok(all
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| reviewer || &p.author == me)
+        .filter(|p| only.is_none_or(|s| p.state == s))
+        .filter(|p| group.is_none_or(|g| p.group.as_str() == g))
+        .collect())
+}
+
+/// Approves a pending post: a message is stored with the next seq and delivered; an
+/// announcement replaces the group's. Reviewers only, never their own post.
+pub async fn approve(state: &AppState, me: &UserId, id: &str) -> Result<Post, ApiError> {
+    let post = decide(state, me, id).await?;
+    match publish_post(state, me, post).await {
+        Ok(post) => Ok(post),
+        Err(e) => {
+            // Nothing was delivered: let the post be decided again.
+            let _ = state
+                .meta
+                .apply(vec![MetaOp::delete(NS_POST_DECISION, id)])
+                .await;
+            Err(e)
+        }
+    }
+}
+
+/// Rejects a pending post with an optional reason (at most 500 characters); it is never
+/// delivered and its author is told. Reviewers only.
+pub async fn reject(
+    state: &AppState,
+    me: &UserId,
+    id: &str,
+    reason: Option<String>,
+) -> Result<Post, ApiError> {
+    if reason.as_deref().is_some_and(|r| r.chars().count() > 500) {
         return Err(ApiError::bad_request("reason: at most 500 characters"));
     }
-    let mut post = decide(&state, &me, &id).await?;
+    let mut post = decide(state, me, id).await?;
     post.state = PostState::Rejected;
     post.reviewer = Some(me.clone());
     post.decided_at = Some(now_ms());
-    post.reason = d.reason;
-    save(&state, &post).await?;
-    state.audit(audit(&me, "post.reject", &post)).await;
-    tell_author(&state, &post, &me).await;
-    Ok(Json(post))
+    post.reason = reason;
+    save(state, &post).await?;
+    state.audit(audit(me, "post.reject", &post)).await;
+    tell_author(state, &post, me).await;
+    Ok(post)
 }

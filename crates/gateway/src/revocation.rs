@@ -162,7 +162,7 @@ impl Revocations {
         token_id: &str,
         iat: u64,
     ) -> Result<bool, StoreError> {
-        let now = crate::auth::now_secs();
+        let now = crate::clock::now_secs();
         Ok(self.known(user).await?.refuses(token_id, iat, now))
     }
 
@@ -229,7 +229,7 @@ impl Revocations {
 
     /// Deletes the records whose tokens have all expired; returns how many.
     pub async fn prune(&self) -> Result<usize, StoreError> {
-        let now = crate::auth::now_secs();
+        let now = crate::clock::now_secs();
         let mut removed = 0;
         for ns in [NS_REVOKED_TOKEN, NS_REVOKED_USER] {
             let mut after = String::new();
@@ -307,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
         let meta: Arc<dyn MetaStore> = Arc::new(store);
-        let now = crate::auth::now_secs();
+        let now = crate::clock::now_secs();
         let (ann, bo) = (UserId::from("ann"), UserId::from("bo"));
         let first = Revocations::new(meta.clone());
         first.revoke_token(&ann, "s1", now + 600).await.unwrap();

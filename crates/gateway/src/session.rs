@@ -21,11 +21,9 @@ use futures_util::{SinkExt, StreamExt};
 use protocol::{close, ClientFrame, Codec, ErrorCode, ServerFrame, UserId, PROTOCOL_VERSION};
 use serde::Deserialize;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument;
 
 /// Query parameters of `GET /ws`.
@@ -234,78 +232,6 @@ async fn run(
 /// store). Each holds an ack slot; the reader stops reading while all are taken.
 const PIPELINE_DEPTH: usize = 16;
 
-/// Orders the store hand-offs of one session's pipelined sends: send `n` may enter the store
-/// only after send `n - 1` has (or has finished without storing anything).
-#[derive(Default)]
-struct Pipeline {
-    /// The ticket whose turn it is.
-    turn: AtomicU64,
-    wake: Notify,
-}
-
-impl Pipeline {
-    async fn wait_turn(&self, ticket: u64) {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.turn.load(Ordering::Acquire) >= ticket {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Lets the send after `ticket` go (idempotent).
-    fn release(&self, ticket: u64) {
-        if self.turn.fetch_max(ticket + 1, Ordering::AcqRel) <= ticket {
-            self.wake.notify_waiters();
-        }
-    }
-}
-
-/// The pipelined send a future belongs to.
-#[derive(Clone)]
-struct Ticket {
-    pipeline: Arc<Pipeline>,
-    n: u64,
-}
-
-tokio::task_local! {
-    static TICKET: Ticket;
-}
-
-/// Runs a store hand-off (`Store::append_then`) of a pipelined send in the session's send
-/// order: waits for the previous send's hand-off, polls `hand_off` once (which queues the
-/// job into the store's writer; its bounded queue is FIFO even when full), lets the next
-/// send go, then waits for the outcome. Outside a pipelined send it is just `hand_off.await`.
-pub async fn in_order<F: std::future::Future>(hand_off: F) -> F::Output {
-    let Ok(ticket) = TICKET.try_with(Ticket::clone) else {
-        return hand_off.await;
-    };
-    // Unconstrained: with tokio's cooperative budget spent, the first poll of the store's
-    // queue would return Pending *without* taking a place in it, and the next send (polled by
-    // the same reader task, in any order) could enter the store first.
-    use std::future::Future as _;
-    let mut hand_off = std::pin::pin!(tokio::task::unconstrained(hand_off));
-    let first = std::future::poll_fn(|cx| Poll::Ready(hand_off.as_mut().poll(cx))).await;
-    ticket.pipeline.release(ticket.n);
-    match first {
-        Poll::Ready(out) => out,
-        Poll::Pending => hand_off.await,
-    }
-}
-
-/// `fut.in_session_order()`: [`in_order`] as a method, for the end of a call chain.
-pub trait InSessionOrder: std::future::Future + Sized {
-    /// See [`in_order`].
-    fn in_session_order(self) -> impl std::future::Future<Output = Self::Output> {
-        in_order(self)
-    }
-}
-
-impl<F: std::future::Future> InSessionOrder for F {}
-
 type InFlight<'a> = FuturesOrdered<
     Pin<Box<dyn std::future::Future<Output = Option<Arc<SharedFrame>>> + Send + 'a>>,
 >;
@@ -378,8 +304,7 @@ async fn read_frames(
     } else {
         1
     };
-    let pipeline = Arc::new(Pipeline::default());
-    let mut tickets: u64 = 0;
+    let mut order = crate::order::SendOrder::default();
     // Allocated at the first send: an idle session carries none of it.
     let mut in_flight: Option<InFlight<'_>> = None;
     let idle = Duration::from_millis(state.config.server.idle_timeout_ms.max(100));
@@ -457,26 +382,22 @@ async fn read_frames(
                 continue;
             }
         };
-        if matches!(frame, ClientFrame::Send(_)) {
-            // Pipelined: the reply comes out of `in_flight` in send order.
-            let ticket = Ticket {
-                pipeline: pipeline.clone(),
-                n: tickets,
-            };
-            tickets += 1;
-            let send = async move {
-                ticket.pipeline.wait_turn(ticket.n).await;
-                let reply = TICKET
-                    .scope(ticket.clone(), ops::handle(state, ctx, frame))
-                    .await;
-                ticket.pipeline.release(ticket.n);
-                reply
-            };
-            in_flight
-                .get_or_insert_with(FuturesOrdered::new)
-                .push_back(Box::pin(send));
-            continue;
-        }
+        let frame = match frame {
+            ClientFrame::Send(req) => {
+                // Pipelined: each send waits for the previous one to enter the store, and the
+                // replies come out of `in_flight` in send order.
+                let ticket = order.next_ticket();
+                let send = async move {
+                    ticket.wait_turn().await;
+                    ops::send_in_order(state, ctx, req, &ticket).await
+                };
+                in_flight
+                    .get_or_insert_with(FuturesOrdered::new)
+                    .push_back(Box::pin(send));
+                continue;
+            }
+            frame => frame,
+        };
         // Anything else sees the effects of every earlier send, as without pipelining.
         // Heavy requests (`sync`, `history`, `conversations`) run one at a time here, and
         // each holds the session's heavy slot until its reply is written (ops.rs).

@@ -1,17 +1,14 @@
 //! What keeps sign-in from being turned into a memory or CPU bomb: the password hashing
 //! workers ([`HashPool`]), a per-client-address limit on sign-in attempts (beside the
-//! per-user-id one), and the client address itself ([`ClientAddr`]), taken from the TCP
+//! per-user-id one), and the client address itself ([`SignIn::client`]), taken from the TCP
 //! peer or, behind a trusted reverse proxy, from its `X-Forwarded-For`.
 
 use crate::config::AuthConfig;
 use crate::error::ApiError;
 use crate::hashing::HashPool;
-use crate::state::AppState;
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use protocol::ErrorCode;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -86,22 +83,6 @@ impl SignIn {
             .rev()
             .find(|a| !self.trusted.contains(a))
             .or(Some(peer))
-    }
-}
-
-/// The client address of a request (`None` when the server was not started with connect
-/// info, as in unit tests).
-pub struct ClientAddr(pub Option<IpAddr>);
-
-impl FromRequestParts<AppState> for ClientAddr {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        Ok(ClientAddr(state.signin.client(peer, &parts.headers)))
     }
 }
 

@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::membership::{GroupView, Membership};
 use dashmap::DashSet;
-use protocol::{ConvId, ConvKind, GroupId, UserId};
+use protocol::{GroupId, UserId};
 use router::Router;
 use std::sync::Arc;
 use store::Store;
@@ -52,7 +52,7 @@ pub struct Inner {
     /// Permits for uploads being received (`files.max_concurrent_uploads`).
     pub uploads: Arc<Semaphore>,
     /// Uploads in progress per user (`files.max_concurrent_uploads_per_user`).
-    pub uploads_by_user: crate::files::UploadsByUser,
+    pub uploads_by_user: crate::budget::UploadsByUser,
     /// Password hashing workers and the per-address sign-in limit.
     pub signin: crate::signin::SignIn,
     /// Cancelled when the node shuts down.
@@ -66,32 +66,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Who may see a conversation, resolved for one caller.
-pub enum Access {
-    /// A direct conversation: both users.
-    Direct([UserId; 2]),
-    /// A group conversation.
-    Group(Arc<GroupView>),
-}
-
-impl Access {
-    /// Everyone who receives the conversation's messages.
-    pub fn audience(&self) -> Vec<UserId> {
-        match self {
-            Access::Direct([a, b]) if a == b => vec![a.clone()],
-            Access::Direct(pair) => pair.to_vec(),
-            Access::Group(g) => g.members.as_ref().clone(),
-        }
-    }
-}
+/// Milliseconds since the epoch (the clock lives in [`crate::clock`]; re-exported here for
+/// the handlers that already import it with the state).
+pub use crate::clock::now_ms;
 
 impl Inner {
     /// Whether the user is a company administrator (`auth.admins`).
@@ -205,26 +182,5 @@ impl Inner {
             .await?
             .filter(|g| g.settings.lifecycle != crate::membership::Lifecycle::Dissolved)
             .ok_or_else(|| ApiError::not_found(format!("no group {id}")))
-    }
-
-    /// Checks that `user` may read and write `conv`, and says who else is in it.
-    pub async fn access(&self, user: &UserId, conv: &ConvId) -> Result<Access, ApiError> {
-        match conv.kind() {
-            ConvKind::Direct(a, b) => {
-                if a != user.as_str() && b != user.as_str() {
-                    return Err(ApiError::forbidden(format!("{conv} is not yours")));
-                }
-                Ok(Access::Direct([UserId::new(a), UserId::new(b)]))
-            }
-            ConvKind::Group(g) => {
-                let view = self.group(&GroupId::new(g)).await?;
-                if view.role_of(user).is_none() {
-                    return Err(ApiError::forbidden(format!(
-                        "you are not a member of group {g}"
-                    )));
-                }
-                Ok(Access::Group(view))
-            }
-        }
     }
 }

@@ -1,14 +1,15 @@
 //! The company directory over HTTP: accounts and departments (company administrators),
 //! directory search (internal users), built-in sign-in, and the caller's own sessions.
 
-use super::{groups, user_changed, ApiJson, Caller};
+use super::ClientAddr;
+use super::{user_changed, ApiJson, Caller};
 use crate::directory::{
     get_json, scan_all, to_json, Account, Department, PasswordPolicy, Status, NS_CREDENTIAL,
     NS_DEPT, NS_USER,
 };
 use crate::error::{ApiError, ErrorBody};
+use crate::groups;
 use crate::hub::SessionDescription;
-use crate::signin::ClientAddr;
 use crate::state::{now_ms, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -167,7 +168,7 @@ async fn login(
 /// cut-off (seconds): a token minted for the user now must have an `iat` of at least this.
 pub(crate) async fn revoke_all_tokens(state: &AppState, user: &UserId) -> Result<u64, ApiError> {
     // One second ahead: a token minted earlier in this second is revoked too.
-    let before = crate::auth::now_secs() + 1;
+    let before = crate::clock::now_secs() + 1;
     let until = before.saturating_add(state.auth.max_lifetime_secs());
     state
         .membership
@@ -191,7 +192,7 @@ pub(crate) async fn revoke_token(
     user: &UserId,
     token_id: &str,
 ) -> Result<(), ApiError> {
-    let until = crate::auth::now_secs().saturating_add(state.auth.max_lifetime_secs());
+    let until = crate::clock::now_secs().saturating_add(state.auth.max_lifetime_secs());
     state
         .membership
         .revocations
@@ -487,7 +488,7 @@ async fn deactivate(
     let mut account = load(&state, &id).await?;
     account.status = Status::Deactivated;
     // Every token issued up to now is revoked, also after a later re-activation.
-    account.tokens_valid_after = crate::auth::now_secs() + 1;
+    account.tokens_valid_after = crate::clock::now_secs() + 1;
     account.updated_at = now_ms();
     save(&state, &account).await?;
     let control = Control::Disconnect {

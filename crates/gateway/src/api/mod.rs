@@ -11,11 +11,15 @@
 
 mod conversations;
 mod directory;
+mod files;
+mod group_moderation;
 pub(crate) mod groups;
+mod posts;
 pub(crate) mod review;
 pub(crate) mod web;
 
 use crate::error::ApiError;
+pub(crate) use crate::events::{changed, group_event, notify, publish, user_changed};
 use crate::session::{auth_error, bearer};
 use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
@@ -25,8 +29,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use protocol::{ConvId, ErrorCode, EventKind, GroupId, ServerFrame, UserId};
-use router::{Control, Envelope};
+use protocol::{ErrorCode, UserId};
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::OpenApi;
@@ -48,6 +51,22 @@ impl FromRequestParts<AppState> for Caller {
         state.check_account(&user, claims.iat, &token_id).await?;
         state.touch_user(&user).await?;
         Ok(Caller(user))
+    }
+}
+
+/// The client address of a request (`None` when the server was not started with connect
+/// info, as in unit tests).
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(ClientAddr(state.signin.client(peer, &parts.headers)))
     }
 }
 
@@ -111,10 +130,11 @@ pub fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(healthz))
         .merge(directory::routes())
         .merge(groups::routes())
+        .merge(group_moderation::routes())
         .merge(conversations::routes())
         .merge(review::routes())
-        .merge(crate::posts::routes())
-        .merge(crate::files::routes())
+        .merge(posts::routes())
+        .merge(files::routes())
         .split_for_parts()
 }
 
@@ -223,62 +243,4 @@ async fn healthz(State(state): State<AppState>) -> Json<Health> {
         status: "ok",
         sessions: state.hub.len(),
     })
-}
-
-/// Drops cached copies of a group here and on every other node.
-pub(crate) async fn changed(state: &AppState, id: &GroupId) {
-    state.membership.invalidate(id);
-    let control = Control::GroupChanged { group: id.clone() };
-    if let Err(e) = state.router.publish(Envelope::broadcast(control)).await {
-        tracing::warn!(error = %e, "could not broadcast a membership change");
-    }
-}
-
-/// Drops cached copies of an account here and on every other node.
-pub(crate) async fn user_changed(state: &AppState, user: &UserId) {
-    state.membership.invalidate_user(user);
-    let control = Control::UserChanged { user: user.clone() };
-    if let Err(e) = state.router.publish(Envelope::broadcast(control)).await {
-        tracing::warn!(error = %e, "could not broadcast an account change");
-    }
-}
-
-/// A group `event` frame with the fields most events use.
-pub(crate) fn group_event(
-    event: EventKind,
-    group: &GroupId,
-    actor: &UserId,
-    user: Option<UserId>,
-) -> ServerFrame {
-    ServerFrame::Event {
-        event,
-        conv: Some(ConvId::group(group)),
-        actor: Some(actor.clone()),
-        user,
-        seq: None,
-        until: None,
-        detail: None,
-    }
-}
-
-/// Sends a frame to the given users (best effort: a failure is logged).
-pub(crate) async fn publish(state: &AppState, audience: Vec<UserId>, frame: ServerFrame) {
-    if audience.is_empty() {
-        return;
-    }
-    if let Err(e) = state.router.publish(Envelope::frame(audience, frame)).await {
-        tracing::warn!(error = %e, "could not publish an event");
-    }
-}
-
-/// Sends a membership `event` to the given users.
-pub(crate) async fn notify(
-    state: &AppState,
-    audience: Vec<UserId>,
-    event: EventKind,
-    group: &GroupId,
-    actor: &UserId,
-    user: Option<UserId>,
-) {
-    publish(state, audience, group_event(event, group, actor, user)).await;
 }

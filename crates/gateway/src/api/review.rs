@@ -10,7 +10,6 @@ use axum::Json;
 use protocol::{ConvId, ErrorCode, EventKind, GroupId, ServerFrame, UserId};
 use router::{Control, Envelope};
 use serde::{Deserialize, Serialize};
-use store::Role;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -46,26 +45,6 @@ pub(crate) fn parse_conv(s: &str) -> Result<ConvId, ApiError> {
     ConvId::parse(s).map_err(|e| ApiError::bad_request(format!("conv: {e}")))
 }
 
-/// Who reviews a conversation: the group's owner and admins, or a company administrator.
-pub(crate) async fn require_reviewer(
-    state: &AppState,
-    me: &UserId,
-    conv: &ConvId,
-) -> Result<(), ApiError> {
-    if state.is_company_admin(me) {
-        return Ok(());
-    }
-    if let Some(g) = conv.group_id() {
-        let view = state.group(&g).await?;
-        if view.role_of(me).is_some_and(|r| r >= Role::Admin) {
-            return Ok(());
-        }
-    }
-    Err(ApiError::forbidden(
-        "only the group's owner and admins (or a company administrator) review messages",
-    ))
-}
-
 /// Messages held by the moderation filter in a conversation (its admins, company admins).
 #[utoipa::path(get, path = "/v1/review", tag = "review", params(ConvQuery), security(("bearer" = [])),
     responses((status = 200, body = [store::HeldMessage]), (status = 400, body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
@@ -75,7 +54,7 @@ async fn review_list(
     Query(q): axum::extract::Query<ConvQuery>,
 ) -> Result<Json<Vec<store::HeldMessage>>, ApiError> {
     let conv = parse_conv(&q.conv)?;
-    require_reviewer(&state, &me, &conv).await?;
+    crate::policy::require_reviewer(&state, &me, &conv).await?;
     Ok(Json(state.review.held(&conv).await?))
 }
 
@@ -96,7 +75,7 @@ async fn review_approve(
     ApiJson(d): ApiJson<ReviewDecision>,
 ) -> Result<Json<Approved>, ApiError> {
     let conv = parse_conv(&d.conv)?;
-    require_reviewer(&state, &me, &conv).await?;
+    crate::policy::require_reviewer(&state, &me, &conv).await?;
     let held =
         state.review.take_held(&conv, &d.id).await?.ok_or_else(|| {
             ApiError::not_found(format!("no message {} waiting for review", d.id))
@@ -136,6 +115,7 @@ async fn review_approve(
         },
         audience,
         None,
+        None,
     )
     .await?;
     let message = appended.message;
@@ -164,7 +144,7 @@ async fn review_reject(
     ApiJson(d): ApiJson<ReviewDecision>,
 ) -> Result<StatusCode, ApiError> {
     let conv = parse_conv(&d.conv)?;
-    require_reviewer(&state, &me, &conv).await?;
+    crate::policy::require_reviewer(&state, &me, &conv).await?;
     let held =
         state.review.take_held(&conv, &d.id).await?.ok_or_else(|| {
             ApiError::not_found(format!("no message {} waiting for review", d.id))

@@ -1,0 +1,65 @@
+//! What follows a durable change: cache invalidation on every node (control messages) and the
+//! `event` frames that tell the people concerned. All of it is best effort: the change is
+//! already stored, so a failure here is logged and never fails the request.
+
+use crate::state::AppState;
+use protocol::{ConvId, EventKind, GroupId, ServerFrame, UserId};
+use router::{Control, Envelope};
+
+/// Drops cached copies of a group here and on every other node.
+pub async fn changed(state: &AppState, id: &GroupId) {
+    state.membership.invalidate(id);
+    let control = Control::GroupChanged { group: id.clone() };
+    if let Err(e) = state.router.publish(Envelope::broadcast(control)).await {
+        tracing::warn!(error = %e, "could not broadcast a membership change");
+    }
+}
+
+/// Drops cached copies of an account here and on every other node.
+pub async fn user_changed(state: &AppState, user: &UserId) {
+    state.membership.invalidate_user(user);
+    let control = Control::UserChanged { user: user.clone() };
+    if let Err(e) = state.router.publish(Envelope::broadcast(control)).await {
+        tracing::warn!(error = %e, "could not broadcast an account change");
+    }
+}
+
+/// A group `event` frame with the fields most events use.
+pub fn group_event(
+    event: EventKind,
+    group: &GroupId,
+    actor: &UserId,
+    user: Option<UserId>,
+) -> ServerFrame {
+    ServerFrame::Event {
+        event,
+        conv: Some(ConvId::group(group)),
+        actor: Some(actor.clone()),
+        user,
+        seq: None,
+        until: None,
+        detail: None,
+    }
+}
+
+/// Sends a frame to the given users (best effort: a failure is logged).
+pub async fn publish(state: &AppState, audience: Vec<UserId>, frame: ServerFrame) {
+    if audience.is_empty() {
+        return;
+    }
+    if let Err(e) = state.router.publish(Envelope::frame(audience, frame)).await {
+        tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
+/// Sends a membership `event` to the given users.
+pub async fn notify(
+    state: &AppState,
+    audience: Vec<UserId>,
+    event: EventKind,
+    group: &GroupId,
+    actor: &UserId,
+    user: Option<UserId>,
+) {
+    publish(state, audience, group_event(event, group, actor, user)).await;
+}

@@ -1,0 +1,186 @@
+//! Group rules below the HTTP edge: the group records this module owns (name reservations,
+//! company and department group lists), read-modify-write of a group's settings, the
+//! announcement, and groups that follow the directory. Handlers live in `api/groups.rs`.
+
+use crate::directory::{to_json, Account};
+use crate::error::ApiError;
+use crate::events::{changed, group_event, notify, publish};
+use crate::membership::{GroupSettings, GroupView, NS_GROUP_SETTINGS};
+use crate::state::{now_ms, AppState};
+use protocol::{ConvId, EventKind, GroupId, ServerFrame, UserId};
+use store::{AuditEntry, Member, MetaOp, Role};
+
+/// Namespace reserving group names (lower-cased), so two groups never share one.
+pub const NS_GROUP_NAME: &str = "group_name";
+/// Namespace listing company-wide groups (keyed by group id), which every new internal
+/// account joins.
+pub const NS_COMPANY_GROUP: &str = "company_group";
+/// Namespace listing department groups, keyed `department/group`.
+pub const NS_DEPT_GROUP: &str = "dept_group";
+
+/// An audit entry of a change to a group.
+pub fn audit_entry(
+    me: &UserId,
+    action: &str,
+    group: &GroupId,
+    target: Option<&UserId>,
+) -> AuditEntry {
+    let mut e = AuditEntry::action(now_ms(), me, action);
+    e.conv = Some(ConvId::group(group));
+    e.target = target.cloned();
+    e
+}
+
+/// Applies a change to a group's settings under its lock, durably, then drops cached
+/// copies everywhere. Returns the settings after the change.
+pub async fn update_settings(
+    state: &AppState,
+    id: &GroupId,
+    change: impl FnOnce(&mut GroupSettings) -> Result<(), ApiError>,
+) -> Result<GroupSettings, ApiError> {
+    let _guard = state.membership.lock(id).await;
+    let mut settings: GroupSettings =
+        crate::directory::get_json(&state.meta, NS_GROUP_SETTINGS, id.as_str())
+            .await?
+            .unwrap_or_default();
+    change(&mut settings)?;
+    state
+        .meta
+        .apply(vec![MetaOp::put(
+            NS_GROUP_SETTINGS,
+            id.as_str(),
+            to_json(&settings)?,
+        )])
+        .await?;
+    changed(state, id).await;
+    Ok(settings)
+}
+
+/// Applies an announcement and tells the members.
+pub async fn publish_announcement(
+    state: &AppState,
+    me: &UserId,
+    view: &GroupView,
+    text: String,
+) -> Result<GroupSettings, ApiError> {
+    let id = &view.group.id;
+    let t = text.clone();
+    let settings = update_settings(state, id, move |s| {
+        s.announcement = (!t.is_empty()).then_some(t);
+        Ok(())
+    })
+    .await?;
+    state
+        .audit(audit_entry(me, "group.announcement", id, None))
+        .await;
+    let mut frame = group_event(EventKind::Announcement, id, me, None);
+    if let ServerFrame::Event { detail, .. } = &mut frame {
+        *detail = Some(text);
+    }
+    publish(state, view.members.as_ref().clone(), frame).await;
+    Ok(settings)
+}
+
+/// Adds a new or changed account to the groups the directory puts it in: every company
+/// group (internal, active accounts) and its department's groups; removes it from the
+/// department groups of a department it left.
+pub async fn follow_directory(
+    state: &AppState,
+    account: &Account,
+    old_department: Option<&str>,
+) -> Result<(), ApiError> {
+    let now = now_ms();
+    let mut join: Vec<GroupId> = Vec::new();
+    let mut leave: Vec<GroupId> = Vec::new();
+    if account.is_active() && !account.external {
+        for (gid, ()) in scan_unit(state, NS_COMPANY_GROUP, "").await? {
+            join.push(GroupId::new(gid));
+        }
+    }
+    if let Some(d) = account
+        .department
+        .as_deref()
+        .filter(|_| account.is_active())
+    {
+        for (key, ()) in scan_unit(state, NS_DEPT_GROUP, &format!("{d}/")).await? {
+            if let Some(gid) = key.split_once('/').map(|(_, g)| g) {
+                join.push(GroupId::new(gid));
+            }
+        }
+    }
+    if let Some(old) = old_department.filter(|o| Some(*o) != account.department.as_deref()) {
+        for (key, ()) in scan_unit(state, NS_DEPT_GROUP, &format!("{old}/")).await? {
+            if let Some(gid) = key.split_once('/').map(|(_, g)| g) {
+                leave.push(GroupId::new(gid));
+            }
+        }
+    }
+    let system = UserId::new("system");
+    for gid in join {
+        let Ok(view) = state.group(&gid).await else {
+            continue;
+        };
+        if view.role_of(&account.id).is_some() {
+            continue;
+        }
+        let member = Member {
+            user: account.id.clone(),
+            role: Role::Member,
+            joined_at: now,
+        };
+        state.store.put_member(&gid, member).await?;
+        changed(state, &gid).await;
+        let mut audience = view.members.as_ref().clone();
+        audience.push(account.id.clone());
+        notify(
+            state,
+            audience,
+            EventKind::MemberJoined,
+            &gid,
+            &system,
+            Some(account.id.clone()),
+        )
+        .await;
+    }
+    for gid in leave {
+        let Ok(view) = state.group(&gid).await else {
+            continue;
+        };
+        if view.role_of(&account.id).is_none_or(|r| r == Role::Owner) {
+            continue;
+        }
+        state.store.remove_member(&gid, &account.id).await?;
+        changed(state, &gid).await;
+        notify(
+            state,
+            view.members.as_ref().clone(),
+            EventKind::MemberLeft,
+            &gid,
+            &system,
+            Some(account.id.clone()),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// The keys of a namespace whose values are empty.
+async fn scan_unit(
+    state: &AppState,
+    ns: &str,
+    prefix: &str,
+) -> Result<Vec<(String, ())>, ApiError> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = state.meta.scan(ns, prefix, &after, 1000).await?;
+        let done = page.len() < 1000;
+        for (k, _) in page {
+            after.clone_from(&k);
+            out.push((k, ()));
+        }
+        if done {
+            return Ok(out);
+        }
+    }
+}
