@@ -12,6 +12,7 @@ pub mod directory;
 pub mod error;
 pub mod files;
 pub mod hashing;
+pub mod holdback;
 pub mod hub;
 pub mod listener;
 pub mod membership;
