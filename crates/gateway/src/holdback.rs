@@ -331,7 +331,10 @@ impl Holdback {
     /// Delivers a message read from the store to `audience`, with the mention flag per
     /// recipient (as the send path does).
     fn deliver_stored(&self, audience: &[UserId], m: &Message) {
-        let everyone = m.mentions.iter().any(|u| u.as_str() == crate::messages::MENTION_ALL);
+        let everyone = m
+            .mentions
+            .iter()
+            .any(|u| u.as_str() == crate::messages::MENTION_ALL);
         let (flagged, plain): (Vec<UserId>, Vec<UserId>) = audience
             .iter()
             .cloned()
@@ -383,7 +386,9 @@ impl Holdback {
                     }
                 }
             };
-            let Some((from, to, skip_due)) = job else { break };
+            let Some((from, to, skip_due)) = job else {
+                break;
+            };
             let Some(audience) = self.audience(&conv).await else {
                 break;
             };
@@ -520,7 +525,9 @@ impl Holdback {
         let now = Instant::now();
         // Evict idle conversations, then the idlest beyond the bound.
         self.convs.retain(|_, st| {
-            !(st.held.is_empty() && !st.repairing && now.duration_since(st.last_active) > self.opts.watch)
+            !(st.held.is_empty()
+                && !st.repairing
+                && now.duration_since(st.last_active) > self.opts.watch)
         });
         if self.convs.len() > self.opts.max_convs {
             let mut idle: Vec<(Instant, ConvId)> = self
