@@ -138,6 +138,16 @@ async fn five_concurrent_senders_on_three_nodes_are_delivered_complete_and_in_or
         "{total} messages from 5 senders on 3 nodes to 4 reader sessions in {:?}",
         started.elapsed()
     );
+    // How many arrived out of order and were held (the nodes log their hold-back counters).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for (i, n) in nodes.iter().enumerate() {
+        let last = n
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.contains("hold-back") && l.contains("sequenced"))
+            .last();
+        eprintln!("node {i}: {}", last.unwrap_or_default());
+    }
 }
 
 #[tokio::test]

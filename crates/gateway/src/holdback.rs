@@ -74,6 +74,10 @@ pub struct HoldbackOptions {
 /// Counts of what the hold-back did, for logs and tests.
 #[derive(Debug, Default)]
 pub struct HoldbackStats {
+    /// Message envelopes that went through the sequencer.
+    pub sequenced: AtomicU64,
+    /// Of those, the ones that arrived before an earlier seq and waited for it.
+    pub held: AtomicU64,
     /// Messages delivered from the store because their publication never came in time.
     pub fetched: AtomicU64,
     /// Seqs recorded as skipped.
@@ -307,6 +311,10 @@ impl Holdback {
             return;
         }
         st.note(seq, now);
+        self.stats.sequenced.fetch_add(1, Ordering::Relaxed);
+        if seq != st.next {
+            self.stats.held.fetch_add(1, Ordering::Relaxed);
+        }
         st.held.entry(seq).or_default().push(env);
         self.held_total.fetch_add(1, Ordering::Relaxed);
         self.release(&conv, &mut st);
@@ -581,6 +589,7 @@ async fn timer(this: std::sync::Weak<Holdback>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tail = Instant::now();
+    let mut logged = [0u64; 6];
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -591,6 +600,22 @@ async fn timer(this: std::sync::Weak<Holdback>, stop: CancellationToken) {
         if last_tail.elapsed() >= h.opts.tail_check {
             last_tail = Instant::now();
             h.check_tails().await;
+            let s = &h.stats;
+            let now = [&s.sequenced, &s.held, &s.fetched, &s.skipped, &s.late, &s.gave_up]
+                .map(|c| c.load(Ordering::Relaxed));
+            if now != logged {
+                logged = now;
+                tracing::info!(
+                    sequenced = now[0],
+                    held = now[1],
+                    fetched = now[2],
+                    skipped = now[3],
+                    late = now[4],
+                    gave_up = now[5],
+                    tracked = h.tracked(),
+                    "hold-back"
+                );
+            }
         }
     }
 }
