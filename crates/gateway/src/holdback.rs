@@ -601,8 +601,15 @@ async fn timer(this: std::sync::Weak<Holdback>, stop: CancellationToken) {
             last_tail = Instant::now();
             h.check_tails().await;
             let s = &h.stats;
-            let now = [&s.sequenced, &s.held, &s.fetched, &s.skipped, &s.late, &s.gave_up]
-                .map(|c| c.load(Ordering::Relaxed));
+            let now = [
+                &s.sequenced,
+                &s.held,
+                &s.fetched,
+                &s.skipped,
+                &s.late,
+                &s.gave_up,
+            ]
+            .map(|c| c.load(Ordering::Relaxed));
             if now != logged {
                 logged = now;
                 tracing::info!(

@@ -52,6 +52,10 @@ impl ScyllaStore {
             )
             .await
             .map_err(super::cql::exec_err)?;
+        // The conversation's last seq covers the placeholder (written at timestamp = seq, like
+        // every append, so it never moves back): `after` and `sync` read up to it.
+        self.exec(&st.update_meta, (s, s, to_i64(ts)?, conv.as_str()))
+            .await?;
         let row: Option<MessageRow> = self
             .one(&st.select_message, (conv.as_str(), bucket, s))
             .await?;
