@@ -52,7 +52,7 @@ const REPAIR_CONCURRENCY: usize = 8;
 const REPAIR_PAGE: usize = 256;
 /// Recently delivered seqs remembered per conversation (to let the second envelope of a
 /// mention split through, see [`ConvState::recent`]).
-const RECENT: usize = 64;
+const RECENT: usize = 8;
 /// Marks (seq known at time t) kept per conversation; older ones are merged.
 const MAX_MARKS: usize = 32;
 
