@@ -144,8 +144,7 @@ async fn five_concurrent_senders_on_three_nodes_are_delivered_complete_and_in_or
         let last = n
             .log_lines()
             .into_iter()
-            .filter(|l| l.contains("hold-back") && l.contains("sequenced"))
-            .last();
+            .rfind(|l| l.contains("hold-back") && l.contains("sequenced"));
         eprintln!("node {i}: {}", last.unwrap_or_default());
     }
 }
@@ -364,7 +363,7 @@ async fn a_seq_whose_node_died_before_storing_it_becomes_a_visible_skip() {
     assert_eq!(ack_seq(&carol.send_dm("dan", "c3", "three").await), 3);
     let started = Instant::now();
     let got = read_in_order(&mut dan, &conv, Duration::from_secs(10), |g| g.len() >= 3).await;
-    let kinds: Vec<(u64, MessageKind)> = got.iter().map(|m| (m.seq.0, m.kind.clone())).collect();
+    let kinds: Vec<(u64, MessageKind)> = got.iter().map(|m| (m.seq.0, m.kind)).collect();
     assert_eq!(
         kinds,
         vec![
@@ -397,7 +396,7 @@ async fn a_seq_whose_node_died_before_storing_it_becomes_a_visible_skip() {
     let h: Vec<(u64, MessageKind)> = conversations[0]
         .messages
         .iter()
-        .map(|m| (m.seq.0, m.kind.clone()))
+        .map(|m| (m.seq.0, m.kind))
         .collect();
     assert_eq!(h, kinds);
     assert_eq!(ack_seq(&carol.send_dm("dan", "c4", "four").await), 4);
