@@ -711,5 +711,12 @@ mod tests {
         assert_eq!(seq.next(&conv).await.unwrap(), Some(43));
         // A racing restore with a stale floor does not move the counter back.
         assert_eq!(seq.restore(&conv, 5).await.unwrap(), 44);
+        // The receive side reads counters without moving them.
+        let none = ConvId::parse(&format!("group:seqnone{}", rand_suffix())).unwrap();
+        assert_eq!(
+            seq.current(&[conv.clone(), none]).await.unwrap(),
+            vec![Some(44), None]
+        );
+        assert_eq!(seq.next(&conv).await.unwrap(), Some(45));
     }
 }
