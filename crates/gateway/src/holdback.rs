@@ -681,3 +681,48 @@ pub async fn sink_for(
         stop.clone(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seq_is_noticed_when_the_first_higher_one_became_known() {
+        let t0 = Instant::now();
+        let mut st = ConvState::new(t0);
+        st.next = 5;
+        assert!(!st.has_gap());
+        st.note(7, t0);
+        let t1 = t0 + Duration::from_millis(100);
+        st.note(9, t1);
+        st.note(8, t1); // lower than the top: nothing new
+        assert!(st.has_gap());
+        assert_eq!(st.noticed(5), Some(t0));
+        assert_eq!(st.noticed(7), Some(t0));
+        assert_eq!(st.noticed(8), Some(t1));
+        assert_eq!(st.noticed(10), None);
+        st.next = 8;
+        st.prune_marks();
+        assert_eq!(st.noticed(8), Some(t1));
+        st.next = 10;
+        st.prune_marks();
+        assert!(!st.has_gap());
+    }
+
+    #[test]
+    fn marks_and_recent_seqs_stay_bounded() {
+        let t0 = Instant::now();
+        let mut st = ConvState::new(t0);
+        st.next = 1;
+        for i in 1..1000u64 {
+            st.note(i, t0 + Duration::from_millis(i * 50));
+            st.remember(i, PLAIN);
+        }
+        assert!(st.marks.len() <= MAX_MARKS);
+        assert!(st.recent.len() <= RECENT);
+        // Merging keeps the later time: a seq may wait longer, never shorter.
+        assert!(st
+            .noticed(1)
+            .is_some_and(|t| t >= t0 + Duration::from_millis(50)));
+    }
+}
