@@ -135,7 +135,16 @@ fn unavailable(e: router::RouterError) -> StoreError {
 #[async_trait]
 impl SeqSource for RedisSeqSource {
     async fn next(&self, conv: &ConvId) -> store::Result<Option<Seq>> {
-        Ok(self.0.next(conv).await.map_err(unavailable)?.map(Seq))
+        let seq = self.0.next(conv).await.map_err(unavailable)?.map(Seq);
+        // Test hook: die between taking a seq and storing its message (a crash that leaves
+        // a seq without a message; see tests/tests/cluster_delivery.rs).
+        #[cfg(feature = "test-hooks")]
+        if seq.is_some()
+            && std::env::var("CHATD_TEST_DIE_AFTER_SEQ_IN").is_ok_and(|c| c == conv.as_str())
+        {
+            std::process::abort();
+        }
+        Ok(seq)
     }
 
     async fn restore(&self, conv: &ConvId, last: Seq) -> store::Result<Seq> {

@@ -340,6 +340,19 @@ pub struct RouterConfig {
     pub reconcile_ms: u64,
     /// Envelopes kept while Redis is unreachable; beyond it, deliveries fail.
     pub publish_queue: usize,
+    /// Cluster mode: how long a node waits for a missing seq before reading it from the
+    /// store, ms (see `holdback.rs`).
+    pub holdback_ms: u64,
+    /// Cluster mode: how long after a seq is known to exist a node that cannot find it in
+    /// the store records it as skipped, ms.
+    pub skip_after_ms: u64,
+    /// Cluster mode: how often the Redis seq counters of watched conversations are compared
+    /// with what was delivered (finds the tail a dead publisher left), ms.
+    pub tail_check_ms: u64,
+    /// Cluster mode: how long a conversation stays watched after its last delivery here, s.
+    pub watch_secs: u64,
+    /// Cluster mode: most conversations whose delivery order a node tracks.
+    pub holdback_convs: usize,
 }
 
 impl Default for RouterConfig {
@@ -351,6 +364,11 @@ impl Default for RouterConfig {
             heartbeat_ms: 2000,
             reconcile_ms: 10_000,
             publish_queue: 65_536,
+            holdback_ms: 250,
+            skip_after_ms: 10_000,
+            tail_check_ms: 500,
+            watch_secs: 60,
+            holdback_convs: 100_000,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod events;
 pub mod files;
 pub mod groups;
 pub mod hashing;
+pub mod holdback;
 pub mod hub;
 pub mod listener;
 pub mod membership;

@@ -16,6 +16,10 @@ impl DeliveryPump {
     /// Starts the pump task; it drains the queue until `stop`.
     pub fn start(router: Arc<dyn Router>, capacity: usize, stop: CancellationToken) -> Arc<Self> {
         let (tx, mut rx) = mpsc::channel::<Envelope>(capacity.max(1));
+        // Test hook: never publish the messages of this conversation (a node that dies right
+        // after its acks; see tests/tests/cluster_delivery.rs).
+        #[cfg(feature = "test-hooks")]
+        let drop_in = std::env::var("CHATD_TEST_DROP_PUBLISH_IN").ok();
         tokio::spawn(async move {
             loop {
                 let envelope = tokio::select! {
@@ -23,6 +27,14 @@ impl DeliveryPump {
                     _ = stop.cancelled() => None,
                 };
                 let Some(envelope) = envelope else { return };
+                #[cfg(feature = "test-hooks")]
+                if let (Some(conv), router::Payload::Frame(protocol::ServerFrame::Message(m))) =
+                    (&drop_in, &envelope.payload)
+                {
+                    if m.conv.as_str() == conv {
+                        continue;
+                    }
+                }
                 // A failed delivery is repaired by `sync`: the message is already durable.
                 if let Err(e) = router.publish(envelope).await {
                     tracing::warn!(error = %e, "delivery failed; recipients will sync");

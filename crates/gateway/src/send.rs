@@ -61,6 +61,9 @@ fn validate_send(state: &AppState, req: &SendFrame) -> Result<(), ApiError> {
                 "kind: recalled is not sent; use the recall frame",
             ));
         }
+        MessageKind::Skipped => {
+            return Err(ApiError::bad_request("kind: skipped is not sent"));
+        }
         MessageKind::Image | MessageKind::File => {
             let Some(a) = &req.attachment else {
                 return Err(ApiError::bad_request("images and files need an attachment"));

@@ -62,7 +62,9 @@ impl Node {
             .revocations
             .spawn_pruner(Duration::from_secs(3600), shutdown.clone());
         let hub = Hub::new(membership.clone());
-        router.attach(hub.clone());
+        router.attach(
+            crate::holdback::sink_for(&config, &hub, &store, &membership, &shutdown).await?,
+        );
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;

@@ -160,6 +160,17 @@ async fn run(
             state.config.server.outbound_queue,
         );
         let (mut sink, stream) = socket.split();
+        // `hello` is queued before the session is registered for deliveries, so it is always
+        // the first frame (the queue is empty: this never waits).
+        handle
+            .reply(ServerFrame::Hello {
+                session_id: handle.id.clone(),
+                user: handle.user.clone(),
+                heartbeat_ms: state.config.server.heartbeat_ms,
+                protocol: PROTOCOL_VERSION,
+                max_frame_bytes: state.config.limits.max_frame_bytes,
+            })
+            .await;
         let registration = match Registration::new(
             state.hub.clone(),
             state.router.clone(),
@@ -186,15 +197,6 @@ async fn run(
             }
         };
         tracing::debug!("session open");
-        handle
-            .reply(ServerFrame::Hello {
-                session_id: handle.id.clone(),
-                user: handle.user.clone(),
-                heartbeat_ms: state.config.server.heartbeat_ms,
-                protocol: PROTOCOL_VERSION,
-                max_frame_bytes: state.config.limits.max_frame_bytes,
-            })
-            .await;
         let writer = tokio::spawn(
             write_loop(
                 sink,

@@ -31,6 +31,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("files", 2),
     ("events", 2),
     ("send", 2),
+    ("holdback", 2),
     ("state", 1),
     ("hub", 1),
     ("pump", 1),

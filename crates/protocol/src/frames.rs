@@ -38,6 +38,9 @@ pub enum MessageKind {
     /// A recalled message: only its seq, sender and time remain (body, attachment and
     /// mentions are erased). Never sent by clients.
     Recalled,
+    /// A seq that holds no message: the node that took it died before storing it. `from` and
+    /// `body` are empty. Never sent by clients (docs/PROTOCOL.md, delivery guarantees).
+    Skipped,
 }
 
 /// A reference to an uploaded file, with the metadata a client needs to render it.

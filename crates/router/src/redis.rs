@@ -629,6 +629,22 @@ impl RedisSeq {
         .await
     }
 
+    /// The current value of each conversation's counter (the last seq handed out), `None`
+    /// where there is none; one round trip (a pipeline of `GET`s, so it also works when the
+    /// keys live on different Redis Cluster shards). Used by the receive side to notice seqs
+    /// it has not been sent (the tail of a conversation whose publisher died).
+    pub async fn current(&self, convs: &[ConvId]) -> Result<Vec<Option<u64>>, RouterError> {
+        if convs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for conv in convs {
+            pipe.get(seq_key(&self.namespace, conv));
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await.map_err(unavailable)
+    }
+
     /// Creates the counter at `last` unless it exists, then returns the next seq.
     pub async fn restore(&self, conv: &ConvId, last: u64) -> Result<u64, RouterError> {
         let key = seq_key(&self.namespace, conv);
@@ -695,5 +711,12 @@ mod tests {
         assert_eq!(seq.next(&conv).await.unwrap(), Some(43));
         // A racing restore with a stale floor does not move the counter back.
         assert_eq!(seq.restore(&conv, 5).await.unwrap(), 44);
+        // The receive side reads counters without moving them.
+        let none = ConvId::parse(&format!("group:seqnone{}", rand_suffix())).unwrap();
+        assert_eq!(
+            seq.current(&[conv.clone(), none]).await.unwrap(),
+            vec![Some(44), None]
+        );
+        assert_eq!(seq.next(&conv).await.unwrap(), Some(45));
     }
 }

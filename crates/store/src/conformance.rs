@@ -63,8 +63,20 @@ pub async fn run_all<S: Store + MetaStore + ReviewStore + Clone>(store: &S) {
     conversation_list(store).await;
     users(store).await;
     recall_leaves_a_tombstone(store).await;
+    marking_a_stored_seq_skipped_keeps_the_message(store).await;
     meta_records(store).await;
     audit_log_and_review_queue(store).await;
+}
+
+/// `mark_skipped` never replaces a stored message: it returns it as it is (what a backend
+/// does for a seq without a message is its own: a placeholder, or nothing).
+pub async fn marking_a_stored_seq_skipped_keeps_the_message<S: Store>(store: &S) {
+    let c = ConvId::group(&GroupId::new(unique("g")));
+    let m = store.append(new_msg(&c, "u1", "s1")).await.unwrap();
+    let back = store.mark_skipped(&c, Seq(1)).await.unwrap();
+    assert_eq!(back, Some(m.message.clone()));
+    let page = store.after(&c, Seq(0), 10).await.unwrap();
+    assert_eq!(page.messages, vec![m.message]);
 }
 
 /// Seq starts at 1 and grows by one per message, per conversation.

@@ -102,6 +102,16 @@ pub trait Store: Send + Sync + 'static {
     /// tombstone again returns the tombstone.
     async fn recall(&self, conv: &ConvId, seq: Seq) -> Result<Option<protocol::Message>>;
 
+    /// Records that `seq` of `conv` holds no message (the node that took the seq died before
+    /// storing it), so readers see a `skipped` placeholder instead of a hole, and returns what
+    /// `seq` now holds: the placeholder, or the real message when it was stored after all (a
+    /// late write always wins over the placeholder). The default, for a backend that takes
+    /// seqs and stores in one step and so never leaves a hole, only reads `seq` back.
+    async fn mark_skipped(&self, conv: &ConvId, seq: Seq) -> Result<Option<protocol::Message>> {
+        let page = self.after(conv, Seq(seq.0.saturating_sub(1)), 1).await?;
+        Ok(page.messages.into_iter().find(|m| m.seq == seq))
+    }
+
     /// Makes everything written so far durable and stops background work; later calls fail
     /// with `Unavailable`.
     async fn close(&self) -> Result<()>;

@@ -162,3 +162,20 @@ impl Tombstone for Message {
         }
     }
 }
+
+/// The placeholder stored for a seq that holds no message (see [`crate::Store::mark_skipped`]).
+pub fn skipped_placeholder(conv: &protocol::ConvId, seq: protocol::Seq, ts: u64) -> Message {
+    Message {
+        conv: conv.clone(),
+        seq,
+        id: protocol::MessageId::new(format!("skipped-{}", seq.0)),
+        from: protocol::UserId::new(""),
+        kind: MessageKind::Skipped,
+        body: String::new(),
+        attachment: None,
+        ts,
+        mentions: Vec::new(),
+        reply_to: None,
+        mentioned: false,
+    }
+}

@@ -21,6 +21,7 @@
 //! docs/SCYLLA.md.
 
 mod cql;
+mod skip;
 
 use crate::{
     Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
@@ -1155,6 +1156,10 @@ impl Store for ScyllaStore {
         let st = self.stmts().await?;
         let rows: Vec<(String,)> = self.rows(&st.select_user_groups, (user.as_str(),)).await?;
         Ok(rows.into_iter().map(|(g,)| GroupId::new(g)).collect())
+    }
+
+    async fn mark_skipped(&self, conv: &ConvId, seq: Seq) -> Result<Option<Message>> {
+        self.write_skip(conv, seq).await
     }
 
     async fn recall(&self, conv: &ConvId, seq: Seq) -> Result<Option<Message>> {

@@ -132,6 +132,40 @@ async fn conformance() {
     .await;
 }
 
+/// A skip placeholder fills a seq that holds no message, shows in `after`/`history` and
+/// `last_seq`, never hides a stored message, and loses to a real write that lands later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_placeholders_never_hide_a_message() {
+    with_keyspace(
+        "skip",
+        |_| {},
+        |store, _| async move {
+            let c = group_conv("s");
+            let first = store.append(new_msg(&c, "u1", "k1")).await.unwrap();
+            // A stored message is returned as it is.
+            let kept = store.mark_skipped(&c, Seq(1)).await.unwrap().unwrap();
+            assert_eq!(kept, first.message);
+            // Seq 2 holds nothing (its node died): a placeholder, visible to readers.
+            let skip = store.mark_skipped(&c, Seq(2)).await.unwrap().unwrap();
+            assert_eq!(skip.kind, protocol::MessageKind::Skipped);
+            assert_eq!((skip.seq, skip.body.as_str()), (Seq(2), ""));
+            assert_eq!(store.last_seq(&c).await.unwrap(), Seq(2));
+            let page = store.after(&c, Seq(0), 10).await.unwrap();
+            assert_eq!(seqs(&page), vec![1, 2]);
+            assert_eq!(page.messages[1].kind, protocol::MessageKind::Skipped);
+            // The real write of seq 2 lands late (the seq source hands out 2 next): it wins.
+            let late = store.append(new_msg(&c, "u2", "k2")).await.unwrap();
+            assert_eq!(late.message.seq, Seq(2));
+            let page = store.after(&c, Seq(0), 10).await.unwrap();
+            assert_eq!(page.messages[1], late.message);
+            // Marking it again returns the message, not a placeholder.
+            let again = store.mark_skipped(&c, Seq(2)).await.unwrap().unwrap();
+            assert_eq!(again, late.message);
+        },
+    )
+    .await;
+}
+
 /// A fresh seq source (Redis restarted empty) continues after the highest stored seq and
 /// never reuses one; idempotency keys survive the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
