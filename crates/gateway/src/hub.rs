@@ -134,8 +134,9 @@ impl SessionHandle {
     /// Queues a frame without waiting; a full queue closes the session as a slow consumer.
     pub fn push(&self, frame: Arc<SharedFrame>) {
         match self.queue.try_send(frame) {
-            Ok(()) => {}
+            Ok(()) => crate::metrics::fanout_delivery(),
             Err(mpsc::error::TrySendError::Full(_)) => {
+                crate::metrics::slow_consumer(crate::metrics::SlowReason::QueueFull);
                 tracing::warn!(session = %self.id, user = %self.user, "outbound queue full; closing slow consumer");
                 self.close(
                     protocol::close::SLOW_CONSUMER,
@@ -278,6 +279,14 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Every session on this node (a snapshot), e.g. to close them one by one while draining.
+    pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions
+            .iter()
+            .flat_map(|e| e.value().clone())
+            .collect()
+    }
+
     /// Closes every session (shutdown).
     pub fn close_all(&self, code: u16, reason: &str) {
         for entry in self.sessions.iter() {
@@ -312,6 +321,7 @@ impl Sink for Hub {
     }
 
     fn deliver(&self, envelope: Arc<Envelope>) {
+        crate::metrics::router_received(matches!(envelope.payload, Payload::Frame(_)));
         match (&envelope.audience, &envelope.payload) {
             (Audience::Users(users), Payload::Frame(frame)) => {
                 let shared = SharedFrame::new(frame.clone());

@@ -125,8 +125,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let node = Node::bind(config, shutdown.clone()).await?;
     let addr = node.local_addr()?;
     tracing::info!(%addr, "listening");
+    let health = node.state().health.clone();
     tokio::spawn(async move {
+        // The first SIGTERM/Ctrl-C drains (docs/OPERATIONS.md); a second one stops at once.
         wait_for_signal().await;
+        health.begin_drain();
+        wait_for_signal().await;
+        tracing::warn!("second signal: skipping the rest of the drain");
         shutdown.cancel();
     });
     node.serve().await

@@ -127,8 +127,11 @@ pub async fn handle(
     frame: ClientFrame,
 ) -> Option<Arc<SharedFrame>> {
     let rid = frame.rid().cloned();
+    let _timer = crate::metrics::command(&frame);
     let result: Result<Option<Arc<SharedFrame>>, ApiError> = match frame {
-        ClientFrame::Send(req) => send(state, ctx, req).await.map(|r| r.map(SharedFrame::new)),
+        ClientFrame::Send(req) => crate::metrics::timed_send(send(state, ctx, req))
+            .await
+            .map(|r| r.map(SharedFrame::new)),
         ClientFrame::History {
             rid,
             conv,
@@ -269,6 +272,7 @@ async fn send(
             verdict = name_verdict;
         }
     }
+    crate::metrics::moderation_verdict(action_name(verdict.action), verdict.category.as_deref());
     let note = moderate(state, ctx, &conv, &req, &verdict).await?;
     let body = verdict.text_to_deliver(&req.body).to_owned();
     if verdict.action == Action::Review {

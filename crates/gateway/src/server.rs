@@ -63,6 +63,11 @@ impl Node {
             .spawn_pruner(Duration::from_secs(3600), shutdown.clone());
         let hub = Hub::new(membership.clone());
         router.attach(hub.clone());
+        let metrics_addr = crate::metrics::start(&config.metrics, shutdown.clone()).await?;
+        if let Some(addr) = metrics_addr {
+            // Not "listening": the test kit reads the main address from that line.
+            tracing::info!(metrics_addr = %addr, "metrics endpoint ready");
+        }
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
@@ -109,6 +114,7 @@ impl Node {
             )),
             connections: Arc::new(Semaphore::new(budgets.sessions)),
             shutdown,
+            health: crate::health::Health::new(),
             config,
         }));
         Ok(Self {
@@ -134,9 +140,11 @@ impl Node {
         self.budgets
     }
 
-    /// Serves until the shutdown token is cancelled, then shuts down in order: stop
-    /// accepting, close sessions with 1001, let HTTP requests in progress finish, give
-    /// sessions the grace period to end, flush the store.
+    /// Serves until the shutdown token is cancelled or a drain is requested
+    /// ([`crate::health::Health::begin_drain`]), then shuts down in order: (drain: readiness
+    /// false, keep serving `server.drain_delay_secs`, close sessions with 1001 spread over
+    /// `server.drain_window_secs`), stop accepting, close the sessions left with 1001, let HTTP
+    /// requests in progress finish, give sessions the grace period to end, flush the store.
     pub async fn serve(self) -> anyhow::Result<()> {
         let state = self.state;
         let budgets = self.budgets;
@@ -150,8 +158,11 @@ impl Node {
         );
         let app = crate::api::routes()
             .route("/ws", get(crate::session::upgrade))
+            .merge(crate::health::routes())
+            .merge(crate::metrics::main_routes(&state.config.metrics))
             .layer(DefaultBodyLimit::max(state.config.limits.max_http_body))
             .layer(axum::middleware::from_fn(crate::api::json_errors))
+            .layer(axum::middleware::from_fn(crate::metrics::http_layer))
             .with_state(state.clone());
         let shutdown = state.shutdown.clone();
         let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
@@ -163,7 +174,15 @@ impl Node {
                 crate::listener::serve(listener, tls, app, &config, budgets, shutdown).await
             })
         };
-        shutdown.cancelled().await;
+        state.health.set_started();
+        let draining = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = state.health.drain_requested() => true,
+        };
+        if draining {
+            drain(&state).await;
+            shutdown.cancel();
+        }
         tracing::info!("shutting down: closing sessions");
         state
             .hub
@@ -186,4 +205,27 @@ impl Node {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The drain of [`Node::serve`]: readiness is already false; keep serving for the delay, then
+/// close the sessions spread over the window (a second signal, i.e. the shutdown token, cuts
+/// both short).
+async fn drain(state: &AppState) {
+    let cfg = &state.config.server;
+    let delay = Duration::from_secs(cfg.drain_delay_secs);
+    let window = Duration::from_secs(cfg.drain_window_secs);
+    tracing::info!(
+        delay_secs = cfg.drain_delay_secs,
+        window_secs = cfg.drain_window_secs,
+        sessions = state.hub.len(),
+        "draining: readiness is false; still serving"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = state.shutdown.cancelled() => {}
+    }
+    state.health.set_closing();
+    let sessions = state.hub.all_sessions();
+    tracing::info!(sessions = sessions.len(), "draining: closing sessions");
+    crate::health::close_spread(sessions, window, &state.shutdown).await;
 }

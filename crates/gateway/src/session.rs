@@ -99,7 +99,12 @@ pub async fn upgrade(
             return ApiError::bad_request("codec must be json or msgpack").into_response()
         }
     };
+    if state.health.is_closing() {
+        crate::metrics::budget_refused("draining");
+        return ApiError::new(ErrorCode::Unavailable, "this node is draining").into_response();
+    }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        crate::metrics::budget_refused("sessions");
         return ApiError::new(
             ErrorCode::Unavailable,
             "this node is at its connection limit",
@@ -188,6 +193,7 @@ async fn run(
             }
         };
         tracing::debug!("session open");
+        crate::metrics::session_opened(codec);
         handle
             .reply(ServerFrame::Hello {
                 session_id: handle.id.clone(),
@@ -209,6 +215,7 @@ async fn run(
         );
         let stream = read_loop(&state, stream, &handle, handle.token.exp).await;
         drop(registration);
+        crate::metrics::session_closed(codec, handle.close_reason().map(|(c, _)| *c));
         // After a broken frame the client may still be sending: keep reading (and
         // discarding) for a moment, so the socket is not closed with unread data (a TCP
         // reset that could destroy the close frame before the client reads it).
@@ -445,6 +452,7 @@ async fn read_frames(
         let frame = match codec.decode::<ClientFrame>(&data) {
             Ok(frame) => frame,
             Err(e) => {
+                crate::metrics::frame_in_invalid();
                 if !drain(&mut in_flight, handle).await {
                     return;
                 }
@@ -566,6 +574,7 @@ async fn write_loop(
                 if n == 0 {
                     break;
                 }
+                crate::metrics::frames_out(codec, n, queue.len());
                 let write = async {
                     for frame in buffered.drain(..) {
                         sink.feed(to_ws(codec, frame.encoded(codec))).await?;
@@ -643,6 +652,7 @@ where
             Written::Failed
         }
         Err(_) => {
+            crate::metrics::slow_consumer(crate::metrics::SlowReason::WriteTimeout);
             handle.close(close::SLOW_CONSUMER, "write timed out: reconnect and sync");
             Written::Stopped
         }

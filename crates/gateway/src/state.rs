@@ -57,6 +57,8 @@ pub struct Inner {
     pub signin: crate::signin::SignIn,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
+    /// Readiness and drain state (`/readyz`, SIGTERM).
+    pub health: Arc<crate::health::Health>,
 }
 
 impl std::ops::Deref for AppState {

@@ -1,0 +1,182 @@
+//! Probes and graceful drain.
+//!
+//! - `GET /livez`: the process is alive and its runtime answers (always 200 while serving).
+//! - `GET /readyz`: the node should receive new clients: it has finished starting, is not
+//!   draining, and its store and router answer a cheap probe within a second. 200 or 503,
+//!   JSON body `{"ready", "starting", "draining", "store", "router", "sessions"}`.
+//! - `/healthz` (in [`crate::api`]) is kept for compatibility.
+//!
+//! Drain (SIGTERM): [`Health::begin_drain`] makes `/readyz` answer 503 at once; the node
+//! keeps serving for `server.drain_delay_secs` so load balancers take it out of rotation;
+//! then [`close_spread`] closes the sessions with 1001 (going away: reconnect with jitter,
+//! then `sync`), spread evenly over `server.drain_window_secs` so the clients do not all
+//! reconnect in the same instant; new WebSocket upgrades get 503 from then on. Then
+//! [`crate::server::Node::serve`] stops accepting, waits up to `server.shutdown_grace_ms`
+//! for the sessions to end, flushes the store and exits.
+
+use crate::hub::SessionHandle;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use protocol::UserId;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The node's lifecycle as the probes see it.
+#[derive(Debug, Default)]
+pub struct Health {
+    started: AtomicBool,
+    closing: AtomicBool,
+    drain: CancellationToken,
+}
+
+impl Health {
+    /// A node that is still starting (not ready).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Marks start-up as finished (the listener serves).
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    /// Starts the drain: `/readyz` answers 503 from now on.
+    pub fn begin_drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_cancelled()
+    }
+
+    /// Resolves when the drain begins.
+    pub async fn drain_requested(&self) {
+        self.drain.cancelled().await
+    }
+
+    /// Marks the phase where sessions are being closed: new sessions are refused.
+    pub fn set_closing(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Whether sessions are being closed (new WebSocket upgrades get 503).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+}
+
+/// The probe routes (no authentication: they say nothing about users).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+}
+
+#[derive(Serialize)]
+struct Live {
+    status: &'static str,
+}
+
+async fn livez() -> Json<Live> {
+    Json(Live { status: "ok" })
+}
+
+/// The `/readyz` body.
+#[derive(Serialize)]
+struct Ready {
+    ready: bool,
+    starting: bool,
+    draining: bool,
+    store: bool,
+    router: bool,
+    sessions: usize,
+}
+
+/// How long a backend may take to answer the readiness probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let probe_user = UserId::new("readyz-probe");
+    let store = async {
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, state.store.user_exists(&probe_user)).await,
+            Ok(Ok(_))
+        )
+    };
+    let router = async {
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, state.router.remote_sessions(&probe_user)).await,
+            Ok(Ok(_))
+        )
+    };
+    let (store, router) = tokio::join!(store, router);
+    let starting = !state.health.is_started();
+    let draining = state.health.is_draining();
+    let ready = store && router && !starting && !draining;
+    let body = Ready {
+        ready,
+        starting,
+        draining,
+        store,
+        router,
+        sessions: state.hub.len(),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Closes `sessions` with 1001, evenly spread over `window` (all at once when it is zero),
+/// stopping early when `stop` is cancelled (then closing the rest at once).
+pub async fn close_spread(
+    sessions: Vec<Arc<SessionHandle>>,
+    window: Duration,
+    stop: &CancellationToken,
+) {
+    let n = sessions.len();
+    if n == 0 {
+        return;
+    }
+    let start = tokio::time::Instant::now();
+    for (i, s) in sessions.iter().enumerate() {
+        // Session i closes at window * i / n: the first at once, the last just before the
+        // window ends.
+        let at = start + window.mul_f64(i as f64 / n as f64);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = stop.cancelled() => {}
+        }
+        s.close(protocol::close::GOING_AWAY, "server draining: reconnect");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn lifecycle_flags() {
+        let h = Health::new();
+        assert!(!h.is_started() && !h.is_draining() && !h.is_closing());
+        h.set_started();
+        h.begin_drain();
+        h.set_closing();
+        assert!(h.is_started() && h.is_draining() && h.is_closing());
+    }
+}
