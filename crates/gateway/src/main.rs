@@ -125,6 +125,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let node = Node::bind(config, shutdown.clone()).await?;
     let addr = node.local_addr()?;
     tracing::info!(%addr, "listening");
+    if let Some(metrics_addr) = node.metrics_addr() {
+        // A line of its own, after "listening" (which the test kit waits for).
+        tracing::info!(%metrics_addr, "metrics endpoint ready");
+    }
     let health = node.state().health.clone();
     tokio::spawn(async move {
         // The first SIGTERM/Ctrl-C drains (docs/OPERATIONS.md); a second one stops at once.

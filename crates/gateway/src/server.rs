@@ -27,6 +27,7 @@ pub struct Node {
     listener: TcpListener,
     tls: Option<Tls>,
     budgets: Budgets,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Node {
@@ -64,10 +65,6 @@ impl Node {
         let hub = Hub::new(membership.clone());
         router.attach(hub.clone());
         let metrics_addr = crate::metrics::start(&config.metrics, shutdown.clone()).await?;
-        if let Some(addr) = metrics_addr {
-            // Not "listening": the test kit reads the main address from that line.
-            tracing::info!(metrics_addr = %addr, "metrics endpoint ready");
-        }
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
@@ -122,6 +119,7 @@ impl Node {
             listener,
             tls,
             budgets,
+            metrics_addr,
         })
     }
 
@@ -133,6 +131,11 @@ impl Node {
     /// The node's state (for tests and tools).
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// The address of the metrics listener (`metrics.listen`), if it has its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The connection budgets derived from the open-files limit.
