@@ -30,6 +30,30 @@ pub struct Config {
     pub files: FilesConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// Backups of the embedded store.
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where backups are written (`""`: `backups/` under `server.data_dir`).
+    pub dir: PathBuf,
+    /// Seconds between scheduled backups (embedded mode); 0: none.
+    pub interval_secs: u64,
+    /// How many backups to keep in `dir`; older ones are deleted.
+    pub keep: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            interval_secs: 86_400,
+            keep: 7,
+        }
+    }
 }
 
 /// `[metrics]`

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod backends;
+pub mod backup;
 pub mod budget;
 pub mod config;
 pub mod directory;

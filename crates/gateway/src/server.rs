@@ -56,6 +56,7 @@ impl Node {
             store,
             review,
             meta,
+            embedded,
         } = crate::backends::open_store(&config).await?;
         let router = crate::backends::open_router(&config.router).await?;
         let membership = Membership::new(store.clone(), meta.clone());
@@ -112,6 +113,7 @@ impl Node {
             connections: Arc::new(Semaphore::new(budgets.sessions)),
             shutdown,
             health: crate::health::Health::new(),
+            embedded,
             config,
         }));
         Ok(Self {
@@ -163,6 +165,7 @@ impl Node {
             .route("/ws", get(crate::session::upgrade))
             .merge(crate::health::routes())
             .merge(crate::metrics::main_routes(&state.config.metrics))
+            .merge(crate::backup::routes())
             .layer(DefaultBodyLimit::max(state.config.limits.max_http_body))
             .layer(axum::middleware::from_fn(crate::api::json_errors))
             .layer(axum::middleware::from_fn(crate::metrics::http_layer))
@@ -177,6 +180,7 @@ impl Node {
                 crate::listener::serve(listener, tls, app, &config, budgets, shutdown).await
             })
         };
+        crate::backup::spawn_scheduler(state.clone());
         state.health.set_started();
         let draining = tokio::select! {
             _ = shutdown.cancelled() => false,

@@ -59,6 +59,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Readiness and drain state (`/readyz`, SIGTERM).
     pub health: Arc<crate::health::Health>,
+    /// The embedded store (embedded mode), for backups.
+    pub embedded: Option<store::embedded::EmbeddedStore>,
 }
 
 impl std::ops::Deref for AppState {

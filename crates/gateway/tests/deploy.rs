@@ -182,7 +182,10 @@ fn monitoring_files_are_consistent() {
             .trim_end_matches('s')
             .parse()
             .unwrap();
-        assert!(grace > drain, "{name}: stop_grace_period {grace}s <= drain {drain}s");
+        assert!(
+            grace > drain,
+            "{name}: stop_grace_period {grace}s <= drain {drain}s"
+        );
     }
     // Prometheus scrapes both nodes there.
     let prom = YamlLoader::load_from_str(&read("deploy/prometheus.yml")).unwrap();

@@ -33,6 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 /// Memtable size per keyspace: small enough that the hot skiplist stays in cache.
 const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 
+pub mod dump;
+
 /// Separates the parts of a composite key; ids never contain a NUL byte.
 const SEP: u8 = 0;
 
