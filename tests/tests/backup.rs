@@ -73,7 +73,7 @@ async fn backup_under_load_then_restore_gives_back_every_conversation() {
         .upload("ann", "notes.txt", "text/plain", b"attached notes".to_vec())
         .await;
     assert_eq!(s, 201, "{file}");
-    let file_id = file["id"].as_str().unwrap().to_owned();
+    let file_id = file["file_id"].as_str().unwrap().to_owned();
 
     // Some history before the backup.
     let mut ann = Client::connect(&node, "ann").await;
@@ -217,6 +217,11 @@ async fn backup_under_load_then_restore_gives_back_every_conversation() {
         assert!(got.len() <= orig.len(), "{conv}: more than the original");
         let want: Vec<_> = orig[..got.len()].iter().map(key).collect();
         assert_eq!(got.iter().map(key).collect::<Vec<_>>(), want, "{conv}");
+        eprintln!(
+            "{conv}: {} of {} messages in the backup",
+            got.len(),
+            orig.len()
+        );
         restored_total += got.len();
     }
     let dm = &before[&convs[0]];

@@ -168,6 +168,13 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// `path` with `suffix` appended to its file name (`a.tar.gz` -> `a.tar.gz.partial`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 fn now_ms() -> u64 {
     crate::state::now_ms()
 }
@@ -186,8 +193,8 @@ pub fn create(store: &EmbeddedStore, files: &Path, out: &Path) -> Result<Manifes
         std::fs::create_dir_all(parent)
             .map_err(io_err(format!("creating {}", parent.display())))?;
     }
-    let partial = out.with_extension("partial");
-    let kv_path = out.with_extension("store.kv.partial");
+    let partial = with_suffix(out, ".partial");
+    let kv_path = with_suffix(out, ".store.kv.partial");
     let result = (|| {
         // 1. The snapshot, to a side file (its size must be known before it enters the tar).
         let (keyspaces, kv_entry) = {

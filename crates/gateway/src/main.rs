@@ -296,7 +296,12 @@ async fn backup_online(
         let body = resp.text().await.unwrap_or_default();
         anyhow::bail!("the node answered {status}: {body}");
     }
-    let partial = out.with_extension("partial");
+    let partial = gateway::backup::with_suffix(out, ".partial");
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
     let mut file = tokio::fs::File::create(&partial)
         .await
         .with_context(|| format!("creating {}", partial.display()))?;
