@@ -545,11 +545,14 @@ pub fn restore(
     result
 }
 
+/// One `store.kv` record: keyspace, key, value.
+type Record = (String, Vec<u8>, Vec<u8>);
+
 /// Reads `store.kv` records.
 struct Records<R>(R);
 
 impl<R: Read> Records<R> {
-    fn read_record(&mut self) -> io::Result<Option<(String, Vec<u8>, Vec<u8>)>> {
+    fn read_record(&mut self) -> io::Result<Option<Record>> {
         let mut len2 = [0u8; 2];
         match self.0.read_exact(&mut len2) {
             Ok(()) => {}
@@ -581,7 +584,7 @@ impl<R: Read> Records<R> {
 }
 
 impl<R: Read> Iterator for Records<R> {
-    type Item = io::Result<(String, Vec<u8>, Vec<u8>)>;
+    type Item = io::Result<Record>;
     fn next(&mut self) -> Option<Self::Item> {
         self.read_record().transpose()
     }
@@ -749,6 +752,28 @@ mod tests {
         // Truncated: an error, not a short read.
         let cut = &buf[..buf.len() - 1];
         assert!(Records(cut).any(|r| r.is_err()));
+    }
+
+    #[test]
+    fn another_schema_version_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("old.tar.gz");
+        let header = Header {
+            format: FORMAT,
+            chatd_version: "0.0.1".into(),
+            schema_version: SCHEMA_VERSION + 1,
+            created_at_ms: 1,
+        };
+        let file = File::create(&archive).unwrap();
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        append_bytes(&mut tar, "header.json", &json(&header).unwrap()).unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+        let target = dir.path().join("data");
+        let err = restore(&archive, &target, &target.join("files"), true).unwrap_err();
+        assert!(matches!(err, BackupError::Mismatch { .. }), "{err}");
+        assert!(err.to_string().contains("schema version"), "{err}");
+        assert!(!target.exists(), "nothing may be written");
     }
 
     #[test]

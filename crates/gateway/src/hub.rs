@@ -408,6 +408,7 @@ impl Registration {
         max_per_user: usize,
     ) -> Result<Self, RegisterError> {
         let first = hub.register(handle.clone(), max_per_user)?;
+        crate::metrics::session_opened(handle.codec);
         if first {
             if let Err(e) = router.session_opened(&handle.user).await {
                 tracing::warn!(error = %e, "presence update failed");
@@ -434,6 +435,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        crate::metrics::session_closed(self.handle.codec, self.handle.close_reason().map(|c| c.0));
         self.handle
             .close(protocol::close::GOING_AWAY, "session ended");
         let last = self.hub.unregister(&self.handle);

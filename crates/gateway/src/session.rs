@@ -193,7 +193,6 @@ async fn run(
             }
         };
         tracing::debug!("session open");
-        crate::metrics::session_opened(codec);
         handle
             .reply(ServerFrame::Hello {
                 session_id: handle.id.clone(),
@@ -215,7 +214,6 @@ async fn run(
         );
         let stream = read_loop(&state, stream, &handle, handle.token.exp).await;
         drop(registration);
-        crate::metrics::session_closed(codec, handle.close_reason().map(|(c, _)| *c));
         // After a broken frame the client may still be sending: keep reading (and
         // discarding) for a moment, so the socket is not closed with unread data (a TCP
         // reset that could destroy the close frame before the client reads it).
