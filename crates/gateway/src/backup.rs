@@ -598,6 +598,16 @@ pub async fn run_once(state: &AppState) -> Result<(PathBuf, Manifest), ApiError>
             "backups are for embedded mode; see docs/OPERATIONS.md for cluster mode",
         ));
     };
+    // One backup at a time per process: a second request (or the schedule) is refused rather
+    // than doubling the disk and CPU a backup takes.
+    static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let Ok(_running) = RUNNING.try_lock() else {
+        crate::metrics::budget_refused("backup");
+        return Err(ApiError::new(
+            protocol::ErrorCode::Unavailable,
+            "a backup is already running; retry when it is done",
+        ));
+    };
     let dir = backup_dir(&state.config);
     let files = files_dir(&state.config);
     let keep = state.config.backup.keep.max(1);

@@ -34,6 +34,9 @@ pub struct Health {
     started: AtomicBool,
     closing: AtomicBool,
     drain: CancellationToken,
+    /// The last backend probe (when, store ok, router ok): `/readyz` is public, so a flood
+    /// of probes costs at most one store and one router round trip per [`PROBE_CACHE`].
+    last_probe: std::sync::Mutex<Option<(std::time::Instant, bool, bool)>>,
 }
 
 impl Health {
@@ -106,6 +109,21 @@ struct Ready {
 
 /// How long a backend may take to answer the readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a probe result is reused.
+const PROBE_CACHE: Duration = Duration::from_secs(1);
+
+impl Health {
+    fn cached_probe(&self) -> Option<(bool, bool)> {
+        let last = *self.last_probe.lock().unwrap_or_else(|p| p.into_inner());
+        last.filter(|(at, _, _)| at.elapsed() < PROBE_CACHE)
+            .map(|(_, s, r)| (s, r))
+    }
+
+    fn remember_probe(&self, store: bool, router: bool) {
+        *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), store, router));
+    }
+}
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let probe_user = UserId::new("readyz-probe");
@@ -121,7 +139,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
             Ok(Ok(_))
         )
     };
-    let (store, router) = tokio::join!(store, router);
+    let (store, router) = match state.health.cached_probe() {
+        Some(cached) => cached,
+        None => {
+            let (store, router) = tokio::join!(store, router);
+            state.health.remember_probe(store, router);
+            (store, router)
+        }
+    };
     let starting = !state.health.is_started();
     let draining = state.health.is_draining();
     let ready = store && router && !starting && !draining;
