@@ -205,12 +205,26 @@ async fn sigterm_drains_then_closes_sessions_spread_over_the_window() {
     ack_seq(&clients[0].send_dm("u1", "during-drain", "still here").await);
     clients[1].next_message().await;
 
-    // Then every session is closed with 1001, spread over the window.
+    // Then every session is closed with 1001, spread over the window, and new sessions are
+    // refused with 503 meanwhile.
     let closes = futures_util::future::join_all(clients.iter_mut().map(|c| async move {
         let code = c.expect_close().await;
         (code, term.elapsed())
-    }))
-    .await;
+    }));
+    let url = format!("ws://{}/ws", node.addr);
+    let refused = async {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            if let Err(r) = Client::try_connect_raw(&url, Some(&token("late"))).await {
+                assert_eq!(r.status, 503, "{}", r.body);
+                assert!(r.body.contains("draining"), "{}", r.body);
+                return;
+            }
+            assert!(Instant::now() < deadline, "upgrades were never refused");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (closes, ()) = tokio::join!(closes, refused);
     let mut at: Vec<Duration> = closes
         .iter()
         .map(|(code, t)| {
