@@ -172,6 +172,9 @@ impl Node {
             .with_state(state.clone());
         let shutdown = state.shutdown.clone();
         let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
+        // Everything is open: ready from the first request the listener serves. (While the
+        // store opens, nothing listens yet, so probes fail to connect.)
+        state.health.set_started();
         let serve = {
             let config = state.config.server.clone();
             let shutdown = shutdown.clone();
@@ -181,7 +184,6 @@ impl Node {
             })
         };
         crate::backup::spawn_scheduler(state.clone());
-        state.health.set_started();
         let draining = tokio::select! {
             _ = shutdown.cancelled() => false,
             _ = state.health.drain_requested() => true,
