@@ -106,6 +106,11 @@ impl Node {
             .arg(data_dir)
             .env("CHATD_AUTH__JWT_SECRET", SECRET)
             .env("CHATD_LOG", "info")
+            // Tests stop nodes at once and run many side by side: no drain pauses, and the
+            // metrics listener on a free port (tests that need them override these).
+            .env("CHATD_SERVER__DRAIN_DELAY_SECS", "0")
+            .env("CHATD_SERVER__DRAIN_WINDOW_SECS", "0")
+            .env("CHATD_METRICS__LISTEN", "127.0.0.1:0")
             // Tests run with the repository's default rules unless they say otherwise.
             .env(
                 "CHATD_MODERATION__RULES_DIR",

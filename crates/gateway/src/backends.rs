@@ -27,6 +27,8 @@ pub struct Storage {
     pub review: Arc<dyn ReviewStore>,
     /// The namespaced admin records.
     pub meta: Arc<dyn MetaStore>,
+    /// The embedded store itself (embedded mode), for backups.
+    pub embedded: Option<EmbeddedStore>,
 }
 
 impl Storage {
@@ -36,6 +38,7 @@ impl Storage {
             store: Arc::new(s.clone()),
             review: Arc::new(s.clone()),
             meta: Arc::new(s),
+            embedded: None,
         }
     }
 }
@@ -55,7 +58,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Storage> {
                 .with_context(|| {
                     format!("opening the store in {}", config.server.data_dir.display())
                 })?;
-            Ok(Storage::of(store))
+            Ok(Storage {
+                embedded: Some(store.clone()),
+                ..Storage::of(store)
+            })
         }
         StoreBackend::Scylla => {
             anyhow::ensure!(

@@ -92,6 +92,7 @@ impl ReplyBudgets {
                 _session: session,
             }),
             _ => {
+                crate::metrics::budget_refused("reply_bytes");
                 self.forget_idle_user(user);
                 Err(ApiError::new(
                     ErrorCode::Unavailable,

@@ -28,6 +28,49 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// Attachments.
     pub files: FilesConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+    /// Backups of the embedded store.
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where backups are written (`""`: `backups/` under `server.data_dir`).
+    pub dir: PathBuf,
+    /// Seconds between scheduled backups (embedded mode); 0: none.
+    pub interval_secs: u64,
+    /// How many backups to keep in `dir`; older ones are deleted.
+    pub keep: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            interval_secs: 86_400,
+            keep: 7,
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the admin listener serving `GET /metrics` (keep it private); empty: serve
+    /// `/metrics` on the main listener, to company administrators only.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
 }
 
 /// `[server]`
@@ -56,6 +99,12 @@ pub struct ServerConfig {
     pub ws_write_buffer: usize,
     /// On shutdown, how long sessions get to close before the store is flushed.
     pub shutdown_grace_ms: u64,
+    /// On SIGTERM, how long the node keeps serving with `/readyz` false before it closes
+    /// sessions, so load balancers take it out of rotation first, seconds.
+    pub drain_delay_secs: u64,
+    /// Then, the window over which sessions are closed (1001), spread evenly so clients do
+    /// not all reconnect at once, seconds.
+    pub drain_window_secs: u64,
     /// Set TCP_NODELAY on every accepted socket (small frames leave at once).
     pub tcp_nodelay: bool,
     /// Open files kept back from the connection budget (store, logs, Redis/CQL, probes);
@@ -100,6 +149,8 @@ impl Default for ServerConfig {
             ws_read_buffer: 1024,
             ws_write_buffer: 8192,
             shutdown_grace_ms: 3_000,
+            drain_delay_secs: 5,
+            drain_window_secs: 10,
             tcp_nodelay: true,
             fd_reserve: 128,
             max_pending_connections: 512,

@@ -129,8 +129,9 @@ impl SessionHandle {
     /// Queues a frame without waiting; a full queue closes the session as a slow consumer.
     pub fn push(&self, frame: Arc<SharedFrame>) {
         match self.queue.try_send(frame) {
-            Ok(()) => {}
+            Ok(()) => crate::metrics::fanout_delivery(),
             Err(mpsc::error::TrySendError::Full(_)) => {
+                crate::metrics::slow_consumer(crate::metrics::SlowReason::QueueFull);
                 tracing::warn!(session = %self.id, user = %self.user, "outbound queue full; closing slow consumer");
                 self.close(
                     protocol::close::SLOW_CONSUMER,
@@ -268,6 +269,14 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Every session on this node (a snapshot), e.g. to close them one by one while draining.
+    pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions
+            .iter()
+            .flat_map(|e| e.value().clone())
+            .collect()
+    }
+
     /// Closes every session (shutdown).
     pub fn close_all(&self, code: u16, reason: &str) {
         for entry in self.sessions.iter() {
@@ -302,6 +311,7 @@ impl Sink for Hub {
     }
 
     fn deliver(&self, envelope: Arc<Envelope>) {
+        crate::metrics::router_received(matches!(envelope.payload, Payload::Frame(_)));
         match (&envelope.audience, &envelope.payload) {
             (Audience::Users(users), Payload::Frame(frame)) => {
                 let shared = SharedFrame::new(frame.clone());
@@ -388,6 +398,7 @@ impl Registration {
         max_per_user: usize,
     ) -> Result<Self, RegisterError> {
         let first = hub.register(handle.clone(), max_per_user)?;
+        crate::metrics::session_opened(handle.codec);
         if first {
             if let Err(e) = router.session_opened(&handle.user).await {
                 tracing::warn!(error = %e, "presence update failed");
@@ -414,6 +425,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        crate::metrics::session_closed(self.handle.codec, self.handle.close_reason().map(|c| c.0));
         self.handle
             .close(protocol::close::GOING_AWAY, "session ended");
         let last = self.hub.unregister(&self.handle);

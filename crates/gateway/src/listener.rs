@@ -185,6 +185,7 @@ impl Shared {
 
     /// A warning about a budget, at most once a second.
     fn warn(&self, what: &'static str) {
+        crate::metrics::budget_refused("connections");
         let now = self.started.elapsed().as_secs() + 1;
         let last = self.last_warning.load(Ordering::Relaxed);
         if now > last

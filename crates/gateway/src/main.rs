@@ -1,4 +1,5 @@
-//! `chatd`: run a node (`chatd serve`, the default) or mint a token (`chatd token`).
+//! `chatd`: run a node (`chatd serve`, the default), mint a token (`chatd token`), back up or
+//! restore an embedded node (`chatd backup`, `chatd restore`; docs/OPERATIONS.md).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -46,6 +47,40 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Back up an embedded node into one archive (online: asks the running node).
+    Backup {
+        /// The archive to write (tar.gz).
+        #[arg(long)]
+        out: PathBuf,
+        /// The running node (default: http://<server.listen>, 0.0.0.0 as 127.0.0.1).
+        #[arg(long)]
+        url: Option<String>,
+        /// A company administrator's token (default: one minted for --admin with the node's
+        /// secret).
+        #[arg(long, env = "CHATD_TOKEN")]
+        token: Option<String>,
+        /// The administrator to mint a token for (default: the first of auth.admins).
+        #[arg(long)]
+        admin: Option<String>,
+        /// The node is stopped: open its data directory directly instead.
+        #[arg(long)]
+        offline: bool,
+        /// Override server.data_dir (the secret; the store with --offline).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Restore a backup archive into a data directory (the node must be stopped).
+    Restore {
+        /// The archive.
+        #[arg(long)]
+        from: PathBuf,
+        /// Override server.data_dir (the target).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Replace the store and attachments of a non-empty data directory.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn init_tracing() {
@@ -91,6 +126,47 @@ fn main() -> anyhow::Result<()> {
             writeln!(std::io::stdout(), "{token}")?;
             Ok(())
         }
+        Command::Backup {
+            out,
+            url,
+            token,
+            admin,
+            offline,
+            data_dir,
+        } => {
+            if let Some(d) = data_dir {
+                config.server.data_dir = d;
+            }
+            init_tracing();
+            let runtime = tokio::runtime::Runtime::new()?;
+            if offline {
+                let files = gateway::backup::files_dir(&config);
+                let store = store::embedded::EmbeddedStore::open(
+                    &config.server.data_dir,
+                    Default::default(),
+                )
+                .context("opening the store (is the node still running? then drop --offline)")?;
+                let manifest = gateway::backup::create(&store, &files, &out)?;
+                runtime.block_on(store::Store::close(&store))?;
+                print_manifest(&out, &manifest)
+            } else {
+                runtime.block_on(backup_online(&config, &out, url, token, admin))
+            }
+        }
+        Command::Restore {
+            from,
+            data_dir,
+            force,
+        } => {
+            if let Some(d) = data_dir {
+                config.server.data_dir = d;
+            }
+            init_tracing();
+            let files = gateway::backup::files_dir(&config);
+            let manifest = gateway::backup::restore(&from, &config.server.data_dir, &files, force)
+                .with_context(|| format!("restoring {}", from.display()))?;
+            print_manifest(&config.server.data_dir, &manifest)
+        }
         Command::Migrate => {
             init_tracing();
             let runtime = tokio::runtime::Runtime::new()?;
@@ -125,8 +201,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let node = Node::bind(config, shutdown.clone()).await?;
     let addr = node.local_addr()?;
     tracing::info!(%addr, "listening");
+    if let Some(metrics_addr) = node.metrics_addr() {
+        // A line of its own, after "listening" (which the test kit waits for).
+        tracing::info!(%metrics_addr, "metrics endpoint ready");
+    }
+    let health = node.state().health.clone();
     tokio::spawn(async move {
+        // The first SIGTERM/Ctrl-C drains (docs/OPERATIONS.md); a second one stops at once.
         wait_for_signal().await;
+        health.begin_drain();
+        wait_for_signal().await;
+        tracing::warn!("second signal: skipping the rest of the drain");
         shutdown.cancel();
     });
     node.serve().await
@@ -153,4 +238,84 @@ async fn wait_for_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Prints what a backup or restore did, for the operator's log.
+fn print_manifest(
+    path: &std::path::Path,
+    manifest: &gateway::backup::Manifest,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let pairs: u64 = manifest.keyspaces.values().sum();
+    writeln!(
+        std::io::stdout(),
+        "{}: schema {}, {} store pairs, {} files, taken at {} ms",
+        path.display(),
+        manifest.header.schema_version,
+        pairs,
+        manifest.files.len(),
+        manifest.header.created_at_ms
+    )?;
+    Ok(())
+}
+
+/// `chatd backup` against a running node: `GET /v1/admin/backup`, streamed to `out`.
+async fn backup_online(
+    config: &Config,
+    out: &std::path::Path,
+    url: Option<String>,
+    token: Option<String>,
+    admin: Option<String>,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let base = url.unwrap_or_else(|| {
+        format!(
+            "http://{}",
+            config.server.listen.replace("0.0.0.0", "127.0.0.1")
+        )
+    });
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let admin = admin
+                .or_else(|| config.auth.admins.first().cloned())
+                .context("no --token, no --admin and auth.admins is empty")?;
+            let auth = Auth::from_config(&config.auth, &config.server)?;
+            auth.mint(&UserId::new(admin), Some(300))?
+        }
+    };
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/admin/backup", base.trim_end_matches('/')))
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("connecting to {base}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        anyhow::bail!("the node answered {status}: {body}");
+    }
+    let partial = gateway::backup::with_suffix(out, ".partial");
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let mut body = resp.bytes_stream();
+    let mut bytes = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.context("receiving the archive")?;
+        bytes += chunk.len() as u64;
+        file.write_all(&chunk).await?;
+    }
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&partial, out).await?;
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{}: {bytes} bytes", out.display())?;
+    Ok(())
 }

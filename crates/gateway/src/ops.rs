@@ -152,10 +152,13 @@ pub async fn handle(
     frame: ClientFrame,
 ) -> Option<Arc<SharedFrame>> {
     let rid = frame.rid().cloned();
+    let _timer = crate::metrics::command(&frame);
     let result: Result<Option<Arc<SharedFrame>>, ApiError> = match frame {
-        ClientFrame::Send(req) => crate::send::send(state, &ctx.sender(), req, None)
-            .await
-            .map(|r| r.map(SharedFrame::new)),
+        ClientFrame::Send(req) => {
+            crate::metrics::timed_send(crate::send::send(state, &ctx.sender(), req, None))
+                .await
+                .map(|r| r.map(SharedFrame::new))
+        }
         ClientFrame::History {
             rid,
             conv,

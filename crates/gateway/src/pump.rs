@@ -36,7 +36,10 @@ impl DeliveryPump {
                     }
                 }
                 // A failed delivery is repaired by `sync`: the message is already durable.
-                if let Err(e) = router.publish(envelope).await {
+                let started = std::time::Instant::now();
+                let published = router.publish(envelope).await;
+                crate::metrics::router_published(published.is_ok(), started);
+                if let Err(e) = published {
                     tracing::warn!(error = %e, "delivery failed; recipients will sync");
                 }
             }

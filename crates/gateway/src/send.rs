@@ -151,6 +151,7 @@ pub async fn send(
         req.attachment.as_ref().map(|a| a.name.as_str()),
     );
     let verdict = checked.verdict;
+    crate::metrics::moderation_verdict(action_name(verdict.action), verdict.category.as_deref());
     let note = moderate(state, me, &conv, &req, &verdict).await?;
     let body = checked.body;
     if let (Some(a), Some(name)) = (&mut req.attachment, checked.attachment_name) {

@@ -27,6 +27,7 @@ pub struct Node {
     listener: TcpListener,
     tls: Option<Tls>,
     budgets: Budgets,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Node {
@@ -55,6 +56,7 @@ impl Node {
             store,
             review,
             meta,
+            embedded,
         } = crate::backends::open_store(&config).await?;
         let router = crate::backends::open_router(&config.router).await?;
         let membership = Membership::new(store.clone(), meta.clone());
@@ -65,6 +67,7 @@ impl Node {
         router.attach(
             crate::holdback::sink_for(&config, &hub, &store, &membership, &shutdown).await?,
         );
+        let metrics_addr = crate::metrics::start(&config.metrics, shutdown.clone()).await?;
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
@@ -111,6 +114,8 @@ impl Node {
             )),
             connections: Arc::new(Semaphore::new(budgets.sessions)),
             shutdown,
+            health: crate::health::Health::new(),
+            embedded,
             config,
         }));
         Ok(Self {
@@ -118,6 +123,7 @@ impl Node {
             listener,
             tls,
             budgets,
+            metrics_addr,
         })
     }
 
@@ -131,14 +137,21 @@ impl Node {
         &self.state
     }
 
+    /// The address of the metrics listener (`metrics.listen`), if it has its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The connection budgets derived from the open-files limit.
     pub fn budgets(&self) -> Budgets {
         self.budgets
     }
 
-    /// Serves until the shutdown token is cancelled, then shuts down in order: stop
-    /// accepting, close sessions with 1001, let HTTP requests in progress finish, give
-    /// sessions the grace period to end, flush the store.
+    /// Serves until the shutdown token is cancelled or a drain is requested
+    /// ([`crate::health::Health::begin_drain`]), then shuts down in order: (drain: readiness
+    /// false, keep serving `server.drain_delay_secs`, close sessions with 1001 spread over
+    /// `server.drain_window_secs`), stop accepting, close the sessions left with 1001, let HTTP
+    /// requests in progress finish, give sessions the grace period to end, flush the store.
     pub async fn serve(self) -> anyhow::Result<()> {
         let state = self.state;
         let budgets = self.budgets;
@@ -153,11 +166,20 @@ impl Node {
         let app = crate::api::routes()
             .merge(crate::api::web::routes())
             .route("/ws", get(crate::session::upgrade))
+            .merge(crate::api::operations::probe_routes())
+            .merge(crate::api::operations::metrics_routes(
+                &state.config.metrics,
+            ))
+            .merge(crate::api::operations::backup_routes())
             .layer(DefaultBodyLimit::max(state.config.limits.max_http_body))
             .layer(axum::middleware::from_fn(crate::api::json_errors))
+            .layer(axum::middleware::from_fn(crate::metrics::http_layer))
             .with_state(state.clone());
         let shutdown = state.shutdown.clone();
         let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
+        // Everything is open: ready from the first request the listener serves. (While the
+        // store opens, nothing listens yet, so probes fail to connect.)
+        state.health.set_started();
         let serve = {
             let config = state.config.server.clone();
             let shutdown = shutdown.clone();
@@ -166,7 +188,15 @@ impl Node {
                 crate::listener::serve(listener, tls, app, &config, budgets, shutdown).await
             })
         };
-        shutdown.cancelled().await;
+        crate::backup::spawn_scheduler(state.clone());
+        let draining = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = state.health.drain_requested() => true,
+        };
+        if draining {
+            drain(&state).await;
+            shutdown.cancel();
+        }
         tracing::info!("shutting down: closing sessions");
         state
             .hub
@@ -189,4 +219,27 @@ impl Node {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The drain of [`Node::serve`]: readiness is already false; keep serving for the delay, then
+/// close the sessions spread over the window (a second signal, i.e. the shutdown token, cuts
+/// both short).
+async fn drain(state: &AppState) {
+    let cfg = &state.config.server;
+    let delay = Duration::from_secs(cfg.drain_delay_secs);
+    let window = Duration::from_secs(cfg.drain_window_secs);
+    tracing::info!(
+        delay_secs = cfg.drain_delay_secs,
+        window_secs = cfg.drain_window_secs,
+        sessions = state.hub.len(),
+        "draining: readiness is false; still serving"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = state.shutdown.cancelled() => {}
+    }
+    state.health.set_closing();
+    let sessions = state.hub.all_sessions();
+    tracing::info!(sessions = sessions.len(), "draining: closing sessions");
+    crate::health::close_spread(sessions, window, &state.shutdown).await;
 }

@@ -97,7 +97,12 @@ pub async fn upgrade(
             return ApiError::bad_request("codec must be json or msgpack").into_response()
         }
     };
+    if state.health.is_closing() {
+        crate::metrics::budget_refused("draining");
+        return ApiError::new(ErrorCode::Unavailable, "this node is draining").into_response();
+    }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        crate::metrics::budget_refused("sessions");
         return ApiError::new(
             ErrorCode::Unavailable,
             "this node is at its connection limit",
@@ -372,6 +377,7 @@ async fn read_frames(
         let frame = match codec.decode::<ClientFrame>(&data) {
             Ok(frame) => frame,
             Err(e) => {
+                crate::metrics::frame_in_invalid();
                 if !drain(&mut in_flight, handle).await {
                     return;
                 }
@@ -489,6 +495,7 @@ async fn write_loop(
                 if n == 0 {
                     break;
                 }
+                crate::metrics::frames_out(codec, n, queue.len());
                 let write = async {
                     for frame in buffered.drain(..) {
                         sink.feed(to_ws(codec, frame.encoded(codec))).await?;
@@ -566,6 +573,7 @@ where
             Written::Failed
         }
         Err(_) => {
+            crate::metrics::slow_consumer(crate::metrics::SlowReason::WriteTimeout);
             handle.close(close::SLOW_CONSUMER, "write timed out: reconnect and sync");
             Written::Stopped
         }

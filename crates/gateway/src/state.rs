@@ -57,6 +57,10 @@ pub struct Inner {
     pub signin: crate::signin::SignIn,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
+    /// Readiness and drain state (`/readyz`, SIGTERM).
+    pub health: Arc<crate::health::Health>,
+    /// The embedded store (embedded mode), for backups.
+    pub embedded: Option<store::embedded::EmbeddedStore>,
 }
 
 impl std::ops::Deref for AppState {

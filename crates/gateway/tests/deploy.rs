@@ -151,3 +151,80 @@ fn dockerfile_builds_the_server_with_the_cluster_config() {
     assert!(repo("config/cluster.toml").exists());
     assert!(d.contains("EXPOSE 8080"));
 }
+
+#[test]
+fn monitoring_files_are_consistent() {
+    let docs = YamlLoader::load_from_str(&read("docker-compose.yml")).unwrap();
+    let services = &docs[0]["services"];
+    // Every node serves /metrics on 9090 inside the network, is probed on /readyz, and gets
+    // longer than its drain to stop.
+    let d = Config::default().server;
+    let drain = d.drain_delay_secs + d.drain_window_secs + d.shutdown_grace_ms / 1000;
+    for name in ["chatd-1", "chatd-2"] {
+        let svc = &services[name];
+        let env = env_of(svc);
+        let listen = env
+            .iter()
+            .find(|(k, _)| k == "CHATD_METRICS__LISTEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} must set CHATD_METRICS__LISTEN"));
+        assert_eq!(port_of(&listen), 9090);
+        assert!(svc["expose"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str() == Some("9090")));
+        let probe = format!("{:?}", svc["healthcheck"]["test"]);
+        assert!(probe.contains("/readyz"), "{name}: {probe}");
+        let grace: u64 = svc["stop_grace_period"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('s')
+            .parse()
+            .unwrap();
+        assert!(
+            grace > drain,
+            "{name}: stop_grace_period {grace}s <= drain {drain}s"
+        );
+    }
+    // Prometheus scrapes both nodes there.
+    let prom = YamlLoader::load_from_str(&read("deploy/prometheus.yml")).unwrap();
+    let job = &prom[0]["scrape_configs"][0];
+    assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
+    let targets: Vec<&str> = job["static_configs"][0]["targets"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["chatd-1:9090", "chatd-2:9090"]);
+    // Grafana mounts files that exist, and the dashboard only uses documented metrics.
+    for v in services["grafana"]["volumes"].as_vec().unwrap() {
+        let host = v.as_str().unwrap().split(':').next().unwrap();
+        assert!(repo(host).exists(), "{host} is missing");
+    }
+    let ops = read("docs/OPERATIONS.md");
+    let dash: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/dashboards/chatd.json")).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(name) = word.strip_prefix("chatd_") {
+                    let base = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(name);
+                    assert!(
+                        ops.contains(&format!("`chatd_{base}`")),
+                        "the dashboard uses chatd_{base}, not documented in docs/OPERATIONS.md"
+                    );
+                }
+            }
+        }
+    }
+    let nginx = read("deploy/nginx.conf");
+    assert!(nginx.contains("proxy_next_upstream error timeout http_503;"));
+}

@@ -50,6 +50,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 1),
     ("error", 1),
     ("clock", 1),
+    ("metrics", 1),
+    ("health", 1),
+    ("backup", 2),
 ];
 
 #[derive(Debug, Default)]

@@ -33,6 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 /// Memtable size per keyspace: small enough that the hot skiplist stays in cache.
 const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 
+pub mod dump;
+
 /// Separates the parts of a composite key; ids never contain a NUL byte.
 const SEP: u8 = 0;
 
@@ -403,7 +405,10 @@ fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize, st
             }
         }
         let count = batch.len();
-        match run_batch(ks, batch.drain(..), &mut state) {
+        let started = std::time::Instant::now();
+        let result = run_batch(ks, batch.drain(..), &mut state);
+        record_batch(count, started);
+        match result {
             Ok(finishers) => finishers.into_iter().for_each(|f| f()),
             // Dropping the finishers tells every caller the write was not acknowledged.
             Err(e) => {
@@ -425,6 +430,13 @@ fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize, st
             break;
         }
     }
+}
+
+/// Batch size and write+sync time of one writer batch (names documented in
+/// docs/OPERATIONS.md; the gateway installs the Prometheus recorder).
+fn record_batch(jobs: usize, started: std::time::Instant) {
+    metrics::histogram!("chatd_store_append_batch_size").record(jobs as f64);
+    metrics::histogram!("chatd_store_commit_seconds").record(started.elapsed().as_secs_f64());
 }
 
 fn run_batch(

@@ -14,6 +14,7 @@ mod directory;
 mod files;
 mod group_moderation;
 pub(crate) mod groups;
+pub(crate) mod operations;
 mod posts;
 pub(crate) mod review;
 pub(crate) mod web;
