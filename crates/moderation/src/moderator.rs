@@ -7,14 +7,16 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use crate::detectors::{self, DetHit, DetScratch, DetectorSet, MaskKind, Scanner, DETECTORS};
+use crate::detectors::{
+    self, DetHit, DetScratch, DetectorSet, MaskKind, Scanner, DETECTORS, NOT_PERSONAL_BIT,
+};
 use crate::error::LoadError;
 use crate::escalation::EscalationConfig;
 use crate::group::{GroupPolicy, MAX_GROUP_WORDS};
 use crate::matcher::{Entry, Matcher, MatcherBuilder, RawMatch};
 use crate::normalize::{
-    fold_text, normalize_pattern, normalize_with, FChar, Normalized, Separators, CLASS_DIGIT,
-    CLASS_SEP,
+    cjk_digit, fold_text, is_clause_break, normalize_pattern, normalize_with, FChar, Normalized,
+    Separators, CLASS_DIGIT, CLASS_SEP,
 };
 use crate::policy::{Action, CategoryPolicy, Detector, GroupPolicySpec, PolicyFile, CONFIDENTIAL};
 use crate::{CheckContext, Hit, Verdict};
@@ -142,6 +144,10 @@ impl ModeratorBuilder {
                 let p = normalize_pattern(w, &b.seps);
                 b.mb.context(&p, spec.detector.bit());
             }
+        }
+        for w in detectors::NOT_PERSONAL_WORDS {
+            let p = normalize_pattern(w, &b.seps);
+            b.mb.context(&p, NOT_PERSONAL_BIT);
         }
         b
     }
@@ -291,6 +297,8 @@ enum Src {
 struct Scratch {
     f: Vec<FChar>,
     compact: Vec<u32>,
+    rtl: Vec<(u32, u32)>,
+    reversed: Vec<u32>,
     raw: Vec<RawMatch>,
     allow: Vec<(u32, u32)>,
     allow_max: Vec<u32>,
@@ -334,6 +342,55 @@ fn boundary_ok(f: &[FChar], e: &Entry, start: usize, end: usize) -> bool {
         }
     }
     true
+}
+
+/// Natural word boundaries for matches of non-Latin words (see `docs/MODERATION.md`,
+/// "Precision at word boundaries"). A match whose characters are split by natural prose
+/// punctuation (a comma, an enumeration comma, a full stop, a colon, brackets or quotes: see
+/// [`is_clause_break`]) is an evasion only when a separator sits in *every* gap between its
+/// characters and it is not glued to word characters on both sides: `口、交` alone is caught,
+/// while `进口、交货` (a comma between two words, `口` ending one and `交` starting the next)
+/// is not. Separators that are not prose (spaces, `*`, `.`, symbols, emoji) keep the old
+/// rule: skipped.
+fn natural_boundary_ok(f: &[FChar], e: &Entry, start: usize, end: usize) -> bool {
+    if e.latin_start && e.latin_end {
+        return true;
+    }
+    let Some(span) = f.get(start..end) else {
+        return true;
+    };
+    let mut breaks = false;
+    let mut gaps = 0usize;
+    let mut gaps_with_sep = 0usize;
+    let mut in_gap = false;
+    for (k, fc) in span.iter().enumerate() {
+        if fc.class == CLASS_SEP {
+            breaks |= is_clause_break(fc.c);
+            in_gap = true;
+        } else if k > 0 {
+            gaps += 1;
+            gaps_with_sep += usize::from(in_gap);
+            in_gap = false;
+        }
+    }
+    if !breaks {
+        return true;
+    }
+    let glued = |i: Option<usize>| {
+        i.and_then(|i| f.get(i))
+            .is_some_and(|fc| fc.class != CLASS_SEP && !fc.c.is_whitespace())
+    };
+    gaps_with_sep == gaps && !(glued(start.checked_sub(1)) && glued(Some(end)))
+}
+
+/// Whether an allowed phrase crosses the start or the end of the match `start..end`: the
+/// allow-list doubles as a list of natural words, and a deny word made of the tail of one and
+/// the head of another (`打赌|博物馆` reads `赌博`) is no hit. `allow` is sorted by start.
+fn crosses_allowed_word(allow: &[(u32, u32)], start: u32, end: u32) -> bool {
+    allow
+        .iter()
+        .take_while(|&&(a, _)| a < end)
+        .any(|&(a, b)| (a < start && b > start && b < end) || (a > start && a < end && b > end))
 }
 
 impl Moderator {
@@ -411,16 +468,37 @@ impl Moderator {
 
     fn check_with(&self, text: &str, ctx: &CheckContext<'_>, s: &mut Scratch) -> Verdict {
         let has_ext = ctx.has_external_member;
-        let flags = fold_text(text, &self.seps, &mut s.f, &mut s.compact);
+        let flags = fold_text(text, &self.seps, &mut s.f, &mut s.compact, &mut s.rtl);
         let f = &s.f;
         s.raw.clear();
         s.cands.clear();
         s.allow.clear();
         s.ctx.clear();
-        self.matcher.scan(f, &s.compact, &mut s.raw);
+        // Runs under a right-to-left override are displayed reversed: read them both ways.
+        if !s.rtl.is_empty() {
+            s.reversed.clear();
+            s.reversed.extend_from_slice(&s.compact);
+            for &(a, b) in &s.rtl {
+                let from = s.reversed.partition_point(|&i| i < a);
+                let to = s.reversed.partition_point(|&i| i < b);
+                if let Some(run) = s.reversed.get_mut(from..to) {
+                    run.reverse();
+                }
+            }
+        }
+        let views: &[&[u32]] = if s.rtl.is_empty() {
+            &[&s.compact]
+        } else {
+            &[&s.compact, &s.reversed]
+        };
+        for view in views {
+            self.matcher.scan(f, view, &mut s.raw);
+        }
         let group_words = s.raw.len();
         if let Some(g) = ctx.group {
-            g.matcher().scan(f, &s.compact, &mut s.raw);
+            for view in views {
+                g.matcher().scan(f, view, &mut s.raw);
+            }
         }
 
         // Allow spans and context words.
@@ -471,7 +549,11 @@ impl Moderator {
                     None => continue,
                 }
             };
-            if !boundary_ok(f, e, m.start as usize, m.end as usize) || allowed(m.start, m.end) {
+            if !boundary_ok(f, e, m.start as usize, m.end as usize)
+                || allowed(m.start, m.end)
+                || !natural_boundary_ok(f, e, m.start as usize, m.end as usize)
+                || crosses_allowed_word(&s.allow, m.start, m.end)
+            {
                 continue;
             }
             let action = self.rule_action(&src, ctx);
@@ -521,6 +603,18 @@ impl Moderator {
             });
             if h.needs_context && !near {
                 continue;
+            }
+            // An order id, tracking or SKU number near its label is not personal data, unless
+            // a word of the detector's own is near too.
+            if !near && h.det != Detector::IdCard {
+                let not_personal = s.ctx.iter().any(|&(cs, ce, bits)| {
+                    bits & NOT_PERSONAL_BIT != 0
+                        && ce.saturating_add(window) >= h.start
+                        && cs <= h.end.saturating_add(window)
+                });
+                if not_personal {
+                    continue;
+                }
             }
             let mut action = d.get(h.det).effective(has_ext, h.high || near);
             if let Some(g) = ctx.group {
@@ -626,7 +720,9 @@ impl Moderator {
             match &c.src {
                 Src::Det(d) => {
                     let maskable = |fc: &FChar| match d.mask {
-                        MaskKind::Digits => fc.class == CLASS_DIGIT || fc.c == 'x',
+                        MaskKind::Digits => {
+                            fc.class == CLASS_DIGIT || fc.c == 'x' || cjk_digit(fc.c).is_some()
+                        }
                         MaskKind::All => true,
                     };
                     let region = f.get(d.start as usize..d.mask_end as usize).unwrap_or(&[]);
