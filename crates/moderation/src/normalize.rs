@@ -409,7 +409,7 @@ pub(crate) fn fold_text(
         rtl.push((from, out.len() as u32));
     }
     if flags.has_digit && flags.has_alpha {
-        fold_leet(out, compact);
+        fold_leet(out);
     }
     flags
 }
@@ -443,26 +443,46 @@ fn continue_run(
     });
 }
 
-/// Reads digits glued to a Latin letter as letters (`s3x` -> `sex`), left to right so that
-/// `l33t` chains. Only what the matcher sees changes class: the number detectors skip digits
-/// glued to letters anyway.
-fn fold_leet(out: &mut [FChar], compact: &[u32]) {
-    for k in 0..compact.len() {
-        let Some(&i) = compact.get(k) else { continue };
-        let i = i as usize;
-        let Some(fc) = out.get(i) else { continue };
-        if fc.class != CLASS_DIGIT {
+/// Reads digits glued to a Latin letter as letters (`s3x` -> `sex`) inside Latin words of at
+/// least two letters, left to right so that `l33t` chains (an identity number ending in `x`,
+/// `h5` or `4s` stay digits). Only what the matcher sees changes: [`FChar::shown`] gives the
+/// detectors the digit back.
+fn fold_leet(out: &mut [FChar]) {
+    let n = out.len();
+    let mut i = 0;
+    while i < n {
+        if !out.get(i).is_some_and(FChar::is_word) {
+            i += 1;
             continue;
         }
-        let Some(l) = leet(fc.c) else { continue };
-        let alpha_at = |j: Option<usize>| {
-            j.and_then(|j| out.get(j))
-                .is_some_and(|x| x.class & CLASS_ALPHA != 0)
+        let start = i;
+        while out.get(i).is_some_and(FChar::is_word) {
+            i += 1;
+        }
+        let Some(word) = out.get_mut(start..i) else {
+            break;
         };
-        if alpha_at(i.checked_sub(1)) || alpha_at(Some(i + 1)) {
-            if let Some(fc) = out.get_mut(i) {
-                fc.c = l;
-                fc.class = CLASS_ALPHA | CLASS_LEET;
+        let letters = word.iter().filter(|x| x.class == CLASS_ALPHA).count();
+        if letters < 2 || letters == word.len() {
+            continue;
+        }
+        for k in 0..word.len() {
+            let Some(l) = word
+                .get(k)
+                .filter(|x| x.class == CLASS_DIGIT)
+                .and_then(|x| leet(x.c))
+            else {
+                continue;
+            };
+            let alpha = |j: Option<usize>| {
+                j.and_then(|j| word.get(j))
+                    .is_some_and(|x| x.class & CLASS_ALPHA != 0)
+            };
+            if alpha(k.checked_sub(1)) || alpha(Some(k + 1)) {
+                if let Some(fc) = word.get_mut(k) {
+                    fc.c = l;
+                    fc.class = CLASS_ALPHA | CLASS_LEET;
+                }
             }
         }
     }

@@ -5,7 +5,7 @@
 //!   separated by dots, ending in a top-level label of at least two letters.
 //! - Obfuscated: the at marker may also be the word `at` (bare, or in brackets: `(at)`,
 //!   `[at]`) or `艾特`; a dot may also be the word `dot` or `点`; separators (spaces,
-//!   brackets) may surround both. An obfuscated address must end in a common top-level domain
+//!   brackets, up to three) may surround both, and around a plain `@` or `.`. An obfuscated address must end in a common top-level domain
 //!   (`meet at home dot now` is no address).
 //!
 //! The local part is masked, except its first character.
@@ -102,10 +102,8 @@ pub(crate) fn scan(f: &[FChar], out: &mut Vec<DetHit>) {
         while le > from && at - le < 3 && f[le - 1].class == CLASS_SEP && f[le - 1].c != '.' {
             le -= 1;
         }
-        if le != at && !obfuscated {
-            at += 1;
-            continue;
-        }
+        // Spaces around a plain `@` are obfuscation too.
+        obfuscated |= le != at;
         let mut s = le;
         while s > from && local_char(ch(f, s - 1)) {
             s -= 1;
@@ -120,8 +118,7 @@ pub(crate) fn scan(f: &[FChar], out: &mut Vec<DetHit>) {
         // Domain: labels joined by dot markers.
         let mut i = skip_fwd(f, at + at_len);
         let mut labels = 0usize;
-        let mut end = i;
-        let mut last_label = (i, i);
+        let mut best: Option<usize> = None;
         loop {
             let ls = i;
             while i < f.len() && label_char(ch(f, i)) {
@@ -131,36 +128,32 @@ pub(crate) fn scan(f: &[FChar], out: &mut Vec<DetHit>) {
                 break;
             }
             labels += 1;
-            last_label = (ls, i);
-            end = i;
-            // A dot marker, maybe with separators around an obfuscated one.
+            // The longest prefix of labels that makes an address wins.
+            let tld_ok = if obfuscated {
+                let tld: String = (ls..i).map(|k| ch(f, k)).collect();
+                COMMON_TLDS.contains(&tld.as_str())
+            } else {
+                i - ls >= 2 && (ls..i).all(|k| ch(f, k).is_ascii_lowercase())
+            };
+            if labels >= 2 && tld_ok {
+                best = Some(i);
+            }
+            // A dot marker, maybe with separators around it.
             let j = skip_fwd(f, i);
             let Some((dl, dot_obf)) = dot_marker(f, j) else {
                 break;
             };
-            if j != i && !dot_obf {
-                break;
-            }
             let k = skip_fwd(f, j + dl);
-            if k != j + dl && !dot_obf {
-                break;
-            }
             if !f.get(k).is_some_and(|x| label_char(x.shown())) {
                 break;
             }
-            obfuscated |= dot_obf;
+            obfuscated |= dot_obf || j != i || k != j + dl;
             i = k;
         }
-        let tld: String = (last_label.0..last_label.1).map(|k| ch(f, k)).collect();
-        let tld_ok = if obfuscated {
-            COMMON_TLDS.contains(&tld.as_str())
-        } else {
-            tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_lowercase())
-        };
-        if labels < 2 || !tld_ok {
+        let Some(end) = best else {
             at += 1;
             continue;
-        }
+        };
         out.push(DetHit {
             det: Detector::Email,
             start: s as u32,
