@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::path::Path;
 
+use crate::classifier::Model;
 use crate::detectors::{
     self, DetHit, DetScratch, DetectorSet, MaskKind, Scanner, DETECTORS, NOT_PERSONAL_BIT,
 };
@@ -18,7 +19,9 @@ use crate::normalize::{
     cjk_digit, fold_text, is_clause_break, normalize_pattern, normalize_with, FChar, Normalized,
     Separators, CLASS_DIGIT, CLASS_SEP,
 };
-use crate::policy::{Action, CategoryPolicy, Detector, GroupPolicySpec, PolicyFile, CONFIDENTIAL};
+use crate::policy::{
+    Action, CategoryPolicy, Detector, GroupPolicySpec, PolicyFile, CONFIDENTIAL, OFFENSIVE,
+};
 use crate::{CheckContext, Hit, Verdict};
 
 /// Built-in secret markers (category `confidential`).
@@ -291,6 +294,7 @@ enum Src {
     Rule(u32),
     Group(u32),
     Det(DetHit),
+    Classifier,
 }
 
 #[derive(Default)]
@@ -308,6 +312,7 @@ struct Scratch {
     det: Vec<DetHit>,
     det_scratch: DetScratch,
     units: Vec<(u32, u32)>,
+    chars: Vec<char>,
 }
 
 thread_local! {
@@ -435,6 +440,14 @@ impl Moderator {
         self.categories.iter().map(|(k, _)| k.as_str())
     }
 
+    /// The offensive-language score of `text` (`0.0..=1.0`, see [`crate::classifier`]), as
+    /// the check computes it; the policy's bands map it to an action.
+    pub fn offense_score(&self, text: &str) -> f32 {
+        let n = normalize_with(text, &self.seps);
+        let chars: Vec<char> = n.text.chars().collect();
+        Model::shipped().score(&chars)
+    }
+
     /// The text as the dictionary matcher sees it, with offsets back to `text`.
     pub fn normalize(&self, text: &str) -> Normalized {
         normalize_with(text, &self.seps)
@@ -463,6 +476,7 @@ impl Moderator {
             }
             Src::Group(_) => (group.map_or("group", |g| g.category()), true),
             Src::Det(d) => (d.det.as_str(), false),
+            Src::Classifier => (OFFENSIVE, false),
         }
     }
 
@@ -630,6 +644,30 @@ impl Moderator {
             }
         }
 
+        // The offensive-language score, by band.
+        let cc = &self.policy.classifier;
+        if cc.enabled && s.compact.len() >= cc.min_chars {
+            s.chars.clear();
+            s.chars.extend(
+                s.compact
+                    .iter()
+                    .filter_map(|&i| s.f.get(i as usize))
+                    .map(|x| x.c),
+            );
+            let mut action = cc.action(Model::shipped().score(&s.chars), has_ext);
+            if action > Action::Allow {
+                if let Some(g) = ctx.group {
+                    action = action.max(g.tightened(OFFENSIVE));
+                }
+                s.picked.push(Cand {
+                    start: s.compact.first().copied().unwrap_or(0),
+                    end: s.compact.last().map_or(0, |&i| i + 1),
+                    action,
+                    src: Src::Classifier,
+                });
+            }
+        }
+
         if s.picked.is_empty() {
             return Verdict::allow();
         }
@@ -664,7 +702,7 @@ impl Moderator {
             Src::Group(_) => ctx.group.map_or(Action::Block, |g| {
                 g.words_action().max(g.tightened(g.category()))
             }),
-            Src::Det(_) => Action::Allow,
+            Src::Det(_) | Src::Classifier => Action::Allow,
         }
     }
 
@@ -690,6 +728,7 @@ impl Moderator {
                     .map_or_else(String::new, |r| r.id.clone()),
                 Src::Group(i) => format!("group:{}", i + 1),
                 Src::Det(d) => d.det.rule_id().to_string(),
+                Src::Classifier => "classifier:offense".to_string(),
             };
             let (start, end) = span(c);
             if v.category.is_none() && c.action == action {
@@ -779,6 +818,7 @@ impl GroupPolicy {
         let known = |name: &str| {
             name == category
                 || name == CONFIDENTIAL
+                || name == OFFENSIVE
                 || moderator.categories().any(|c| c == name)
                 || Detector::from_name(name).is_some()
         };

@@ -728,7 +728,8 @@ pub struct Normalized {
 /// Normalizes `text` with the default separators (see [`crate::Moderator::normalize`] for the
 /// separators of a loaded rule set). The result is what the dictionary matcher sees.
 pub fn normalize(text: &str) -> Normalized {
-    normalize_with(text, &Separators::default())
+    static DEFAULT: OnceLock<Separators> = OnceLock::new();
+    normalize_with(text, DEFAULT.get_or_init(Separators::default))
 }
 
 pub(crate) fn normalize_with(text: &str, seps: &Separators) -> Normalized {
