@@ -368,14 +368,21 @@ fn natural_boundary_ok(f: &[FChar], e: &Entry, start: usize, end: usize) -> bool
     let mut gaps = 0usize;
     let mut gaps_with_sep = 0usize;
     let mut in_gap = false;
-    for (k, fc) in span.iter().enumerate() {
+    let mut prev: Option<char> = None;
+    for fc in span {
         if fc.class == CLASS_SEP {
             breaks |= is_clause_break(fc.c);
             in_gap = true;
-        } else if k > 0 {
-            gaps += 1;
-            gaps_with_sep += usize::from(in_gap);
-            in_gap = false;
+        } else {
+            // A repeat (`傻傻`) is one character to the matcher: no gap inside it.
+            if prev.is_some_and(|p| p != fc.c) {
+                gaps += 1;
+                gaps_with_sep += usize::from(in_gap);
+            }
+            if prev != Some(fc.c) || in_gap {
+                in_gap = false;
+            }
+            prev = Some(fc.c);
         }
     }
     if !breaks {
