@@ -325,22 +325,15 @@ pub(crate) fn fold_text(
             continue;
         }
         match ch {
-            '\u{202E}' | '\u{2067}' => {
-                if rtl_from.is_none() {
-                    rtl_from = Some(out.len() as u32);
-                }
+            '\u{202E}' | '\u{2067}' if rtl_from.is_none() => {
+                rtl_from = Some(out.len() as u32);
             }
-            '\u{202C}' | '\u{2069}' => {
+            '\u{202C}' | '\u{2069}' | '\n' => {
                 if let Some(from) = rtl_from.take() {
                     rtl.push((from, out.len() as u32));
                 }
             }
             _ => {}
-        }
-        if ch == '\n' {
-            if let Some(from) = rtl_from.take() {
-                rtl.push((from, out.len() as u32));
-            }
         }
         if is_regional_indicator(ch) {
             if ri_left == 0 {

@@ -3,7 +3,7 @@
 //! invalid vectors of every card network, identity numbers, phones and e-mail addresses, all
 //! generated and verified in code. Run with `--nocapture` to see the numbers.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::vec_init_then_push)]
 
 use moderation::detectors::digits::{card_network, id_check_value, luhn, NETWORKS};
 use moderation::{Action, CheckContext, Moderator, PolicyFile};

@@ -107,8 +107,10 @@ fn shipped_weights_reproduce_the_reported_dev_numbers() {
 }
 
 fn with_classifier(c: ClassifierConfig) -> Moderator {
-    let mut p = PolicyFile::default();
-    p.classifier = c;
+    let p = PolicyFile {
+        classifier: c,
+        ..PolicyFile::default()
+    };
     Moderator::builder(p).build().unwrap()
 }
 
