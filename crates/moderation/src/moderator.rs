@@ -16,8 +16,8 @@ use crate::escalation::EscalationConfig;
 use crate::group::{GroupPolicy, MAX_GROUP_WORDS};
 use crate::matcher::{Entry, Matcher, MatcherBuilder, RawMatch};
 use crate::normalize::{
-    cjk_digit, fold_text, is_clause_break, normalize_pattern, normalize_with, FChar, Normalized,
-    Separators, CLASS_DIGIT, CLASS_SEP,
+    cjk_digit, fold_text, is_clause_break, is_one_char_repeated, normalize_pattern, normalize_with,
+    FChar, Normalized, Separators, CLASS_DIGIT, CLASS_SEP,
 };
 use crate::policy::{
     Action, CategoryPolicy, Detector, GroupPolicySpec, PolicyFile, CONFIDENTIAL, OFFENSIVE,
@@ -56,7 +56,8 @@ pub struct LoadStats {
     pub patterns: usize,
     /// Lines skipped because they normalize to nothing.
     pub skipped_empty: usize,
-    /// Lines skipped because they are shorter than `min_pattern_chars`.
+    /// Lines skipped because they are shorter than `min_pattern_chars`, or one character
+    /// repeated (`大大`: it would match every `大` once repeats collapse).
     pub skipped_short: usize,
     /// Heap bytes of the automaton and its tables.
     pub heap_bytes: usize,
@@ -172,7 +173,7 @@ impl ModeratorBuilder {
             self.stats.skipped_empty += 1;
             return;
         }
-        if p.chars().count() < min {
+        if p.chars().count() < min || is_one_char_repeated(word, &self.seps) {
             self.stats.skipped_short += 1;
             return;
         }

@@ -737,6 +737,15 @@ pub(crate) fn normalize_with(text: &str, seps: &Separators) -> Normalized {
     n
 }
 
+/// Whether a rule pattern is one character repeated (`大大`, `真真真`): collapsed, it would
+/// be that single character and match everywhere it occurs, so such entries are skipped.
+pub(crate) fn is_one_char_repeated(p: &str, seps: &Separators) -> bool {
+    let (mut f, mut compact) = (Vec::new(), Vec::new());
+    fold_text(p, seps, &mut f, &mut compact, &mut Vec::new());
+    let words = f.iter().filter(|x| x.class != CLASS_SEP).count();
+    compact.len() == 1 && words > 1
+}
+
 /// Normalizes a rule pattern (a deny word, an allow phrase, a marker) exactly the way messages
 /// are normalized for the matcher: folded, separators removed, repeats collapsed, leetspeak
 /// read.
