@@ -1,4 +1,4 @@
-//! The moderation filter: normalize -> match -> detect personal data -> decide.
+//! The moderation filter: normalize -> match -> detect personal data -> score -> decide.
 //!
 //! A pure library (no network, no database; it only reads rule files) that the gateway calls on
 //! every message before it is stored:
@@ -10,6 +10,8 @@
 //!   secret markers and detector context words.
 //! - [`detectors`]: mobile numbers, identity numbers (GB 11643), bank cards (Luhn), e-mail
 //!   addresses and postal addresses, as hand-written linear scanners.
+//! - [`classifier`]: an offensive-language score (hashed character n-grams, logistic
+//!   regression, weights shipped in the crate) mapped by policy to `warn` or `review`.
 //! - [`policy`]: actions per category and detector, external-member rules, group overrides.
 //! - [`escalation`]: a sliding-window ladder of penalties for repeat offenders.
 //! - [`load`]: the rule directory format, errors with file and line, and a fingerprint for
@@ -24,6 +26,7 @@
 //! ```
 
 mod action;
+pub mod classifier;
 pub mod detectors;
 mod error;
 pub mod escalation;
@@ -43,8 +46,8 @@ pub use load::{dir_fingerprint, LoadError};
 pub use moderator::{LoadStats, Moderator, ModeratorBuilder};
 pub use normalize::{normalize, Normalized};
 pub use policy::{
-    Action, CategoryPolicy, Detector, DetectorPolicy, GroupPolicySpec, PolicyFile, CONFIDENTIAL,
-    DEFAULT_CATEGORIES,
+    Action, CategoryPolicy, ClassifierConfig, Detector, DetectorPolicy, GroupPolicySpec,
+    PolicyFile, CONFIDENTIAL, DEFAULT_CATEGORIES, OFFENSIVE,
 };
 
 /// Where a message is sent, as far as moderation cares.

@@ -312,10 +312,11 @@ impl Matcher {
                         let (Some(&start), Some(&last)) = (compact.get(i), compact.get(k)) else {
                             continue;
                         };
+                        // A reversed (right-to-left) view walks the text backwards.
                         out.push(RawMatch {
                             entry,
-                            start,
-                            end: last + 1,
+                            start: start.min(last),
+                            end: start.max(last) + 1,
                         });
                     }
                 }

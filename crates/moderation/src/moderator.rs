@@ -7,16 +7,21 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use crate::detectors::{self, DetHit, DetScratch, DetectorSet, MaskKind, Scanner, DETECTORS};
+use crate::classifier::Model;
+use crate::detectors::{
+    self, DetHit, DetScratch, DetectorSet, MaskKind, Scanner, DETECTORS, NOT_PERSONAL_BIT,
+};
 use crate::error::LoadError;
 use crate::escalation::EscalationConfig;
 use crate::group::{GroupPolicy, MAX_GROUP_WORDS};
 use crate::matcher::{Entry, Matcher, MatcherBuilder, RawMatch};
 use crate::normalize::{
-    fold_text, normalize_pattern, normalize_with, FChar, Normalized, Separators, CLASS_DIGIT,
-    CLASS_SEP,
+    cjk_digit, fold_text, is_clause_break, is_one_char_repeated, normalize_pattern, normalize_with,
+    FChar, Normalized, Separators, CLASS_DIGIT, CLASS_SEP,
 };
-use crate::policy::{Action, CategoryPolicy, Detector, GroupPolicySpec, PolicyFile, CONFIDENTIAL};
+use crate::policy::{
+    Action, CategoryPolicy, Detector, GroupPolicySpec, PolicyFile, CONFIDENTIAL, OFFENSIVE,
+};
 use crate::{CheckContext, Hit, Verdict};
 
 /// Built-in secret markers (category `confidential`).
@@ -51,7 +56,8 @@ pub struct LoadStats {
     pub patterns: usize,
     /// Lines skipped because they normalize to nothing.
     pub skipped_empty: usize,
-    /// Lines skipped because they are shorter than `min_pattern_chars`.
+    /// Lines skipped because they are shorter than `min_pattern_chars`, or one character
+    /// repeated (`大大`: it would match every `大` once repeats collapse).
     pub skipped_short: usize,
     /// Heap bytes of the automaton and its tables.
     pub heap_bytes: usize,
@@ -143,6 +149,10 @@ impl ModeratorBuilder {
                 b.mb.context(&p, spec.detector.bit());
             }
         }
+        for w in detectors::NOT_PERSONAL_WORDS {
+            let p = normalize_pattern(w, &b.seps);
+            b.mb.context(&p, NOT_PERSONAL_BIT);
+        }
         b
     }
 
@@ -163,7 +173,7 @@ impl ModeratorBuilder {
             self.stats.skipped_empty += 1;
             return;
         }
-        if p.chars().count() < min {
+        if p.chars().count() < min || is_one_char_repeated(word, &self.seps) {
             self.stats.skipped_short += 1;
             return;
         }
@@ -285,12 +295,15 @@ enum Src {
     Rule(u32),
     Group(u32),
     Det(DetHit),
+    Classifier,
 }
 
 #[derive(Default)]
 struct Scratch {
     f: Vec<FChar>,
     compact: Vec<u32>,
+    rtl: Vec<(u32, u32)>,
+    reversed: Vec<u32>,
     raw: Vec<RawMatch>,
     allow: Vec<(u32, u32)>,
     allow_max: Vec<u32>,
@@ -300,6 +313,7 @@ struct Scratch {
     det: Vec<DetHit>,
     det_scratch: DetScratch,
     units: Vec<(u32, u32)>,
+    chars: Vec<char>,
 }
 
 thread_local! {
@@ -334,6 +348,62 @@ fn boundary_ok(f: &[FChar], e: &Entry, start: usize, end: usize) -> bool {
         }
     }
     true
+}
+
+/// Natural word boundaries for matches of non-Latin words (see `docs/MODERATION.md`,
+/// "Precision at word boundaries"). A match whose characters are split by natural prose
+/// punctuation (a comma, an enumeration comma, a full stop, a colon, brackets or quotes: see
+/// [`is_clause_break`]) is an evasion only when a separator sits in *every* gap between its
+/// characters and it is not glued to word characters on both sides: `口、交` alone is caught,
+/// while `进口、交货` (a comma between two words, `口` ending one and `交` starting the next)
+/// is not. Separators that are not prose (spaces, `*`, `.`, symbols, emoji) keep the old
+/// rule: skipped.
+fn natural_boundary_ok(f: &[FChar], e: &Entry, start: usize, end: usize) -> bool {
+    if e.latin_start && e.latin_end {
+        return true;
+    }
+    let Some(span) = f.get(start..end) else {
+        return true;
+    };
+    let mut breaks = false;
+    let mut gaps = 0usize;
+    let mut gaps_with_sep = 0usize;
+    let mut in_gap = false;
+    let mut prev: Option<char> = None;
+    for fc in span {
+        if fc.class == CLASS_SEP {
+            breaks |= is_clause_break(fc.c);
+            in_gap = true;
+        } else {
+            // A repeat (`傻傻`) is one character to the matcher: no gap inside it.
+            if prev.is_some_and(|p| p != fc.c) {
+                gaps += 1;
+                gaps_with_sep += usize::from(in_gap);
+            }
+            if prev != Some(fc.c) || in_gap {
+                in_gap = false;
+            }
+            prev = Some(fc.c);
+        }
+    }
+    if !breaks {
+        return true;
+    }
+    let glued = |i: Option<usize>| {
+        i.and_then(|i| f.get(i))
+            .is_some_and(|fc| fc.class != CLASS_SEP && !fc.c.is_whitespace())
+    };
+    gaps_with_sep == gaps && !(glued(start.checked_sub(1)) && glued(Some(end)))
+}
+
+/// Whether an allowed phrase crosses the start or the end of the match `start..end`: the
+/// allow-list doubles as a list of natural words, and a deny word made of the tail of one and
+/// the head of another (`打赌|博物馆` reads `赌博`) is no hit. `allow` is sorted by start.
+fn crosses_allowed_word(allow: &[(u32, u32)], start: u32, end: u32) -> bool {
+    allow
+        .iter()
+        .take_while(|&&(a, _)| a < end)
+        .any(|&(a, b)| (a < start && b > start && b < end) || (a > start && a < end && b > end))
 }
 
 impl Moderator {
@@ -378,6 +448,14 @@ impl Moderator {
         self.categories.iter().map(|(k, _)| k.as_str())
     }
 
+    /// The offensive-language score of `text` (`0.0..=1.0`, see [`crate::classifier`]), as
+    /// the check computes it; the policy's bands map it to an action.
+    pub fn offense_score(&self, text: &str) -> f32 {
+        let n = normalize_with(text, &self.seps);
+        let chars: Vec<char> = n.text.chars().collect();
+        Model::shipped().score(&chars)
+    }
+
     /// The text as the dictionary matcher sees it, with offsets back to `text`.
     pub fn normalize(&self, text: &str) -> Normalized {
         normalize_with(text, &self.seps)
@@ -406,21 +484,43 @@ impl Moderator {
             }
             Src::Group(_) => (group.map_or("group", |g| g.category()), true),
             Src::Det(d) => (d.det.as_str(), false),
+            Src::Classifier => (OFFENSIVE, false),
         }
     }
 
     fn check_with(&self, text: &str, ctx: &CheckContext<'_>, s: &mut Scratch) -> Verdict {
         let has_ext = ctx.has_external_member;
-        let flags = fold_text(text, &self.seps, &mut s.f, &mut s.compact);
+        let flags = fold_text(text, &self.seps, &mut s.f, &mut s.compact, &mut s.rtl);
         let f = &s.f;
         s.raw.clear();
         s.cands.clear();
         s.allow.clear();
         s.ctx.clear();
-        self.matcher.scan(f, &s.compact, &mut s.raw);
+        // Runs under a right-to-left override are displayed reversed: read them both ways.
+        if !s.rtl.is_empty() {
+            s.reversed.clear();
+            s.reversed.extend_from_slice(&s.compact);
+            for &(a, b) in &s.rtl {
+                let from = s.reversed.partition_point(|&i| i < a);
+                let to = s.reversed.partition_point(|&i| i < b);
+                if let Some(run) = s.reversed.get_mut(from..to) {
+                    run.reverse();
+                }
+            }
+        }
+        let views: &[&[u32]] = if s.rtl.is_empty() {
+            &[&s.compact]
+        } else {
+            &[&s.compact, &s.reversed]
+        };
+        for view in views {
+            self.matcher.scan(f, view, &mut s.raw);
+        }
         let group_words = s.raw.len();
         if let Some(g) = ctx.group {
-            g.matcher().scan(f, &s.compact, &mut s.raw);
+            for view in views {
+                g.matcher().scan(f, view, &mut s.raw);
+            }
         }
 
         // Allow spans and context words.
@@ -471,7 +571,11 @@ impl Moderator {
                     None => continue,
                 }
             };
-            if !boundary_ok(f, e, m.start as usize, m.end as usize) || allowed(m.start, m.end) {
+            if !boundary_ok(f, e, m.start as usize, m.end as usize)
+                || allowed(m.start, m.end)
+                || !natural_boundary_ok(f, e, m.start as usize, m.end as usize)
+                || crosses_allowed_word(&s.allow, m.start, m.end)
+            {
                 continue;
             }
             let action = self.rule_action(&src, ctx);
@@ -522,6 +626,18 @@ impl Moderator {
             if h.needs_context && !near {
                 continue;
             }
+            // An order id, tracking or SKU number near its label is not personal data, unless
+            // a word of the detector's own is near too.
+            if !near && h.det != Detector::IdCard {
+                let not_personal = s.ctx.iter().any(|&(cs, ce, bits)| {
+                    bits & NOT_PERSONAL_BIT != 0
+                        && ce.saturating_add(window) >= h.start
+                        && cs <= h.end.saturating_add(window)
+                });
+                if not_personal {
+                    continue;
+                }
+            }
             let mut action = d.get(h.det).effective(has_ext, h.high || near);
             if let Some(g) = ctx.group {
                 action = action.max(g.tightened(h.det.as_str()));
@@ -532,6 +648,30 @@ impl Moderator {
                     end: h.end,
                     action,
                     src: Src::Det(*h),
+                });
+            }
+        }
+
+        // The offensive-language score, by band.
+        let cc = &self.policy.classifier;
+        if cc.enabled && s.compact.len() >= cc.min_chars {
+            s.chars.clear();
+            s.chars.extend(
+                s.compact
+                    .iter()
+                    .filter_map(|&i| s.f.get(i as usize))
+                    .map(|x| x.c),
+            );
+            let mut action = cc.action(Model::shipped().score(&s.chars), has_ext);
+            if action > Action::Allow {
+                if let Some(g) = ctx.group {
+                    action = action.max(g.tightened(OFFENSIVE));
+                }
+                s.picked.push(Cand {
+                    start: s.compact.first().copied().unwrap_or(0),
+                    end: s.compact.last().map_or(0, |&i| i + 1),
+                    action,
+                    src: Src::Classifier,
                 });
             }
         }
@@ -570,7 +710,7 @@ impl Moderator {
             Src::Group(_) => ctx.group.map_or(Action::Block, |g| {
                 g.words_action().max(g.tightened(g.category()))
             }),
-            Src::Det(_) => Action::Allow,
+            Src::Det(_) | Src::Classifier => Action::Allow,
         }
     }
 
@@ -596,6 +736,7 @@ impl Moderator {
                     .map_or_else(String::new, |r| r.id.clone()),
                 Src::Group(i) => format!("group:{}", i + 1),
                 Src::Det(d) => d.det.rule_id().to_string(),
+                Src::Classifier => "classifier:offense".to_string(),
             };
             let (start, end) = span(c);
             if v.category.is_none() && c.action == action {
@@ -626,7 +767,9 @@ impl Moderator {
             match &c.src {
                 Src::Det(d) => {
                     let maskable = |fc: &FChar| match d.mask {
-                        MaskKind::Digits => fc.class == CLASS_DIGIT || fc.c == 'x',
+                        MaskKind::Digits => {
+                            fc.class == CLASS_DIGIT || fc.c == 'x' || cjk_digit(fc.c).is_some()
+                        }
                         MaskKind::All => true,
                     };
                     let region = f.get(d.start as usize..d.mask_end as usize).unwrap_or(&[]);
@@ -683,6 +826,7 @@ impl GroupPolicy {
         let known = |name: &str| {
             name == category
                 || name == CONFIDENTIAL
+                || name == OFFENSIVE
                 || moderator.categories().any(|c| c == name)
                 || Detector::from_name(name).is_some()
         };

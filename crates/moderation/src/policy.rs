@@ -157,6 +157,68 @@ impl Default for SecretsConfig {
     }
 }
 
+/// Category of the offensive-language classifier's hits (and its `tighten` name in a group).
+pub const OFFENSIVE: &str = "offensive";
+
+/// Settings of the offensive-language classifier ([`crate::classifier`]): score bands mapped
+/// to actions, inside the company and with an external member. A score at or above
+/// `review_at` asks for `review`, at or above `warn_at` for `warn`; the classifier never
+/// blocks by itself (a group may tighten `offensive`). Hits do not count toward escalation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifierConfig {
+    /// Whether the classifier runs.
+    pub enabled: bool,
+    /// Texts with fewer normalized characters are not scored (too little signal).
+    pub min_chars: usize,
+    /// Score from which a message gets `warn` (the default flags 2 % of COLD's safe comments).
+    pub warn_at: f32,
+    /// Score from which a message goes to `review` (the default flags 0.5 % of them).
+    pub review_at: f32,
+    /// `warn_at` in conversations with an external member.
+    pub external_warn_at: f32,
+    /// `review_at` in conversations with an external member.
+    pub external_review_at: f32,
+}
+
+impl Eq for ClassifierConfig {}
+
+/// Default band: about 2 % of the safe comments of COLD dev score at or above it.
+pub const DEFAULT_WARN_AT: f32 = 0.836;
+/// Default band: about 0.5 % of the safe comments of COLD dev score at or above it.
+pub const DEFAULT_REVIEW_AT: f32 = 0.954;
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        ClassifierConfig {
+            enabled: true,
+            min_chars: 6,
+            warn_at: DEFAULT_WARN_AT,
+            review_at: DEFAULT_REVIEW_AT,
+            external_warn_at: DEFAULT_WARN_AT,
+            external_review_at: DEFAULT_REVIEW_AT,
+        }
+    }
+}
+
+impl ClassifierConfig {
+    /// The action for a score: `review`, `warn` or `allow` by band.
+    pub fn action(&self, score: f32, has_external: bool) -> Action {
+        let (warn, review) = if has_external {
+            (self.external_warn_at, self.external_review_at)
+        } else {
+            (self.warn_at, self.review_at)
+        };
+        if score >= review {
+            Action::Review
+        } else if score >= warn {
+            Action::Warn
+        } else {
+            Action::Allow
+        }
+    }
+}
+
 /// The detector policies, one per row of the detector table ([`crate::detectors::DETECTORS`]),
 /// written in `policy.toml` as `[detectors.<name>]`; a detector the file does not name keeps
 /// its default, and an unknown name is an error that lists the known ones.
@@ -240,6 +302,8 @@ pub struct PolicyFile {
     pub secrets: SecretsConfig,
     /// The escalation ladder (used by the caller to build an [`crate::Escalator`]).
     pub escalation: EscalationConfig,
+    /// The offensive-language classifier's score bands.
+    pub classifier: ClassifierConfig,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +319,8 @@ struct RawPolicy {
     secrets: SecretsConfig,
     #[serde(default)]
     escalation: EscalationConfig,
+    #[serde(default)]
+    classifier: ClassifierConfig,
 }
 
 impl Default for PolicyFile {
@@ -288,6 +354,7 @@ impl Default for PolicyFile {
             detectors: DetectorPolicies::default(),
             secrets: SecretsConfig::default(),
             escalation: EscalationConfig::default(),
+            classifier: ClassifierConfig::default(),
         }
     }
 }
@@ -319,6 +386,7 @@ impl PolicyFile {
         p.detectors = raw.detectors;
         p.secrets = raw.secrets;
         p.escalation = raw.escalation;
+        p.classifier = raw.classifier;
         if let Err(msg) = p.escalation.validate() {
             let line = text
                 .lines()

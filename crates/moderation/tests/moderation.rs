@@ -566,7 +566,8 @@ fn strange_input_gets_a_verdict() {
     assert_eq!(m.check(&seps, &CTX).action, Action::Allow);
     let many = "傻逼".repeat(5_000);
     let v = m.check(&many, &CTX);
-    assert_eq!(v.action, Action::Mask);
+    // Masked by the lexicon, and sent to review by the offensive-language classifier.
+    assert_eq!(v.action, Action::Review);
     assert_eq!(v.masked_text.unwrap(), "*".repeat(10_000));
     assert_eq!(m.check("", &CTX), moderation::Verdict::allow());
     let at = "@.".repeat(10_000);

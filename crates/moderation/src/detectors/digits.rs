@@ -1,8 +1,9 @@
 //! Numbers: Chinese mobile numbers, 18-digit resident identity numbers and bank cards.
 //!
-//! One pass splits the folded text into *chains* of digit groups joined by short runs of
-//! `space - . ( )` (so `138 1234 5678`, `138-1234-5678` and `１３８１２３４５６７８` are one
-//! chain). Within a chain, every run of consecutive whole groups is a candidate; at each group
+//! One pass splits the folded text into *chains* of digit groups joined by short runs (up to
+//! three characters) of separators of any kind (so `138 1234 5678`, `138/1234_5678`,
+//! `138、1234、5678` and `１３８１２３４５６７８` are one chain). Digits may be written as
+//! Chinese numerals (一三八, 零, 幺, 两; 壹贰叁 fold to digits already). Within a chain, every run of consecutive whole groups is a candidate; at each group
 //! the longest valid candidate wins (identity number, then bank card, then mobile number) and
 //! scanning resumes after it. A candidate must not touch a Latin letter or digit (so digits
 //! inside a hash or a longer number are not personal data), except the `x` check character of
@@ -10,7 +11,7 @@
 
 use super::Detector;
 use super::{DetHit, MaskKind};
-use crate::normalize::{FChar, CLASS_DIGIT};
+use crate::normalize::{cjk_digit, FChar, CLASS_DIGIT, CLASS_OTHER, CLASS_SEP};
 
 /// The scanner of the three number detectors (phone, identity number, bank card).
 pub(crate) static SCANNER: super::Scanner = super::Scanner {
@@ -20,7 +21,19 @@ pub(crate) static SCANNER: super::Scanner = super::Scanner {
 };
 
 fn has_digit(flags: &crate::normalize::TextFlags) -> bool {
-    flags.has_digit
+    flags.has_digit || flags.has_numeral
+}
+
+/// The digit value of a folded character: an ASCII digit or a Chinese numeral.
+#[inline]
+fn dval(fc: &FChar) -> Option<u8> {
+    if fc.class == CLASS_DIGIT {
+        fc.c.to_digit(10).map(|d| d as u8)
+    } else if fc.class == CLASS_OTHER {
+        cjk_digit(fc.c)
+    } else {
+        None
+    }
 }
 
 fn scan_set(
@@ -52,8 +65,8 @@ pub(crate) struct Group {
     end: u32,
 }
 
-fn is_join(c: char) -> bool {
-    matches!(c, ' ' | '-' | '.' | '(' | ')')
+fn is_join(fc: &FChar) -> bool {
+    fc.class == CLASS_SEP
 }
 
 /// Appends number hits in `f` to `out`; `groups` is scratch space.
@@ -64,7 +77,7 @@ pub(crate) fn scan(f: &[FChar], en: Enabled, groups: &mut Vec<Group>, out: &mut 
     let n = f.len();
     let mut i = 0;
     while i < n {
-        if f[i].class != CLASS_DIGIT {
+        if dval(&f[i]).is_none() {
             i += 1;
             continue;
         }
@@ -73,7 +86,7 @@ pub(crate) fn scan(f: &[FChar], en: Enabled, groups: &mut Vec<Group>, out: &mut 
         let mut j = i;
         loop {
             let gs = j;
-            while j < n && f[j].class == CLASS_DIGIT {
+            while j < n && dval(&f[j]).is_some() {
                 j += 1;
             }
             groups.push(Group {
@@ -81,10 +94,10 @@ pub(crate) fn scan(f: &[FChar], en: Enabled, groups: &mut Vec<Group>, out: &mut 
                 end: j as u32,
             });
             let mut k = j;
-            while k < n && k - j < 3 && is_join(f[k].c) {
+            while k < n && k - j < 3 && is_join(&f[k]) {
                 k += 1;
             }
-            if k > j && k < n && f[k].class == CLASS_DIGIT {
+            if k > j && k < n && dval(&f[k]).is_some() {
                 j = k;
             } else {
                 break;
@@ -96,7 +109,7 @@ pub(crate) fn scan(f: &[FChar], en: Enabled, groups: &mut Vec<Group>, out: &mut 
 }
 
 fn digit_at(f: &[FChar], i: usize) -> u32 {
-    f.get(i).and_then(|c| c.c.to_digit(10)).unwrap_or(0)
+    f.get(i).and_then(dval).map_or(0, u32::from)
 }
 
 fn scan_chain(f: &[FChar], groups: &[Group], en: Enabled, out: &mut Vec<DetHit>) {
@@ -151,18 +164,34 @@ fn classify(f: &[FChar], d: &[u8], start: usize, end: usize, en: Enabled) -> Opt
         high,
         needs_context: false,
     };
-    if en.id_card && d.len() == 17 && x_after && !is_word(f, end + 1) && valid_id(d, 10) {
-        return Some(hit(Detector::IdCard, end + 1, 3, 4, true));
+    if en.id_card && d.len() == 17 && x_after && !is_word(f, end + 1) {
+        if valid_id(d, 10) {
+            return Some(hit(Detector::IdCard, end + 1, 3, 4, true));
+        }
+        return None;
     }
     if is_word(f, end) {
         return None;
     }
-    if en.id_card && d.len() == 18 && valid_id(&d[..17], u32::from(d[17])) {
-        return Some(hit(Detector::IdCard, end, 3, 4, true));
+    if d.len() == 18 {
+        if let Some(first17) = d.get(..17) {
+            if en.id_card && valid_id(first17, u32::from(d[17])) {
+                return Some(hit(Detector::IdCard, end, 3, 4, true));
+            }
+            // Shaped like an identity number (region, birth date) with a wrong check
+            // character: a typo'd or made-up ID, never a card.
+            if id_shaped(first17) {
+                return None;
+            }
+        }
     }
-    if en.bank_card && (16..=19).contains(&d.len()) && luhn(d) {
-        let high = matches!(d, [6, 2, ..] | [4, ..] | [5, ..] | [3, 4..=7, ..]);
-        return Some(hit(Detector::BankCard, end, 4, 4, high));
+    if en.bank_card && (13..=19).contains(&d.len()) && luhn(d) {
+        match card_network(d) {
+            Some(_) => return Some(hit(Detector::BankCard, end, 4, 4, true)),
+            // Luhn-valid but no network issues it: low confidence (needs a context word).
+            None if d.len() >= 16 => return Some(hit(Detector::BankCard, end, 4, 4, false)),
+            None => {}
+        }
     }
     if en.phone && d.len() == 11 && is_mobile(d) {
         return Some(hit(Detector::Phone, end, 3, 4, true));
@@ -171,6 +200,100 @@ fn classify(f: &[FChar], d: &[u8], start: usize, end: usize, en: Enabled) -> Opt
         return Some(hit(Detector::Phone, end, 5, 4, true));
     }
     None
+}
+
+/// A card network: its name, issuer ranges (IIN prefixes) and card lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    /// Name (`"visa"`, `"unionpay"`...).
+    pub name: &'static str,
+    /// Inclusive IIN ranges, each as (first, last) of the same number of digits.
+    pub ranges: &'static [(u32, u32)],
+    /// Valid card lengths, inclusive range.
+    pub lengths: (usize, usize),
+    /// Lengths inside `lengths` that are not issued (Visa has 13, 16 and 19 only).
+    pub skip_lengths: &'static [usize],
+}
+
+/// Card networks by issuer range and length (ISO/IEC 7812 IIN ranges as the networks publish
+/// them). A Luhn-valid number of the right length in one of these ranges is a card with high
+/// confidence.
+pub static NETWORKS: &[Network] = &[
+    Network {
+        name: "unionpay",
+        ranges: &[(62, 62)],
+        lengths: (16, 19),
+        skip_lengths: &[],
+    },
+    Network {
+        name: "visa",
+        ranges: &[(4, 4)],
+        lengths: (13, 19),
+        skip_lengths: &[14, 15, 17, 18],
+    },
+    Network {
+        name: "mastercard",
+        ranges: &[(51, 55), (2221, 2720)],
+        lengths: (16, 16),
+        skip_lengths: &[],
+    },
+    Network {
+        name: "amex",
+        ranges: &[(34, 34), (37, 37)],
+        lengths: (15, 15),
+        skip_lengths: &[],
+    },
+    Network {
+        name: "jcb",
+        ranges: &[(3528, 3589)],
+        lengths: (16, 19),
+        skip_lengths: &[],
+    },
+    Network {
+        name: "discover",
+        ranges: &[(6011, 6011), (644, 649), (65, 65)],
+        lengths: (16, 19),
+        skip_lengths: &[],
+    },
+    Network {
+        name: "diners",
+        ranges: &[(300, 305), (36, 36), (38, 39)],
+        lengths: (14, 19),
+        skip_lengths: &[15],
+    },
+];
+
+/// The network that issues a number of this length and prefix, if any (Luhn is not checked).
+pub fn card_network(d: &[u8]) -> Option<&'static Network> {
+    let prefix = |k: usize| {
+        d.get(..k)
+            .map(|p| p.iter().fold(0u32, |a, &x| a * 10 + u32::from(x)))
+    };
+    NETWORKS.iter().find(|n| {
+        let len_ok =
+            (n.lengths.0..=n.lengths.1).contains(&d.len()) && !n.skip_lengths.contains(&d.len());
+        len_ok
+            && n.ranges.iter().any(|&(lo, hi)| {
+                let k = lo.checked_ilog10().map_or(1, |l| l as usize + 1);
+                prefix(k).is_some_and(|p| (lo..=hi).contains(&p))
+            })
+    })
+}
+
+/// Province codes (first two digits) of resident identity numbers (GB/T 2260).
+fn id_province(p: u32) -> bool {
+    matches!(p, 11..=15 | 21..=23 | 31..=37 | 41..=46 | 50..=54 | 61..=65 | 71 | 81..=83 | 91)
+}
+
+/// Whether 17 digits look like the body of an identity number: a province code and a real
+/// birth date (the check character is not looked at).
+pub fn id_shaped(d17: &[u8]) -> bool {
+    if d17.len() != 17 {
+        return false;
+    }
+    let num =
+        |r: std::ops::Range<usize>| d17[r].iter().fold(0u32, |acc, &x| acc * 10 + u32::from(x));
+    id_province(num(0..2)) && valid_date(num(6..10), num(10..12), num(12..14))
 }
 
 fn is_mobile(d: &[u8]) -> bool {
