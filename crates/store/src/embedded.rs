@@ -95,6 +95,9 @@ struct WriterState {
     pending: std::collections::HashMap<fjall::Slice, fjall::Slice>,
     /// Set by the last job of [`Store::close`]: the writer ends after this batch.
     stop: bool,
+    /// Items in the previous write batch: the next one starts with that capacity instead of
+    /// growing (and copying) its item list a dozen times.
+    batch_items: usize,
 }
 
 /// Most conversations whose last seq the writer keeps in memory.
@@ -267,7 +270,11 @@ impl Keyspaces {
         if !self.durable.contains_key(conv) {
             self.durable.entry(conv.to_owned()).or_insert(last);
         }
-        let batch = state.appends.get_or_insert_with(|| self.db.batch());
+        let capacity = state.batch_items;
+        // No durability of its own: the writer makes the journal durable after the commit.
+        let batch = state.appends.get_or_insert_with(|| {
+            fjall::OwnedWriteBatch::with_capacity(self.db.clone(), capacity)
+        });
         batch.insert(&self.idempotency, idem_key.clone(), seq.to_be_bytes());
         // The participants' conversation-list entries go in with the conversation's first
         // message (same atomic batch); writing them again with every message only piled up
@@ -472,12 +479,13 @@ fn run_batch(
     jobs: impl Iterator<Item = Job>,
     state: &mut WriterState,
 ) -> Result<Vec<Finisher>> {
-    let mut finishers = Vec::new();
+    let mut finishers = Vec::with_capacity(jobs.size_hint().0);
     for job in jobs {
         finishers.push(job(ks, state)?);
     }
     state.pending.clear();
     if let Some(appends) = state.appends.take() {
+        state.batch_items = appends.len();
         appends.commit().map_err(backend)?;
     }
     ks.db.persist(PersistMode::SyncData).map_err(backend)?;
@@ -1043,6 +1051,7 @@ mod ordering_tests {
             assert_eq!(seqs, &(1..=50).collect::<Vec<_>>());
         }
         store.close().await.unwrap();
+        drop(store);
 
         let store = EmbeddedStore::open(dir.path(), opts(3)).unwrap();
         for c in &convs {
