@@ -52,6 +52,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Storage> {
             let opts = EmbeddedOptions {
                 max_batch: config.store.max_batch,
                 queue: config.store.queue,
+                writers: config.store.writers,
             };
             let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, opts))
                 .await?

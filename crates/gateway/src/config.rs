@@ -348,6 +348,9 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Queue in front of the store writer.
     pub queue: usize,
+    /// `embedded`: writer threads; conversations are spread over them (one per core is the
+    /// useful maximum).
+    pub writers: usize,
     /// `scylla`: contact points, `host:port`.
     pub cql_nodes: Vec<String>,
     /// `scylla`: keyspace (created by migrations if missing).
@@ -366,6 +369,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::Embedded,
             max_batch: 1024,
             queue: 8192,
+            writers: 2,
             cql_nodes: vec!["127.0.0.1:9042".into()],
             keyspace: "chat".into(),
             replication_factor: 3,

@@ -6,11 +6,16 @@
 //! appends to about 9,000 messages/s; an LSM tree appends each message to its journal
 //! instead (see docs/ARCHITECTURE.md and docs/BENCHMARKS.md for the numbers).
 //!
-//! All writes go through one writer thread. It takes every job that is waiting (up to
-//! `max_batch`), writes all the appends among them as one atomic write batch across
-//! keyspaces, then makes the journal durable once with `fdatasync`: that is the group
+//! Writes go through writer threads ("shards"). A conversation's appends and recalls always go
+//! to the same shard (by a hash of its id), so its seqs are allocated by one thread, in the
+//! order the jobs were queued; every other write (users, groups, read cursors, records) goes
+//! to shard 0, so check-then-write jobs there stay atomic. A shard takes every job that is
+//! waiting (up to `max_batch`), writes all the appends among them as one atomic write batch
+//! across keyspaces, then makes the shared journal durable with `fdatasync`: that is the group
 //! commit, so durability costs one journal write and one sync per batch, not per message.
-//! Each caller gets its answer only after that sync.
+//! Each caller gets its answer only after that sync. Shards prepare their batches (the
+//! idempotency lookups, seq allocation, encoding) in parallel; fjall serializes the journal
+//! writes and memtable inserts of their commits.
 //!
 //! Readers never see a message before it is durable: the writer keeps a per-conversation
 //! durable watermark that it raises only after the sync, and reads stop at it. Reads run on
@@ -26,7 +31,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use protocol::{ConvId, ConvSummary, GroupId, Message, Seq, UserId};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -86,9 +91,15 @@ struct WriterState {
     /// The appends of the current batch, written by one atomic write batch at its end
     /// (one journal write for the whole group instead of one per message).
     appends: Option<fjall::OwnedWriteBatch>,
-    /// Messages appended in the current batch by idempotency key, so that a retry within
-    /// the same batch (not yet in the keyspaces) is still recognized.
-    pending: std::collections::HashMap<Vec<u8>, protocol::Message>,
+    /// Messages appended in the current batch (their encoding, shared with the write batch)
+    /// by idempotency key, so that a retry within the same batch (not yet in the keyspaces)
+    /// is still recognized.
+    pending: std::collections::HashMap<fjall::Slice, fjall::Slice>,
+    /// Set by the last job of [`Store::close`]: the writer ends after this batch.
+    stop: bool,
+    /// Items in the previous write batch: the next one starts with that capacity instead of
+    /// growing (and copying) its item list a dozen times.
+    batch_items: usize,
 }
 
 /// Most conversations whose last seq the writer keeps in memory.
@@ -100,8 +111,12 @@ type Finisher = Box<dyn FnOnce() + Send>;
 pub struct EmbeddedOptions {
     /// Most jobs made durable together by one sync.
     pub max_batch: usize,
-    /// Capacity of the queue in front of the writer thread (callers wait when it is full).
+    /// Capacity of the queues in front of the writer threads, split evenly between them
+    /// (callers wait when their shard's queue is full).
     pub queue: usize,
+    /// Writer threads; conversations are spread over them by a hash of their id. One
+    /// per core is the useful maximum.
+    pub writers: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -109,17 +124,19 @@ impl Default for EmbeddedOptions {
         Self {
             max_batch: 1024,
             queue: 8192,
+            writers: 2,
         }
     }
 }
 
-/// The embedded store. Cheap to clone: clones share the database and the writer.
+/// The embedded store. Cheap to clone: clones share the database and the writers.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     ks: Arc<Keyspaces>,
-    jobs: mpsc::Sender<Job>,
-    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
-    stopping: Arc<AtomicBool>,
+    /// One queue per writer thread (shard); index 0 also takes every write that is not
+    /// about one conversation.
+    jobs: Arc<[mpsc::Sender<Job>]>,
+    writers: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 fn backend<E: Into<crate::error::BoxError>>(e: E) -> StoreError {
@@ -222,14 +239,14 @@ impl Keyspaces {
 
     fn append(&self, msg: NewMessage, state: &mut WriterState) -> Result<Appended> {
         let conv = msg.conv.as_str();
-        let idem_key = key(&[
+        let idem_key = fjall::Slice::from(key(&[
             conv.as_bytes(),
             msg.from.as_str().as_bytes(),
             msg.client_msg_id.as_bytes(),
-        ]);
-        if let Some(message) = state.pending.get(&idem_key) {
+        ]));
+        if let Some(encoded) = state.pending.get(&idem_key) {
             return Ok(Appended {
-                message: message.clone(),
+                message: decode(encoded)?,
                 duplicate: true,
             });
         }
@@ -255,7 +272,11 @@ impl Keyspaces {
         if !self.durable.contains_key(conv) {
             self.durable.entry(conv.to_owned()).or_insert(last);
         }
-        let batch = state.appends.get_or_insert_with(|| self.db.batch());
+        let capacity = state.batch_items;
+        // No durability of its own: the writer makes the journal durable after the commit.
+        let batch = state.appends.get_or_insert_with(|| {
+            fjall::OwnedWriteBatch::with_capacity(self.db.clone(), capacity)
+        });
         batch.insert(&self.idempotency, idem_key.clone(), seq.to_be_bytes());
         // The participants' conversation-list entries go in with the conversation's first
         // message (same atomic batch); writing them again with every message only piled up
@@ -271,12 +292,14 @@ impl Keyspaces {
         }
         let conv_owned = msg.conv.clone();
         let message = msg.into_message(Seq(seq));
+        // Encoded once: the write batch and the in-batch retry check share the bytes.
+        let encoded = fjall::Slice::from(encode(&message)?);
         batch.insert(
             &self.messages,
             msg_key(conv_owned.as_str(), seq),
-            encode(&message)?,
+            encoded.clone(),
         );
-        state.pending.insert(idem_key, message.clone());
+        state.pending.insert(idem_key, encoded);
         let conv_key = conv_owned.to_string();
         match state.last_seq.get_mut(&conv_key) {
             Some(v) => *v = seq,
@@ -338,32 +361,56 @@ impl Keyspaces {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database under `dir/chat` and starts the writer thread.
+    /// Opens (or creates) the database under `dir/chat` and starts the writer threads.
     pub fn open(dir: &Path, opts: EmbeddedOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let ks = Arc::new(Keyspaces::open(dir)?);
-        let (tx, rx) = mpsc::channel::<Job>(opts.queue.max(1));
-        let writer_ks = ks.clone();
+        let shards = opts.writers.clamp(1, 64);
+        let queue = (opts.queue / shards).max(1);
         let max_batch = opts.max_batch.max(1);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let stop = stopping.clone();
-        let handle = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(&writer_ks, rx, max_batch, &stop))
-            .map_err(backend)?;
+        let mut jobs = Vec::with_capacity(shards);
+        let mut writers = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            let (tx, rx) = mpsc::channel::<Job>(queue);
+            let writer_ks = ks.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("store-writer-{shard}"))
+                .spawn(move || writer_loop(&writer_ks, rx, max_batch))
+                .map_err(backend)?;
+            jobs.push(tx);
+            writers.push(handle);
+        }
         Ok(Self {
             ks,
-            jobs: tx,
-            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
-            stopping,
+            jobs: jobs.into(),
+            writers: Arc::new(std::sync::Mutex::new(writers)),
         })
     }
 
-    /// Runs `f` on the writer thread in the next batch and waits until that batch is
-    /// durable. `f` returns `Err` for a storage failure, or `Ok(outcome)` (which may itself
-    /// be a logical error such as `NotFound`).
+    /// The queue of the writer that owns `conv` (its appends and recalls).
+    fn shard(&self, conv: &str) -> &mpsc::Sender<Job> {
+        // FNV-1a: stable, cheap, and enough to spread conversation ids.
+        let h = conv.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let n = self.jobs.len() as u64;
+        &self.jobs[(h % n) as usize]
+    }
+
+    /// Runs `f` on writer 0 in its next batch and waits until that batch is durable.
+    /// `f` returns `Err` for a storage failure, or `Ok(outcome)` (which may itself be a
+    /// logical error such as `NotFound`).
     async fn write<T: Send + 'static>(
         &self,
+        f: impl FnOnce(&Keyspaces, &mut WriterState) -> Result<Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.write_on(&self.jobs[0], f).await
+    }
+
+    /// [`Self::write`] on the writer whose queue is `queue`.
+    async fn write_on<T: Send + 'static>(
+        &self,
+        queue: &mpsc::Sender<Job>,
         f: impl FnOnce(&Keyspaces, &mut WriterState) -> Result<Result<T>> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
@@ -373,7 +420,7 @@ impl EmbeddedStore {
                 let _ = tx.send(outcome);
             }))
         });
-        self.jobs
+        queue
             .send(job)
             .await
             .map_err(|_| StoreError::unavailable("store is closed"))?;
@@ -393,7 +440,7 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize, stop: &AtomicBool) {
+fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut state = WriterState::default();
     while let Some(first) = rx.blocking_recv() {
@@ -424,7 +471,7 @@ fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize, st
         if state.last_seq.len() >= LAST_SEQ_CACHE {
             state.last_seq.clear();
         }
-        if stop.load(Ordering::SeqCst) {
+        if state.stop {
             rx.close();
             while rx.try_recv().is_ok() {}
             break;
@@ -444,12 +491,13 @@ fn run_batch(
     jobs: impl Iterator<Item = Job>,
     state: &mut WriterState,
 ) -> Result<Vec<Finisher>> {
-    let mut finishers = Vec::new();
+    let mut finishers = Vec::with_capacity(jobs.size_hint().0);
     for job in jobs {
         finishers.push(job(ks, state)?);
     }
     state.pending.clear();
     if let Some(appends) = state.appends.take() {
+        state.batch_items = appends.len();
         appends.commit().map_err(backend)?;
     }
     ks.db.persist(PersistMode::SyncData).map_err(backend)?;
@@ -464,14 +512,16 @@ fn run_batch(
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended> {
-        self.write(move |ks, state| Ok(Ok(ks.append(msg, state)?)))
+        let queue = self.shard(msg.conv.as_str());
+        self.write_on(queue, move |ks, state| Ok(Ok(ks.append(msg, state)?)))
             .await
     }
 
     async fn append_then(&self, msg: NewMessage, then: crate::AfterAppend) -> Result<Appended> {
         let (tx, rx) = oneshot::channel();
-        // The finisher runs on the writer thread, in batch order, after the sync: `then`
-        // sees this conversation's messages in seq order.
+        let queue = self.shard(msg.conv.as_str());
+        // The finisher runs on the conversation's writer thread, in batch order, after the
+        // sync: `then` sees this conversation's messages in seq order.
         let job: Job = Box::new(move |ks, state| {
             let appended = ks.append(msg, state)?;
             Ok(Box::new(move || {
@@ -479,7 +529,7 @@ impl Store for EmbeddedStore {
                 let _ = tx.send(Ok(appended));
             }))
         });
-        self.jobs
+        queue
             .send(job)
             .await
             .map_err(|_| StoreError::unavailable("store is closed"))?;
@@ -690,7 +740,8 @@ impl Store for EmbeddedStore {
 
     async fn recall(&self, conv: &ConvId, seq: Seq) -> Result<Option<Message>> {
         let conv = conv.clone();
-        self.write(move |ks, _| {
+        let queue = self.shard(conv.as_str());
+        self.write_on(queue, move |ks, _| {
             if seq.0 == 0 || seq.0 > ks.visible(conv.as_str()) {
                 return Ok(Ok(None));
             }
@@ -708,12 +759,22 @@ impl Store for EmbeddedStore {
     }
 
     async fn close(&self) -> Result<()> {
-        // A last job, queued behind everything already sent, tells the writer to stop after
-        // its batch is durable; then we wait for the thread to end.
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.write(|_, _| Ok(Ok(()))).await;
-        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
-        if let Some(handle) = handle {
+        // A last job per writer, queued behind everything already sent, tells it to stop
+        // after its batch is durable; then we wait for the threads to end.
+        for queue in self.jobs.iter() {
+            let _ = self
+                .write_on(queue, |_, state| {
+                    state.stop = true;
+                    Ok(Ok(()))
+                })
+                .await;
+        }
+        let handles = self
+            .writers
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default();
+        for handle in handles {
             tokio::task::spawn_blocking(move || handle.join())
                 .await
                 .map_err(|e| StoreError::backend_with("join writer", e))?
@@ -722,7 +783,8 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
-    /// One writer thread takes jobs from a FIFO queue and commits them in that order.
+    /// A conversation's appends go to one writer thread through a FIFO queue, which commits
+    /// them in that order.
     fn keeps_append_order(&self) -> bool {
         true
     }
@@ -953,5 +1015,71 @@ mod ordering_tests {
         }
         let got = order.lock().unwrap().clone();
         assert_eq!(got, (1..=300).collect::<Vec<_>>());
+    }
+
+    /// Several writer threads: each conversation's seqs are dense and its continuations run
+    /// in seq order; the writer count may change between runs (nothing depends on it on disk).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sharded_writers_keep_each_conversation_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = |writers| EmbeddedOptions {
+            writers,
+            ..EmbeddedOptions::default()
+        };
+        let store = EmbeddedStore::open(dir.path(), opts(4)).unwrap();
+        let convs: Vec<ConvId> = (0..8)
+            .map(|i| ConvId::group(&GroupId::new(format!("c{i}"))))
+            .collect();
+        let order = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+            String,
+            Vec<u64>,
+        >::new()));
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let (s, o) = (store.clone(), order.clone());
+            let c = convs[i % convs.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let m = crate::conformance::new_msg(&c, &format!("u{}", i % 5), &format!("k{i}"));
+                s.append_then(
+                    m,
+                    Box::new(move |a| {
+                        o.lock()
+                            .unwrap()
+                            .entry(a.message.conv.as_str().to_owned())
+                            .or_default()
+                            .push(a.message.seq.0)
+                    }),
+                )
+                .await
+                .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let got = order.lock().unwrap().clone();
+        assert_eq!(got.len(), convs.len());
+        for seqs in got.values() {
+            assert_eq!(seqs, &(1..=50).collect::<Vec<_>>());
+        }
+        store.close().await.unwrap();
+        drop(store);
+
+        let store = EmbeddedStore::open(dir.path(), opts(3)).unwrap();
+        for c in &convs {
+            assert_eq!(store.last_seq(c).await.unwrap(), Seq(50));
+        }
+        // A retry of the first append to c0 (task 0: sender u0, key k0) is still a duplicate.
+        let again = store
+            .append(crate::conformance::new_msg(&convs[0], "u0", "k0"))
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        let next = store
+            .append(crate::conformance::new_msg(&convs[0], "u0", "fresh"))
+            .await
+            .unwrap();
+        assert_eq!(next.message.seq, Seq(51));
+        store.close().await.unwrap();
     }
 }

@@ -116,10 +116,12 @@ pub trait Store: Send + Sync + 'static {
     /// with `Unavailable`.
     async fn close(&self) -> Result<()>;
 
-    /// Whether appends keep the order in which they were handed over: when a caller starts
-    /// [`Store::append_then`] *n* only after the hand-off of append *n − 1* (its first poll),
-    /// *n* gets the later seq and its continuation runs later. True for a backend with one
-    /// FIFO writer (embedded), which lets a session pipeline its sends; false (the default)
+    /// Whether appends to one conversation keep the order in which they were handed over:
+    /// when a caller starts [`Store::append_then`] *n* only after the hand-off of append
+    /// *n − 1* to the same conversation (its first poll), *n* gets the later seq and its
+    /// continuation runs later. (Appends to different conversations may finish in any
+    /// order.) True for a backend with one FIFO writer per conversation (embedded: each
+    /// conversation belongs to one writer thread), which lets a session pipeline its sends; false (the default)
     /// where concurrent appends finish in any order, so the caller must send one at a time.
     fn keeps_append_order(&self) -> bool {
         false
