@@ -141,7 +141,9 @@ async fn main() {
     }
     let took = start.elapsed();
     let own_ms = cpu_ms("self") - cpu0.0;
-    let db_ms = a.db_pid.map(|p| cpu_ms(&p.to_string()) - cpu0.1.unwrap_or(0.0));
+    let db_ms = a
+        .db_pid
+        .map(|p| cpu_ms(&p.to_string()) - cpu0.1.unwrap_or(0.0));
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(

@@ -119,13 +119,15 @@ pub struct ScyllaOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WritePath {
     /// One logged batch: message, idempotency row, conversation meta row and the
-    /// participants' `user_convs` rows, all or nothing.
+    /// participants' `user_convs` rows, all or nothing. One request per message; the
+    /// cheapest of the three as measured (docs/BENCHMARKS.md).
+    #[default]
     Logged,
     /// A logged batch of only the message and its idempotency row (the pair that must be
     /// atomic), with the meta row and the `user_convs` rows this node has not written yet as
     /// single writes alongside it. The meta row is a hint (reads scan past it) and
-    /// `user_convs` rows are idempotent, so a crash between them loses nothing.
-    #[default]
+    /// `user_convs` rows are idempotent; a crash between them leaves a direct conversation
+    /// out of a side's list until its next message. Measured slower than `Logged`.
     Split,
     /// No batch: every row a single write, concurrently, the idempotency row after the
     /// message. Cheapest, but a crash between the two leaves a stored message whose retry is

@@ -625,7 +625,10 @@ async fn write_paths_keep_idempotency_and_conversation_lists() {
                         assert_eq!(c.last_seq, Seq(3), "{path:?}");
                     }
                 }
-                assert_eq!(seqs(&store.history(&conv, None, 10).await.unwrap()), [3, 2, 1]);
+                assert_eq!(
+                    seqs(&store.history(&conv, None, 10).await.unwrap()),
+                    [3, 2, 1]
+                );
             },
         )
         .await;
