@@ -37,12 +37,12 @@ step "build the chatd binary the end-to-end tests start"
 cargo build --locked -p gateway --bins "${features[@]}"
 
 if [ -z "${SKIP_SERVICES:-}" ] && [ -x scripts/services/env.sh ]; then
-  step "starting Redis and the CQL database"
+  step "starting Redis, a Redis Cluster and the CQL database"
   started_services=1
   scripts/services/env.sh start
   # shellcheck disable=SC1091
   source .cache/services.env
-  export CHATD_TEST_REDIS_URL CHATD_TEST_CQL
+  export CHATD_TEST_REDIS_URL CHATD_TEST_CQL CHATD_TEST_REDIS_CLUSTER_URLS
 fi
 
 step "cargo test (every crate, every test)"

@@ -11,7 +11,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use protocol::{ConvId, Seq};
 use router::local::LocalRouter;
-use router::redis::{RedisOptions, RedisRouter, RedisSeq};
+use router::redis::{RedisMode, RedisOptions, RedisRouter, RedisSeq};
 use router::Router;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,14 +83,20 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Storage> {
 /// `chatd migrate`.
 pub async fn scylla_store(config: &Config) -> anyhow::Result<ScyllaStore> {
     let s = &config.store;
-    let seq = RedisSeq::connect(&config.router.redis_url, &s.keyspace)
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to Redis at {} for sequence numbers",
-                config.router.redis_url
-            )
-        })?;
+    let r = &config.router;
+    let seq = RedisSeq::connect_with(
+        redis_mode(r.redis_mode),
+        &r.redis_url,
+        &r.redis_cluster_urls,
+        &s.keyspace,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "connecting to Redis at {} for sequence numbers",
+            config.router.redis_url
+        )
+    })?;
     let opts = ScyllaOptions {
         nodes: s.cql_nodes.clone(),
         keyspace: s.keyspace.clone(),
@@ -117,6 +123,8 @@ pub async fn open_router(config: &RouterConfig) -> anyhow::Result<Arc<dyn Router
             };
             let opts = RedisOptions {
                 url: config.redis_url.clone(),
+                mode: redis_mode(config.redis_mode),
+                cluster_urls: config.redis_cluster_urls.clone(),
                 node_id,
                 heartbeat: Duration::from_millis(config.heartbeat_ms.max(100)),
                 reconcile: Duration::from_millis(config.reconcile_ms.max(100)),
@@ -160,5 +168,13 @@ impl SeqSource for RedisSeqSource {
             .restore(conv, last.0)
             .await
             .map_err(unavailable)?))
+    }
+}
+
+/// The router's [`RedisMode`] for `router.redis_mode`.
+fn redis_mode(mode: crate::config::RedisMode) -> RedisMode {
+    match mode {
+        crate::config::RedisMode::Standalone => RedisMode::Standalone,
+        crate::config::RedisMode::Cluster => RedisMode::Cluster,
     }
 }

@@ -338,6 +338,17 @@ pub enum RouterBackend {
     Redis,
 }
 
+/// `router.redis_mode`: how the Redis of the `redis` router is deployed.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One Redis server at `router.redis_url`: classic pub/sub.
+    #[default]
+    Standalone,
+    /// A Redis Cluster (7.0+) seeded by `router.redis_cluster_urls`: sharded pub/sub.
+    Cluster,
+}
+
 /// `[store]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -387,6 +398,10 @@ pub struct RouterConfig {
     pub backend: RouterBackend,
     /// Redis URL for the `redis` backend (routing, presence and, in cluster mode, seqs).
     pub redis_url: String,
+    /// `standalone` (one Redis at `redis_url`) or `cluster` (a Redis Cluster, sharded pub/sub).
+    pub redis_mode: RedisMode,
+    /// `cluster` mode: seed URLs (any reachable nodes of the cluster); empty: `redis_url`.
+    pub redis_cluster_urls: Vec<String>,
     /// This node's id, unique in the cluster; empty: generated at start-up.
     pub node_id: String,
     /// How often the node refreshes its presence in Redis, ms.
@@ -415,6 +430,8 @@ impl Default for RouterConfig {
         Self {
             backend: RouterBackend::Local,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_mode: RedisMode::Standalone,
+            redis_cluster_urls: Vec::new(),
             node_id: String::new(),
             heartbeat_ms: 2000,
             reconcile_ms: 10_000,
@@ -532,6 +549,9 @@ impl Config {
             c.auth.jwt_secret = Some("<redacted>".into());
         }
         c.router.redis_url = redact_url(&c.router.redis_url);
+        for u in &mut c.router.redis_cluster_urls {
+            *u = redact_url(u);
+        }
         toml::to_string(&c).unwrap_or_else(|e| format!("<unprintable config: {e}>"))
     }
 }

@@ -20,6 +20,14 @@
 //! resubscribing it closes its sessions with 4000: clients reconnect and `sync`, and nothing
 //! is lost.
 //!
+//! Redis Cluster ([`RedisMode::Cluster`]): every node's keys and its channel share one hash
+//! tag, the node id (`chat:node:{<id>}`, `chat:node:{<id>}:users`, ...), so one node's keys
+//! live in one slot and different nodes' channels spread over the shards. Channels are sharded
+//! (`SPUBLISH`/`SSUBSCRIBE`): a message is sent only to the shard that owns its channel, not
+//! broadcast over the cluster bus as a classic `PUBLISH` would be. Commands are routed by slot
+//! (pipelines never cross a slot), and the subscription reconnects and resubscribes by itself;
+//! after such an interruption the node closes its sessions with 4000 as in standalone mode.
+//!
 //! Sequence numbers ([`RedisSeq`]) are `INCR` counters (`chat:seq:<namespace>:{<conv>}`); a missing counter
 //! (Redis restarted empty, `FLUSHALL`) is reported so the caller can restore it from the store.
 
@@ -28,19 +36,35 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use futures_util::StreamExt;
 use protocol::{ConvId, UserId};
-use redis::aio::ConnectionManager;
-use redis::AsyncCommands;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, PushInfo, PushKind, RedisFuture, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// How Redis is deployed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One Redis server (or a primary with replicas behind one address): classic pub/sub.
+    #[default]
+    Standalone,
+    /// A Redis Cluster (7.0 or later): slot-routed commands and sharded pub/sub.
+    Cluster,
+}
+
 /// Settings of the Redis router.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db` (standalone mode; in cluster mode the seed used when
+    /// `cluster_urls` is empty).
     pub url: String,
+    /// Standalone or cluster.
+    pub mode: RedisMode,
+    /// Cluster mode: seed URLs (any reachable subset of the cluster's nodes).
+    pub cluster_urls: Vec<String>,
     /// This node's id, unique in the cluster.
     pub node_id: String,
     /// How often the node refreshes its alive key (its TTL is three times this).
@@ -55,6 +79,8 @@ impl Default for RedisOptions {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            mode: RedisMode::Standalone,
+            cluster_urls: Vec::new(),
             node_id: "node-1".into(),
             heartbeat: Duration::from_secs(2),
             reconcile: Duration::from_secs(10),
@@ -67,18 +93,110 @@ const ALL: &str = "chat:all";
 const PRESENCE: &str = "chat:presence";
 const NODES: &str = "chat:nodes";
 
-fn node_channel(node: &str) -> String {
-    format!("chat:{{node}}:{node}")
+/// The names of one node's channel and keys. Standalone keeps the historical layout (all
+/// nodes under the `{node}` tag); cluster mode tags them with the node id so that each node's
+/// keys share a slot and different nodes spread over the shards.
+#[derive(Debug, Clone, Copy)]
+struct Names {
+    cluster: bool,
 }
-fn users_key(node: &str) -> String {
-    format!("chat:{{node}}:{node}:users")
+
+impl Names {
+    fn prefix(self, node: &str) -> String {
+        if self.cluster {
+            format!("chat:node:{{{node}}}")
+        } else {
+            format!("chat:{{node}}:{node}")
+        }
+    }
+    fn node_channel(self, node: &str) -> String {
+        self.prefix(node)
+    }
+    fn users_key(self, node: &str) -> String {
+        format!("{}:users", self.prefix(node))
+    }
+    fn alive_key(self, node: &str) -> String {
+        format!("{}:alive", self.prefix(node))
+    }
+    /// The descriptions of `user`'s sessions on `node` (a hash: session id → description).
+    fn sessions_key(self, node: &str, user: &str) -> String {
+        format!("{}:sessions:{user}", self.prefix(node))
+    }
+    /// `PUBLISH`, or `SPUBLISH` (sharded) in cluster mode.
+    fn publish_cmd(self) -> &'static str {
+        if self.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
 }
-fn alive_key(node: &str) -> String {
-    format!("chat:{{node}}:{node}:alive")
+
+/// A command connection: one server through a reconnecting manager, or a slot-routing
+/// cluster connection (which reconnects and follows topology changes by itself).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
 }
-/// The descriptions of `user`'s sessions on `node` (a hash: session id → description).
-fn sessions_key(node: &str, user: &str) -> String {
-    format!("chat:{{node}}:{node}:sessions:{user}")
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The seeds of a cluster: `cluster_urls`, or `url` alone when none are given.
+fn cluster_seeds(url: &str, cluster_urls: &[String]) -> Vec<String> {
+    if cluster_urls.is_empty() {
+        vec![url.to_owned()]
+    } else {
+        cluster_urls.to_vec()
+    }
+}
+
+/// Opens a command connection for `mode`.
+async fn open_conn(
+    mode: RedisMode,
+    url: &str,
+    cluster_urls: &[String],
+) -> redis::RedisResult<Conn> {
+    match mode {
+        RedisMode::Standalone => {
+            let client = redis::Client::open(url)?;
+            Ok(Conn::Single(ConnectionManager::new(client).await?))
+        }
+        RedisMode::Cluster => {
+            let client =
+                redis::cluster::ClusterClientBuilder::new(cluster_seeds(url, cluster_urls))
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(5))
+                    .build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> RouterError {
@@ -94,7 +212,7 @@ struct Outgoing {
 /// State shared by the router and its background tasks.
 struct Shared {
     opts: RedisOptions,
-    client: redis::Client,
+    names: Names,
     sink: OnceLock<Arc<dyn Sink>>,
     /// Users with a session on this node.
     local: DashMap<UserId, ()>,
@@ -110,7 +228,7 @@ struct Shared {
 /// The Redis-backed router. Dropping it stops its background tasks.
 pub struct RedisRouter {
     shared: Arc<Shared>,
-    conn: ConnectionManager,
+    conn: Conn,
     out: mpsc::Sender<Outgoing>,
     stop: CancellationToken,
 }
@@ -125,14 +243,16 @@ impl RedisRouter {
     /// Connects, subscribes and starts the background tasks. Fails when Redis cannot be
     /// reached at all at start-up (a node should not start blind); later outages are survived.
     pub async fn connect(opts: RedisOptions) -> Result<Self, RouterError> {
-        let client = redis::Client::open(opts.url.as_str()).map_err(unavailable)?;
-        let conn = ConnectionManager::new(client.clone())
+        let conn = open_conn(opts.mode, &opts.url, &opts.cluster_urls)
             .await
             .map_err(unavailable)?;
         let (ready, mut ready_rx) = tokio::sync::watch::channel(false);
+        let names = Names {
+            cluster: opts.mode == RedisMode::Cluster,
+        };
         let shared = Arc::new(Shared {
             opts: opts.clone(),
-            client,
+            names,
             sink: OnceLock::new(),
             local: DashMap::new(),
             presence: DashMap::new(),
@@ -141,13 +261,30 @@ impl RedisRouter {
             next_echo: std::sync::atomic::AtomicU64::new(0),
         });
         // A node starts with no sessions: forget what an earlier process with this id left.
-        forget_node(&mut conn.clone(), &opts.node_id)
+        forget_node(&mut conn.clone(), names, &opts.node_id)
             .await
             .map_err(unavailable)?;
         let stop = CancellationToken::new();
         let (out, out_rx) = mpsc::channel(opts.queue.max(1));
-        tokio::spawn(publisher(conn.clone(), out_rx, stop.clone()));
-        tokio::spawn(subscriber(shared.clone(), conn.clone(), stop.clone()));
+        tokio::spawn(publisher(conn.clone(), names, out_rx, stop.clone()));
+        match opts.mode {
+            RedisMode::Standalone => {
+                let client = redis::Client::open(opts.url.as_str()).map_err(unavailable)?;
+                tokio::spawn(subscriber(
+                    shared.clone(),
+                    client,
+                    conn.clone(),
+                    stop.clone(),
+                ));
+            }
+            RedisMode::Cluster => {
+                tokio::spawn(cluster_subscriber(
+                    shared.clone(),
+                    conn.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
         tokio::spawn(heartbeat(shared.clone(), conn.clone(), stop.clone()));
         // Wait (briefly) for the first subscription so that nothing published to this node
         // right after start is missed.
@@ -208,7 +345,7 @@ impl Router for RedisRouter {
                         skip_session: envelope.skip_session.clone(),
                         payload: envelope.payload.clone(),
                     };
-                    self.enqueue(node_channel(&node), &part)?;
+                    self.enqueue(self.shared.names.node_channel(&node), &part)?;
                 }
                 if any_local {
                     sink.deliver(Arc::new(envelope));
@@ -222,8 +359,9 @@ impl Router for RedisRouter {
         self.shared.local.insert(user.clone(), ());
         let mut conn = self.conn.clone();
         let node = &self.shared.opts.node_id;
+        let names = self.shared.names;
         let _: () = conn
-            .sadd(users_key(node), user.as_str())
+            .sadd(names.users_key(node), user.as_str())
             .await
             .map_err(unavailable)?;
         // Wait until the announcement has come back through our own subscription: Redis sends
@@ -235,8 +373,10 @@ impl Router for RedisRouter {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.shared.echoes.insert(echo, tx);
-        let sent: redis::RedisResult<()> = conn
-            .publish(PRESENCE, format!("+{node} {user} {echo}"))
+        let sent: redis::RedisResult<()> = redis::cmd(names.publish_cmd())
+            .arg(PRESENCE)
+            .arg(format!("+{node} {user} {echo}"))
+            .query_async(&mut conn)
             .await;
         if let Err(e) = sent {
             self.shared.echoes.remove(&echo);
@@ -261,7 +401,9 @@ impl Router for RedisRouter {
         let mut conn = self.conn.clone();
         let _: () = conn
             .hset(
-                sessions_key(&self.shared.opts.node_id, user.as_str()),
+                self.shared
+                    .names
+                    .sessions_key(&self.shared.opts.node_id, user.as_str()),
                 session,
                 description,
             )
@@ -274,7 +416,9 @@ impl Router for RedisRouter {
         let mut conn = self.conn.clone();
         let _: () = conn
             .hdel(
-                sessions_key(&self.shared.opts.node_id, user.as_str()),
+                self.shared
+                    .names
+                    .sessions_key(&self.shared.opts.node_id, user.as_str()),
                 session,
             )
             .await
@@ -287,9 +431,21 @@ impl Router for RedisRouter {
             Some(nodes) => nodes.clone(),
             None => return Ok(Vec::new()),
         };
+        let names = self.shared.names;
+        if names.cluster {
+            // Each node's hash lives in its own slot: one request per node, concurrently.
+            let per_node = futures_util::future::try_join_all(nodes.iter().map(|node| {
+                let mut conn = self.conn.clone();
+                let key = names.sessions_key(node, user.as_str());
+                async move { conn.hvals::<_, Vec<Vec<u8>>>(key).await }
+            }))
+            .await
+            .map_err(unavailable)?;
+            return Ok(per_node.into_iter().flatten().collect());
+        }
         let mut pipe = redis::pipe();
         for node in &nodes {
-            pipe.hvals(sessions_key(node, user.as_str()));
+            pipe.hvals(names.sessions_key(node, user.as_str()));
         }
         let mut conn = self.conn.clone();
         let per_node: Vec<Vec<Vec<u8>>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
@@ -300,12 +456,15 @@ impl Router for RedisRouter {
         self.shared.local.remove(user);
         let mut conn = self.conn.clone();
         let node = &self.shared.opts.node_id;
+        let names = self.shared.names;
         let _: () = conn
-            .srem(users_key(node), user.as_str())
+            .srem(names.users_key(node), user.as_str())
             .await
             .map_err(unavailable)?;
-        let _: () = conn
-            .publish(PRESENCE, format!("-{node} {user}"))
+        let _: () = redis::cmd(names.publish_cmd())
+            .arg(PRESENCE)
+            .arg(format!("-{node} {user}"))
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -314,7 +473,8 @@ impl Router for RedisRouter {
 
 /// Sends queued envelopes in order, retrying (with backoff) while Redis is away.
 async fn publisher(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
+    names: Names,
     mut rx: mpsc::Receiver<Outgoing>,
     stop: CancellationToken,
 ) {
@@ -329,11 +489,16 @@ async fn publisher(
         }
         let mut backoff = Duration::from_millis(50);
         loop {
-            let mut pipe = redis::pipe();
-            for o in &batch {
-                pipe.publish(&o.channel, &o.payload).ignore();
-            }
-            match pipe.query_async::<()>(&mut conn).await {
+            let sent = if names.cluster {
+                publish_sharded(&conn, &batch).await
+            } else {
+                let mut pipe = redis::pipe();
+                for o in &batch {
+                    pipe.publish(&o.channel, &o.payload).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await
+            };
+            match sent {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, queued = batch.len(), "redis publish failed; retrying");
@@ -349,8 +514,40 @@ async fn publisher(
     }
 }
 
+/// Cluster mode: `SPUBLISH`es a batch as one pipeline per channel (a pipeline must stay in one
+/// slot), the pipelines concurrently; each channel's envelopes keep their order.
+async fn publish_sharded(conn: &Conn, batch: &[Outgoing]) -> redis::RedisResult<()> {
+    let mut per_channel: Vec<(&str, redis::Pipeline)> = Vec::new();
+    for o in batch {
+        let i = match per_channel.iter().position(|(c, _)| *c == o.channel) {
+            Some(i) => i,
+            None => {
+                per_channel.push((o.channel.as_str(), redis::pipe()));
+                per_channel.len() - 1
+            }
+        };
+        per_channel[i]
+            .1
+            .cmd("SPUBLISH")
+            .arg(&o.channel)
+            .arg(&o.payload)
+            .ignore();
+    }
+    futures_util::future::try_join_all(per_channel.into_iter().map(|(_, pipe)| {
+        let mut conn = conn.clone();
+        async move { pipe.query_async::<()>(&mut conn).await }
+    }))
+    .await
+    .map(|_| ())
+}
+
 /// Keeps the subscription up: subscribes, re-announces, rebuilds presence, and delivers.
-async fn subscriber(shared: Arc<Shared>, conn: ConnectionManager, stop: CancellationToken) {
+async fn subscriber(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    conn: Conn,
+    stop: CancellationToken,
+) {
     let node = shared.opts.node_id.clone();
     let mut first = true;
     let mut backoff = Duration::from_millis(100);
@@ -359,8 +556,8 @@ async fn subscriber(shared: Arc<Shared>, conn: ConnectionManager, stop: Cancella
             return;
         }
         let attempt = async {
-            let mut pubsub = shared.client.get_async_pubsub().await?;
-            pubsub.subscribe(node_channel(&node)).await?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(shared.names.node_channel(&node)).await?;
             pubsub.subscribe(ALL).await?;
             pubsub.subscribe(PRESENCE).await?;
             Ok::<_, redis::RedisError>(pubsub)
@@ -413,6 +610,166 @@ async fn subscriber(shared: Arc<Shared>, conn: ConnectionManager, stop: Cancella
     }
 }
 
+/// Hands the cluster connection's push messages to the subscriber through a bounded queue. A
+/// full queue drops the push and raises `overflowed`: the subscriber then treats it as an
+/// interrupted subscription (sessions reconnect and `sync`), so nothing is lost silently.
+struct BoundedPush {
+    tx: mpsc::Sender<PushInfo>,
+    overflowed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl redis::aio::AsyncPushSender for BoundedPush {
+    fn send(&self, info: PushInfo) -> Result<(), redis::aio::SendError> {
+        match self.tx.try_send(info) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
+        }
+    }
+}
+
+/// Cluster mode: `SSUBSCRIBE`s this node's channel, `chat:all` and `chat:presence` (each to
+/// the shard owning it), then delivers. The cluster connection reconnects and resubscribes by
+/// itself; when it reports a dropped connection (or our queue overflowed), the node
+/// re-announces, rebuilds presence and asks its sessions to reconnect and `sync`, as the
+/// standalone subscriber does.
+async fn cluster_subscriber(shared: Arc<Shared>, conn: Conn, stop: CancellationToken) {
+    let node = shared.opts.node_id.clone();
+    let channels = [
+        shared.names.node_channel(&node),
+        ALL.to_owned(),
+        PRESENCE.to_owned(),
+    ];
+    let overflowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut backoff = Duration::from_millis(100);
+    let (mut sub, mut rx) = loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(shared.opts.queue.max(16));
+        let attempt = async {
+            let client = redis::cluster::ClusterClientBuilder::new(cluster_seeds(
+                &shared.opts.url,
+                &shared.opts.cluster_urls,
+            ))
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(5))
+            .push_sender(BoundedPush {
+                tx,
+                overflowed: overflowed.clone(),
+            })
+            .build()?;
+            let mut sub = client.get_async_connection().await?;
+            // One command per channel: they may live in different slots.
+            for channel in &channels {
+                sub.ssubscribe(channel).await?;
+            }
+            Ok::<_, redis::RedisError>(sub)
+        };
+        match attempt.await {
+            Ok(sub) => break (sub, rx),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis cluster subscribe failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    };
+    if let Err(e) = announce(&shared, conn.clone()).await {
+        tracing::warn!(error = %e, "redis re-announce failed");
+    }
+    if let Err(e) = reconcile(&shared, conn.clone()).await {
+        tracing::warn!(error = %e, "presence rebuild failed");
+    }
+    shared.ready.send_replace(true);
+    tracing::info!(node = %node, "redis cluster sharded subscription up");
+    let mut interrupted = false;
+    let mut probe = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        let push = tokio::select! {
+            p = rx.recv() => p,
+            _ = probe.tick() => {
+                if interrupted {
+                    // A command on the subscribing connection makes it reconnect (and so
+                    // resubscribe) to nodes it lost.
+                    let _: redis::RedisResult<Value> = redis::cmd("PING").query_async(&mut sub).await;
+                }
+                continue;
+            }
+            _ = stop.cancelled() => return,
+        };
+        let Some(push) = push else { return };
+        if overflowed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("redis push queue overflowed; treating it as an interruption");
+            resync(&shared, &conn).await;
+        }
+        match push.kind {
+            PushKind::SMessage | PushKind::Message => {
+                let mut data = push.data.into_iter();
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    continue;
+                };
+                if let Ok(channel) = std::str::from_utf8(&channel) {
+                    handle_message(&shared, channel, &payload);
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("redis cluster subscription interrupted; resubscribing");
+                interrupted = true;
+            }
+            PushKind::SUnsubscribe => {
+                // The server drops sharded subscriptions whose slot moved: follow the slot.
+                let channel = push.data.first().and_then(|v| match v {
+                    Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+                    _ => None,
+                });
+                if let Some(channel) = channel.filter(|c| channels.contains(c)) {
+                    tracing::warn!(channel = %channel, "sharded subscription dropped; resubscribing");
+                    interrupted = true;
+                    if let Err(e) = sub.ssubscribe(&channel).await {
+                        tracing::warn!(error = %e, "sharded resubscribe failed");
+                    }
+                }
+            }
+            PushKind::SSubscribe if interrupted => {
+                interrupted = false;
+                resync(&shared, &conn).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// After an interrupted (or overflowed) subscription: registers this node again, rebuilds
+/// presence, and asks the local sessions to reconnect and `sync` (what was published to us in
+/// between is gone).
+async fn resync(shared: &Shared, conn: &Conn) {
+    if let Err(e) = announce(shared, conn.clone()).await {
+        tracing::warn!(error = %e, "redis re-announce failed");
+    }
+    if let Err(e) = reconcile(shared, conn.clone()).await {
+        tracing::warn!(error = %e, "presence rebuild failed");
+    }
+    if let Some(sink) = shared.sink.get() {
+        tracing::warn!("redis subscription restored; asking local sessions to reconnect and sync");
+        sink.deliver(Arc::new(Envelope::broadcast(Control::Disconnect {
+            code: protocol::close::SLOW_CONSUMER,
+            reason: "routing was interrupted: reconnect and sync".into(),
+            session: None,
+        })));
+    }
+}
+
 fn handle_message(shared: &Shared, channel: &str, payload: &[u8]) {
     if channel == PRESENCE {
         let Ok(text) = std::str::from_utf8(payload) else {
@@ -460,26 +817,33 @@ fn handle_message(shared: &Shared, channel: &str, payload: &[u8]) {
 }
 
 /// Registers this node and its users in Redis.
-async fn announce(shared: &Shared, mut conn: ConnectionManager) -> redis::RedisResult<()> {
+async fn announce(shared: &Shared, mut conn: Conn) -> redis::RedisResult<()> {
     let node = &shared.opts.node_id;
+    let names = shared.names;
     let ttl = (shared.opts.heartbeat * 3).as_millis() as u64;
+    // The node list is one key; the node's own keys share a slot (one pipeline, even in a
+    // Redis Cluster).
+    let _: () = conn.sadd(NODES, node).await?;
     let mut pipe = redis::pipe();
-    pipe.sadd(NODES, node).ignore();
     pipe.cmd("SET")
-        .arg(alive_key(node))
+        .arg(names.alive_key(node))
         .arg(1)
         .arg("PX")
         .arg(ttl)
         .ignore();
     let users: Vec<String> = shared.local.iter().map(|u| u.key().to_string()).collect();
     for chunk in users.chunks(1000) {
-        pipe.sadd(users_key(node), chunk).ignore();
+        pipe.sadd(names.users_key(node), chunk).ignore();
     }
     // The sessions' descriptions come from the sink (the hub), which holds the sessions.
     if let Some(sink) = shared.sink.get() {
         for (user, session, description) in sink.session_descriptions() {
-            pipe.hset(sessions_key(node, user.as_str()), session, description)
-                .ignore();
+            pipe.hset(
+                names.sessions_key(node, user.as_str()),
+                session,
+                description,
+            )
+            .ignore();
         }
     }
     pipe.query_async::<()>(&mut conn).await
@@ -487,31 +851,32 @@ async fn announce(shared: &Shared, mut conn: ConnectionManager) -> redis::RedisR
 
 /// Deletes what Redis holds about `node`'s users and sessions (a node that is gone, or this
 /// node starting afresh).
-async fn forget_node(conn: &mut ConnectionManager, node: &str) -> redis::RedisResult<()> {
-    let users: Vec<String> = conn.smembers(users_key(node)).await?;
+async fn forget_node(conn: &mut Conn, names: Names, node: &str) -> redis::RedisResult<()> {
+    let users: Vec<String> = conn.smembers(names.users_key(node)).await?;
     let mut pipe = redis::pipe();
     for user in &users {
-        pipe.del(sessions_key(node, user)).ignore();
+        pipe.del(names.sessions_key(node, user)).ignore();
     }
-    pipe.del(users_key(node)).ignore();
+    pipe.del(names.users_key(node)).ignore();
     pipe.query_async::<()>(conn).await
 }
 
 /// Rebuilds the presence map from the nodes' user sets, dropping dead nodes.
-async fn reconcile(shared: &Shared, mut conn: ConnectionManager) -> redis::RedisResult<()> {
+async fn reconcile(shared: &Shared, mut conn: Conn) -> redis::RedisResult<()> {
+    let names = shared.names;
     let nodes: Vec<String> = conn.smembers(NODES).await?;
     let mut fresh: HashMap<UserId, Vec<String>> = HashMap::new();
     for node in nodes {
         if node == shared.opts.node_id {
             continue;
         }
-        let alive: bool = conn.exists(alive_key(&node)).await?;
+        let alive: bool = conn.exists(names.alive_key(&node)).await?;
         if !alive {
             let _: () = conn.srem(NODES, &node).await?;
-            forget_node(&mut conn, &node).await?;
+            forget_node(&mut conn, names, &node).await?;
             continue;
         }
-        let users: Vec<String> = conn.smembers(users_key(&node)).await?;
+        let users: Vec<String> = conn.smembers(names.users_key(&node)).await?;
         for u in users {
             fresh.entry(UserId::new(u)).or_default().push(node.clone());
         }
@@ -524,7 +889,7 @@ async fn reconcile(shared: &Shared, mut conn: ConnectionManager) -> redis::Redis
 }
 
 /// Refreshes this node's alive key and rebuilds presence periodically.
-async fn heartbeat(shared: Arc<Shared>, conn: ConnectionManager, stop: CancellationToken) {
+async fn heartbeat(shared: Arc<Shared>, conn: Conn, stop: CancellationToken) {
     let mut beat = tokio::time::interval(shared.opts.heartbeat);
     let mut last_reconcile = tokio::time::Instant::now();
     loop {
@@ -535,7 +900,7 @@ async fn heartbeat(shared: Arc<Shared>, conn: ConnectionManager, stop: Cancellat
         let node = &shared.opts.node_id;
         let ttl = (shared.opts.heartbeat * 3).as_millis() as u64;
         let mut c = conn.clone();
-        let alive: redis::RedisResult<bool> = c.exists(alive_key(node)).await;
+        let alive: redis::RedisResult<bool> = c.exists(shared.names.alive_key(node)).await;
         match alive {
             // The key vanished (Redis restarted or was flushed): register everything again.
             Ok(false) => {
@@ -545,7 +910,7 @@ async fn heartbeat(shared: Arc<Shared>, conn: ConnectionManager, stop: Cancellat
             }
             Ok(true) => {
                 let r: redis::RedisResult<()> = redis::cmd("PEXPIRE")
-                    .arg(alive_key(node))
+                    .arg(shared.names.alive_key(node))
                     .arg(ttl)
                     .query_async(&mut c)
                     .await;
@@ -585,7 +950,7 @@ where
 /// Per-conversation sequence counters in Redis.
 #[derive(Clone)]
 pub struct RedisSeq {
-    conn: ConnectionManager,
+    conn: Conn,
     namespace: String,
     next: redis::Script,
     restore: redis::Script,
@@ -599,8 +964,20 @@ impl RedisSeq {
     /// Connects to `url`. `namespace` separates deployments sharing one Redis (the gateway
     /// uses the store's keyspace, whose seqs these are).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, RouterError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let conn = ConnectionManager::new(client).await.map_err(unavailable)?;
+        Self::connect_with(RedisMode::Standalone, url, &[], namespace).await
+    }
+
+    /// Connects in `mode` (in cluster mode to the seeds `cluster_urls`, or `url` when that is
+    /// empty). Each counter is one key (`{<conv>}`-tagged), so it works unchanged in a cluster.
+    pub async fn connect_with(
+        mode: RedisMode,
+        url: &str,
+        cluster_urls: &[String],
+        namespace: &str,
+    ) -> Result<Self, RouterError> {
+        let conn = open_conn(mode, url, cluster_urls)
+            .await
+            .map_err(unavailable)?;
         Ok(Self {
             conn,
             namespace: namespace.to_owned(),
@@ -679,6 +1056,8 @@ mod tests {
     fn opts(node: &str) -> RedisOptions {
         RedisOptions {
             url: redis_url(),
+            mode: RedisMode::Standalone,
+            cluster_urls: Vec::new(),
             node_id: format!("{node}-{}-{}", std::process::id(), rand_suffix()),
             heartbeat: Duration::from_millis(200),
             reconcile: Duration::from_millis(500),
@@ -700,6 +1079,82 @@ mod tests {
             true,
         )
         .await;
+    }
+
+    fn cluster_urls() -> Vec<String> {
+        let urls = std::env::var("CHATD_TEST_REDIS_CLUSTER_URLS").unwrap_or_else(|_| {
+            panic!(
+                "CHATD_TEST_REDIS_CLUSTER_URLS is not set: start the Redis Cluster with \
+                 scripts/services/env.sh start and source .cache/services.env (the README's \
+                 test command does this)"
+            )
+        });
+        urls.split(',').map(str::to_owned).collect()
+    }
+
+    fn cluster_opts(node: &str) -> RedisOptions {
+        RedisOptions {
+            mode: RedisMode::Cluster,
+            cluster_urls: cluster_urls(),
+            ..opts(node)
+        }
+    }
+
+    #[tokio::test]
+    async fn cluster_conformance() {
+        crate::conformance::run_all(
+            || async { Arc::new(RedisRouter::connect(cluster_opts("c")).await.unwrap()) },
+            true,
+        )
+        .await;
+    }
+
+    async fn keyslot(conn: &mut Conn, key: &str) -> u16 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .unwrap()
+    }
+
+    /// Node channels spread over the slots, and each node's keys share one slot.
+    #[tokio::test]
+    async fn cluster_names_spread_nodes_over_slots() {
+        let mut conn = open_conn(RedisMode::Cluster, "", &cluster_urls())
+            .await
+            .unwrap();
+        let names = Names { cluster: true };
+        let mut slots = std::collections::HashSet::new();
+        for i in 0..16 {
+            slots.insert(keyslot(&mut conn, &names.node_channel(&format!("node-{i}"))).await);
+        }
+        assert!(slots.len() > 8, "node channels should spread: {slots:?}");
+        let n = "node-x";
+        let s = keyslot(&mut conn, &names.node_channel(n)).await;
+        assert_eq!(keyslot(&mut conn, &names.users_key(n)).await, s);
+        assert_eq!(keyslot(&mut conn, &names.alive_key(n)).await, s);
+        assert_eq!(keyslot(&mut conn, &names.sessions_key(n, "alice")).await, s);
+    }
+
+    #[tokio::test]
+    async fn cluster_seq_counters_across_slots() {
+        let urls = cluster_urls();
+        let seq = RedisSeq::connect_with(RedisMode::Cluster, "", &urls, "test")
+            .await
+            .unwrap();
+        let mut conn = open_conn(RedisMode::Cluster, "", &urls).await.unwrap();
+        // Many conversations: their counters land on all three masters.
+        let mut slots = std::collections::HashSet::new();
+        for i in 0..30 {
+            let conv = ConvId::parse(&format!("group:cs{}x{i}", rand_suffix())).unwrap();
+            slots.insert(keyslot(&mut conn, &seq_key("test", &conv)).await);
+            assert_eq!(seq.next(&conv).await.unwrap(), None);
+            assert_eq!(seq.restore(&conv, 41).await.unwrap(), 42);
+            assert_eq!(seq.next(&conv).await.unwrap(), Some(43));
+            assert_eq!(seq.restore(&conv, 5).await.unwrap(), 44);
+        }
+        assert!(slots.len() > 10);
     }
 
     #[tokio::test]

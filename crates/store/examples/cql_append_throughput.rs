@@ -4,7 +4,12 @@
 //! source .cache/services.env     # CHATD_TEST_CQL=127.0.0.1:PORT (scripts/services/cassandra.sh start)
 //! cargo run --release -p store --example cql_append_throughput -- \
 //!     [--messages 100000] [--concurrency 512] [--convs 1000] [--consistency one] [--node HOST:PORT]
+//!     [--write-path logged|split|unlogged] [--dm] [--db-pid PID]
 //! ```
+//!
+//! `--dm` writes direct messages (two participants, so the `user_convs` rows are written too);
+//! otherwise group messages. `--db-pid` names the database process, whose CPU time (from
+//! /proc) is reported per message next to this process's own.
 //!
 //! Every append is acknowledged only after its logged batch was written at the given
 //! consistency (the same path the gateway uses). Seqs come from an in-process
@@ -17,7 +22,7 @@ use protocol::{ConvId, GroupId, MessageId, MessageKind, UserId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::scylla::{parse_consistency, ScyllaOptions, ScyllaStore};
+use store::scylla::{parse_consistency, ScyllaOptions, ScyllaStore, WritePath};
 use store::{LocalSeqSource, NewMessage, Store};
 
 struct Args {
@@ -26,6 +31,9 @@ struct Args {
     concurrency: u64,
     convs: u64,
     consistency: String,
+    write_path: WritePath,
+    dm: bool,
+    db_pid: Option<u32>,
 }
 
 fn args() -> Args {
@@ -35,9 +43,16 @@ fn args() -> Args {
         concurrency: 512,
         convs: 1000,
         consistency: "one".into(),
+        write_path: WritePath::default(),
+        dm: false,
+        db_pid: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--dm" {
+            a.dm = true;
+            continue;
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--node" => a.node = value,
@@ -45,6 +60,15 @@ fn args() -> Args {
             "--concurrency" => a.concurrency = value.parse().expect("--concurrency N"),
             "--convs" => a.convs = value.parse().expect("--convs N"),
             "--consistency" => a.consistency = value,
+            "--db-pid" => a.db_pid = Some(value.parse().expect("--db-pid PID")),
+            "--write-path" => {
+                a.write_path = match value.as_str() {
+                    "logged" => WritePath::Logged,
+                    "split" => WritePath::Split,
+                    "unlogged" => WritePath::Unlogged,
+                    other => panic!("--write-path logged|split|unlogged, not {other}"),
+                }
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -66,6 +90,7 @@ async fn main() {
     let opts = ScyllaOptions {
         consistency: parse_consistency(&a.consistency).expect("consistency"),
         request_timeout: Duration::from_secs(30),
+        write_path: a.write_path,
         ..ScyllaOptions::single_node(a.node.clone(), ks.clone())
     };
     let store = ScyllaStore::new(opts, Arc::new(LocalSeqSource::new()))
@@ -73,7 +98,13 @@ async fn main() {
         .expect("connect");
     store.migrate().await.expect("migrate");
     let convs: Vec<ConvId> = (0..a.convs)
-        .map(|i| ConvId::group(&GroupId::new(format!("bench{i}"))))
+        .map(|i| {
+            if a.dm {
+                ConvId::direct(&UserId::new(format!("a{i}")), &UserId::new(format!("b{i}")))
+            } else {
+                ConvId::group(&GroupId::new(format!("bench{i}")))
+            }
+        })
         .collect();
     let convs = Arc::new(convs);
     let next = Arc::new(AtomicU64::new(0));
@@ -84,6 +115,7 @@ async fn main() {
             .await
             .expect("warm-up");
     }
+    let cpu0 = (cpu_ms("self"), a.db_pid.map(|p| cpu_ms(&p.to_string())));
     let start = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..a.concurrency {
@@ -108,20 +140,29 @@ async fn main() {
         lat.extend(w.await.expect("worker"));
     }
     let took = start.elapsed();
+    let own_ms = cpu_ms("self") - cpu0.0;
+    let db_ms = a
+        .db_pid
+        .map(|p| cpu_ms(&p.to_string()) - cpu0.1.unwrap_or(0.0));
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(
-        "{} messages, {} concurrent appends, {} conversations, consistency {}: \
-         {:.1} s, {:.0} persisted messages/s; latency p50 {:?} p99 {:?} max {:?}",
+        "{} {} messages, {} concurrent appends, {} conversations, consistency {}, {:?}: \
+         {:.1} s, {:.0} persisted messages/s; latency p50 {:?} p99 {:?} max {:?}; \
+         CPU per message: client {:.3} ms, database {}",
         a.messages,
+        if a.dm { "direct" } else { "group" },
         a.concurrency,
         a.convs,
         a.consistency,
+        a.write_path,
         took.as_secs_f64(),
         a.messages as f64 / took.as_secs_f64(),
         pct(0.50),
         pct(0.99),
         lat[lat.len() - 1],
+        own_ms / a.messages as f64,
+        db_ms.map_or("-".into(), |d| format!("{:.3} ms", d / a.messages as f64)),
     );
     let session = scylla::client::session_builder::SessionBuilder::new()
         .known_node(&a.node)
@@ -132,6 +173,17 @@ async fn main() {
         .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
         .await
         .expect("drop keyspace");
+}
+
+/// CPU time (user + system) of a process so far, ms, from /proc/<pid>/stat.
+fn cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    // USER_HZ is 100 on Linux.
+    ticks * 10.0
 }
 
 fn msg(conv: &ConvId, n: u64, ts: u64) -> NewMessage {
@@ -146,6 +198,9 @@ fn msg(conv: &ConvId, n: u64, ts: u64) -> NewMessage {
         mentions: vec![],
         reply_to: None,
         ts: 1_700_000_000_000 + ts,
-        participants: vec![],
+        participants: match conv.kind() {
+            protocol::ConvKind::Direct(x, y) => vec![UserId::new(x), UserId::new(y)],
+            _ => vec![],
+        },
     }
 }

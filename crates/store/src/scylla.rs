@@ -110,6 +110,30 @@ pub struct ScyllaOptions {
     pub retry_queue: usize,
     /// How often the retry queue tries to write what it holds.
     pub retry_interval: Duration,
+    /// How an append is written (measured in docs/BENCHMARKS.md; edge cases in
+    /// docs/SCYLLA.md).
+    pub write_path: WritePath,
+}
+
+/// How [`ScyllaStore`] writes one message. Every path keeps the idempotency read in front
+/// and gap-free seqs; they differ in what is atomic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WritePath {
+    /// One logged batch: message, idempotency row, conversation meta row and the
+    /// participants' `user_convs` rows, all or nothing. One request per message; the
+    /// cheapest of the three as measured (docs/BENCHMARKS.md).
+    #[default]
+    Logged,
+    /// A logged batch of only the message and its idempotency row (the pair that must be
+    /// atomic), with the meta row and the `user_convs` rows this node has not written yet as
+    /// single writes alongside it. The meta row is a hint (reads scan past it) and
+    /// `user_convs` rows are idempotent; a crash between them leaves a direct conversation
+    /// out of a side's list until its next message. Measured slower than `Logged`.
+    Split,
+    /// No batch: every row a single write, concurrently, the idempotency row after the
+    /// message. Cheapest, but a crash between the two leaves a stored message whose retry is
+    /// stored again under a new seq (a duplicate); kept for measurements only.
+    Unlogged,
 }
 
 impl Default for ScyllaOptions {
@@ -127,6 +151,7 @@ impl Default for ScyllaOptions {
             bucket_size: DEFAULT_BUCKET_SIZE,
             retry_queue: 10_000,
             retry_interval: Duration::from_secs(1),
+            write_path: WritePath::default(),
         }
     }
 }
@@ -225,8 +250,14 @@ struct Inner {
     pending: DashMap<String, Pending>,
     /// Group retention (seconds, `None` = the default), with when it was read.
     retention: DashMap<String, (Option<u32>, Instant)>,
+    /// `(user, conv)` pairs whose `user_convs` row this process wrote (`WritePath::Split`
+    /// skips rewriting them); cleared when it reaches `USER_CONVS_CACHE`.
+    user_convs: DashMap<(String, String), ()>,
     closed: AtomicBool,
 }
+
+/// Most `(user, conv)` pairs remembered as written before the set is cleared.
+const USER_CONVS_CACHE: usize = 100_000;
 
 /// The ScyllaDB / Cassandra store. Cheap to clone: clones share the session.
 #[derive(Clone)]
@@ -352,6 +383,7 @@ impl ScyllaStore {
                 locks: KeyLocks::default(),
                 pending: DashMap::new(),
                 retention: DashMap::new(),
+                user_convs: DashMap::new(),
                 closed: AtomicBool::new(false),
             }),
         };
@@ -546,6 +578,17 @@ impl ScyllaStore {
             .await
     }
 
+    /// Single writes, concurrently; the first error wins.
+    async fn singles(&self, parts: Vec<(&PreparedStatement, BoxedRow)>) -> Result<()> {
+        futures_util::future::try_join_all(
+            parts
+                .into_iter()
+                .map(|(st, values)| async move { self.exec(st, values).await }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     async fn batch(&self, parts: Vec<(&PreparedStatement, BoxedRow)>) -> Result<()> {
         let (stmts, values): (Vec<BatchStatement>, Vec<BoxedRow>) = parts
             .into_iter()
@@ -611,7 +654,7 @@ impl ScyllaStore {
     }
 
     /// Writes a message, its idempotency row, the conversation's meta row and the
-    /// direct-conversation rows in one logged batch.
+    /// direct-conversation rows, as `opts.write_path` says.
     async fn write_message(
         &self,
         m: &Message,
@@ -636,43 +679,72 @@ impl ScyllaStore {
             Some(r) => MaybeUnset::Set(to_i64(r.0)?),
             None => MaybeUnset::Unset,
         };
-        let mut parts: Vec<(&PreparedStatement, BoxedRow)> = vec![
-            (
-                &st.insert_message,
-                Box::new((
-                    conv.clone(),
-                    to_i64(self.bucket(m.seq.0))?,
-                    seq,
-                    m.id.0.clone(),
-                    m.from.0.clone(),
-                    enum_str(&m.kind)?,
-                    m.body.clone(),
-                    attachment,
-                    mentions,
-                    reply_to,
-                    ts,
-                    client_msg_id.to_owned(),
-                    ttl,
-                )),
-            ),
-            (
-                &st.insert_idem,
-                Box::new((
-                    conv.clone(),
-                    m.from.0.clone(),
-                    client_msg_id.to_owned(),
-                    seq,
-                    m.id.0.clone(),
-                    ttl,
-                    IDEM_TS_BASE - seq,
-                )),
-            ),
-            (&st.update_meta, Box::new((seq, seq, ts, conv.clone()))),
-        ];
+        let message: (&PreparedStatement, BoxedRow) = (
+            &st.insert_message,
+            Box::new((
+                conv.clone(),
+                to_i64(self.bucket(m.seq.0))?,
+                seq,
+                m.id.0.clone(),
+                m.from.0.clone(),
+                enum_str(&m.kind)?,
+                m.body.clone(),
+                attachment,
+                mentions,
+                reply_to,
+                ts,
+                client_msg_id.to_owned(),
+                ttl,
+            )),
+        );
+        let idem: (&PreparedStatement, BoxedRow) = (
+            &st.insert_idem,
+            Box::new((
+                conv.clone(),
+                m.from.0.clone(),
+                client_msg_id.to_owned(),
+                seq,
+                m.id.0.clone(),
+                ttl,
+                IDEM_TS_BASE - seq,
+            )),
+        );
+        let meta: (&PreparedStatement, BoxedRow) =
+            (&st.update_meta, Box::new((seq, seq, ts, conv.clone())));
+        let path = self.inner.opts.write_path;
+        let mut side = vec![meta];
+        let mut new_pairs = Vec::new();
         for p in participants {
-            parts.push((&st.insert_user_conv, Box::new((p.0.clone(), conv.clone()))));
+            let pair = (p.0.clone(), conv.clone());
+            if path == WritePath::Split && self.inner.user_convs.contains_key(&pair) {
+                continue;
+            }
+            side.push((&st.insert_user_conv, Box::new(pair.clone())));
+            new_pairs.push(pair);
         }
-        self.batch(parts).await
+        match path {
+            WritePath::Logged => {
+                let mut parts = vec![message, idem];
+                parts.extend(side);
+                self.batch(parts).await?;
+            }
+            WritePath::Split => {
+                futures_util::future::try_join(self.batch(vec![message, idem]), self.singles(side))
+                    .await?;
+                if self.inner.user_convs.len() + new_pairs.len() > USER_CONVS_CACHE {
+                    self.inner.user_convs.clear();
+                }
+                for pair in new_pairs {
+                    self.inner.user_convs.insert(pair, ());
+                }
+            }
+            WritePath::Unlogged => {
+                side.push(message);
+                self.singles(side).await?;
+                self.singles(vec![idem]).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The stored copy of an idempotency key's message, if the key was stored.

@@ -628,3 +628,43 @@ async fn unavailable_database_and_retry_queue() {
     )
     .await;
 }
+
+/// Every write path stores a direct message once per key and lists the conversation for both
+/// sides, also when the split path skips `user_convs` rows it already wrote, and from a
+/// second store (a fresh cache) on the same keyspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_paths_keep_idempotency_and_conversation_lists() {
+    use store::scylla::WritePath;
+    for path in [WritePath::Logged, WritePath::Split, WritePath::Unlogged] {
+        with_keyspace(
+            "paths",
+            |o| o.write_path = path,
+            |store, o| async move {
+                let (a, b) = (UserId::new("pa"), UserId::new("pb"));
+                let conv = ConvId::direct(&a, &b);
+                let first = store.append(new_msg(&conv, "pa", "k1")).await.unwrap();
+                assert!(!first.duplicate, "{path:?}");
+                let again = store.append(new_msg(&conv, "pa", "k1")).await.unwrap();
+                assert!(again.duplicate, "{path:?}");
+                assert_eq!(again.message.seq, first.message.seq);
+                let second = store.append(new_msg(&conv, "pb", "k2")).await.unwrap();
+                assert_eq!(second.message.seq, Seq(2), "{path:?}");
+                let other = open(&o).await;
+                let third = other.append(new_msg(&conv, "pa", "k3")).await.unwrap();
+                assert_eq!(third.message.seq, Seq(3), "{path:?}");
+                for s in [&store, &other] {
+                    for u in [&a, &b] {
+                        let list = s.conversations(u).await.unwrap();
+                        let c = list.iter().find(|c| c.conv == conv).expect("listed");
+                        assert_eq!(c.last_seq, Seq(3), "{path:?}");
+                    }
+                }
+                assert_eq!(
+                    seqs(&store.history(&conv, None, 10).await.unwrap()),
+                    [3, 2, 1]
+                );
+            },
+        )
+        .await;
+    }
+}
