@@ -426,6 +426,14 @@ fn rows() -> Vec<Row> {
             COMPANY_ADMIN,
         ),
         row(
+            "get",
+            "/v1/admin/backup",
+            "/v1/admin/backup",
+            None,
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
             "post",
             "/v1/admin/moderation/reload",
             "/v1/admin/moderation/reload",

@@ -172,7 +172,7 @@ impl SeqSource for RedisSeqSource {
 }
 
 /// The router's [`RedisMode`] for `router.redis_mode`.
-fn redis_mode(mode: crate::config::RedisMode) -> RedisMode {
+pub(crate) fn redis_mode(mode: crate::config::RedisMode) -> RedisMode {
     match mode {
         crate::config::RedisMode::Standalone => RedisMode::Standalone,
         crate::config::RedisMode::Cluster => RedisMode::Cluster,

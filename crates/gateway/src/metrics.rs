@@ -382,7 +382,15 @@ pub fn frame_in_invalid() {
 
 /// Counts a client frame and times its handling until the returned guard drops.
 pub fn command(frame: &ClientFrame) -> CommandTimer {
-    let index = frame_index(frame);
+    command_at(frame_index(frame))
+}
+
+/// [`command`] for a `send` frame already taken apart (the session's pipelined sends).
+pub fn send_command() -> CommandTimer {
+    command_at(0)
+}
+
+fn command_at(index: usize) -> CommandTimer {
     if let Some(c) = handles().and_then(|h| h.frames_in.get(index)) {
         c.increment(1);
     }

@@ -131,7 +131,10 @@ pub async fn send_in_order(
     ticket: &crate::order::Ticket,
 ) -> Option<Arc<SharedFrame>> {
     let rid = req.rid.clone();
-    match crate::send::send(state, &ctx.sender(), req, Some(ticket)).await {
+    let _timer = crate::metrics::send_command();
+    let sender = ctx.sender();
+    let sent = crate::send::send(state, &sender, req, Some(ticket));
+    match crate::metrics::timed_send(sent).await {
         Ok(reply) => reply.map(SharedFrame::new),
         Err(e) => Some(SharedFrame::new(e.frame(rid))),
     }

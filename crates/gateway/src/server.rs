@@ -170,7 +170,6 @@ impl Node {
             .merge(crate::api::operations::metrics_routes(
                 &state.config.metrics,
             ))
-            .merge(crate::api::operations::backup_routes())
             .layer(DefaultBodyLimit::max(state.config.limits.max_http_body))
             .layer(axum::middleware::from_fn(crate::api::json_errors))
             .layer(axum::middleware::from_fn(crate::metrics::http_layer))

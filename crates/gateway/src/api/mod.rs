@@ -136,6 +136,7 @@ pub fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(review::routes())
         .merge(posts::routes())
         .merge(files::routes())
+        .merge(operations::backup_routes())
         .split_for_parts()
 }
 

@@ -5,7 +5,7 @@
 
 use crate::api::Caller;
 use crate::config::MetricsConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -17,6 +17,8 @@ use protocol::UserId;
 use serde::Serialize;
 use std::io;
 use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// `/livez` and `/readyz` (see [`crate::health`]); no authentication: they say nothing about users.
 pub fn probe_routes() -> Router<AppState> {
@@ -106,12 +108,17 @@ async fn admin_metrics(
     Ok(crate::metrics::exposition(&crate::metrics::install()))
 }
 
-/// `GET /v1/admin/backup`: takes a backup now (kept in `backup.dir` like a scheduled one)
-/// and sends it (`application/gzip`). Company administrators only.
-pub fn backup_routes() -> axum::Router<AppState> {
-    axum::Router::new().route("/v1/admin/backup", get(download))
+/// `GET /v1/admin/backup` (documented in the OpenAPI document, so the authorization matrix
+/// covers it).
+pub fn backup_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(download))
 }
 
+/// Takes a backup now (kept in `backup.dir` like a scheduled one) and sends it
+/// (`application/gzip`). Company administrators only; one backup runs at a time (503 with
+/// retry otherwise); embedded mode only (400 in cluster mode).
+#[utoipa::path(get, path = "/v1/admin/backup", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "The backup archive (tar.gz)", content_type = "application/gzip"), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody), (status = 400, description = "Not embedded mode", body = ErrorBody), (status = 503, description = "Another backup is running", body = ErrorBody)))]
 async fn download(
     State(state): State<AppState>,
     Caller(user): Caller,
