@@ -64,6 +64,7 @@ pub async fn run_all<S: Store + MetaStore + ReviewStore + Clone>(store: &S) {
     users(store).await;
     recall_leaves_a_tombstone(store).await;
     meta_records(store).await;
+    meta_compare_and_swap(store).await;
     audit_log_and_review_queue(store).await;
 }
 
@@ -411,6 +412,64 @@ pub async fn meta_records<S: MetaStore>(store: &S) {
     // Racing creations: exactly one wins.
     let results = futures_join(store, &ns).await;
     assert_eq!(results.iter().filter(|w| **w).count(), 1);
+}
+
+/// Compare-and-swap: writes only over the expected value (or over nothing), and of many
+/// racing read-modify-write loops on one record none loses its update.
+pub async fn meta_compare_and_swap<S: MetaStore + Clone>(store: &S) {
+    let ns = unique("cas");
+    assert!(store
+        .compare_and_swap(&ns, "k", None, b"1".to_vec())
+        .await
+        .unwrap());
+    assert!(!store
+        .compare_and_swap(&ns, "k", None, b"x".to_vec())
+        .await
+        .unwrap());
+    assert!(!store
+        .compare_and_swap(&ns, "k", Some(b"0".to_vec()), b"x".to_vec())
+        .await
+        .unwrap());
+    assert_eq!(store.get(&ns, "k").await.unwrap(), Some(b"1".to_vec()));
+    assert!(store
+        .compare_and_swap(&ns, "k", Some(b"1".to_vec()), b"2".to_vec())
+        .await
+        .unwrap());
+    assert_eq!(store.get(&ns, "k").await.unwrap(), Some(b"2".to_vec()));
+    assert!(!store
+        .compare_and_swap(&ns, "absent", Some(b"1".to_vec()), b"x".to_vec())
+        .await
+        .unwrap());
+    assert_eq!(store.get(&ns, "absent").await.unwrap(), None);
+    // Racing increments of a counter: every one of them lands.
+    let (tasks, each) = (4usize, 5usize);
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (store, ns) = (store.clone(), ns.clone());
+        handles.push(tokio::spawn(async move {
+            for _ in 0..each {
+                loop {
+                    let old = store.get(&ns, "n").await.unwrap();
+                    let n: usize = old
+                        .as_deref()
+                        .map(|v| String::from_utf8_lossy(v).parse().unwrap())
+                        .unwrap_or(0);
+                    let new = (n + 1).to_string().into_bytes();
+                    if store.compare_and_swap(&ns, "n", old, new).await.unwrap() {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let total = store.get(&ns, "n").await.unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&total).parse::<usize>().unwrap(),
+        tasks * each
+    );
 }
 
 async fn futures_join<S: MetaStore>(store: &S, ns: &str) -> Vec<bool> {

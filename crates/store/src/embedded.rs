@@ -784,6 +784,26 @@ impl MetaStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn compare_and_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<bool> {
+        let k = meta_key(ns, key);
+        // The writer thread runs jobs one at a time, so compare-then-write is atomic.
+        self.write(move |ks, _| {
+            let current = ks.meta.get(&k).map_err(backend)?;
+            if current.as_deref() != expected.as_deref() {
+                return Ok(Ok(false));
+            }
+            ks.meta.insert(k, new).map_err(backend)?;
+            Ok(Ok(true))
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -71,6 +71,18 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Applies every write of `ops` or none of them, durably before returning.
     async fn apply(&self, ops: Vec<MetaOp>) -> Result<()>;
+
+    /// Writes `new` at `ns/key` only if the stored value is still `expected` (`None`: only
+    /// if nothing is there); returns whether it was written. Atomic across processes, so a
+    /// read-modify-write that retries on `false` never loses a concurrent update (the
+    /// version check for records several nodes change, such as group settings).
+    async fn compare_and_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<bool>;
 }
 
 /// The upper bound of a key prefix for range scans: the prefix followed by the largest

@@ -1228,21 +1228,7 @@ impl MetaStore for ScyllaStore {
 
     async fn insert_new(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<bool> {
         let st = self.stmts().await?;
-        let res = self
-            .inner
-            .session
-            .execute_unpaged(&st.insert_new_meta_kv, (ns, key, value))
-            .await
-            .map_err(exec_err)?
-            .into_rows_result()
-            .map_err(cql::decode_err)?;
-        let row = res
-            .maybe_first_row::<::scylla::value::Row>()
-            .map_err(cql::decode_err)?;
-        Ok(matches!(
-            row.as_ref().and_then(|r| r.columns.first()),
-            Some(Some(::scylla::value::CqlValue::Boolean(true)))
-        ))
+        self.applied(&st.insert_new_meta_kv, (ns, key, value)).await
     }
 
     async fn apply(&self, ops: Vec<MetaOp>) -> Result<()> {
@@ -1262,6 +1248,41 @@ impl MetaStore for ScyllaStore {
             0 => Ok(()),
             _ => self.batch(parts).await,
         }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<bool> {
+        let st = self.stmts().await?;
+        match expected {
+            None => self.applied(&st.insert_new_meta_kv, (ns, key, new)).await,
+            Some(old) => self.applied(&st.swap_meta_kv, (new, ns, key, old)).await,
+        }
+    }
+}
+
+impl ScyllaStore {
+    /// Runs a lightweight transaction and reports its `[applied]` column.
+    async fn applied(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<bool> {
+        let res = self
+            .inner
+            .session
+            .execute_unpaged(stmt, values)
+            .await
+            .map_err(exec_err)?
+            .into_rows_result()
+            .map_err(cql::decode_err)?;
+        let row = res
+            .maybe_first_row::<::scylla::value::Row>()
+            .map_err(cql::decode_err)?;
+        Ok(matches!(
+            row.as_ref().and_then(|r| r.columns.first()),
+            Some(Some(::scylla::value::CqlValue::Boolean(true)))
+        ))
     }
 }
 
