@@ -23,6 +23,7 @@ pub mod moderation;
 pub mod ops;
 pub mod order;
 pub mod policy;
+pub mod post_commit;
 pub mod posts;
 pub mod pump;
 pub mod revocation;

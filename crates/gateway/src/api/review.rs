@@ -171,10 +171,7 @@ async fn decided(
         until: None,
         detail: Some(held.client_msg_id.clone()),
     };
-    let _ = state
-        .router
-        .publish(Envelope::frame(vec![held.from.clone()], frame))
-        .await;
+    crate::post_commit::event(&*state.router, vec![held.from.clone()], frame).await;
     let action = match event {
         EventKind::ReviewApproved => "review.approve",
         _ => "review.reject",
@@ -312,10 +309,7 @@ async fn lift(
         until: None,
         detail: None,
     };
-    let _ = state
-        .router
-        .publish(Envelope::frame(vec![user], frame))
-        .await;
+    crate::post_commit::event(&*state.router, vec![user], frame).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -352,10 +346,17 @@ async fn disconnect(
         reason: "signed out by an administrator".into(),
         session: None,
     };
-    state
-        .router
-        .publish(Envelope::control(vec![user.clone()], control))
-        .await?;
+    if q.revoke {
+        // The revocation is stored: the disconnect is a best-effort follow-up.
+        crate::post_commit::control(&*state.router, vec![user.clone()], control).await;
+    } else {
+        // Nothing is stored: the disconnect is the whole request, so its failure is the
+        // request's.
+        state
+            .router
+            .publish(Envelope::control(vec![user.clone()], control))
+            .await?;
+    }
     state
         .audit(store::AuditEntry {
             ts: now_ms(),
