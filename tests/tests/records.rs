@@ -101,3 +101,64 @@ async fn call(
 ) -> (u16, serde_json::Value) {
     api.call(method, &path, Some("owner"), Some(body)).await
 }
+
+/// With the test hook that makes the router refuse `event` frames, a recall (stored, then
+/// announced with an event) still succeeds, the loss is counted in `/healthz`, and chat goes on.
+#[tokio::test]
+async fn a_recall_succeeds_when_its_event_is_lost() {
+    use protocol::{ClientFrame, ConvId, MessageKind, ServerFrame};
+    let node = Node::start_with(NodeOpts::default().env("CHATD_TEST_FAIL_EVENTS", "1"));
+    let api = Api::new(&node);
+    let mut ann = Client::connect(&node, "ann").await;
+    let mut bob = Client::connect(&node, "bob").await;
+    let seq = ack_seq(&ann.send_dm("bob", "c1", "oops").await);
+    bob.next_message().await;
+    let conv = ConvId::direct(&"ann".into(), &"bob".into());
+
+    // The recall over WebSocket answers `recalled`, not an error.
+    ann.send(&ClientFrame::Recall {
+        rid: Some("r1".into()),
+        conv: conv.clone(),
+        seq: protocol::Seq(seq),
+    })
+    .await;
+    let reply = ann
+        .recv_until(|f| match f {
+            ServerFrame::Recalled { rid: Some(r), .. } => r == "r1",
+            other => is_reply_to(other, "r1"),
+        })
+        .await;
+    assert!(matches!(reply, ServerFrame::Recalled { .. }), "{reply:?}");
+
+    // It is stored: the history shows the tombstone.
+    bob.send(&ClientFrame::History {
+        rid: Some("h".into()),
+        conv: conv.clone(),
+        before_seq: None,
+        limit: Some(10),
+    })
+    .await;
+    let ServerFrame::History { messages, .. } = bob
+        .recv_until(|f| matches!(f, ServerFrame::History { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    let m = messages.iter().find(|m| m.seq.0 == seq).unwrap();
+    assert_eq!(m.kind, MessageKind::Recalled);
+    assert!(m.body.is_empty());
+
+    // The lost event is counted.
+    let (status, health) = api.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        health["post_commit_failures"]["events"].as_u64().unwrap() >= 1,
+        "{health}"
+    );
+
+    // An innocent message still flows, promptly.
+    let started = Instant::now();
+    ann.send_dm("bob", "c2", "hello again").await;
+    assert_eq!(bob.next_message().await.body, "hello again");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -12,6 +12,8 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod events;
+#[cfg(feature = "test-hooks")]
+pub mod faults;
 pub mod files;
 pub mod groups;
 pub mod hashing;
