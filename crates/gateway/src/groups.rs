@@ -6,6 +6,7 @@ use crate::directory::{from_json, to_json, Account};
 use crate::error::ApiError;
 use crate::events::{changed, group_event, notify, publish};
 use crate::membership::{GroupSettings, GroupView, NS_GROUP_SETTINGS};
+use crate::post_commit::Audit;
 use crate::state::{now_ms, AppState};
 use protocol::{ConvId, ErrorCode, EventKind, GroupId, ServerFrame, UserId};
 use store::{AuditEntry, Member, Role};
@@ -25,10 +26,12 @@ pub fn audit_entry(
     group: &GroupId,
     target: Option<&UserId>,
 ) -> AuditEntry {
-    let mut e = AuditEntry::action(now_ms(), me, action);
-    e.conv = Some(ConvId::group(group));
-    e.target = target.cloned();
-    e
+    let e = Audit::new(now_ms(), me, action).conv(ConvId::group(group));
+    match target {
+        Some(t) => e.target(t.clone()),
+        None => e,
+    }
+    .build()
 }
 
 /// How many times [`update_settings`] re-reads and re-applies a change that lost a race with

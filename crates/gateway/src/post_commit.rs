@@ -12,7 +12,7 @@
 //! `AppState::audit` can use it too; the domain helpers that build frames are in `events.rs`.
 
 use protocol::{ConvId, ServerFrame, UserId};
-use router::{Control, Envelope, Router};
+use router::{Control, Envelope, Payload, Router};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use store::{AuditEntry, ReviewStore};
@@ -51,31 +51,37 @@ pub async fn audit(review: &dyn ReviewStore, entry: AuditEntry) {
     }
 }
 
+/// Publishes any envelope (best effort); a failure counts as a lost event or control
+/// message by what the envelope carries.
+pub async fn publish(router: &dyn Router, envelope: Envelope) {
+    let control = matches!(envelope.payload, Payload::Control(_));
+    if let Err(e) = router.publish(envelope).await {
+        if control {
+            CONTROL_FAILURES.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "post-commit: could not publish a control message");
+        } else {
+            EVENT_FAILURES.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "post-commit: could not publish an event");
+        }
+    }
+}
+
 /// Sends an `event` (or other) frame to `audience` (best effort; nothing for nobody).
 pub async fn event(router: &dyn Router, audience: Vec<UserId>, frame: ServerFrame) {
     if audience.is_empty() {
         return;
     }
-    if let Err(e) = router.publish(Envelope::frame(audience, frame)).await {
-        EVENT_FAILURES.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %e, "post-commit: could not publish an event");
-    }
+    publish(router, Envelope::frame(audience, frame)).await;
 }
 
 /// Sends a control message to the sessions of `users` on every node (best effort).
 pub async fn control(router: &dyn Router, users: Vec<UserId>, control: Control) {
-    if let Err(e) = router.publish(Envelope::control(users, control)).await {
-        CONTROL_FAILURES.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %e, "post-commit: could not publish a control message");
-    }
+    publish(router, Envelope::control(users, control)).await;
 }
 
 /// Sends a control message to every node (best effort).
 pub async fn broadcast(router: &dyn Router, control: Control) {
-    if let Err(e) = router.publish(Envelope::broadcast(control)).await {
-        CONTROL_FAILURES.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %e, "post-commit: could not broadcast a control message");
-    }
+    publish(router, Envelope::broadcast(control)).await;
 }
 
 /// Builds an audit entry: `Audit::new(ts, actor, action).conv(..).target(..).build()`.
@@ -103,6 +109,13 @@ impl Audit {
     /// The message concerned (server id or review id).
     pub fn message(mut self, message: impl Into<String>) -> Self {
         self.0.message = Some(message.into());
+        self
+    }
+
+    /// The moderation rule id and category behind the action, when there is one.
+    pub fn verdict(mut self, rule: Option<String>, category: Option<String>) -> Self {
+        self.0.rule = rule;
+        self.0.category = category;
         self
     }
 

@@ -3,6 +3,7 @@
 
 use super::{ApiJson, Caller};
 use crate::error::{ApiError, ErrorBody};
+use crate::post_commit::Audit;
 use crate::state::{now_ms, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -177,17 +178,14 @@ async fn decided(
         _ => "review.reject",
     };
     state
-        .audit(store::AuditEntry {
-            ts: now_ms(),
-            actor: reviewer,
-            action: action.into(),
-            conv: Some(conv.clone()),
-            target: Some(held.from),
-            message: Some(held.id),
-            rule: held.rule,
-            category: held.category,
-            detail: None,
-        })
+        .audit(
+            Audit::new(now_ms(), &reviewer, action)
+                .conv(conv.clone())
+                .target(held.from)
+                .message(held.id)
+                .verdict(held.rule, held.category)
+                .build(),
+        )
         .await;
 }
 
@@ -253,17 +251,7 @@ async fn reload_rules(
     match result {
         Ok(stats) => {
             state
-                .audit(store::AuditEntry {
-                    ts: now_ms(),
-                    actor: me,
-                    action: "moderation.reload".into(),
-                    conv: None,
-                    target: None,
-                    message: None,
-                    rule: None,
-                    category: None,
-                    detail: None,
-                })
+                .audit(Audit::new(now_ms(), &me, "moderation.reload").build())
                 .await;
             Ok(Json(
                 serde_json::json!({"status": "reloaded", "stats": format!("{stats:?}")}),
@@ -288,17 +276,11 @@ async fn lift(
     let user = UserId::new(user);
     state.moderation.lift(&user);
     state
-        .audit(store::AuditEntry {
-            ts: now_ms(),
-            actor: me,
-            action: "moderation.lift".into(),
-            conv: None,
-            target: Some(user.clone()),
-            message: None,
-            rule: None,
-            category: None,
-            detail: None,
-        })
+        .audit(
+            Audit::new(now_ms(), &me, "moderation.lift")
+                .target(user.clone())
+                .build(),
+        )
         .await;
     let frame = ServerFrame::Event {
         event: EventKind::Unmuted,
@@ -357,18 +339,10 @@ async fn disconnect(
             .publish(Envelope::control(vec![user.clone()], control))
             .await?;
     }
-    state
-        .audit(store::AuditEntry {
-            ts: now_ms(),
-            actor: me,
-            action: "user.disconnect".into(),
-            conv: None,
-            target: Some(user),
-            message: None,
-            rule: None,
-            category: None,
-            detail: q.revoke.then(|| "tokens revoked".to_owned()),
-        })
-        .await;
+    let mut entry = Audit::new(now_ms(), &me, "user.disconnect").target(user);
+    if q.revoke {
+        entry = entry.detail("tokens revoked");
+    }
+    state.audit(entry.build()).await;
     Ok(StatusCode::NO_CONTENT)
 }
