@@ -9,7 +9,7 @@ use crate::membership::{GroupSettings, GroupView, NS_GROUP_SETTINGS};
 use crate::post_commit::Audit;
 use crate::state::{now_ms, AppState};
 use protocol::{ConvId, ErrorCode, EventKind, GroupId, ServerFrame, UserId};
-use store::{AuditEntry, Member, Role};
+use store::{AuditEntry, Member, Role, Swap};
 
 /// Namespace reserving group names (lower-cased), so two groups never share one.
 pub const NS_GROUP_NAME: &str = "group_name";
@@ -43,7 +43,7 @@ pub const SETTINGS_ATTEMPTS: u32 = 16;
 ///
 /// A read-modify-write with a version check: the write is a compare-and-swap against the
 /// bytes read, so a concurrent change on another node is never overwritten; on a lost race
-/// the record is read again and `change` re-applied (hence `Fn`), at most
+/// `change` is re-applied (hence `Fn`) to the value the swap answered with, at most
 /// [`SETTINGS_ATTEMPTS`] times with a short random back-off. The per-process group lock
 /// keeps this node's own updates from racing each other.
 pub async fn update_settings(
@@ -52,20 +52,25 @@ pub async fn update_settings(
     change: impl Fn(&mut GroupSettings) -> Result<(), ApiError>,
 ) -> Result<GroupSettings, ApiError> {
     let _guard = state.membership.lock(id).await;
+    let mut old = state.meta.get(NS_GROUP_SETTINGS, id.as_str()).await?;
     for attempt in 0..SETTINGS_ATTEMPTS {
-        let old = state.meta.get(NS_GROUP_SETTINGS, id.as_str()).await?;
         let mut settings: GroupSettings = match &old {
             Some(b) => from_json(b)?,
             None => GroupSettings::default(),
         };
         change(&mut settings)?;
-        if state
+        let new = to_json(&settings)?;
+        match state
             .meta
-            .compare_and_swap(NS_GROUP_SETTINGS, id.as_str(), old, to_json(&settings)?)
+            .compare_and_swap(NS_GROUP_SETTINGS, id.as_str(), old, new)
             .await?
         {
-            changed(state, id).await;
-            return Ok(settings);
+            Swap::Done => {
+                changed(state, id).await;
+                return Ok(settings);
+            }
+            // Another node changed them first: apply the change again to what it stored.
+            Swap::Current(current) => old = current,
         }
         tracing::debug!(group = %id, attempt, "group settings changed concurrently; retrying");
         let backoff_ms = rand::random_range(1..=5u64 * u64::from(attempt + 1));

@@ -12,7 +12,7 @@
 
 use crate::{
     AuditEntry, AuditQuery, Group, GroupKind, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
-    ReviewStore, Role, Store, StoreError,
+    ReviewStore, Role, Store, StoreError, Swap,
 };
 use protocol::{ConvId, GroupId, MessageId, MessageKind, Seq, UserId};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -418,45 +418,52 @@ pub async fn meta_records<S: MetaStore>(store: &S) {
 /// racing read-modify-write loops on one record none loses its update.
 pub async fn meta_compare_and_swap<S: MetaStore + Clone>(store: &S) {
     let ns = unique("cas");
-    assert!(store
-        .compare_and_swap(&ns, "k", None, b"1".to_vec())
-        .await
-        .unwrap());
-    assert!(!store
-        .compare_and_swap(&ns, "k", None, b"x".to_vec())
-        .await
-        .unwrap());
-    assert!(!store
-        .compare_and_swap(&ns, "k", Some(b"0".to_vec()), b"x".to_vec())
-        .await
-        .unwrap());
+    let cas = |key: &'static str, expected: Option<&[u8]>, new: &[u8]| {
+        store.compare_and_swap(&ns, key, expected.map(<[u8]>::to_vec), new.to_vec())
+    };
+    assert_eq!(cas("k", None, b"1").await.unwrap(), Swap::Done);
+    // Refusals answer what is stored.
+    assert_eq!(
+        cas("k", None, b"x").await.unwrap(),
+        Swap::Current(Some(b"1".to_vec()))
+    );
+    assert_eq!(
+        cas("k", Some(b"0"), b"x").await.unwrap(),
+        Swap::Current(Some(b"1".to_vec()))
+    );
     assert_eq!(store.get(&ns, "k").await.unwrap(), Some(b"1".to_vec()));
-    assert!(store
-        .compare_and_swap(&ns, "k", Some(b"1".to_vec()), b"2".to_vec())
-        .await
-        .unwrap());
+    assert_eq!(cas("k", Some(b"1"), b"2").await.unwrap(), Swap::Done);
     assert_eq!(store.get(&ns, "k").await.unwrap(), Some(b"2".to_vec()));
-    assert!(!store
-        .compare_and_swap(&ns, "absent", Some(b"1".to_vec()), b"x".to_vec())
-        .await
-        .unwrap());
+    assert_eq!(
+        cas("absent", Some(b"1"), b"x").await.unwrap(),
+        Swap::Current(None)
+    );
     assert_eq!(store.get(&ns, "absent").await.unwrap(), None);
-    // Racing increments of a counter: every one of them lands.
+    // Racing increments of a counter, each retrying with the value a refusal answered:
+    // every one of them lands.
     let (tasks, each) = (4usize, 5usize);
     let mut handles = Vec::new();
     for _ in 0..tasks {
         let (store, ns) = (store.clone(), ns.clone());
         handles.push(tokio::spawn(async move {
+            let mut old = store.get(&ns, "n").await.unwrap();
             for _ in 0..each {
                 loop {
-                    let old = store.get(&ns, "n").await.unwrap();
                     let n: usize = old
                         .as_deref()
                         .map(|v| String::from_utf8_lossy(v).parse().unwrap())
                         .unwrap_or(0);
                     let new = (n + 1).to_string().into_bytes();
-                    if store.compare_and_swap(&ns, "n", old, new).await.unwrap() {
-                        break;
+                    match store
+                        .compare_and_swap(&ns, "n", old.clone(), new.clone())
+                        .await
+                        .unwrap()
+                    {
+                        Swap::Done => {
+                            old = Some(new);
+                            break;
+                        }
+                        Swap::Current(now) => old = now,
                     }
                 }
             }

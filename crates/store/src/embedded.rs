@@ -18,7 +18,7 @@
 
 use crate::{
     Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
-    Page, Result, ReviewStore, Store, StoreError, Tombstone,
+    Page, Result, ReviewStore, Store, StoreError, Swap, Tombstone,
 };
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -791,16 +791,16 @@ impl MetaStore for EmbeddedStore {
         key: &str,
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
-    ) -> Result<bool> {
+    ) -> Result<Swap> {
         let k = meta_key(ns, key);
         // The writer thread runs jobs one at a time, so compare-then-write is atomic.
         self.write(move |ks, _| {
             let current = ks.meta.get(&k).map_err(backend)?;
             if current.as_deref() != expected.as_deref() {
-                return Ok(Ok(false));
+                return Ok(Ok(Swap::Current(current.map(|v| v.to_vec()))));
             }
             ks.meta.insert(k, new).map_err(backend)?;
-            Ok(Ok(true))
+            Ok(Ok(Swap::Done))
         })
         .await
     }
