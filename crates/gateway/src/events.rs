@@ -1,27 +1,25 @@
 //! What follows a durable change: cache invalidation on every node (control messages) and the
-//! `event` frames that tell the people concerned. All of it is best effort: the change is
-//! already stored, so a failure here is logged and never fails the request.
+//! `event` frames that tell the people concerned. All of it is best effort, through
+//! [`crate::post_commit`]: the change is already stored, so a failure is logged and counted
+//! there and never fails the request.
 
+use crate::post_commit;
 use crate::state::AppState;
 use protocol::{ConvId, EventKind, GroupId, ServerFrame, UserId};
-use router::{Control, Envelope};
+use router::Control;
 
 /// Drops cached copies of a group here and on every other node.
 pub async fn changed(state: &AppState, id: &GroupId) {
     state.membership.invalidate(id);
     let control = Control::GroupChanged { group: id.clone() };
-    if let Err(e) = state.router.publish(Envelope::broadcast(control)).await {
-        tracing::warn!(error = %e, "could not broadcast a membership change");
-    }
+    post_commit::broadcast(&*state.router, control).await;
 }
 
 /// Drops cached copies of an account here and on every other node.
 pub async fn user_changed(state: &AppState, user: &UserId) {
     state.membership.invalidate_user(user);
     let control = Control::UserChanged { user: user.clone() };
-    if let Err(e) = state.router.publish(Envelope::broadcast(control)).await {
-        tracing::warn!(error = %e, "could not broadcast an account change");
-    }
+    post_commit::broadcast(&*state.router, control).await;
 }
 
 /// A group `event` frame with the fields most events use.
@@ -42,14 +40,9 @@ pub fn group_event(
     }
 }
 
-/// Sends a frame to the given users (best effort: a failure is logged).
+/// Sends a frame to the given users (best effort: a failure is logged and counted).
 pub async fn publish(state: &AppState, audience: Vec<UserId>, frame: ServerFrame) {
-    if audience.is_empty() {
-        return;
-    }
-    if let Err(e) = state.router.publish(Envelope::frame(audience, frame)).await {
-        tracing::warn!(error = %e, "could not publish an event");
-    }
+    post_commit::event(&*state.router, audience, frame).await;
 }
 
 /// Sends a membership `event` to the given users.

@@ -2,13 +2,14 @@
 //! company and department group lists), read-modify-write of a group's settings, the
 //! announcement, and groups that follow the directory. Handlers live in `api/groups.rs`.
 
-use crate::directory::{to_json, Account};
+use crate::directory::{from_json, to_json, Account};
 use crate::error::ApiError;
 use crate::events::{changed, group_event, notify, publish};
 use crate::membership::{GroupSettings, GroupView, NS_GROUP_SETTINGS};
+use crate::post_commit::Audit;
 use crate::state::{now_ms, AppState};
-use protocol::{ConvId, EventKind, GroupId, ServerFrame, UserId};
-use store::{AuditEntry, Member, MetaOp, Role};
+use protocol::{ConvId, ErrorCode, EventKind, GroupId, ServerFrame, UserId};
+use store::{AuditEntry, Member, Role, Swap};
 
 /// Namespace reserving group names (lower-cased), so two groups never share one.
 pub const NS_GROUP_NAME: &str = "group_name";
@@ -25,35 +26,61 @@ pub fn audit_entry(
     group: &GroupId,
     target: Option<&UserId>,
 ) -> AuditEntry {
-    let mut e = AuditEntry::action(now_ms(), me, action);
-    e.conv = Some(ConvId::group(group));
-    e.target = target.cloned();
-    e
+    let e = Audit::new(now_ms(), me, action).conv(ConvId::group(group));
+    match target {
+        Some(t) => e.target(t.clone()),
+        None => e,
+    }
+    .build()
 }
 
-/// Applies a change to a group's settings under its lock, durably, then drops cached
-/// copies everywhere. Returns the settings after the change.
+/// How many times [`update_settings`] re-reads and re-applies a change that lost a race with
+/// another node before it gives up with a retryable `unavailable` error.
+pub const SETTINGS_ATTEMPTS: u32 = 16;
+
+/// Applies a change to a group's settings, durably, then drops cached copies everywhere.
+/// Returns the settings after the change.
+///
+/// A read-modify-write with a version check: the write is a compare-and-swap against the
+/// bytes read, so a concurrent change on another node is never overwritten; on a lost race
+/// `change` is re-applied (hence `Fn`) to the value the swap answered with, at most
+/// [`SETTINGS_ATTEMPTS`] times with a short random back-off. The per-process group lock
+/// keeps this node's own updates from racing each other.
 pub async fn update_settings(
     state: &AppState,
     id: &GroupId,
-    change: impl FnOnce(&mut GroupSettings) -> Result<(), ApiError>,
+    change: impl Fn(&mut GroupSettings) -> Result<(), ApiError>,
 ) -> Result<GroupSettings, ApiError> {
     let _guard = state.membership.lock(id).await;
-    let mut settings: GroupSettings =
-        crate::directory::get_json(&state.meta, NS_GROUP_SETTINGS, id.as_str())
+    let mut old = state.meta.get(NS_GROUP_SETTINGS, id.as_str()).await?;
+    for attempt in 0..SETTINGS_ATTEMPTS {
+        let mut settings: GroupSettings = match &old {
+            Some(b) => from_json(b)?,
+            None => GroupSettings::default(),
+        };
+        change(&mut settings)?;
+        let new = to_json(&settings)?;
+        match state
+            .meta
+            .compare_and_swap(NS_GROUP_SETTINGS, id.as_str(), old, new)
             .await?
-            .unwrap_or_default();
-    change(&mut settings)?;
-    state
-        .meta
-        .apply(vec![MetaOp::put(
-            NS_GROUP_SETTINGS,
-            id.as_str(),
-            to_json(&settings)?,
-        )])
-        .await?;
-    changed(state, id).await;
-    Ok(settings)
+        {
+            Swap::Done => {
+                changed(state, id).await;
+                return Ok(settings);
+            }
+            // Another node changed them first: apply the change again to what it stored.
+            Swap::Current(current) => old = current,
+        }
+        tracing::debug!(group = %id, attempt, "group settings changed concurrently; retrying");
+        let backoff_ms = rand::random_range(1..=5u64 * u64::from(attempt + 1));
+        tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
+    }
+    tracing::warn!(group = %id, "group settings update gave up after {SETTINGS_ATTEMPTS} races");
+    Err(ApiError::new(
+        ErrorCode::Unavailable,
+        "the group's settings are changing concurrently; try again",
+    ))
 }
 
 /// Applies an announcement and tells the members.
@@ -64,9 +91,8 @@ pub async fn publish_announcement(
     text: String,
 ) -> Result<GroupSettings, ApiError> {
     let id = &view.group.id;
-    let t = text.clone();
-    let settings = update_settings(state, id, move |s| {
-        s.announcement = (!t.is_empty()).then_some(t);
+    let settings = update_settings(state, id, |s| {
+        s.announcement = (!text.is_empty()).then(|| text.clone());
         Ok(())
     })
     .await?;

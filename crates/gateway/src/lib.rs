@@ -13,6 +13,8 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod events;
+#[cfg(feature = "test-hooks")]
+pub mod faults;
 pub mod files;
 pub mod groups;
 pub mod hashing;
@@ -27,6 +29,7 @@ pub mod moderation;
 pub mod ops;
 pub mod order;
 pub mod policy;
+pub mod post_commit;
 pub mod posts;
 pub mod pump;
 pub mod revocation;

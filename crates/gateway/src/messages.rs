@@ -158,10 +158,12 @@ pub async fn recall(
     if state.store.recall(conv, seq).await?.is_none() {
         return Err(ApiError::not_found(format!("no message {seq} in {conv}")));
     }
-    let mut entry = store::AuditEntry::action(now_ms(), actor, "message.recall");
-    entry.conv = Some(conv.clone());
-    entry.target = Some(original.from.clone());
-    entry.message = Some(original.id.to_string());
+    // Stored: from here on nothing fails the request.
+    let entry = crate::post_commit::Audit::new(now_ms(), actor, "message.recall")
+        .conv(conv.clone())
+        .target(original.from.clone())
+        .message(original.id.to_string())
+        .build();
     state.audit(entry).await;
     let frame = ServerFrame::Event {
         event: EventKind::Recalled,
@@ -172,10 +174,7 @@ pub async fn recall(
         until: None,
         detail: None,
     };
-    state
-        .router
-        .publish(Envelope::frame(access.audience(), frame))
-        .await?;
+    crate::post_commit::event(&*state.router, access.audience(), frame).await;
     Ok(())
 }
 

@@ -188,6 +188,10 @@ fn describe() {
         "chatd_budget_refusals_total",
         "Requests refused by a budget"
     );
+    describe_counter!(
+        "chatd_post_commit_failures_total",
+        "Follow-ups of stored changes that were lost (logged, never failing the request), by kind"
+    );
     describe_histogram!(
         "chatd_store_append_batch_size",
         "Jobs per embedded store write batch"
@@ -518,6 +522,12 @@ pub fn login(result: Login) {
 /// `draining`).
 pub fn budget_refused(budget: &'static str) {
     metrics::counter!("chatd_budget_refusals_total", "budget" => budget).increment(1);
+}
+
+/// A follow-up of a stored change (audit entry, event, control message) was lost; `kind` is
+/// `audit`, `event` or `control` (see [`crate::post_commit`]).
+pub fn post_commit_failure(kind: &'static str) {
+    metrics::counter!("chatd_post_commit_failures_total", "kind" => kind).increment(1);
 }
 
 /// A backup finished successfully now.

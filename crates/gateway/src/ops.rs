@@ -426,7 +426,8 @@ async fn publish_read(
     };
     let mut envelope = Envelope::frame(access.audience(), frame);
     envelope.skip_session = Some(ctx.handle.id.clone());
-    state.router.publish(envelope).await?;
+    // The cursor is stored: telling the others is best effort.
+    crate::post_commit::publish(&*state.router, envelope).await;
     Ok(())
 }
 

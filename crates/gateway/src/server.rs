@@ -59,6 +59,8 @@ impl Node {
             embedded,
         } = crate::backends::open_store(&config).await?;
         let router = crate::backends::open_router(&config.router).await?;
+        #[cfg(feature = "test-hooks")]
+        let router = crate::faults::wrap_router(router);
         let membership = Membership::new(store.clone(), meta.clone());
         membership
             .revocations

@@ -152,9 +152,7 @@ impl Inner {
 
     /// Records an audit entry; a failure is logged, never fatal to the request.
     pub async fn audit(&self, entry: store::AuditEntry) {
-        if let Err(e) = self.review.audit(entry).await {
-            tracing::warn!(error = %e, "could not write the audit log");
-        }
+        crate::post_commit::audit(&*self.review, entry).await;
     }
 
     /// Records a user as known (first authenticated contact).

@@ -40,6 +40,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("moderation", 1),
     ("directory", 1),
     ("revocation", 1),
+    ("post_commit", 1),
+    ("faults", 1),
     ("auth", 1),
     ("signin", 1),
     ("hashing", 1),

@@ -12,7 +12,7 @@
 
 use crate::{
     AuditEntry, AuditQuery, Group, GroupKind, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
-    ReviewStore, Role, Store, StoreError,
+    ReviewStore, Role, Store, StoreError, Swap,
 };
 use protocol::{ConvId, GroupId, MessageId, MessageKind, Seq, UserId};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +65,7 @@ pub async fn run_all<S: Store + MetaStore + ReviewStore + Clone>(store: &S) {
     recall_leaves_a_tombstone(store).await;
     marking_a_stored_seq_skipped_keeps_the_message(store).await;
     meta_records(store).await;
+    meta_compare_and_swap(store).await;
     audit_log_and_review_queue(store).await;
 }
 
@@ -423,6 +424,71 @@ pub async fn meta_records<S: MetaStore>(store: &S) {
     // Racing creations: exactly one wins.
     let results = futures_join(store, &ns).await;
     assert_eq!(results.iter().filter(|w| **w).count(), 1);
+}
+
+/// Compare-and-swap: writes only over the expected value (or over nothing), and of many
+/// racing read-modify-write loops on one record none loses its update.
+pub async fn meta_compare_and_swap<S: MetaStore + Clone>(store: &S) {
+    let ns = unique("cas");
+    let cas = |key: &'static str, expected: Option<&[u8]>, new: &[u8]| {
+        store.compare_and_swap(&ns, key, expected.map(<[u8]>::to_vec), new.to_vec())
+    };
+    assert_eq!(cas("k", None, b"1").await.unwrap(), Swap::Done);
+    // Refusals answer what is stored.
+    assert_eq!(
+        cas("k", None, b"x").await.unwrap(),
+        Swap::Current(Some(b"1".to_vec()))
+    );
+    assert_eq!(
+        cas("k", Some(b"0"), b"x").await.unwrap(),
+        Swap::Current(Some(b"1".to_vec()))
+    );
+    assert_eq!(store.get(&ns, "k").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(cas("k", Some(b"1"), b"2").await.unwrap(), Swap::Done);
+    assert_eq!(store.get(&ns, "k").await.unwrap(), Some(b"2".to_vec()));
+    assert_eq!(
+        cas("absent", Some(b"1"), b"x").await.unwrap(),
+        Swap::Current(None)
+    );
+    assert_eq!(store.get(&ns, "absent").await.unwrap(), None);
+    // Racing increments of a counter, each retrying with the value a refusal answered:
+    // every one of them lands.
+    let (tasks, each) = (4usize, 5usize);
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (store, ns) = (store.clone(), ns.clone());
+        handles.push(tokio::spawn(async move {
+            let mut old = store.get(&ns, "n").await.unwrap();
+            for _ in 0..each {
+                loop {
+                    let n: usize = old
+                        .as_deref()
+                        .map(|v| String::from_utf8_lossy(v).parse().unwrap())
+                        .unwrap_or(0);
+                    let new = (n + 1).to_string().into_bytes();
+                    match store
+                        .compare_and_swap(&ns, "n", old.clone(), new.clone())
+                        .await
+                        .unwrap()
+                    {
+                        Swap::Done => {
+                            old = Some(new);
+                            break;
+                        }
+                        Swap::Current(now) => old = now,
+                    }
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let total = store.get(&ns, "n").await.unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&total).parse::<usize>().unwrap(),
+        tasks * each
+    );
 }
 
 async fn futures_join<S: MetaStore>(store: &S, ns: &str) -> Vec<bool> {

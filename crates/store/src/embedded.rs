@@ -23,7 +23,7 @@
 
 use crate::{
     Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
-    Page, Result, ReviewStore, Store, StoreError, Tombstone,
+    Page, Result, ReviewStore, Store, StoreError, Swap, Tombstone,
 };
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -855,6 +855,26 @@ impl MetaStore for EmbeddedStore {
             }
             batch.commit().map_err(backend)?;
             Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<Swap> {
+        let k = meta_key(ns, key);
+        // The writer thread runs jobs one at a time, so compare-then-write is atomic.
+        self.write(move |ks, _| {
+            let current = ks.meta.get(&k).map_err(backend)?;
+            if current.as_deref() != expected.as_deref() {
+                return Ok(Ok(Swap::Current(current.map(|v| v.to_vec()))));
+            }
+            ks.meta.insert(k, new).map_err(backend)?;
+            Ok(Ok(Swap::Done))
         })
         .await
     }

@@ -23,7 +23,7 @@ pub mod review;
 pub mod scylla;
 
 pub use error::{BoxError, StoreError};
-pub use meta::{MetaOp, MetaStore};
+pub use meta::{MetaOp, MetaStore, Swap};
 pub use model::*;
 pub use review::{AuditEntry, AuditQuery, HeldMessage, ReviewStore};
 

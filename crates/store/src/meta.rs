@@ -49,6 +49,16 @@ impl MetaOp {
     }
 }
 
+/// The outcome of a [`MetaStore::compare_and_swap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Swap {
+    /// The new value was written.
+    Done,
+    /// The stored value was not the expected one; this is what is stored (`None`: nothing),
+    /// read in the same atomic step, so a retry needs no second read (which could be stale).
+    Current(Option<Vec<u8>>),
+}
+
 /// A namespaced key-value store. Namespaces and keys are non-empty strings without NUL bytes.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
@@ -71,6 +81,18 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Applies every write of `ops` or none of them, durably before returning.
     async fn apply(&self, ops: Vec<MetaOp>) -> Result<()>;
+
+    /// Writes `new` at `ns/key` only if the stored value is still `expected` (`None`: only
+    /// if nothing is there). Atomic across processes, so a read-modify-write that retries
+    /// with [`Swap::Current`] never loses a concurrent update (the version check for records
+    /// several nodes change, such as group settings).
+    async fn compare_and_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<Swap>;
 }
 
 /// The upper bound of a key prefix for range scans: the prefix followed by the largest

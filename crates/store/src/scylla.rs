@@ -25,7 +25,7 @@ mod skip;
 
 use crate::{
     Appended, AuditEntry, AuditQuery, Group, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
-    Page, Result, ReviewStore, SeqSource, Store, StoreError,
+    Page, Result, ReviewStore, SeqSource, Store, StoreError, Swap,
 };
 use ::scylla::client::execution_profile::ExecutionProfile;
 use ::scylla::client::session::Session;
@@ -1305,21 +1305,10 @@ impl MetaStore for ScyllaStore {
 
     async fn insert_new(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<bool> {
         let st = self.stmts().await?;
-        let res = self
-            .inner
-            .session
-            .execute_unpaged(&st.insert_new_meta_kv, (ns, key, value))
-            .await
-            .map_err(exec_err)?
-            .into_rows_result()
-            .map_err(cql::decode_err)?;
-        let row = res
-            .maybe_first_row::<::scylla::value::Row>()
-            .map_err(cql::decode_err)?;
-        Ok(matches!(
-            row.as_ref().and_then(|r| r.columns.first()),
-            Some(Some(::scylla::value::CqlValue::Boolean(true)))
-        ))
+        Ok(self
+            .lwt(&st.insert_new_meta_kv, (ns, key, value))
+            .await?
+            .is_none())
     }
 
     async fn apply(&self, ops: Vec<MetaOp>) -> Result<()> {
@@ -1339,6 +1328,65 @@ impl MetaStore for ScyllaStore {
             0 => Ok(()),
             _ => self.batch(parts).await,
         }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<Swap> {
+        let st = self.stmts().await?;
+        let refused = match expected {
+            None => self.lwt(&st.insert_new_meta_kv, (ns, key, new)).await?,
+            Some(old) => self.lwt(&st.swap_meta_kv, (new, ns, key, old)).await?,
+        };
+        Ok(match refused {
+            None => Swap::Done,
+            Some(current) => Swap::Current(current),
+        })
+    }
+}
+
+impl ScyllaStore {
+    /// Runs a lightweight transaction on the `meta` table: `None` when it was applied,
+    /// otherwise `Some` of the stored `value` the database answered with (`None`: no row).
+    async fn lwt(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Option<Option<Vec<u8>>>> {
+        let res = self
+            .inner
+            .session
+            .execute_unpaged(stmt, values)
+            .await
+            .map_err(exec_err)?
+            .into_rows_result()
+            .map_err(cql::decode_err)?;
+        let value_at = res.column_specs().get_by_name("value").map(|(i, _)| i);
+        let row = res
+            .maybe_first_row::<::scylla::value::Row>()
+            .map_err(cql::decode_err)?;
+        let Some(row) = row else {
+            return Err(StoreError::backend(
+                "a lightweight transaction answered no row",
+            ));
+        };
+        if matches!(
+            row.columns.first(),
+            Some(Some(::scylla::value::CqlValue::Boolean(true)))
+        ) {
+            return Ok(None);
+        }
+        let current = value_at
+            .and_then(|i| row.columns.get(i).cloned().flatten())
+            .and_then(|v| match v {
+                ::scylla::value::CqlValue::Blob(b) => Some(b),
+                _ => None,
+            });
+        Ok(Some(current))
     }
 }
 

@@ -10,13 +10,14 @@ use crate::directory::{
 use crate::error::{ApiError, ErrorBody};
 use crate::groups;
 use crate::hub::SessionDescription;
+use crate::post_commit;
 use crate::state::{now_ms, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::{close, ErrorCode, UserId};
-use router::{Control, Envelope};
+use router::Control;
 use serde::{Deserialize, Serialize};
 use store::{AuditEntry, MetaOp};
 use utoipa_axum::router::OpenApiRouter;
@@ -181,7 +182,8 @@ pub(crate) async fn revoke_all_tokens(state: &AppState, user: &UserId) -> Result
         before: Some(before),
         until,
     };
-    state.router.publish(Envelope::broadcast(control)).await?;
+    // Stored: nodes that miss the broadcast re-read the store within `revocation::FRESH_FOR`.
+    post_commit::broadcast(&*state.router, control).await;
     Ok(before)
 }
 
@@ -204,7 +206,7 @@ pub(crate) async fn revoke_token(
         before: None,
         until,
     };
-    state.router.publish(Envelope::broadcast(control)).await?;
+    post_commit::broadcast(&*state.router, control).await;
     Ok(())
 }
 
@@ -496,10 +498,9 @@ async fn deactivate(
         reason: "account deactivated".into(),
         session: None,
     };
-    state
-        .router
-        .publish(Envelope::control(vec![account.id.clone()], control))
-        .await?;
+    // Stored: the disconnect is best effort (a node that misses it refuses the account's
+    // tokens anyway once it re-reads the account).
+    post_commit::control(&*state.router, vec![account.id.clone()], control).await;
     state
         .audit(audit(&me, "user.deactivate", Some(&account.id), None))
         .await;
@@ -847,9 +848,6 @@ async fn sign_out_session(
         reason: "signed out from another device".into(),
         session: Some(id),
     };
-    state
-        .router
-        .publish(Envelope::control(vec![me], control))
-        .await?;
+    post_commit::control(&*state.router, vec![me], control).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -689,7 +689,7 @@ async fn mute_member(
     let until = now_ms() + req.duration_secs * 1000;
     let user = req.user.clone();
     update_settings(&state, &id, move |s| {
-        s.mutes.insert(user, until);
+        s.mutes.insert(user.clone(), until);
         Ok(())
     })
     .await?;
@@ -824,7 +824,7 @@ async fn ban(
     }
     let user = req.user.clone();
     update_settings(&state, &id, move |s| {
-        s.banned.insert(user);
+        s.banned.insert(user.clone());
         Ok(())
     })
     .await?;

@@ -235,6 +235,8 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
 struct Health {
     status: &'static str,
     sessions: usize,
+    /// Follow-ups of stored changes this process lost (see `post_commit`).
+    post_commit_failures: crate::post_commit::Failures,
 }
 
 /// Liveness of the node (no authentication).
@@ -244,5 +246,6 @@ async fn healthz(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok",
         sessions: state.hub.len(),
+        post_commit_failures: crate::post_commit::failures(),
     })
 }

@@ -3,6 +3,7 @@
 
 use super::{ApiJson, Caller};
 use crate::error::{ApiError, ErrorBody};
+use crate::post_commit::Audit;
 use crate::state::{now_ms, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -171,26 +172,20 @@ async fn decided(
         until: None,
         detail: Some(held.client_msg_id.clone()),
     };
-    let _ = state
-        .router
-        .publish(Envelope::frame(vec![held.from.clone()], frame))
-        .await;
+    crate::post_commit::event(&*state.router, vec![held.from.clone()], frame).await;
     let action = match event {
         EventKind::ReviewApproved => "review.approve",
         _ => "review.reject",
     };
     state
-        .audit(store::AuditEntry {
-            ts: now_ms(),
-            actor: reviewer,
-            action: action.into(),
-            conv: Some(conv.clone()),
-            target: Some(held.from),
-            message: Some(held.id),
-            rule: held.rule,
-            category: held.category,
-            detail: None,
-        })
+        .audit(
+            Audit::new(now_ms(), &reviewer, action)
+                .conv(conv.clone())
+                .target(held.from)
+                .message(held.id)
+                .verdict(held.rule, held.category)
+                .build(),
+        )
         .await;
 }
 
@@ -256,17 +251,7 @@ async fn reload_rules(
     match result {
         Ok(stats) => {
             state
-                .audit(store::AuditEntry {
-                    ts: now_ms(),
-                    actor: me,
-                    action: "moderation.reload".into(),
-                    conv: None,
-                    target: None,
-                    message: None,
-                    rule: None,
-                    category: None,
-                    detail: None,
-                })
+                .audit(Audit::new(now_ms(), &me, "moderation.reload").build())
                 .await;
             Ok(Json(
                 serde_json::json!({"status": "reloaded", "stats": format!("{stats:?}")}),
@@ -291,17 +276,11 @@ async fn lift(
     let user = UserId::new(user);
     state.moderation.lift(&user);
     state
-        .audit(store::AuditEntry {
-            ts: now_ms(),
-            actor: me,
-            action: "moderation.lift".into(),
-            conv: None,
-            target: Some(user.clone()),
-            message: None,
-            rule: None,
-            category: None,
-            detail: None,
-        })
+        .audit(
+            Audit::new(now_ms(), &me, "moderation.lift")
+                .target(user.clone())
+                .build(),
+        )
         .await;
     let frame = ServerFrame::Event {
         event: EventKind::Unmuted,
@@ -312,10 +291,7 @@ async fn lift(
         until: None,
         detail: None,
     };
-    let _ = state
-        .router
-        .publish(Envelope::frame(vec![user], frame))
-        .await;
+    crate::post_commit::event(&*state.router, vec![user], frame).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -352,22 +328,21 @@ async fn disconnect(
         reason: "signed out by an administrator".into(),
         session: None,
     };
-    state
-        .router
-        .publish(Envelope::control(vec![user.clone()], control))
-        .await?;
-    state
-        .audit(store::AuditEntry {
-            ts: now_ms(),
-            actor: me,
-            action: "user.disconnect".into(),
-            conv: None,
-            target: Some(user),
-            message: None,
-            rule: None,
-            category: None,
-            detail: q.revoke.then(|| "tokens revoked".to_owned()),
-        })
-        .await;
+    if q.revoke {
+        // The revocation is stored: the disconnect is a best-effort follow-up.
+        crate::post_commit::control(&*state.router, vec![user.clone()], control).await;
+    } else {
+        // Nothing is stored: the disconnect is the whole request, so its failure is the
+        // request's.
+        state
+            .router
+            .publish(Envelope::control(vec![user.clone()], control))
+            .await?;
+    }
+    let mut entry = Audit::new(now_ms(), &me, "user.disconnect").target(user);
+    if q.revoke {
+        entry = entry.detail("tokens revoked");
+    }
+    state.audit(entry.build()).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -169,6 +169,7 @@ pub(super) struct Statements {
     pub scan_meta_kv: PreparedStatement,
     pub insert_meta_kv: PreparedStatement,
     pub insert_new_meta_kv: PreparedStatement,
+    pub swap_meta_kv: PreparedStatement,
     pub delete_meta_kv: PreparedStatement,
 }
 
@@ -352,6 +353,16 @@ impl Statements {
             insert_new_meta_kv: {
                 let mut s = p(format!(
                     "INSERT INTO {ks}.meta (ns, key, value) VALUES (?, ?, ?) IF NOT EXISTS"
+                ))
+                .await?;
+                s.set_is_idempotent(false);
+                s
+            },
+            // The compare-and-swap of a record several nodes change (group settings):
+            // also a lightweight transaction, also rare and off the message path.
+            swap_meta_kv: {
+                let mut s = p(format!(
+                    "UPDATE {ks}.meta SET value = ? WHERE ns = ? AND key = ? IF value = ?"
                 ))
                 .await?;
                 s.set_is_idempotent(false);
