@@ -486,6 +486,44 @@ impl Client {
         self.recv_until(|f| is_reply_to(f, cmid)).await
     }
 
+    /// Every message of `conv` after seq `after`, oldest first, by `sync` pages of `page`
+    /// messages until the server says there are no more.
+    pub async fn sync_all(
+        &mut self,
+        conv: &protocol::ConvId,
+        after: u64,
+        page: u32,
+    ) -> Vec<protocol::Message> {
+        let mut out: Vec<protocol::Message> = Vec::new();
+        let mut cursor = after;
+        loop {
+            let cursors = std::collections::BTreeMap::from([(conv.clone(), protocol::Seq(cursor))]);
+            self.send(&ClientFrame::Sync {
+                rid: Some("s".into()),
+                cursors,
+                limit: Some(page),
+            })
+            .await;
+            let ServerFrame::Synced { conversations, .. } = self
+                .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
+                .await
+            else {
+                unreachable!()
+            };
+            let part = conversations
+                .into_iter()
+                .next()
+                .expect("a synced conversation");
+            if let Some(last) = part.messages.last() {
+                cursor = last.seq.0;
+            }
+            out.extend(part.messages);
+            if !part.has_more {
+                return out;
+            }
+        }
+    }
+
     /// Waits for the next `message` frame.
     pub async fn next_message(&mut self) -> protocol::Message {
         match self

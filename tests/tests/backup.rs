@@ -3,41 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use protocol::{ClientFrame, ConvId, GroupId, Message, Seq, ServerFrame, UserId};
+use protocol::{ConvId, GroupId, Message, UserId};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use testkit::*;
-
-/// Every message of `conv` the client can see, oldest first.
-async fn all_messages(c: &mut Client, conv: &ConvId) -> Vec<Message> {
-    let mut out: Vec<Message> = Vec::new();
-    loop {
-        let after = out.last().map(|m| m.seq.0).unwrap_or(0);
-        let mut cursors = BTreeMap::new();
-        cursors.insert(conv.clone(), Seq(after));
-        c.send(&ClientFrame::Sync {
-            rid: Some("s".into()),
-            cursors,
-            limit: Some(200),
-        })
-        .await;
-        let ServerFrame::Synced { conversations, .. } = c
-            .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
-            .await
-        else {
-            unreachable!()
-        };
-        let synced = conversations.into_iter().next().unwrap();
-        let more = synced.has_more;
-        out.extend(synced.messages);
-        if !more {
-            return out;
-        }
-    }
-}
 
 fn key(m: &Message) -> (u64, String, String, String) {
     (
@@ -147,7 +119,7 @@ async fn backup_under_load_then_restore_gives_back_every_conversation() {
         } else {
             &mut cat
         };
-        let all = all_messages(reader, conv).await;
+        let all = reader.sync_all(conv, 0, 200).await;
         before.insert(conv.clone(), all);
     }
     drop((ann, cat));
@@ -206,7 +178,7 @@ async fn backup_under_load_then_restore_gives_back_every_conversation() {
         } else {
             &mut cat
         };
-        let got = all_messages(reader, conv).await;
+        let got = reader.sync_all(conv, 0, 200).await;
         let orig = &before[conv];
         let seqs: Vec<u64> = got.iter().map(|m| m.seq.0).collect();
         assert_eq!(
@@ -226,13 +198,13 @@ async fn backup_under_load_then_restore_gives_back_every_conversation() {
     }
     let dm = &before[&convs[0]];
     assert_eq!(dm.len(), 20);
-    let ab = all_messages(&mut ann, &convs[0]).await;
+    let ab = ann.sync_all(&convs[0], 0, 200).await;
     assert_eq!(
         ab.len(),
         20,
         "messages acked before the backup are all there"
     );
-    let g = all_messages(&mut ann, &convs[3]).await;
+    let g = ann.sync_all(&convs[3], 0, 200).await;
     assert!(g.len() >= 20);
     assert!(restored_total >= 40);
     // New messages continue each sequence.

@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use protocol::{ClientFrame, ConvId, ErrorCode, GroupId, Seq, ServerFrame};
-use std::collections::BTreeMap;
 use std::time::Duration;
 use testkit::*;
 
@@ -34,35 +33,6 @@ impl Cluster {
         self.nodes
             .push(Node::start_with(cluster_node(&self.keyspace, &id)));
         i
-    }
-}
-
-async fn sync_all(c: &mut Client, conv: &ConvId, after: u64) -> Vec<protocol::Message> {
-    let mut out = Vec::new();
-    let mut cursor = after;
-    loop {
-        let mut cursors = BTreeMap::new();
-        cursors.insert(conv.clone(), Seq(cursor));
-        c.send(&ClientFrame::Sync {
-            rid: Some("s".into()),
-            cursors,
-            limit: Some(500),
-        })
-        .await;
-        let ServerFrame::Synced { conversations, .. } = c
-            .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
-            .await
-        else {
-            unreachable!()
-        };
-        let part = &conversations[0];
-        out.extend(part.messages.iter().cloned());
-        if let Some(last) = part.messages.last() {
-            cursor = last.seq.0;
-        }
-        if !part.has_more {
-            return out;
-        }
     }
 }
 
@@ -110,7 +80,7 @@ async fn users_on_different_nodes_chat_as_if_on_one() {
     }
     // History is shared.
     let conv = ConvId::group(&GroupId::new(g));
-    assert_eq!(sync_all(&mut bob, &conv, 0).await.len(), 5);
+    assert_eq!(bob.sync_all(&conv, 0, 500).await.len(), 5);
 }
 
 #[tokio::test]
@@ -157,7 +127,7 @@ async fn a_killed_node_loses_nothing_that_was_acked() {
     }
     // Alice reconnects to the surviving node and syncs: every acked message is there, once, in order.
     let mut alice = Client::connect(&cluster.nodes[1], "alice").await;
-    let all = sync_all(&mut alice, &conv, 0).await;
+    let all = alice.sync_all(&conv, 0, 500).await;
     let seqs: Vec<u64> = all.iter().map(|m| m.seq.0).collect();
     assert_eq!(
         seqs,
@@ -168,7 +138,7 @@ async fn a_killed_node_loses_nothing_that_was_acked() {
         assert!(seqs.contains(s), "acked seq {s} missing after the crash");
     }
     // Bob (on the surviving node) saw only complete, ordered deliveries; a resync fills the rest.
-    let seen = sync_all(&mut bob, &conv, 0).await;
+    let seen = bob.sync_all(&conv, 0, 500).await;
     assert_eq!(seen.len(), all.len());
     // Sending continues on the survivor after the last seq, never reusing one. (The dead node
     // may have taken one more seq from Redis for a message it never wrote; that gap is the
@@ -214,7 +184,7 @@ async fn redis_restart_and_flushall_keep_seq_gap_free() {
     if got.is_none() {
         // Presence was flushed before the nodes re-announced: the message is in history.
         let conv = ConvId::parse("dm:alice:bob").unwrap();
-        got = sync_all(&mut bob, &conv, 3).await.into_iter().next();
+        got = bob.sync_all(&conv, 3, 500).await.into_iter().next();
     }
     assert_eq!(got.unwrap().seq, Seq(4));
 
@@ -244,7 +214,8 @@ async fn redis_restart_and_flushall_keep_seq_gap_free() {
     assert_eq!(ack_seq(&ack), 5);
     assert_eq!(bob.next_message().await.seq, Seq(5));
     let conv = ConvId::parse("dm:alice:bob").unwrap();
-    let seqs: Vec<u64> = sync_all(&mut bob, &conv, 0)
+    let seqs: Vec<u64> = bob
+        .sync_all(&conv, 0, 500)
         .await
         .iter()
         .map(|m| m.seq.0)
@@ -277,7 +248,7 @@ async fn database_outage_refuses_sends_and_loses_nothing() {
     }
     let acked = acked.expect("sending never recovered after the database came back");
     let conv = ConvId::parse("dm:alice:bob").unwrap();
-    let all = sync_all(&mut alice, &conv, 0).await;
+    let all = alice.sync_all(&conv, 0, 500).await;
     let bodies: Vec<&str> = all.iter().map(|m| m.body.as_str()).collect();
     assert!(
         bodies.contains(&"before") && bodies.contains(&"after"),

@@ -5,8 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use protocol::{ClientFrame, ConvId, GroupId, Seq, ServerFrame};
-use std::collections::BTreeMap;
+use protocol::{ConvId, GroupId, ServerFrame};
 use std::time::Duration;
 use testkit::*;
 
@@ -23,24 +22,6 @@ fn redis_cluster_node(keyspace: &str, node_id: &str) -> NodeOpts {
         .env("CHATD_ROUTER__REDIS_CLUSTER_URLS", format!("[{list}]"))
         // Nothing may use a standalone Redis: this port is closed.
         .env("CHATD_ROUTER__REDIS_URL", "redis://127.0.0.1:1")
-}
-
-async fn history(c: &mut Client, conv: &ConvId) -> Vec<protocol::Message> {
-    let mut cursors = BTreeMap::new();
-    cursors.insert(conv.clone(), Seq(0));
-    c.send(&ClientFrame::Sync {
-        rid: Some("s".into()),
-        cursors,
-        limit: Some(500),
-    })
-    .await;
-    let ServerFrame::Synced { conversations, .. } = c
-        .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
-        .await
-    else {
-        unreachable!()
-    };
-    conversations[0].messages.clone()
 }
 
 #[tokio::test]
@@ -104,5 +85,5 @@ async fn two_nodes_on_a_redis_cluster_deliver_dms_and_groups() {
     }
     // History is shared.
     let conv = ConvId::group(&GroupId::new(g));
-    assert_eq!(history(&mut bob, &conv).await.len(), 6);
+    assert_eq!(bob.sync_all(&conv, 0, 500).await.len(), 6);
 }

@@ -79,24 +79,31 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Storage> {
     }
 }
 
-/// Connects the ScyllaDB store described by `config` (without migrating); also used by
-/// `chatd migrate`.
-pub async fn scylla_store(config: &Config) -> anyhow::Result<ScyllaStore> {
-    let s = &config.store;
+/// Connects to the per-conversation seq counters in Redis (standalone or cluster, as
+/// `router.redis_mode` says): the ScyllaDB store allocates seqs there and the cluster
+/// hold-back reads them to find a lost tail.
+pub async fn seq_counters(config: &Config) -> anyhow::Result<RedisSeq> {
     let r = &config.router;
-    let seq = RedisSeq::connect_with(
+    RedisSeq::connect_with(
         redis_mode(r.redis_mode),
         &r.redis_url,
         &r.redis_cluster_urls,
-        &s.keyspace,
+        &config.store.keyspace,
     )
     .await
     .with_context(|| {
         format!(
             "connecting to Redis at {} for sequence numbers",
-            config.router.redis_url
+            r.redis_url
         )
-    })?;
+    })
+}
+
+/// Connects the ScyllaDB store described by `config` (without migrating); also used by
+/// `chatd migrate`.
+pub async fn scylla_store(config: &Config) -> anyhow::Result<ScyllaStore> {
+    let s = &config.store;
+    let seq = seq_counters(config).await?;
     let opts = ScyllaOptions {
         nodes: s.cql_nodes.clone(),
         keyspace: s.keyspace.clone(),
@@ -172,7 +179,7 @@ impl SeqSource for RedisSeqSource {
 }
 
 /// The router's [`RedisMode`] for `router.redis_mode`.
-pub(crate) fn redis_mode(mode: crate::config::RedisMode) -> RedisMode {
+fn redis_mode(mode: crate::config::RedisMode) -> RedisMode {
     match mode {
         crate::config::RedisMode::Standalone => RedisMode::Standalone,
         crate::config::RedisMode::Cluster => RedisMode::Cluster,

@@ -661,14 +661,7 @@ pub async fn sink_for(
     {
         return Ok(hub.clone());
     }
-    let counters = RedisSeq::connect_with(
-        crate::backends::redis_mode(config.router.redis_mode),
-        &config.router.redis_url,
-        &config.router.redis_cluster_urls,
-        &config.store.keyspace,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("connecting to Redis for the hold-back's counters: {e}"))?;
+    let counters = crate::backends::seq_counters(config).await?;
     let r = &config.router;
     let opts = HoldbackOptions {
         hold: Duration::from_millis(r.holdback_ms.max(1)),
