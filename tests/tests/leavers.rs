@@ -340,6 +340,13 @@ fn chatd(args: &[&str], opts: &NodeOpts) -> Output {
     cmd.output().expect("run chatd")
 }
 
+/// The first `n` bytes of `rest`, which moves past them.
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> &'a [u8] {
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    head
+}
+
 /// The records of an export, in a comparable form: meta records, audit lines, held lines
 /// (sorted), and the manifest.
 type Contents = (BTreeSet<(String, String, Vec<u8>)>, Vec<Value>, Vec<Value>, Value);
@@ -357,18 +364,13 @@ fn contents(archive: &Path) -> Contents {
         match name.as_str() {
             "meta.kv" => {
                 let mut rest = bytes.as_slice();
-                let mut take = |n: usize| {
-                    let (a, b) = rest.split_at(n);
-                    rest = b;
-                    a.to_vec()
-                };
                 while !rest.is_empty() {
-                    let n = u16::from_be_bytes(take(2).try_into().unwrap()) as usize;
-                    let ns = String::from_utf8(take(n)).unwrap();
-                    let n = u32::from_be_bytes(take(4).try_into().unwrap()) as usize;
-                    let key = String::from_utf8(take(n)).unwrap();
-                    let n = u32::from_be_bytes(take(4).try_into().unwrap()) as usize;
-                    meta.insert((ns, key, take(n)));
+                    let n = u16::from_be_bytes(take(&mut rest, 2).try_into().unwrap()) as usize;
+                    let ns = String::from_utf8(take(&mut rest, n).to_vec()).unwrap();
+                    let n = u32::from_be_bytes(take(&mut rest, 4).try_into().unwrap()) as usize;
+                    let key = String::from_utf8(take(&mut rest, n).to_vec()).unwrap();
+                    let n = u32::from_be_bytes(take(&mut rest, 4).try_into().unwrap()) as usize;
+                    meta.insert((ns, key, take(&mut rest, n).to_vec()));
                 }
             }
             "audit.jsonl" | "held.jsonl" => {
