@@ -62,11 +62,16 @@ async fn deactivation_hands_the_leavers_groups_to_the_successor() {
     let api = Api::new(&node);
     api.touch("boss").await;
     for id in ["lea", "sam", "mem", "ext"] {
-        api.create_account("boss", json!({"id": id, "name": id.to_uppercase(), "external": id == "ext"}))
-            .await;
+        api.create_account(
+            "boss",
+            json!({"id": id, "name": id.to_uppercase(), "external": id == "ext"}),
+        )
+        .await;
     }
     let g1 = api.create_group("lea", "Leaving project", &["mem"]).await;
-    let g2 = api.create_group("lea", "Second project", &["mem", "sam"]).await;
+    let g2 = api
+        .create_group("lea", "Second project", &["mem", "sam"])
+        .await;
     let g3 = api.create_group("mem", "Not hers", &["lea"]).await;
     let mut lea = Client::connect(&node, "lea").await;
 
@@ -74,7 +79,10 @@ async fn deactivation_hands_the_leavers_groups_to_the_successor() {
     let (s, b) = call(&api, Method::POST, "/v1/users/lea/deactivate", "boss", None).await;
     assert_eq!((s, code(&b)), (409, "conflict"), "{b}");
     let msg = b["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(&g1) && msg.contains(&g2) && msg.contains("successor"), "{msg}");
+    assert!(
+        msg.contains(&g1) && msg.contains(&g2) && msg.contains("successor"),
+        "{msg}"
+    );
     let (s, _) = call(&api, Method::GET, "/v1/me", "lea", None).await;
     assert_eq!(s, 200, "a refused deactivation leaves the account active");
     // A successor who cannot take over: refused too.
@@ -98,7 +106,10 @@ async fn deactivation_hands_the_leavers_groups_to_the_successor() {
     )
     .await;
     assert_eq!((s, code(&b)), (400, "bad_request"), "{b}");
-    assert_eq!(roles(&api, &g1, "boss").await, pairs(&[("lea", "owner"), ("mem", "member")]));
+    assert_eq!(
+        roles(&api, &g1, "boss").await,
+        pairs(&[("lea", "owner"), ("mem", "member")])
+    );
 
     // With a successor: deactivated, and both groups handed over in one request.
     let (s, b) = call(
@@ -170,7 +181,10 @@ async fn deactivation_hands_the_leavers_groups_to_the_successor() {
         .iter()
         .find(|e| e["action"] == "user.deactivate")
         .expect("audited");
-    assert!(deactivation["detail"].as_str().unwrap().contains("sam"), "{deactivation}");
+    assert!(
+        deactivation["detail"].as_str().unwrap().contains("sam"),
+        "{deactivation}"
+    );
 
     // Repeating the request is harmless (nothing left to hand over).
     let (s, b) = call(
@@ -223,7 +237,14 @@ async fn users_known_only_from_tokens_can_be_deactivated() {
     assert_eq!(s, 401);
 
     // Even an id the server has never seen can be switched off before its first use.
-    let (s, b) = call(&api, Method::POST, "/v1/users/idp.only/deactivate", "boss", None).await;
+    let (s, b) = call(
+        &api,
+        Method::POST,
+        "/v1/users/idp.only/deactivate",
+        "boss",
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let (s, _) = call(&api, Method::GET, "/v1/me", "idp.only", None).await;
     assert_eq!(s, 401);
@@ -237,7 +258,14 @@ async fn users_known_only_from_tokens_can_be_deactivated() {
         "{log}"
     );
     // Not a user id: refused.
-    let (s, _) = call(&api, Method::POST, "/v1/users/a%20b/deactivate", "boss", None).await;
+    let (s, _) = call(
+        &api,
+        Method::POST,
+        "/v1/users/a%20b/deactivate",
+        "boss",
+        None,
+    )
+    .await;
     assert_eq!(s, 400);
 }
 
@@ -273,7 +301,14 @@ async fn erasure_anonymises_after_the_delay_and_messages_stay_readable() {
 
     // Fay is deactivated and re-activated at once: her erasure is cancelled.
     for step in ["deactivate", "activate"] {
-        let (s, b) = call(&api, Method::POST, &format!("/v1/users/fay/{step}"), "boss", None).await;
+        let (s, b) = call(
+            &api,
+            Method::POST,
+            &format!("/v1/users/fay/{step}"),
+            "boss",
+            None,
+        )
+        .await;
         assert_eq!(s, 200, "{b}");
     }
     let (s, b) = call(&api, Method::POST, "/v1/users/eve/deactivate", "boss", None).await;
@@ -290,12 +325,21 @@ async fn erasure_anonymises_after_the_delay_and_messages_stay_readable() {
         if a["name"].as_str().unwrap().starts_with("Former employee") {
             break a;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "not erased: {a}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not erased: {a}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert!(started.elapsed() >= Duration::from_secs(2), "erased before the delay");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "erased before the delay"
+    );
     assert_eq!(account["status"], "deactivated");
-    assert!(account.get("department").is_none() && account.get("title").is_none(), "{account}");
+    assert!(
+        account.get("department").is_none() && account.get("title").is_none(),
+        "{account}"
+    );
     assert!(!account.to_string().contains("Eve"), "{account}");
     // Credentials are gone: even a re-activated account could not sign in with the old password.
     let (s, _) = call(&api, Method::POST, "/v1/users/eve/activate", "boss", None).await;
@@ -349,7 +393,12 @@ fn take<'a>(rest: &mut &'a [u8], n: usize) -> &'a [u8] {
 
 /// The records of an export, in a comparable form: meta records, audit lines, held lines
 /// (sorted), and the manifest.
-type Contents = (BTreeSet<(String, String, Vec<u8>)>, Vec<Value>, Vec<Value>, Value);
+type Contents = (
+    BTreeSet<(String, String, Vec<u8>)>,
+    Vec<Value>,
+    Vec<Value>,
+    Value,
+);
 
 fn contents(archive: &Path) -> Contents {
     let file = std::fs::File::open(archive).unwrap();
@@ -403,7 +452,14 @@ async fn cluster_metadata_export_then_import_into_an_empty_keyspace_round_trips(
     api.touch("boss").await;
     // Something in many namespaces: a department, accounts with passwords, a group with
     // settings (name reservation, announcement, mute), a leaver, a revoked user, a held message.
-    let (s, _) = call(&api, Method::POST, "/v1/departments", "boss", Some(json!({"id": "ops", "name": "Ops"}))).await;
+    let (s, _) = call(
+        &api,
+        Method::POST,
+        "/v1/departments",
+        "boss",
+        Some(json!({"id": "ops", "name": "Ops"})),
+    )
+    .await;
     assert_eq!(s, 201);
     api.create_account(
         "boss",
@@ -433,20 +489,45 @@ async fn cluster_metadata_export_then_import_into_an_empty_keyspace_round_trips(
     assert_eq!(s, 204, "{b}");
     let mut kim = Client::connect(&a, "kim").await;
     let held = kim.send_group(&g, "ad1", "便宜好货 加微信 abc123").await;
-    assert!(matches!(held, protocol::ServerFrame::Ack { seq: None, .. }), "{held:?}");
+    assert!(
+        matches!(held, protocol::ServerFrame::Ack { seq: None, .. }),
+        "{held:?}"
+    );
     let (s, b) = call(&api, Method::POST, "/v1/users/lou/deactivate", "boss", None).await;
     assert_eq!(s, 200, "{b}");
 
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("source.tar.gz");
-    let out = chatd(&["export", "--out", first.to_str().unwrap()], &opts(&source, "x"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = chatd(
+        &["export", "--out", first.to_str().unwrap()],
+        &opts(&source, "x"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let exported = contents(&first);
     let namespaces = exported.3["namespaces"].as_object().unwrap();
-    for ns in ["user", "credential", "dept", "group_name", "group_settings", "leaver", "revoked_user"] {
-        assert!(namespaces.contains_key(ns), "{ns} missing from {namespaces:?}");
+    for ns in [
+        "user",
+        "credential",
+        "dept",
+        "group_name",
+        "group_settings",
+        "leaver",
+        "revoked_user",
+    ] {
+        assert!(
+            namespaces.contains_key(ns),
+            "{ns} missing from {namespaces:?}"
+        );
     }
-    assert!(!exported.1.is_empty() && exported.2.len() == 1, "{}", exported.3);
+    assert!(
+        !exported.1.is_empty() && exported.2.len() == 1,
+        "{}",
+        exported.3
+    );
 
     // Into an empty keyspace: every record back; not a second time without --force.
     let load = |force: bool| {
@@ -457,7 +538,11 @@ async fn cluster_metadata_export_then_import_into_an_empty_keyspace_round_trips(
         chatd(&args, &opts(&target, "y"))
     };
     let out = load(false);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = load(false);
     assert!(!out.status.success());
     assert!(
@@ -466,8 +551,15 @@ async fn cluster_metadata_export_then_import_into_an_empty_keyspace_round_trips(
         String::from_utf8_lossy(&out.stderr)
     );
     let second = dir.path().join("target.tar.gz");
-    let out = chatd(&["export", "--out", second.to_str().unwrap()], &opts(&target, "z"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = chatd(
+        &["export", "--out", second.to_str().unwrap()],
+        &opts(&target, "z"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let imported = contents(&second);
     assert_eq!(imported.0, exported.0, "meta records differ");
     assert_eq!(imported.1, exported.1, "audit entries differ");
@@ -491,7 +583,10 @@ async fn cluster_metadata_export_then_import_into_an_empty_keyspace_round_trips(
     // A backup archive is not a metadata export: refused with a clear message.
     let bogus = dir.path().join("bogus.tar.gz");
     std::fs::write(&bogus, b"not an archive").unwrap();
-    let out = chatd(&["import", "--from", bogus.to_str().unwrap(), "--force"], &opts(&target, "w"));
+    let out = chatd(
+        &["import", "--from", bogus.to_str().unwrap(), "--force"],
+        &opts(&target, "w"),
+    );
     assert!(!out.status.success());
     drop(b_node);
     drop(a);

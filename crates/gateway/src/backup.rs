@@ -17,11 +17,11 @@
 //! manifest, loads the pairs into a fresh database, and only then moves the result into the data
 //! directory. Secrets (`jwt.secret`) are not in the archive.
 
+use crate::archive::{check_entries, header_time, write_record, Hashing, HashingReader, Records};
+pub use crate::archive::{with_suffix, FileEntry};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::AppState;
-pub use crate::archive::{with_suffix, FileEntry};
-use crate::archive::{check_entries, header_time, write_record, Hashing, HashingReader, Records};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;

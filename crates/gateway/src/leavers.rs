@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
-use store::{MetaOp, Member, Role, Swap};
+use store::{Member, MetaOp, Role, Swap};
 
 /// Namespace of leaver records (keyed by user id): when the account was switched off, so the
 /// erasure job finds the accounts due without reading the whole directory.
@@ -175,10 +175,10 @@ async fn check_successor(
             "successor: {successor} is an external account; groups go to someone inside the company"
         ))),
         Some(_) => Ok(()),
-        None if state.is_company_admin(successor) || state.user_exists(successor).await? => {
-            Ok(())
-        }
-        None => Err(ApiError::not_found(format!("successor: no user {successor}"))),
+        None if state.is_company_admin(successor) || state.user_exists(successor).await? => Ok(()),
+        None => Err(ApiError::not_found(format!(
+            "successor: no user {successor}"
+        ))),
     }
 }
 
@@ -210,8 +210,7 @@ async fn switch_off(state: &AppState, user: &UserId) -> Result<(Account, bool), 
     // Two rounds at most: a record created concurrently is found by the second read.
     for _ in 0..2 {
         let now = now_ms();
-        if let Some(mut account) = get_json::<Account>(&state.meta, NS_USER, user.as_str()).await?
-        {
+        if let Some(mut account) = get_json::<Account>(&state.meta, NS_USER, user.as_str()).await? {
             account.status = Status::Deactivated;
             account.tokens_valid_after = cutoff;
             account.updated_at = now;
@@ -499,7 +498,12 @@ async fn erase(
     };
     match state
         .meta
-        .compare_and_swap(NS_LEAVER, user.as_str(), Some(raw_record), to_json(&erased)?)
+        .compare_and_swap(
+            NS_LEAVER,
+            user.as_str(),
+            Some(raw_record),
+            to_json(&erased)?,
+        )
         .await?
     {
         Swap::Done => {

@@ -526,7 +526,9 @@ mod tests {
             .await
             .unwrap();
         let out = dir.path().join("x/meta.tar.gz");
-        let m = export(Arc::new(src.clone()), "embedded", &out).await.unwrap();
+        let m = export(Arc::new(src.clone()), "embedded", &out)
+            .await
+            .unwrap();
         assert_eq!(m.namespaces["user"], 1);
         assert_eq!((m.audit, m.held), (1, 0));
         assert!(!with_suffix(&out, ".partial").exists());

@@ -11,8 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::{
-    AdminExport, AdminRecord, AuditEntry, AuditQuery, Group, GroupKind, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
-    ReviewStore, Role, Store, StoreError, Swap,
+    AdminExport, AdminRecord, AuditEntry, AuditQuery, Group, GroupKind, HeldMessage, Member,
+    MetaOp, MetaStore, NewMessage, ReviewStore, Role, Store, StoreError, Swap,
 };
 use protocol::{ConvId, GroupId, MessageId, MessageKind, Seq, UserId};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,15 +103,15 @@ pub async fn members_change_together<S: Store>(store: &S) {
     assert_eq!(store.user_groups(&new).await.unwrap(), vec![gid.clone()]);
     let missing = GroupId::new(unique("nope"));
     assert!(matches!(
-        store.put_members(&missing, vec![m(&new, Role::Owner)]).await,
+        store
+            .put_members(&missing, vec![m(&new, Role::Owner)])
+            .await,
         Err(StoreError::NotFound(_))
     ));
 }
 
 /// `export_admin` reads back every record written through `MetaStore` and `ReviewStore`.
-pub async fn admin_export_reads_every_record<S: MetaStore + ReviewStore + AdminExport>(
-    store: &S,
-) {
+pub async fn admin_export_reads_every_record<S: MetaStore + ReviewStore + AdminExport>(store: &S) {
     let ns = unique("ns");
     store
         .apply(vec![

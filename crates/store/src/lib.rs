@@ -12,9 +12,9 @@
 //! assigns the conversation's next `seq` with no gaps, and is idempotent per
 //! (conversation, sender, `client_msg_id`) forever, not just for a cache window.
 
+pub mod admin_export;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
-pub mod admin_export;
 pub mod embedded;
 mod error;
 pub mod meta;

@@ -1506,10 +1506,7 @@ impl ReviewStore for ScyllaStore {
 #[async_trait]
 impl crate::AdminExport for ScyllaStore {
     /// Three full-table reads (`meta`, `audit`, `held`), paged by the driver.
-    async fn export_admin(
-        &self,
-        out: tokio::sync::mpsc::Sender<crate::AdminRecord>,
-    ) -> Result<()> {
+    async fn export_admin(&self, out: tokio::sync::mpsc::Sender<crate::AdminRecord>) -> Result<()> {
         use crate::AdminRecord;
         self.check_open()?;
         let session = &self.inner.session;
@@ -1527,7 +1524,11 @@ impl crate::AdminExport for ScyllaStore {
             .rows_stream::<(String, String, Vec<u8>)>()
             .map_err(cql::decode_err)?;
         while let Some((ns, key, value)) = rows.try_next().await.map_err(cql::next_row_err)? {
-            if out.send(AdminRecord::Meta { ns, key, value }).await.is_err() {
+            if out
+                .send(AdminRecord::Meta { ns, key, value })
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
         }
