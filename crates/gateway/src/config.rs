@@ -26,6 +26,8 @@ pub struct Config {
     pub moderation: ModerationConfig,
     /// Group administration.
     pub groups: GroupsConfig,
+    /// Departing employees: scheduled erasure of deactivated accounts.
+    pub leavers: LeaversConfig,
     /// Attachments.
     pub files: FilesConfig,
     /// Prometheus metrics.
@@ -258,6 +260,26 @@ impl Default for GroupsConfig {
             max_pins: 50,
             max_mute_secs: 30 * 24 * 3600,
             max_announcement_chars: 2000,
+        }
+    }
+}
+
+/// `[leavers]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaversConfig {
+    /// Days after deactivation when an account is anonymised (unless a legal hold applies);
+    /// 0: never.
+    pub erase_after_days: u64,
+    /// Seconds between runs of the erasure job (when erasure is on).
+    pub erase_interval_secs: u64,
+}
+
+impl Default for LeaversConfig {
+    fn default() -> Self {
+        Self {
+            erase_after_days: 0,
+            erase_interval_secs: 3600,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `main.rs` is a thin CLI over [`server::Node`]; integration tests start the binary.
 
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod backends;
 pub mod backup;
@@ -21,9 +22,11 @@ pub mod hashing;
 pub mod health;
 pub mod holdback;
 pub mod hub;
+pub mod leavers;
 pub mod listener;
 pub mod membership;
 pub mod messages;
+pub mod meta_archive;
 pub mod metrics;
 pub mod moderation;
 pub mod ops;

@@ -1,5 +1,6 @@
 //! `chatd`: run a node (`chatd serve`, the default), mint a token (`chatd token`), back up or
-//! restore an embedded node (`chatd backup`, `chatd restore`; docs/OPERATIONS.md).
+//! restore an embedded node (`chatd backup`, `chatd restore`), export or import a cluster's
+//! metadata (`chatd export`, `chatd import`; docs/OPERATIONS.md).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -68,6 +69,24 @@ enum Command {
         /// Override server.data_dir (the secret; the store with --offline).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Export the metadata of the configured store (accounts, credentials, group settings,
+    /// revocations, file records, ...: every record namespace; the audit log; the review
+    /// queue) into one archive. Cluster mode: reads the CQL keyspace while nodes serve.
+    Export {
+        /// The archive to write (tar.gz).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import a metadata export into the configured store (cluster mode: the CQL keyspace,
+    /// created if missing). Refuses a store that already holds metadata unless --force.
+    Import {
+        /// The archive.
+        #[arg(long)]
+        from: PathBuf,
+        /// Merge into a store that already holds metadata (same keys are replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Restore a backup archive into a data directory (the node must be stopped).
     Restore {
@@ -167,6 +186,40 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("restoring {}", from.display()))?;
             print_manifest(&config.server.data_dir, &manifest)
         }
+        Command::Export { out } => {
+            init_tracing();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let storage = gateway::backends::open_store(&config)
+                    .await
+                    .context("opening the store (embedded mode: stop the node first)")?;
+                let source = format!("{:?}", config.store.backend).to_lowercase();
+                let result = gateway::meta_archive::export(storage.admin.clone(), &source, &out)
+                    .await
+                    .with_context(|| format!("exporting to {}", out.display()));
+                storage.store.close().await?;
+                print_export(&out, &result?)
+            })
+        }
+        Command::Import { from, force } => {
+            init_tracing();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let storage = gateway::backends::open_store(&config)
+                    .await
+                    .context("opening the store (embedded mode: stop the node first)")?;
+                let target = gateway::meta_archive::Target {
+                    meta: storage.meta.clone(),
+                    review: storage.review.clone(),
+                    admin: storage.admin.clone(),
+                };
+                let result = gateway::meta_archive::import(&from, &target, force)
+                    .await
+                    .with_context(|| format!("importing {}", from.display()));
+                storage.store.close().await?;
+                print_export(&from, &result?)
+            })
+        }
         Command::Migrate => {
             init_tracing();
             let runtime = tokio::runtime::Runtime::new()?;
@@ -254,6 +307,26 @@ fn print_manifest(
         manifest.header.schema_version,
         pairs,
         manifest.files.len(),
+        manifest.header.created_at_ms
+    )?;
+    Ok(())
+}
+
+/// Prints what an export or import did, for the operator's log.
+fn print_export(
+    path: &std::path::Path,
+    manifest: &gateway::meta_archive::Manifest,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let records: u64 = manifest.namespaces.values().sum();
+    writeln!(
+        std::io::stdout(),
+        "{}: {} records in {} namespaces, {} audit entries, {} held messages, exported at {} ms",
+        path.display(),
+        records,
+        manifest.namespaces.len(),
+        manifest.audit,
+        manifest.held,
         manifest.header.created_at_ms
     )?;
     Ok(())

@@ -57,6 +57,7 @@ impl Node {
             review,
             meta,
             embedded,
+            ..
         } = crate::backends::open_store(&config).await?;
         let router = crate::backends::open_router(&config.router).await?;
         #[cfg(feature = "test-hooks")]
@@ -190,6 +191,7 @@ impl Node {
             })
         };
         crate::backup::spawn_scheduler(state.clone());
+        crate::leavers::spawn_scheduler(state.clone());
         let draining = tokio::select! {
             _ = shutdown.cancelled() => false,
             _ = state.health.drain_requested() => true,

@@ -710,6 +710,25 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn put_members(&self, id: &GroupId, members: Vec<Member>) -> Result<()> {
+        let id = id.clone();
+        self.write(move |ks, _| {
+            if !ks.groups.contains_key(id.as_str()).map_err(backend)? {
+                return Ok(Err(StoreError::NotFound(format!("group {id}"))));
+            }
+            let g = id.as_str().as_bytes();
+            let mut batch = ks.db.batch();
+            for member in &members {
+                let u = member.user.as_str().as_bytes();
+                batch.insert(&ks.members, key(&[g, u]), json(member)?);
+                batch.insert(&ks.user_groups, key(&[u, g]), []);
+            }
+            batch.commit().map_err(backend)?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
     async fn remove_member(&self, id: &GroupId, user: &UserId) -> Result<bool> {
         let (id, user) = (id.clone(), user.clone());
         self.write(move |ks, _| {
