@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backends;
 pub mod backup;
 pub mod budget;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod directory;

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("lib", 4),
     ("main", 4),
+    ("cli", 4),
     ("server", 4),
     ("api", 3),
     ("session", 3),
