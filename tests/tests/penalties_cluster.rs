@@ -157,7 +157,7 @@ async fn a_suspension_outlives_a_restart() {
         with_admin(NodeOpts::default()).env("CHATD_MODERATION__RULES_DIR", rules.path().display());
     let mut node = Node::spawn(data.path(), opts.clone());
     Api::new(&node).touch("boss").await;
-    let mut bob = Client::connect(&node, "bob").await;
+    let bob = Client::connect(&node, "bob").await;
     let mut ann = Client::connect(&node, "ann").await;
     violate(&mut ann, "bob", "v1").await;
     let f = ann.send_dm("bob", "c1", CLEAN).await;
