@@ -121,6 +121,37 @@ async fn penalties_hold_on_every_node_of_a_cluster() {
     innocent_is_served(&mut bob, "ann", "bob2").await;
 }
 
+/// A node that misses a penalty's broadcast (node A's are refused by a test hook) still
+/// enforces it, and its lift, within the refresh interval (1 s here), read from the store.
+#[tokio::test]
+async fn a_node_that_missed_the_broadcast_converges_within_the_refresh() {
+    let keyspace = unique_keyspace("pen");
+    let a = Node::start_with(with_admin(
+        cluster_node(&keyspace, &format!("{keyspace}-a"))
+            .env("CHATD_TEST_FAIL_PENALTY_BROADCASTS", 1),
+    ));
+    let b = Node::start_with(with_admin(cluster_node(
+        &keyspace,
+        &format!("{keyspace}-b"),
+    )));
+    Api::new(&a).touch("boss").await;
+    let mut bob = Client::connect(&b, "bob").await;
+    let mut ann_a = Client::connect(&a, "ann").await;
+    let mut ann_b = Client::connect(&b, "ann").await;
+    for i in 0..3 {
+        violate(&mut ann_a, "bob", &format!("v{i}")).await;
+    }
+    let took = until_answer(&mut ann_b, "bob", "mb", Some(ErrorCode::Muted)).await;
+    eprintln!("without the broadcast, node B refused the muted user after {took:?}");
+    innocent_is_served(&mut bob, "ann", "bob1").await;
+    let (s, body) = Api::new(&a)
+        .call(Method::POST, "/v1/admin/users/ann/lift", Some("boss"), None)
+        .await;
+    assert_eq!(s, 204, "{body}");
+    let took = until_answer(&mut ann_b, "bob", "lb", None).await;
+    eprintln!("without the broadcast, node B freed the user after {took:?}");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
