@@ -95,7 +95,12 @@ async fn penalties_hold_on_every_node_of_a_cluster() {
 
     // The third, on node A, reaches the mute step; node B refuses her too, with the same
     // error as on one node.
+    let start = Instant::now();
     violate(&mut ann_a, "bob", "v3").await;
+    eprintln!(
+        "a violation that mutes (count, store, broadcast) answered in {:?}",
+        start.elapsed()
+    );
     let f = ann_a.send_dm("bob", "c3", CLEAN).await;
     assert_eq!(error_code(&f), ErrorCode::Muted, "{f:?}");
     let took = until_answer(&mut ann_b, "bob", "mb", Some(ErrorCode::Muted)).await;
