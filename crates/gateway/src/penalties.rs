@@ -3,7 +3,7 @@
 //! survive a restart and every node enforces the same ones.
 //!
 //! - **Counting.** A user's violations in the escalation window are one record
-//!   ([`moderation::ViolationLog`], namespace [`NS_VIOLATIONS`]) that the node seeing a
+//!   ([`moderation::ViolationLog`], namespaces [`violations_ns`]) that the node seeing a
 //!   violation reads, extends and writes back with [`MetaStore::compare_and_swap`], retrying
 //!   on the value a refusal answers: two nodes counting at once never lose an increment, and
 //!   the ladder's step is reached whichever node saw each violation. Violations are rare
@@ -31,6 +31,7 @@ use moderation::{EscalationConfig, Penalty, ViolationLog};
 use protocol::UserId;
 use router::{Control, Router};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,8 +41,20 @@ use tokio_util::sync::CancellationToken;
 
 /// Namespace of penalties in force (mutes and suspensions), keyed by user id.
 pub const NS_PENALTY: &str = "penalty";
-/// Namespace of violation logs (times in the escalation window), keyed by user id.
+/// Prefix of the namespaces of violation logs (times in the escalation window), keyed by
+/// user id: see [`violations_ns`].
 pub const NS_VIOLATIONS: &str = "violations";
+
+/// Violation logs are spread over this many namespaces: the CQL store keeps a namespace in
+/// one partition, and lightweight transactions on one partition wait for each other.
+const VIOLATION_SHARDS: u8 = 16;
+
+/// The namespace of `user`'s violation log, `violations.0` to `violations.f`, from a digest
+/// of the user id (the same on every node and every build).
+pub fn violations_ns(user: &UserId) -> String {
+    let digest = Sha256::digest(user.as_str().as_bytes());
+    format!("{NS_VIOLATIONS}.{:x}", digest[0] % VIOLATION_SHARDS)
+}
 
 /// Most users under penalty cached per node; past it the send path reads the store for the
 /// others.
@@ -233,7 +246,7 @@ impl Penalties {
         now_ms: u64,
         config: &EscalationConfig,
     ) -> Result<usize, StoreError> {
-        self.update(NS_VIOLATIONS, user.as_str(), |current| {
+        self.update(&violations_ns(user), user.as_str(), |current| {
             let mut log =
                 current.map_or_else(ViolationLog::default, |b| decode_log(user.as_str(), b));
             let n = log.record(now_ms, config);
@@ -303,7 +316,7 @@ impl Penalties {
         self.meta
             .apply(vec![
                 MetaOp::delete(NS_PENALTY, user.as_str()),
-                MetaOp::delete(NS_VIOLATIONS, user.as_str()),
+                MetaOp::delete(&violations_ns(user), user.as_str()),
             ])
             .await?;
         self.set(user, None);
@@ -470,6 +483,20 @@ mod tests {
     }
 
     #[test]
+    fn violation_logs_spread_over_sixteen_stable_namespaces() {
+        // A digest, not the process's hasher: every node and every build agrees.
+        assert_eq!(
+            violations_ns(&UserId::from("ann")),
+            violations_ns(&UserId::from("ann"))
+        );
+        let shards: std::collections::BTreeSet<String> = (0..200)
+            .map(|i| violations_ns(&UserId::new(format!("user{i}"))))
+            .collect();
+        assert_eq!(shards.len(), 16, "{shards:?}");
+        assert!(shards.iter().all(|s| s.starts_with("violations.")));
+    }
+
+    #[test]
     fn the_stricter_restriction_wins() {
         use Restriction::*;
         assert_eq!(MutedUntil(5).stricter(MutedUntil(9)), MutedUntil(9));
@@ -602,7 +629,8 @@ mod tests {
             1,
             "{penalties:?}"
         );
-        let log = meta.get(NS_VIOLATIONS, "bo").await.unwrap().unwrap();
+        let bo = UserId::from("bo");
+        let log = meta.get(&violations_ns(&bo), "bo").await.unwrap().unwrap();
         assert_eq!(decode_log("bo", &log).times.len(), 8);
         for node in &nodes {
             node.refresh().await.unwrap();
