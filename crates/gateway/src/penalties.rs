@@ -553,6 +553,68 @@ mod tests {
         assert_eq!(p, Penalty::Warn);
     }
 
+    /// A store that is down for everything.
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl MetaStore for Down {
+        async fn get(&self, _: &str, _: &str) -> store::Result<Option<Vec<u8>>> {
+            Err(StoreError::unavailable("down"))
+        }
+        async fn scan(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: usize,
+        ) -> store::Result<Vec<(String, Vec<u8>)>> {
+            Err(StoreError::unavailable("down"))
+        }
+        async fn insert_new(&self, _: &str, _: &str, _: Vec<u8>) -> store::Result<bool> {
+            Err(StoreError::unavailable("down"))
+        }
+        async fn apply(&self, _: Vec<MetaOp>) -> store::Result<()> {
+            Err(StoreError::unavailable("down"))
+        }
+        async fn compare_and_swap(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<Vec<u8>>,
+            _: Vec<u8>,
+        ) -> store::Result<Swap> {
+            Err(StoreError::unavailable("down"))
+        }
+        async fn compare_and_delete(&self, _: &str, _: &str, _: Vec<u8>) -> store::Result<Swap> {
+            Err(StoreError::unavailable("down"))
+        }
+    }
+
+    /// With the store down, violations are counted on this node and the penalty is enforced
+    /// from memory; a failed refresh keeps it.
+    #[tokio::test]
+    async fn with_the_store_down_penalties_hold_on_this_node() {
+        let p = Penalties::new(Arc::new(Down));
+        let router = router::local::LocalRouter::new();
+        let moderation = Moderation::load(std::path::Path::new("")).unwrap();
+        let ann = UserId::from("ann");
+        let now = crate::clock::now_ms();
+        for _ in 0..2 {
+            p.record_violation(&router, &moderation, &ann, now).await;
+        }
+        let third = p.record_violation(&router, &moderation, &ann, now).await;
+        assert_eq!(third, Penalty::Mute(Duration::from_secs(600)));
+        assert!(p.refresh().await.is_err());
+        assert!(matches!(
+            p.restriction(&ann, now).await.unwrap(),
+            Some(Restriction::MutedUntil(_))
+        ));
+        assert!(
+            p.lift(&router, &ann).await.is_err(),
+            "a lift must be stored"
+        );
+    }
+
     /// A refresh deletes the records of mutes that have ended, and only those.
     #[tokio::test]
     async fn ended_mutes_are_pruned() {
