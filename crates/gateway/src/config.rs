@@ -538,6 +538,9 @@ pub struct ModerationConfig {
     pub rules_dir: PathBuf,
     /// How often to check the rule files for changes, ms (0: never).
     pub reload_poll_ms: u64,
+    /// How often each node re-reads the penalties in force from the store, ms (0: only at
+    /// start): the most a node that missed a penalty's broadcast lags behind.
+    pub penalty_refresh_ms: u64,
 }
 
 impl Default for ModerationConfig {
@@ -545,6 +548,7 @@ impl Default for ModerationConfig {
         Self {
             rules_dir: PathBuf::from("config/moderation"),
             reload_poll_ms: 2000,
+            penalty_refresh_ms: 5000,
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod ops;
 pub mod order;
+pub mod penalties;
 pub mod policy;
 pub mod post_commit;
 pub mod posts;

@@ -66,6 +66,14 @@ impl Node {
         membership
             .revocations
             .spawn_pruner(Duration::from_secs(3600), shutdown.clone());
+        membership
+            .penalties
+            .start(
+                Duration::from_millis(config.moderation.penalty_refresh_ms),
+                shutdown.clone(),
+            )
+            .await
+            .context("loading the moderation penalties")?;
         let hub = Hub::new(membership.clone());
         router.attach(
             crate::holdback::sink_for(&config, &hub, &store, &membership, &shutdown).await?,

@@ -41,6 +41,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("moderation", 1),
     ("directory", 1),
     ("revocation", 1),
+    ("penalties", 1),
     ("post_commit", 1),
     ("faults", 1),
     ("auth", 1),

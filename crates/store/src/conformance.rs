@@ -66,6 +66,7 @@ pub async fn run_all<S: Store + MetaStore + ReviewStore + AdminExport + Clone>(s
     marking_a_stored_seq_skipped_keeps_the_message(store).await;
     meta_records(store).await;
     meta_compare_and_swap(store).await;
+    meta_compare_and_delete(store).await;
     audit_log_and_review_queue(store).await;
     members_change_together(store).await;
     admin_export_reads_every_record(store).await;
@@ -599,6 +600,53 @@ pub async fn meta_compare_and_swap<S: MetaStore + Clone>(store: &S) {
     assert_eq!(
         String::from_utf8_lossy(&total).parse::<usize>().unwrap(),
         tasks * each
+    );
+}
+
+/// Compare-and-delete: deletes only the expected value, and a refusal answers what is stored.
+pub async fn meta_compare_and_delete<S: MetaStore>(store: &S) {
+    let ns = unique("cad");
+    store
+        .apply(vec![MetaOp::put(&ns, "k", b"1".to_vec())])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .compare_and_delete(&ns, "k", b"0".to_vec())
+            .await
+            .unwrap(),
+        Swap::Current(Some(b"1".to_vec()))
+    );
+    assert_eq!(store.get(&ns, "k").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        store
+            .compare_and_delete(&ns, "k", b"1".to_vec())
+            .await
+            .unwrap(),
+        Swap::Done
+    );
+    assert_eq!(store.get(&ns, "k").await.unwrap(), None);
+    assert_eq!(
+        store
+            .compare_and_delete(&ns, "k", b"1".to_vec())
+            .await
+            .unwrap(),
+        Swap::Current(None)
+    );
+    // A record written again after the delete is a new value: kept.
+    assert_eq!(
+        store
+            .compare_and_swap(&ns, "k", None, b"2".to_vec())
+            .await
+            .unwrap(),
+        Swap::Done
+    );
+    assert_eq!(
+        store
+            .compare_and_delete(&ns, "k", b"1".to_vec())
+            .await
+            .unwrap(),
+        Swap::Current(Some(b"2".to_vec()))
     );
 }
 

@@ -897,6 +897,20 @@ impl MetaStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn compare_and_delete(&self, ns: &str, key: &str, expected: Vec<u8>) -> Result<Swap> {
+        let k = meta_key(ns, key);
+        // One writer job: compare-then-delete is atomic, as in `compare_and_swap`.
+        self.write(move |ks, _| {
+            let current = ks.meta.get(&k).map_err(backend)?;
+            if current.as_deref() != Some(expected.as_slice()) {
+                return Ok(Ok(Swap::Current(current.map(|v| v.to_vec()))));
+            }
+            ks.meta.remove(k).map_err(backend)?;
+            Ok(Ok(Swap::Done))
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -1375,6 +1375,16 @@ impl MetaStore for ScyllaStore {
             Some(current) => Swap::Current(current),
         })
     }
+
+    async fn compare_and_delete(&self, ns: &str, key: &str, expected: Vec<u8>) -> Result<Swap> {
+        let st = self.stmts().await?;
+        Ok(
+            match self.lwt(&st.delete_if_meta_kv, (ns, key, expected)).await? {
+                None => Swap::Done,
+                Some(current) => Swap::Current(current),
+            },
+        )
+    }
 }
 
 impl ScyllaStore {

@@ -171,6 +171,7 @@ pub(super) struct Statements {
     pub insert_new_meta_kv: PreparedStatement,
     pub swap_meta_kv: PreparedStatement,
     pub delete_meta_kv: PreparedStatement,
+    pub delete_if_meta_kv: PreparedStatement,
 }
 
 impl Statements {
@@ -369,6 +370,16 @@ impl Statements {
                 s
             },
             delete_meta_kv: p(format!("DELETE FROM {ks}.meta WHERE ns = ? AND key = ?")).await?,
+            // Compare-and-delete (pruning ended moderation penalties): a lightweight
+            // transaction, rare and off the message path.
+            delete_if_meta_kv: {
+                let mut s = p(format!(
+                    "DELETE FROM {ks}.meta WHERE ns = ? AND key = ? IF value = ?"
+                ))
+                .await?;
+                s.set_is_idempotent(false);
+                s
+            },
         })
     }
 }
