@@ -195,6 +195,9 @@ async fn a_suspension_outlives_a_restart() {
     Api::new(&node).touch("boss").await;
     let bob = Client::connect(&node, "bob").await;
     let mut ann = Client::connect(&node, "ann").await;
+    let group = Api::new(&node)
+        .create_group("ann", "ann's team", &["bob"])
+        .await;
     violate(&mut ann, "bob", "v1").await;
     let f = ann.send_dm("bob", "c1", CLEAN).await;
     assert_eq!(error_code(&f), ErrorCode::Muted, "{f:?}");
@@ -208,12 +211,36 @@ async fn a_suspension_outlives_a_restart() {
     let f = ann.send_dm("bob", "c2", CLEAN).await;
     assert_eq!(error_code(&f), ErrorCode::Muted, "{f:?}");
     innocent_is_served(&mut bob, "ann", "bob1").await;
+    // Every way of posting asks the same question: an announcement over HTTP is refused too.
+    let announce = format!("/v1/groups/{group}/announcement");
+    let (s, body) = Api::new(&node)
+        .call(
+            Method::PUT,
+            &announce,
+            Some("ann"),
+            Some(serde_json::json!({"text": "still here"})),
+        )
+        .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (403, Some("muted")),
+        "{body}"
+    );
 
     let (s, body) = Api::new(&node)
         .call(Method::POST, "/v1/admin/users/ann/lift", Some("boss"), None)
         .await;
     assert_eq!(s, 204, "{body}");
     ack_seq(&ann.send_dm("bob", "c3", CLEAN).await);
+    let (s, body) = Api::new(&node)
+        .call(
+            Method::PUT,
+            &announce,
+            Some("ann"),
+            Some(serde_json::json!({"text": "back"})),
+        )
+        .await;
+    assert_eq!(s, 200, "after the lift: {body}");
     // A lift names a user id.
     let (s, body) = Api::new(&node)
         .call(Method::POST, "/v1/admin/users/%00/lift", Some("boss"), None)

@@ -91,6 +91,9 @@ pub async fn publish_announcement(
     text: String,
 ) -> Result<GroupSettings, ApiError> {
     let id = &view.group.id;
+    if !text.is_empty() {
+        crate::policy::check_not_restricted(state, me).await?;
+    }
     let settings = update_settings(state, id, |s| {
         s.announcement = (!text.is_empty()).then(|| text.clone());
         Ok(())

@@ -9,6 +9,7 @@
 
 use crate::error::ApiError;
 use crate::membership::{GroupView, Lifecycle};
+use crate::penalties::Restriction;
 use crate::state::{now_ms, AppState};
 use moderation::{CheckContext, GroupPolicy, Verdict};
 use protocol::{ConvId, ConvKind, ErrorCode, GroupId, UserId};
@@ -191,4 +192,25 @@ pub async fn require_reviewer(
     Err(ApiError::forbidden(
         "only the group's owner and admins (or a company administrator) review messages",
     ))
+}
+
+/// Refuses authors who are muted or suspended (on any node: see [`crate::penalties`]): every
+/// way of posting asks this, WebSocket sends, approval posts and announcements alike.
+pub async fn check_not_restricted(state: &AppState, user: &UserId) -> Result<(), ApiError> {
+    match state
+        .membership
+        .penalties
+        .restriction(user, now_ms())
+        .await?
+    {
+        None => Ok(()),
+        Some(Restriction::MutedUntil(until)) => Err(ApiError::new(
+            ErrorCode::Muted,
+            format!("you are muted until {until} (ms since the epoch)"),
+        )),
+        Some(Restriction::Suspended) => Err(ApiError::new(
+            ErrorCode::Muted,
+            "you are suspended from posting until an administrator lifts it",
+        )),
+    }
 }

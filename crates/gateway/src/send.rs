@@ -6,7 +6,6 @@
 
 use crate::error::ApiError;
 use crate::order::Ticket;
-use crate::penalties::Restriction;
 use crate::policy::{Access, ModerationScope};
 use crate::state::{now_ms, AppState};
 use moderation::{Action, Penalty};
@@ -128,7 +127,7 @@ pub async fn send(
             (conv, access)
         }
     };
-    check_restriction(state, me).await?;
+    crate::policy::check_not_restricted(state, me).await?;
     crate::messages::check_mentions(&access, me, &req.mentions)?;
     let mut req = req;
     if let Some(a) = &req.attachment {
@@ -275,26 +274,6 @@ async fn submit_for_approval(
             category: None,
         })),
     }))
-}
-
-/// Refuses senders who are muted or suspended (on any node: see [`crate::penalties`]).
-async fn check_restriction(state: &AppState, user: &UserId) -> Result<(), ApiError> {
-    match state
-        .membership
-        .penalties
-        .restriction(user, now_ms())
-        .await?
-    {
-        None => Ok(()),
-        Some(Restriction::MutedUntil(until)) => Err(ApiError::new(
-            ErrorCode::Muted,
-            format!("you are muted until {until} (ms since the epoch)"),
-        )),
-        Some(Restriction::Suspended) => Err(ApiError::new(
-            ErrorCode::Muted,
-            "you are suspended from posting until an administrator lifts it",
-        )),
-    }
 }
 
 /// Applies a verdict's side effects: audit, escalation, and the `blocked` error. Returns the
