@@ -78,6 +78,9 @@ const MEMBER_BATCH: usize = 50;
 /// Conversations whose meta rows the conversation list reads at once.
 const LIST_CONCURRENCY: usize = 32;
 
+/// Messages the retention job deletes at once (`Store::expire`).
+const EXPIRE_CONCURRENCY: usize = 16;
+
 /// Connection and behaviour settings of [`ScyllaStore`].
 #[derive(Debug, Clone)]
 pub struct ScyllaOptions {
@@ -253,8 +256,14 @@ struct Inner {
     /// `(user, conv)` pairs whose `user_convs` row this process wrote (`WritePath::Split`
     /// skips rewriting them); cleared when it reaches `USER_CONVS_CACHE`.
     user_convs: DashMap<(String, String), ()>,
+    /// Conversations' min seqs (`Store::min_seq`) with when they were read: `history` and
+    /// `sync` report it, and it only ever rises, so a copy a few seconds old is harmless.
+    floors: DashMap<String, (u64, Instant)>,
     closed: AtomicBool,
 }
+
+/// How long a conversation's min seq is cached.
+const FLOOR_CACHE: Duration = Duration::from_secs(10);
 
 /// Most `(user, conv)` pairs remembered as written before the set is cleared.
 const USER_CONVS_CACHE: usize = 100_000;
@@ -384,6 +393,7 @@ impl ScyllaStore {
                 pending: DashMap::new(),
                 retention: DashMap::new(),
                 user_convs: DashMap::new(),
+                floors: DashMap::new(),
                 closed: AtomicBool::new(false),
             }),
         };
@@ -499,6 +509,16 @@ impl ScyllaStore {
             .retention
             .insert(group.as_str().to_owned(), (secs, Instant::now()));
         Ok(secs)
+    }
+
+    /// Caches a conversation's min seq (bounded: cleared when it grows past 100,000).
+    fn remember_floor(&self, conv: &ConvId, min: u64) {
+        if self.inner.floors.len() >= 100_000 {
+            self.inner.floors.clear();
+        }
+        self.inner
+            .floors
+            .insert(conv.as_str().to_owned(), (min, Instant::now()));
     }
 
     /// Failed appends waiting in the retry queue (not yet written).
@@ -765,6 +785,15 @@ impl ScyllaStore {
         };
         let bucket = to_i64(self.bucket(to_u64(seq)?))?;
         for attempt in 0..DUPLICATE_READ_ATTEMPTS {
+            if attempt == 1 && to_u64(seq)? < self.min_seq(&msg.conv).await?.0 {
+                // Stored once, deleted by retention since: a duplicate, answered with its
+                // place only.
+                return Ok(Some(crate::model::expired_placeholder(
+                    &msg.conv,
+                    Seq(to_u64(seq)?),
+                    &msg.from,
+                )));
+            }
             let row: Option<MessageRow> = self
                 .one(&st.select_message, (msg.conv.as_str(), bucket, seq))
                 .await?;
@@ -1254,6 +1283,70 @@ impl Store for ScyllaStore {
         )
         .await?;
         Ok(Some(original))
+    }
+
+    async fn conversation_ids(&self, after: Option<&ConvId>, limit: usize) -> Result<Vec<ConvId>> {
+        let st = self.stmts().await?;
+        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+        // Token order: stable across calls, so a job can page through every conversation.
+        let rows: Vec<(String,)> = match after {
+            None => self.rows(&st.select_convs_first, (limit,)).await?,
+            Some(a) => self.rows(&st.select_convs_after, (a.as_str(), limit)).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(c,)| ConvId::parse(&c).ok())
+            .collect())
+    }
+
+    async fn min_seq(&self, conv: &ConvId) -> Result<Seq> {
+        if let Some(f) = self.inner.floors.get(conv.as_str()) {
+            if f.1.elapsed() < FLOOR_CACHE {
+                return Ok(Seq(f.0));
+            }
+        }
+        let st = self.stmts().await?;
+        let row: Option<(Option<i64>,)> = self.one(&st.select_floor, (conv.as_str(),)).await?;
+        let min = row.and_then(|(s,)| s).map(to_u64).transpose()?;
+        let min = min.unwrap_or(1).max(1);
+        self.remember_floor(conv, min);
+        Ok(Seq(min))
+    }
+
+    async fn expire(&self, conv: &ConvId, seqs: &[Seq], min_seq: Seq) -> Result<u64> {
+        let st = self.stmts().await?;
+        let (last, _) = self.meta(conv.as_str()).await?;
+        let current = self.min_seq(conv).await?.0;
+        let raised = min_seq.0.min(last.saturating_add(1)).max(current);
+        // The raise first: if a deletion below fails, the seqs at and above the minimum are
+        // still all there.
+        if raised > current {
+            let r = to_i64(raised)?;
+            self.exec(&st.update_floor, (r, r, conv.as_str())).await?;
+            self.remember_floor(conv, raised);
+        }
+        let targets: Vec<u64> = seqs
+            .iter()
+            .map(|s| s.0)
+            .filter(|s| *s > 0 && *s < raised)
+            .collect();
+        let c = conv.as_str();
+        // The idempotency rows stay (no content in them): a retry of an expired message's
+        // key is still a duplicate (`find_stored`).
+        futures_util::stream::iter(targets)
+            .map(|seq| async move {
+                let bucket = to_i64(self.bucket(seq))?;
+                let s = to_i64(seq)?;
+                let row: Option<(i64,)> = self.one(&st.select_expiring, (c, bucket, s)).await?;
+                if row.is_none() {
+                    return Ok(0u64);
+                }
+                self.exec(&st.delete_message, (c, bucket, s)).await?;
+                Ok(1)
+            })
+            .buffer_unordered(EXPIRE_CONCURRENCY)
+            .try_fold(0u64, |n, one| async move { Ok::<u64, StoreError>(n + one) })
+            .await
     }
 
     async fn close(&self) -> Result<()> {

@@ -89,6 +89,11 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.held (
         conv text, id text, ts bigint, entry text, PRIMARY KEY (conv, id)
     )",
+    // Per conversation: the min seq below which retention deleted messages (`Store::min_seq`).
+    // Written with `USING TIMESTAMP min_seq`: a max register, like `conv_meta`.
+    "CREATE TABLE IF NOT EXISTS {ks}.conv_floor (
+        conv text PRIMARY KEY, min_seq bigint
+    )",
 ];
 
 /// The keyspace's replication clause.
@@ -171,6 +176,13 @@ pub(super) struct Statements {
     pub insert_new_meta_kv: PreparedStatement,
     pub swap_meta_kv: PreparedStatement,
     pub delete_meta_kv: PreparedStatement,
+    // Retention.
+    pub select_floor: PreparedStatement,
+    pub update_floor: PreparedStatement,
+    pub select_expiring: PreparedStatement,
+    pub delete_message: PreparedStatement,
+    pub select_convs_first: PreparedStatement,
+    pub select_convs_after: PreparedStatement,
 }
 
 impl Statements {
@@ -369,6 +381,27 @@ impl Statements {
                 s
             },
             delete_meta_kv: p(format!("DELETE FROM {ks}.meta WHERE ns = ? AND key = ?")).await?,
+            select_floor: p(format!(
+                "SELECT min_seq FROM {ks}.conv_floor WHERE conv = ?"
+            ))
+            .await?,
+            update_floor: p(format!(
+                "UPDATE {ks}.conv_floor USING TIMESTAMP ? SET min_seq = ? WHERE conv = ?"
+            ))
+            .await?,
+            select_expiring: p(format!(
+                "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq = ?"
+            ))
+            .await?,
+            delete_message: p(format!(
+                "DELETE FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq = ?"
+            ))
+            .await?,
+            select_convs_first: p(format!("SELECT conv FROM {ks}.conv_meta LIMIT ?")).await?,
+            select_convs_after: p(format!(
+                "SELECT conv FROM {ks}.conv_meta WHERE token(conv) > token(?) LIMIT ?"
+            ))
+            .await?,
         })
     }
 }
