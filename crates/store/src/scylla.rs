@@ -1291,7 +1291,10 @@ impl Store for ScyllaStore {
         // Token order: stable across calls, so a job can page through every conversation.
         let rows: Vec<(String,)> = match after {
             None => self.rows(&st.select_convs_first, (limit,)).await?,
-            Some(a) => self.rows(&st.select_convs_after, (a.as_str(), limit)).await?,
+            Some(a) => {
+                self.rows(&st.select_convs_after, (a.as_str(), limit))
+                    .await?
+            }
         };
         Ok(rows
             .into_iter()
