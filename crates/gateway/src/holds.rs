@@ -3,7 +3,7 @@
 //! A hold covers one user (every message they sent), one conversation, or the whole company,
 //! from `starts_at` until `ends_at` (or until released). While a hold applies, the retention
 //! job (`retention.rs`) skips what it covers, a recall keeps a copy of the recalled content
-//! ([`preserve`], namespace [`NS_HELD_CONTENT`]), and account erasure must skip a held user
+//! ([`preserve_if_held`], namespace [`NS_HELD_CONTENT`]), and account erasure must skip a held user
 //! (call [`covers_user`]). Holds are records in the [`store::MetaStore`] (namespace
 //! [`NS_HOLD`]); creating and releasing one is audited. A released hold stays listed (with
 //! who released it and when) and covers nothing from then on: the data follows the normal

@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use store::{MetaOp, Swap};
 
-/// Namespace of the policy record (one key, [`POLICY_KEY`]).
+/// Namespace of the policy record (one key, `policies`).
 pub const NS_POLICY: &str = "retention_policy";
 const POLICY_KEY: &str = "policies";
 /// Namespace of references from messages to files, keyed `file_id/conv/message_id`: a file
@@ -1126,8 +1126,10 @@ mod tests {
         let mut p = Policies::default();
         p.conversations.insert("nope".into(), Rule::default());
         assert!(p.validate().is_err());
-        let mut p = Policies::default();
-        p.company = rule(Some(MAX_AGE_SECS + 1), None);
+        let p = Policies {
+            company: rule(Some(MAX_AGE_SECS + 1), None),
+            ..Policies::default()
+        };
         assert!(p.validate().is_err());
         let p: Policies = serde_json::from_str("{}").unwrap();
         assert!(p.exempt_pinned && p.exempt_announcements);
