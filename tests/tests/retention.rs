@@ -531,3 +531,60 @@ async fn cluster_mode_deletes_through_the_cql_store() {
     assert_eq!(sync(&mut ann, &dm).await, (vec![5], Some(5)));
     assert_eq!(ack(&ann.send_dm("bob", "n1", "next").await).0, 6);
 }
+
+/// Measurement (ignored by default; `cargo test -p tests --test retention -- --ignored
+/// --nocapture`): a dry run and a pass over one group of 5,000 old messages, with the default
+/// `retention.batch` (500).
+#[tokio::test]
+#[ignore]
+async fn measure_a_pass_over_five_thousand_messages() {
+    let node = Node::start_with(
+        node_opts()
+            .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
+            .env("CHATD_LIMITS__SEND_BURST", 100_000),
+    );
+    let api = Api::new(&node);
+    for u in ["ann", "boss"] {
+        api.touch(u).await;
+    }
+    let g = api.create_group("ann", "big", &[]).await;
+    let mut ann = Client::connect(&node, "ann").await;
+    let mut old_ts = 0;
+    for i in 0..5000 {
+        old_ts = old_ts.max(ack(&ann.send_group(&g, &format!("m{i}"), "old").await).1);
+    }
+    call(
+        &api,
+        Method::PUT,
+        "/v1/admin/retention",
+        Some(json!({"company": {"message_age_secs": 3600}})),
+    )
+    .await;
+    let as_of = old_ts + 1 + 3_600_000;
+    let t = std::time::Instant::now();
+    let dry = call(
+        &api,
+        Method::POST,
+        "/v1/admin/retention/dry-run",
+        Some(json!({"as_of": as_of})),
+    )
+    .await;
+    let dry_ms = t.elapsed().as_millis();
+    let t = std::time::Instant::now();
+    let run = call(
+        &api,
+        Method::POST,
+        "/v1/admin/retention/run",
+        Some(json!({"as_of": as_of})),
+    )
+    .await;
+    let run_ms = t.elapsed().as_millis();
+    assert_eq!(run["totals"]["messages"], 5000);
+    assert_eq!(dry["totals"]["messages"], 5000);
+    let t = std::time::Instant::now();
+    let (seqs, min) = history(&mut ann, &ConvId::group(&GroupId::new(&g))).await;
+    let history_ms = t.elapsed().as_millis();
+    assert!(seqs.is_empty());
+    assert_eq!(min, Some(5001));
+    println!("5000 messages: dry run {dry_ms} ms, pass {run_ms} ms, history after {history_ms} ms");
+}

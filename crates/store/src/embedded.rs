@@ -68,17 +68,30 @@ struct Keyspaces {
     held: Keyspace,
     /// `ns \0 key` -> value, for [`MetaStore`].
     meta: Keyspace,
-    /// `conv` -> min seq(be) ++ ts(be) of the newest message retention deleted: see
+    /// `conv` -> min seq(be) ++ ts(be) of the newest message retention deleted ++ 1 when
+    /// messages remain below the min seq (kept by a hold or an exemption): see
     /// [`Store::min_seq`]. Written by the conversation's writer with the deletions.
     min_seqs: Keyspace,
     /// Every `min_seqs` entry, in memory (loaded at open; only the writers change it), so
     /// that `history` and `sync` learn a conversation's min seq without a read.
-    floors: DashMap<String, (u64, u64)>,
+    floors: DashMap<String, Floor>,
     /// Makes audit keys unique within a millisecond.
     audit_counter: std::sync::atomic::AtomicU64,
     /// Highest durable seq per conversation written since start; reads stop there. A
     /// conversation absent from the map has nothing newer than what was on disk at start.
     durable: DashMap<String, u64>,
+}
+
+/// A conversation's retention state (see [`Keyspaces::floor`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Floor {
+    /// The min seq.
+    min: u64,
+    /// Time of the newest message retention deleted.
+    ts: u64,
+    /// Whether messages remain below `min`. When none do, reads start at `min` and never
+    /// walk the deleted keys (an LSM tree keeps them as tombstones until compaction).
+    kept: bool,
 }
 
 /// A job run by the writer thread. It returns the function that delivers its answer once
@@ -229,15 +242,34 @@ impl Keyspaces {
         for g in self.min_seqs.iter() {
             let (k, v) = g.into_inner().map_err(backend)?;
             let conv = String::from_utf8_lossy(&k).into_owned();
-            self.floors.insert(conv, (u64_at(&v, 0)?, u64_at(&v, 8)?));
+            let floor = Floor {
+                min: u64_at(&v, 0)?,
+                ts: u64_at(&v, 8)?,
+                kept: v.get(16).is_none_or(|b| *b != 0),
+            };
+            self.floors.insert(conv, floor);
         }
         Ok(())
     }
 
-    /// (min seq, ts of the newest deleted message) of a conversation; (1, 0) when retention
-    /// never deleted anything there.
-    fn floor(&self, conv: &str) -> (u64, u64) {
-        self.floors.get(conv).map(|f| *f).unwrap_or((1, 0))
+    /// A conversation's retention state; min seq 1 when retention never deleted anything.
+    fn floor(&self, conv: &str) -> Floor {
+        self.floors.get(conv).map(|f| *f).unwrap_or(Floor {
+            min: 1,
+            ts: 0,
+            kept: false,
+        })
+    }
+
+    /// The lowest seq a read of `conv` needs to look at: 1 while messages remain below the
+    /// min seq, else the min seq.
+    fn read_from(&self, conv: &str) -> u64 {
+        let f = self.floor(conv);
+        if f.kept {
+            1
+        } else {
+            f.min.max(1)
+        }
     }
 
     /// The highest seq a reader may see in `conv`.
@@ -249,20 +281,20 @@ impl Keyspaces {
     /// counter needs writing per message. When retention deleted the newest messages, the
     /// min seq record remembers where the seqs were (they never restart).
     fn conv_meta(&self, conv: &str) -> Result<(u64, u64)> {
-        let mut p = conv.as_bytes().to_vec();
-        p.push(SEP);
-        let newest = match self.messages.prefix(&p).next_back() {
+        // Only from the min seq up: anything below it is older than the min seq - 1.
+        let floor = self.floor(conv);
+        let range = msg_key(conv, floor.min.max(1))..=msg_key(conv, u64::MAX);
+        let newest = match self.messages.range(range).next_back() {
             Some(g) => {
                 let (k, v) = g.into_inner().map_err(backend)?;
-                let seq = u64_at(&k, p.len())?;
+                let seq = u64_at(&k, conv.len() + 1)?;
                 let m: protocol::Message = decode(&v)?;
                 (seq, m.ts)
             }
             None => (0, 0),
         };
-        let (min, ts) = self.floor(conv);
-        Ok(if min.saturating_sub(1) > newest.0 {
-            (min.saturating_sub(1), ts)
+        Ok(if floor.min.saturating_sub(1) > newest.0 {
+            (floor.min.saturating_sub(1), floor.ts)
         } else {
             newest
         })
@@ -281,12 +313,14 @@ impl Keyspaces {
             Some(last) => *last,
             None => self.conv_meta(conv)?.0,
         };
-        let (current, mut newest_ts) = self.floor(conv);
+        let before = self.floor(conv);
+        let current = before.min;
+        let mut newest_ts = before.ts;
         let raised = min_seq.0.min(last.saturating_add(1)).max(current);
         let mut batch = self.db.batch();
-        let mut deleted = 0;
+        let mut deleting = std::collections::HashSet::new();
         for seq in seqs {
-            if seq.0 == 0 || seq.0 >= raised {
+            if seq.0 == 0 || seq.0 >= raised || deleting.contains(&seq.0) {
                 continue;
             }
             let k = msg_key(conv, seq.0);
@@ -294,15 +328,36 @@ impl Keyspaces {
                 let m: Message = decode(&v)?;
                 newest_ts = newest_ts.max(m.ts);
                 batch.remove(&self.messages, k);
-                deleted += 1;
+                deleting.insert(seq.0);
             }
         }
+        // Does anything stay below the new min seq? Below the old one only if something
+        // stayed there before; between the two, the keys this call passed over.
+        let remains = |lo: u64, hi: u64| -> Result<bool> {
+            if lo >= hi {
+                return Ok(false);
+            }
+            for g in self.messages.range(msg_key(conv, lo)..msg_key(conv, hi)) {
+                let k = g.key().map_err(backend)?;
+                if !deleting.contains(&u64_at(&k, conv.len() + 1)?) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        let kept = (before.kept && remains(1, current)?) || remains(current, raised)?;
         let mut value = raised.to_be_bytes().to_vec();
         value.extend_from_slice(&newest_ts.to_be_bytes());
+        value.push(u8::from(kept));
         batch.insert(&self.min_seqs, conv.as_bytes(), value);
         batch.commit().map_err(backend)?;
-        self.floors.insert(conv.to_owned(), (raised, newest_ts));
-        Ok(deleted)
+        let floor = Floor {
+            min: raised,
+            ts: newest_ts,
+            kept,
+        };
+        self.floors.insert(conv.to_owned(), floor);
+        Ok(deleting.len() as u64)
     }
 
     /// Up to `limit` conversation ids with messages, after `after`, in key order: one seek
@@ -350,7 +405,7 @@ impl Keyspaces {
                 Some(stored) => decode(&stored)?,
                 // Stored once and deleted by retention since: still a duplicate (its key
                 // stays, see `Store::expire`), answered with its place only.
-                None if seq < self.floor(conv).0 => {
+                None if seq < self.floor(conv).min => {
                     crate::expired_placeholder(&msg.conv, Seq(seq), &msg.from)
                 }
                 None => return Err(StoreError::corrupt(format!("{conv} seq {seq} missing"))),
@@ -639,8 +694,11 @@ impl Store for EmbeddedStore {
     async fn history(&self, conv: &ConvId, before: Option<Seq>, limit: usize) -> Result<Page> {
         let conv = conv.clone();
         let hi = before.map(|s| s.0.saturating_sub(1)).unwrap_or(u64::MAX);
-        self.read(move |ks| ks.page(conv.as_str(), 1, hi, limit, true))
-            .await
+        self.read(move |ks| {
+            let lo = ks.read_from(conv.as_str());
+            ks.page(conv.as_str(), lo, hi, limit, true)
+        })
+        .await
     }
 
     async fn after(&self, conv: &ConvId, after: Seq, limit: usize) -> Result<Page> {
@@ -648,8 +706,11 @@ impl Store for EmbeddedStore {
         let Some(lo) = after.0.checked_add(1) else {
             return Ok(Page::default());
         };
-        self.read(move |ks| ks.page(conv.as_str(), lo, u64::MAX, limit, false))
-            .await
+        self.read(move |ks| {
+            let lo = lo.max(ks.read_from(conv.as_str()));
+            ks.page(conv.as_str(), lo, u64::MAX, limit, false)
+        })
+        .await
     }
 
     async fn last_seq(&self, conv: &ConvId) -> Result<Seq> {
@@ -864,7 +925,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn min_seq(&self, conv: &ConvId) -> Result<Seq> {
-        Ok(Seq(self.ks.floor(conv.as_str()).0))
+        Ok(Seq(self.ks.floor(conv.as_str()).min))
     }
 
     async fn expire(&self, conv: &ConvId, seqs: &[Seq], min_seq: Seq) -> Result<u64> {

@@ -89,10 +89,11 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.held (
         conv text, id text, ts bigint, entry text, PRIMARY KEY (conv, id)
     )",
-    // Per conversation: the min seq below which retention deleted messages (`Store::min_seq`).
-    // Written with `USING TIMESTAMP min_seq`: a max register, like `conv_meta`.
+    // Per conversation: the min seq below which retention deleted messages (`Store::min_seq`),
+    // written with `USING TIMESTAMP min_seq` (a max register, like `conv_meta`), and whether
+    // messages remain below it (kept by a hold or an exemption; reads skip the range when not).
     "CREATE TABLE IF NOT EXISTS {ks}.conv_floor (
-        conv text PRIMARY KEY, min_seq bigint
+        conv text PRIMARY KEY, min_seq bigint, kept boolean
     )",
 ];
 
@@ -179,6 +180,9 @@ pub(super) struct Statements {
     // Retention.
     pub select_floor: PreparedStatement,
     pub update_floor: PreparedStatement,
+    pub update_floor_kept: PreparedStatement,
+    pub select_range: PreparedStatement,
+    pub select_older_from: PreparedStatement,
     pub select_expiring: PreparedStatement,
     pub delete_message: PreparedStatement,
     pub select_convs_first: PreparedStatement,
@@ -382,7 +386,20 @@ impl Statements {
             },
             delete_meta_kv: p(format!("DELETE FROM {ks}.meta WHERE ns = ? AND key = ?")).await?,
             select_floor: p(format!(
-                "SELECT min_seq FROM {ks}.conv_floor WHERE conv = ?"
+                "SELECT min_seq, kept FROM {ks}.conv_floor WHERE conv = ?"
+            ))
+            .await?,
+            update_floor_kept: p(format!(
+                "UPDATE {ks}.conv_floor SET kept = ? WHERE conv = ?"
+            ))
+            .await?,
+            select_range: p(format!(
+                "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq >= ? AND seq < ?"
+            ))
+            .await?,
+            select_older_from: p(format!(
+                "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq <= ? \
+                 AND seq >= ? LIMIT ?"
             ))
             .await?,
             update_floor: p(format!(
