@@ -405,6 +405,83 @@ async fn a_file_nothing_references_is_deleted_and_a_referenced_one_kept() {
     assert!(content(&b_sha).exists());
 }
 
+/// A recall under a hold keeps the recalled content (and its file) for the lawyers; once the
+/// hold is released, the next pass deletes both.
+#[tokio::test]
+async fn a_recall_under_a_hold_keeps_the_content_until_the_release() {
+    let node = Node::start_with(node_opts());
+    let api = Api::new(&node);
+    for u in ["ann", "bob", "boss"] {
+        api.touch(u).await;
+    }
+    let g = api.create_group("ann", "matter", &["bob"]).await;
+    let conv = ConvId::group(&GroupId::new(&g));
+    let (s, f) = api
+        .upload("ann", "evidence.txt", "text/plain", b"keep me".repeat(20))
+        .await;
+    assert_eq!(s, 201, "{f}");
+    let hold = call(
+        &api,
+        Method::POST,
+        "/v1/admin/holds",
+        Some(json!({"scope": {"type": "conversation", "conv": conv.as_str()}, "reason": "case 7"})),
+    )
+    .await;
+    let mut ann = Client::connect(&node, "ann").await;
+    ann.send(&ClientFrame::Send(protocol::SendFrame {
+        rid: Some("f".into()),
+        client_msg_id: "f".into(),
+        to: Target::Group(GroupId::new(g.as_str())),
+        kind: MessageKind::File,
+        body: "the contract".into(),
+        attachment: Some(serde_json::from_value(f.clone()).unwrap()),
+        mentions: vec![],
+        reply_to: None,
+    }))
+    .await;
+    let (seq, _) = ack(&ann.recv_until(|fr| is_reply_to(fr, "f")).await);
+    let (s, v) = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/conversations/{conv}/messages/{seq}"),
+            Some("ann"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204, "recall: {v}");
+    let file = format!("/v1/files/{}/meta", f["file_id"].as_str().unwrap());
+    // Held: a pass keeps the file the recalled message referenced.
+    let run = call(
+        &api,
+        Method::POST,
+        "/v1/admin/retention/run",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(run["totals"]["files"], 0, "{run}");
+    assert_eq!(run["totals"]["preserved"], 0, "{run}");
+    assert_eq!(api.call(Method::GET, &file, Some("ann"), None).await.0, 200);
+    // Released: the kept content and the file go at the next pass.
+    let id = hold["id"].as_str().unwrap();
+    call(
+        &api,
+        Method::POST,
+        &format!("/v1/admin/holds/{id}/release"),
+        None,
+    )
+    .await;
+    let run = call(
+        &api,
+        Method::POST,
+        "/v1/admin/retention/run",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(run["totals"]["preserved"], 1, "{run}");
+    assert_eq!(run["totals"]["files"], 1, "{run}");
+    assert_eq!(api.call(Method::GET, &file, Some("ann"), None).await.0, 404);
+}
+
 #[tokio::test]
 async fn the_schedule_runs_a_pass_without_being_asked() {
     let node = Node::start_with(
