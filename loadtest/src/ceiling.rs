@@ -369,6 +369,7 @@ async fn session(state: Arc<State>, stream: TcpStream) -> anyhow::Result<()> {
                         conv: conv.clone(),
                         messages: Vec::new(),
                         has_more: false,
+                        min_seq: None,
                     });
                 }
                 drop(rooms);

@@ -111,6 +111,8 @@ const GROUP_ADMINS: [u16; 10] = [401, 401, 401, 403, 403, 403, 403, 200, 200, 20
 const GROUP_ADMINS_204: [u16; 10] = [401, 401, 401, 403, 403, 403, 403, 204, 204, 204];
 const GROUP_OWNER: [u16; 10] = [401, 401, 401, 403, 403, 403, 403, 403, 200, 200];
 const GROUP_OWNER_204: [u16; 10] = [401, 401, 401, 403, 403, 403, 403, 403, 204, 204];
+/// Company administrators, about a record that does not exist: they get 404.
+const COMPANY_ADMIN_404: [u16; 10] = [401, 401, 401, 403, 403, 403, 403, 403, 403, 404];
 /// Reviewers of held messages, asking for one that does not exist: allowed callers get 404.
 const GROUP_ADMINS_404: [u16; 10] = [401, 401, 401, 403, 403, 403, 403, 404, 404, 404];
 
@@ -432,6 +434,62 @@ fn rows() -> Vec<Row> {
             None,
             Plain,
             COMPANY_ADMIN,
+        ),
+        row(
+            "get",
+            "/v1/admin/retention",
+            "/v1/admin/retention",
+            None,
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "put",
+            "/v1/admin/retention",
+            "/v1/admin/retention",
+            Some(r#"{"company":{"message_age_secs":0}}"#),
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "post",
+            "/v1/admin/retention/dry-run",
+            "/v1/admin/retention/dry-run",
+            Some(r#"{"policies":{"company":{"message_age_secs":86400}}}"#),
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "post",
+            "/v1/admin/retention/run",
+            "/v1/admin/retention/run",
+            Some("{}"),
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "get",
+            "/v1/admin/holds",
+            "/v1/admin/holds",
+            None,
+            Plain,
+            COMPANY_ADMIN,
+        ),
+        row(
+            "post",
+            "/v1/admin/holds",
+            "/v1/admin/holds",
+            Some(r#"{"scope":{"type":"user","user":"nobody"},"reason":"authz"}"#),
+            Plain,
+            COMPANY_ADMIN_201,
+        ),
+        row(
+            "post",
+            "/v1/admin/holds/{id}/release",
+            "/v1/admin/holds/hnosuch/release",
+            None,
+            Plain,
+            COMPANY_ADMIN_404,
         ),
         row(
             "post",

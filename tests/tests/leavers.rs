@@ -296,6 +296,20 @@ async fn erasure_anonymises_after_the_delay_and_messages_stay_readable() {
     .await;
     api.create_account("boss", json!({"id": "fay", "name": "Fay Stays"}))
         .await;
+    // Gil leaves too, but a legal hold covers him: his account must outlive the delay.
+    api.create_account("boss", json!({"id": "gil", "name": "Gil Held"}))
+        .await;
+    let (s, hold) = call(
+        &api,
+        Method::POST,
+        "/v1/admin/holds",
+        "boss",
+        Some(json!({"scope": {"type": "user", "user": "gil"}, "reason": "case 7"})),
+    )
+    .await;
+    assert!(s < 300, "{hold}");
+    let (s, b) = call(&api, Method::POST, "/v1/users/gil/deactivate", "boss", None).await;
+    assert_eq!(s, 200, "{b}");
     let mut eve = Client::connect(&node, "eve").await;
     ack_seq(&eve.send_dm("bob", "c1", "hello from eve").await);
 
@@ -372,6 +386,35 @@ async fn erasure_anonymises_after_the_delay_and_messages_stay_readable() {
     assert_eq!(erasures, 1, "{log}");
     let (_, fay) = call(&api, Method::GET, "/v1/users/fay", "boss", None).await;
     assert_eq!(fay["name"], "Fay Stays");
+
+    // Gil was deactivated before Eve and is past the delay too, but held: untouched, even
+    // after two more runs of the job.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, gil) = call(&api, Method::GET, "/v1/users/gil", "boss", None).await;
+    assert_eq!(gil["name"], "Gil Held", "erased under a legal hold: {gil}");
+    // Released, he follows the normal rule at the next run.
+    let id = hold["id"].as_str().unwrap();
+    let (s, b) = call(
+        &api,
+        Method::POST,
+        &format!("/v1/admin/holds/{id}/release"),
+        "boss",
+        None,
+    )
+    .await;
+    assert!(s < 300, "{b}");
+    let released = Instant::now();
+    loop {
+        let (_, gil) = call(&api, Method::GET, "/v1/users/gil", "boss", None).await;
+        if gil["name"].as_str().unwrap().starts_with("Former employee") {
+            break;
+        }
+        assert!(
+            released.elapsed() < Duration::from_secs(30),
+            "not erased after the release: {gil}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 // ---- cluster metadata export / import ----

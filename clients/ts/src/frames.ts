@@ -54,6 +54,8 @@ export interface SyncedConv {
   conv: ConvId;
   messages: Message[];
   has_more: boolean;
+  /** Set when retention deleted older messages: every seq from it up is there (PROTOCOL.md). */
+  min_seq?: number;
 }
 
 /** One entry of the conversation list. */
@@ -177,7 +179,7 @@ export type ServerFrame =
   | AckFrame
   | MessageFrame
   | { type: 'recalled'; rid?: string; conv: ConvId; seq: number }
-  | { type: 'history'; rid?: string; conv: ConvId; messages: Message[]; has_more: boolean }
+  | { type: 'history'; rid?: string; conv: ConvId; messages: Message[]; has_more: boolean; min_seq?: number }
   | { type: 'synced'; rid?: string; conversations: SyncedConv[] }
   | { type: 'conversations'; rid?: string; conversations: ConvSummary[] }
   | { type: 'read'; conv: ConvId; user: UserId; seq: number }

@@ -34,6 +34,32 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Backups of the embedded store.
     pub backup: BackupConfig,
+    /// The retention job (policies themselves are records set through the admin API).
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Seconds between retention passes (the first one an interval after start); 0: none.
+    /// A pass without any policy deletes nothing.
+    pub interval_secs: u64,
+    /// Most messages deleted by one store call (one write batch).
+    pub batch: usize,
+    /// Most conversations listed one by one in a dry-run or run report (the totals count
+    /// every conversation).
+    pub report_conversations: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 3600,
+            batch: 500,
+            report_conversations: 1000,
+        }
+    }
 }
 
 /// `[backup]`

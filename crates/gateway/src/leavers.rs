@@ -373,14 +373,11 @@ pub async fn reactivated(state: &AppState, user: &UserId) -> Result<(), ApiError
     Ok(())
 }
 
-/// Whether a legal hold forbids erasing `user`'s account now.
-///
-/// The single seam between erasure and legal holds: today it answers `Ok(false)` (no holds
-/// exist in this build); the lead wires it to `holds.rs` at merge. An error makes the
-/// erasure job skip the account this run (it never erases when unsure).
+/// Whether a legal hold forbids erasing `user`'s account now (a hold on the user or on the
+/// whole company; see [`crate::holds`]). An error makes the erasure job skip the account this
+/// run: it never erases when unsure.
 pub async fn erasure_blocked_by_hold(state: &AppState, user: &UserId) -> Result<bool, ApiError> {
-    let _ = (state, user);
-    Ok(false)
+    crate::holds::covers_user(state, user, now_ms()).await
 }
 
 /// The display name of an erased account: "Former employee" and the first six hex digits of

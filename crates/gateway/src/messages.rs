@@ -155,8 +155,15 @@ pub async fn recall(
             )));
         }
     }
+    // A legal hold keeps the content the recall erases (holds.rs).
+    let held = crate::holds::preserve_if_held(state, &original).await?;
     if state.store.recall(conv, seq).await?.is_none() {
         return Err(ApiError::not_found(format!("no message {seq} in {conv}")));
+    }
+    if !held {
+        // Its attachment is no longer referenced from here: the next retention pass deletes
+        // the file if nothing else references it.
+        crate::retention::forget_recalled(state, &original).await;
     }
     // Stored: from here on nothing fails the request.
     let entry = crate::post_commit::Audit::new(now_ms(), actor, "message.recall")

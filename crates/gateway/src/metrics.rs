@@ -205,6 +205,14 @@ fn describe() {
         "chatd_backup_last_success_timestamp_seconds",
         "Unix time of the last successful backup"
     );
+    describe_gauge!(
+        "chatd_retention_last_success_timestamp_seconds",
+        "Unix time of the last successful retention pass"
+    );
+    describe_counter!(
+        "chatd_retention_deleted_total",
+        "What retention passes deleted, by kind (messages, attachments, files)"
+    );
 }
 
 /// The result of one `send`.
@@ -537,6 +545,20 @@ pub fn backup_succeeded() {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     metrics::gauge!("chatd_backup_last_success_timestamp_seconds").set(now);
+}
+
+/// A retention pass finished successfully now (see `crate::retention`).
+pub fn retention_succeeded() {
+    let now = crate::clock::now_ms() as f64 / 1000.0;
+    metrics::gauge!("chatd_retention_last_success_timestamp_seconds").set(now);
+}
+
+/// What a retention pass deleted.
+pub fn retention_deleted(messages: u64, attachments: u64, files: u64) {
+    metrics::counter!("chatd_retention_deleted_total", "kind" => "messages").increment(messages);
+    metrics::counter!("chatd_retention_deleted_total", "kind" => "attachments")
+        .increment(attachments);
+    metrics::counter!("chatd_retention_deleted_total", "kind" => "files").increment(files);
 }
 
 /// Middleware: counts `POST /v1/login` results by status.

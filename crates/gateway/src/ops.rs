@@ -296,11 +296,13 @@ async fn history(
     };
     let page = budgeted_page(state, &conv, Start::Before(before), limit, &mut budget).await?;
     reserved.shrink_to(reserved.limit() - budget.left);
+    let min_seq = reported_min_seq(state, &conv).await?;
     let frame = ServerFrame::History {
         rid,
         conv,
         messages: page.messages,
         has_more: page.has_more,
+        min_seq,
     };
     Ok(Some(SharedFrame::with_budget(frame, reserved)))
 }
@@ -334,15 +336,24 @@ async fn sync(
         // The entry itself (`{"conv":..,"messages":[],"has_more":..}`) counts too.
         budget.left = budget.left.saturating_sub(48 + conv.as_str().len());
         let page = budgeted_page(state, &conv, Start::After(after), limit, &mut budget).await?;
+        let min_seq = reported_min_seq(state, &conv).await?;
         conversations.push(SyncedConv {
             conv,
             messages: page.messages,
             has_more: page.has_more,
+            min_seq,
         });
     }
     reserved.shrink_to(reserved.limit() - budget.left);
     let frame = ServerFrame::Synced { rid, conversations };
     Ok(Some(SharedFrame::with_budget(frame, reserved)))
+}
+
+/// A conversation's min seq for `history` and `sync` replies: `None` while retention never
+/// deleted anything there (min seq 1).
+async fn reported_min_seq(state: &AppState, conv: &ConvId) -> Result<Option<Seq>, ApiError> {
+    let min = state.store.min_seq(conv).await?;
+    Ok((min.0 > 1).then_some(min))
 }
 
 async fn conversations(

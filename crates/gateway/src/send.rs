@@ -194,8 +194,11 @@ pub async fn send(
     }
     // 4. Append, in the session's order; 5. delivery is queued from the store's writer, in
     //    seq order, once the message is durable.
-    if let Some(a) = &req.attachment {
-        crate::files::record_share(state, &a.file_id, &conv).await?;
+    let id = MessageId::new(uuid::Uuid::now_v7().to_string());
+    let file = req.attachment.as_ref().map(|a| a.file_id.clone());
+    if let Some(f) = &file {
+        // The share and retention's reference to the file, in one write.
+        crate::retention::record_share(state, f, &conv, &id).await?;
     }
     let participants = match &access {
         Access::Direct(_) => access.audience(),
@@ -207,7 +210,7 @@ pub async fn send(
             conv: conv.clone(),
             from: me.clone(),
             client_msg_id: req.client_msg_id.clone(),
-            id: MessageId::new(uuid::Uuid::now_v7().to_string()),
+            id: id.clone(),
             kind: req.kind,
             body,
             attachment: req.attachment,
@@ -220,7 +223,13 @@ pub async fn send(
         Some(from.session.to_owned()),
         order,
     )
-    .await?;
+    .await;
+    if let Some(f) = &file {
+        if !appended.as_ref().is_ok_and(|a| !a.duplicate) {
+            crate::retention::forget_share(state, f, &conv, &id).await;
+        }
+    }
+    let appended = appended?;
     // 6. Ack.
     let message: Message = appended.message;
     let ack = ServerFrame::Ack {

@@ -200,6 +200,7 @@ impl Node {
         };
         crate::backup::spawn_scheduler(state.clone());
         crate::leavers::spawn_scheduler(state.clone());
+        crate::retention::spawn_scheduler(state.clone());
         let draining = tokio::select! {
             _ = shutdown.cancelled() => false,
             _ = state.health.drain_requested() => true,

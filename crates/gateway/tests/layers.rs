@@ -33,6 +33,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("events", 2),
     ("send", 2),
     ("holdback", 2),
+    ("retention", 2),
+    ("holds", 2),
     ("state", 1),
     ("hub", 1),
     ("pump", 1),

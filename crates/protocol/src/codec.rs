@@ -239,7 +239,8 @@ mod tests {
                     rid,
                     conv,
                     messages,
-                    has_more
+                    has_more,
+                    min_seq: has_more.then_some(Seq(7)),
                 }),
             (
                 rid.clone(),

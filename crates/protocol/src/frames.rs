@@ -113,6 +113,11 @@ pub struct SyncedConv {
     pub messages: Vec<Message>,
     /// Whether more messages follow the last one returned (ask again from its seq).
     pub has_more: bool,
+    /// The conversation's minimum seq, when retention deleted older messages: every seq
+    /// from it up is there; below it only messages a legal hold or an exemption kept.
+    /// Absent: nothing was deleted (1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_seq: Option<Seq>,
 }
 
 /// One row of the conversation list.
@@ -325,6 +330,10 @@ pub enum ServerFrame {
         messages: Vec<Message>,
         /// Whether older messages exist.
         has_more: bool,
+        /// The conversation's minimum seq, when retention deleted older messages (see
+        /// [`SyncedConv::min_seq`]); absent: nothing was deleted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_seq: Option<Seq>,
     },
     /// The reply to `sync`.
     Synced {

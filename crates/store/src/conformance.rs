@@ -70,6 +70,7 @@ pub async fn run_all<S: Store + MetaStore + ReviewStore + AdminExport + Clone>(s
     audit_log_and_review_queue(store).await;
     members_change_together(store).await;
     admin_export_reads_every_record(store).await;
+    retention_deletes_below_the_min_seq(store).await;
 }
 
 /// `put_members` writes several members at once: a change of owner in one step.
@@ -738,4 +739,70 @@ pub async fn audit_log_and_review_queue<S: ReviewStore>(store: &S) {
     );
     assert_eq!(store.take_held(&conv, "r1").await.unwrap(), None);
     assert_eq!(store.held(&conv).await.unwrap(), vec![held("r2", 6)]);
+}
+
+/// Retention: `expire` deletes what it is given below the raised min seq and keeps the rest
+/// (a held message below it stays readable); the min seq never goes down; seqs never
+/// restart, even when every message is gone; a retry of a deleted message's key is still a
+/// duplicate; the conversation is listed by `conversation_ids`.
+pub async fn retention_deletes_below_the_min_seq<S: Store>(store: &S) {
+    let c = ConvId::group(&GroupId::new(unique("g")));
+    for i in 1..=10 {
+        store
+            .append(new_msg(&c, "u1", &format!("r{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.min_seq(&c).await.unwrap(), Seq(1));
+    // Seq 2 is kept (as a hold would keep it); 1, 3 and 4 go.
+    let n = store
+        .expire(&c, &[Seq(1), Seq(3), Seq(4)], Seq(5))
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(store.min_seq(&c).await.unwrap(), Seq(5));
+    let seqs = |p: crate::Page| p.messages.iter().map(|m| m.seq.0).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.history(&c, None, 100).await.unwrap()),
+        vec![10, 9, 8, 7, 6, 5, 2]
+    );
+    assert_eq!(
+        seqs(store.after(&c, Seq(0), 100).await.unwrap()),
+        vec![2, 5, 6, 7, 8, 9, 10]
+    );
+    // Deleting again is harmless; the min seq never goes down.
+    assert_eq!(store.expire(&c, &[Seq(3)], Seq(3)).await.unwrap(), 0);
+    assert_eq!(store.min_seq(&c).await.unwrap(), Seq(5));
+    // A retry of a deleted message is a duplicate at its old seq, not a new message.
+    let again = store.append(new_msg(&c, "u1", "r3")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message.seq, Seq(3));
+    assert_eq!(store.recall(&c, Seq(4)).await.unwrap(), None);
+    // Everything at and above the min seq deleted: the seqs go on where they were.
+    let all: Vec<Seq> = (5..=10).map(Seq).collect();
+    assert_eq!(store.expire(&c, &all, Seq(11)).await.unwrap(), 6);
+    assert_eq!(store.min_seq(&c).await.unwrap(), Seq(11));
+    assert_eq!(store.last_seq(&c).await.unwrap(), Seq(10));
+    assert_eq!(seqs(store.history(&c, None, 100).await.unwrap()), vec![2]);
+    let next = store.append(new_msg(&c, "u1", "r11")).await.unwrap();
+    assert_eq!(next.message.seq, Seq(11));
+    assert!(!next.duplicate);
+    // The min seq is never raised past the last seq + 1.
+    store.expire(&c, &[], Seq(1000)).await.unwrap();
+    assert_eq!(store.min_seq(&c).await.unwrap(), Seq(12));
+    // Listed among the conversations, page by page.
+    let mut after: Option<ConvId> = None;
+    let mut found = false;
+    for _ in 0..100_000 {
+        let page = store.conversation_ids(after.as_ref(), 50).await.unwrap();
+        if page.iter().any(|x| x == &c) {
+            found = true;
+            break;
+        }
+        match page.last() {
+            Some(last) => after = Some(last.clone()),
+            None => break,
+        }
+    }
+    assert!(found, "{c} not listed by conversation_ids");
 }

@@ -68,11 +68,30 @@ struct Keyspaces {
     held: Keyspace,
     /// `ns \0 key` -> value, for [`MetaStore`].
     meta: Keyspace,
+    /// `conv` -> min seq(be) ++ ts(be) of the newest message retention deleted ++ 1 when
+    /// messages remain below the min seq (kept by a hold or an exemption): see
+    /// [`Store::min_seq`]. Written by the conversation's writer with the deletions.
+    min_seqs: Keyspace,
+    /// Every `min_seqs` entry, in memory (loaded at open; only the writers change it), so
+    /// that `history` and `sync` learn a conversation's min seq without a read.
+    floors: DashMap<String, Floor>,
     /// Makes audit keys unique within a millisecond.
     audit_counter: std::sync::atomic::AtomicU64,
     /// Highest durable seq per conversation written since start; reads stop there. A
     /// conversation absent from the map has nothing newer than what was on disk at start.
     durable: DashMap<String, u64>,
+}
+
+/// A conversation's retention state (see [`Keyspaces::floor`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Floor {
+    /// The min seq.
+    min: u64,
+    /// Time of the newest message retention deleted.
+    ts: u64,
+    /// Whether messages remain below `min`. When none do, reads start at `min` and never
+    /// walk the deleted keys (an LSM tree keeps them as tombstones until compaction).
+    kept: bool,
 }
 
 /// A job run by the writer thread. It returns the function that delivers its answer once
@@ -210,10 +229,47 @@ impl Keyspaces {
             audit: ks("audit")?,
             held: ks("held")?,
             meta: ks("meta")?,
+            min_seqs: ks("min_seq")?,
+            floors: DashMap::new(),
             audit_counter: std::sync::atomic::AtomicU64::new(0),
             durable: DashMap::new(),
             db,
         })
+    }
+
+    /// Fills the in-memory copy of the `min_seq` keyspace.
+    fn load_floors(&self) -> Result<()> {
+        for g in self.min_seqs.iter() {
+            let (k, v) = g.into_inner().map_err(backend)?;
+            let conv = String::from_utf8_lossy(&k).into_owned();
+            let floor = Floor {
+                min: u64_at(&v, 0)?,
+                ts: u64_at(&v, 8)?,
+                kept: v.get(16).is_none_or(|b| *b != 0),
+            };
+            self.floors.insert(conv, floor);
+        }
+        Ok(())
+    }
+
+    /// A conversation's retention state; min seq 1 when retention never deleted anything.
+    fn floor(&self, conv: &str) -> Floor {
+        self.floors.get(conv).map(|f| *f).unwrap_or(Floor {
+            min: 1,
+            ts: 0,
+            kept: false,
+        })
+    }
+
+    /// The lowest seq a read of `conv` needs to look at: 1 while messages remain below the
+    /// min seq, else the min seq.
+    fn read_from(&self, conv: &str) -> u64 {
+        let f = self.floor(conv);
+        if f.kept {
+            1
+        } else {
+            f.min.max(1)
+        }
     }
 
     /// The highest seq a reader may see in `conv`.
@@ -222,19 +278,112 @@ impl Keyspaces {
     }
 
     /// (last seq, last ts) of a conversation, read from its newest message: no separate
-    /// counter needs writing per message.
+    /// counter needs writing per message. When retention deleted the newest messages, the
+    /// min seq record remembers where the seqs were (they never restart).
     fn conv_meta(&self, conv: &str) -> Result<(u64, u64)> {
-        let mut p = conv.as_bytes().to_vec();
-        p.push(SEP);
-        match self.messages.prefix(&p).next_back() {
+        // Only from the min seq up: anything below it is older than the min seq - 1.
+        let floor = self.floor(conv);
+        let range = msg_key(conv, floor.min.max(1))..=msg_key(conv, u64::MAX);
+        let newest = match self.messages.range(range).next_back() {
             Some(g) => {
                 let (k, v) = g.into_inner().map_err(backend)?;
-                let seq = u64_at(&k, p.len())?;
+                let seq = u64_at(&k, conv.len() + 1)?;
                 let m: protocol::Message = decode(&v)?;
-                Ok((seq, m.ts))
+                (seq, m.ts)
             }
-            None => Ok((0, 0)),
+            None => (0, 0),
+        };
+        Ok(if floor.min.saturating_sub(1) > newest.0 {
+            (floor.min.saturating_sub(1), floor.ts)
+        } else {
+            newest
+        })
+    }
+
+    /// The retention job's deletions in `conv` (see [`Store::expire`]); run by the
+    /// conversation's writer, so appends and recalls of the conversation never interleave.
+    fn expire(
+        &self,
+        conv: &str,
+        seqs: &[Seq],
+        min_seq: Seq,
+        state: &mut WriterState,
+    ) -> Result<u64> {
+        let last = match state.last_seq.get(conv) {
+            Some(last) => *last,
+            None => self.conv_meta(conv)?.0,
+        };
+        let before = self.floor(conv);
+        let current = before.min;
+        let mut newest_ts = before.ts;
+        let raised = min_seq.0.min(last.saturating_add(1)).max(current);
+        let mut batch = self.db.batch();
+        let mut deleting = std::collections::HashSet::new();
+        for seq in seqs {
+            if seq.0 == 0 || seq.0 >= raised || deleting.contains(&seq.0) {
+                continue;
+            }
+            let k = msg_key(conv, seq.0);
+            if let Some(v) = self.messages.get(&k).map_err(backend)? {
+                let m: Message = decode(&v)?;
+                newest_ts = newest_ts.max(m.ts);
+                batch.remove(&self.messages, k);
+                deleting.insert(seq.0);
+            }
         }
+        // Does anything stay below the new min seq? Below the old one only if something
+        // stayed there before; between the two, the keys this call passed over.
+        let remains = |lo: u64, hi: u64| -> Result<bool> {
+            if lo >= hi {
+                return Ok(false);
+            }
+            for g in self.messages.range(msg_key(conv, lo)..msg_key(conv, hi)) {
+                let k = g.key().map_err(backend)?;
+                if !deleting.contains(&u64_at(&k, conv.len() + 1)?) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        let kept = (before.kept && remains(1, current)?) || remains(current, raised)?;
+        let mut value = raised.to_be_bytes().to_vec();
+        value.extend_from_slice(&newest_ts.to_be_bytes());
+        value.push(u8::from(kept));
+        batch.insert(&self.min_seqs, conv.as_bytes(), value);
+        batch.commit().map_err(backend)?;
+        let floor = Floor {
+            min: raised,
+            ts: newest_ts,
+            kept,
+        };
+        self.floors.insert(conv.to_owned(), floor);
+        Ok(deleting.len() as u64)
+    }
+
+    /// Up to `limit` conversation ids with messages, after `after`, in key order: one seek
+    /// per conversation (past all of its keys).
+    fn conversation_ids(&self, after: Option<&str>, limit: usize) -> Result<Vec<ConvId>> {
+        let next_after = |conv: &[u8]| {
+            let mut k = conv.to_vec();
+            k.push(SEP + 1);
+            k
+        };
+        let mut from = after.map(|a| next_after(a.as_bytes())).unwrap_or_default();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(g) = self.messages.range(from.clone()..).next() else {
+                break;
+            };
+            let k = g.key().map_err(backend)?;
+            let conv = k.split(|b| *b == SEP).next().unwrap_or_default();
+            let id = std::str::from_utf8(conv)
+                .ok()
+                .and_then(|c| ConvId::parse(c).ok())
+                .ok_or_else(|| StoreError::corrupt("a message key without a conversation id"))?;
+            out.push(id);
+            from = next_after(conv);
+        }
+        Ok(out)
     }
 
     fn append(&self, msg: NewMessage, state: &mut WriterState) -> Result<Appended> {
@@ -252,13 +401,17 @@ impl Keyspaces {
         }
         if let Some(seq) = self.idempotency.get(&idem_key).map_err(backend)? {
             let seq = u64_at(&seq, 0)?;
-            let stored = self
-                .messages
-                .get(msg_key(conv, seq))
-                .map_err(backend)?
-                .ok_or_else(|| StoreError::corrupt(format!("{conv} seq {seq} missing")))?;
+            let message = match self.messages.get(msg_key(conv, seq)).map_err(backend)? {
+                Some(stored) => decode(&stored)?,
+                // Stored once and deleted by retention since: still a duplicate (its key
+                // stays, see `Store::expire`), answered with its place only.
+                None if seq < self.floor(conv).min => {
+                    crate::expired_placeholder(&msg.conv, Seq(seq), &msg.from)
+                }
+                None => return Err(StoreError::corrupt(format!("{conv} seq {seq} missing"))),
+            };
             return Ok(Appended {
-                message: decode(&stored)?,
+                message,
                 duplicate: true,
             });
         }
@@ -365,6 +518,7 @@ impl EmbeddedStore {
     pub fn open(dir: &Path, opts: EmbeddedOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let ks = Arc::new(Keyspaces::open(dir)?);
+        ks.load_floors()?;
         let shards = opts.writers.clamp(1, 64);
         let queue = (opts.queue / shards).max(1);
         let max_batch = opts.max_batch.max(1);
@@ -540,8 +694,11 @@ impl Store for EmbeddedStore {
     async fn history(&self, conv: &ConvId, before: Option<Seq>, limit: usize) -> Result<Page> {
         let conv = conv.clone();
         let hi = before.map(|s| s.0.saturating_sub(1)).unwrap_or(u64::MAX);
-        self.read(move |ks| ks.page(conv.as_str(), 1, hi, limit, true))
-            .await
+        self.read(move |ks| {
+            let lo = ks.read_from(conv.as_str());
+            ks.page(conv.as_str(), lo, hi, limit, true)
+        })
+        .await
     }
 
     async fn after(&self, conv: &ConvId, after: Seq, limit: usize) -> Result<Page> {
@@ -549,8 +706,11 @@ impl Store for EmbeddedStore {
         let Some(lo) = after.0.checked_add(1) else {
             return Ok(Page::default());
         };
-        self.read(move |ks| ks.page(conv.as_str(), lo, u64::MAX, limit, false))
-            .await
+        self.read(move |ks| {
+            let lo = lo.max(ks.read_from(conv.as_str()));
+            ks.page(conv.as_str(), lo, u64::MAX, limit, false)
+        })
+        .await
     }
 
     async fn last_seq(&self, conv: &ConvId) -> Result<Seq> {
@@ -773,6 +933,25 @@ impl Store for EmbeddedStore {
                 .insert(k, encode(&original.tombstone())?)
                 .map_err(backend)?;
             Ok(Ok(Some(original)))
+        })
+        .await
+    }
+
+    async fn conversation_ids(&self, after: Option<&ConvId>, limit: usize) -> Result<Vec<ConvId>> {
+        let after = after.map(|c| c.as_str().to_owned());
+        self.read(move |ks| ks.conversation_ids(after.as_deref(), limit))
+            .await
+    }
+
+    async fn min_seq(&self, conv: &ConvId) -> Result<Seq> {
+        Ok(Seq(self.ks.floor(conv.as_str()).min))
+    }
+
+    async fn expire(&self, conv: &ConvId, seqs: &[Seq], min_seq: Seq) -> Result<u64> {
+        let (conv, seqs) = (conv.clone(), seqs.to_vec());
+        let queue = self.shard(conv.as_str());
+        self.write_on(queue, move |ks, state| {
+            Ok(Ok(ks.expire(conv.as_str(), &seqs, min_seq, state)?))
         })
         .await
     }
@@ -1028,6 +1207,40 @@ mod tests {
                 .len(),
             10
         );
+    }
+
+    /// The min seq and the last seq survive a restart, also when retention deleted every
+    /// message: the seqs continue where they were.
+    #[tokio::test]
+    async fn retention_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let conv = ConvId::parse("group:r").unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+            for i in 0..5 {
+                store
+                    .append(crate::conformance::new_msg(&conv, "a", &format!("c{i}")))
+                    .await
+                    .unwrap();
+            }
+            let all: Vec<Seq> = (1..=5).map(Seq).collect();
+            assert_eq!(store.expire(&conv, &all, Seq(6)).await.unwrap(), 5);
+            store.close().await.unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        assert_eq!(store.min_seq(&conv).await.unwrap(), Seq(6));
+        assert_eq!(store.last_seq(&conv).await.unwrap(), Seq(5));
+        let next = store
+            .append(crate::conformance::new_msg(&conv, "a", "fresh"))
+            .await
+            .unwrap();
+        assert_eq!(next.message.seq, Seq(6));
+        let again = store
+            .append(crate::conformance::new_msg(&conv, "a", "c1"))
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.message.seq, Seq(2));
     }
 
     #[test]

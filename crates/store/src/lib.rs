@@ -134,6 +134,25 @@ pub trait Store: Send + Sync + 'static {
     fn keeps_append_order(&self) -> bool {
         false
     }
+
+    // --- Retention (the gateway's `retention` job; docs/OPERATIONS.md, "Retention") ---
+
+    /// Up to `limit` conversations that hold messages, after `after` (`None`: from the start)
+    /// in the backend's own stable order; page by passing the last one back. For background
+    /// jobs that visit every conversation.
+    async fn conversation_ids(&self, after: Option<&ConvId>, limit: usize) -> Result<Vec<ConvId>>;
+
+    /// The conversation's minimum seq: every seq from it up to the last one is stored (no
+    /// gaps); older seqs were deleted by retention, except messages it had to keep (a legal
+    /// hold, an exemption). 1 when nothing was ever deleted.
+    async fn min_seq(&self, conv: &ConvId) -> Result<Seq>;
+
+    /// Deletes the messages at `seqs` (every one below `min_seq`; absent ones are skipped) and
+    /// raises the conversation's minimum seq to `min_seq` (never lowers it, never past the
+    /// last seq + 1), the raise first, so seqs at and above the minimum always stay gap-free.
+    /// The last seq never goes back: later appends continue after it. Returns how many
+    /// messages were deleted.
+    async fn expire(&self, conv: &ConvId, seqs: &[Seq], min_seq: Seq) -> Result<u64>;
 }
 
 /// Where a backend that cannot allocate seqs atomically itself gets them (cluster mode: Redis).

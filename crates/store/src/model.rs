@@ -179,3 +179,17 @@ pub fn skipped_placeholder(conv: &protocol::ConvId, seq: protocol::Seq, ts: u64)
         mentioned: false,
     }
 }
+
+/// What an append answers for a retry of a message that retention has deleted since (see
+/// [`crate::Store::expire`]): a duplicate at its old seq, without content.
+pub fn expired_placeholder(
+    conv: &protocol::ConvId,
+    seq: protocol::Seq,
+    from: &protocol::UserId,
+) -> Message {
+    let mut gone = skipped_placeholder(conv, seq, 0);
+    gone.id = protocol::MessageId::new(format!("expired-{}", seq.0));
+    gone.from = from.clone();
+    gone.kind = MessageKind::Recalled;
+    gone
+}

@@ -43,7 +43,7 @@ use dashmap::DashMap;
 use futures_util::{StreamExt, TryStreamExt};
 use protocol::{ConvId, ConvKind, ConvSummary, GroupId, Message, MessageId, Seq, UserId};
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -77,6 +77,9 @@ const MEMBER_BATCH: usize = 50;
 
 /// Conversations whose meta rows the conversation list reads at once.
 const LIST_CONCURRENCY: usize = 32;
+
+/// Messages the retention job deletes at once (`Store::expire`).
+const EXPIRE_CONCURRENCY: usize = 16;
 
 /// Connection and behaviour settings of [`ScyllaStore`].
 #[derive(Debug, Clone)]
@@ -253,8 +256,14 @@ struct Inner {
     /// `(user, conv)` pairs whose `user_convs` row this process wrote (`WritePath::Split`
     /// skips rewriting them); cleared when it reaches `USER_CONVS_CACHE`.
     user_convs: DashMap<(String, String), ()>,
+    /// Conversations' min seqs (`Store::min_seq`) with when they were read: `history` and
+    /// `sync` report it, and it only ever rises, so a copy a few seconds old is harmless.
+    floors: DashMap<String, (u64, bool, Instant)>,
     closed: AtomicBool,
 }
+
+/// How long a conversation's min seq is cached.
+const FLOOR_CACHE: Duration = Duration::from_secs(10);
 
 /// Most `(user, conv)` pairs remembered as written before the set is cleared.
 const USER_CONVS_CACHE: usize = 100_000;
@@ -384,6 +393,7 @@ impl ScyllaStore {
                 pending: DashMap::new(),
                 retention: DashMap::new(),
                 user_convs: DashMap::new(),
+                floors: DashMap::new(),
                 closed: AtomicBool::new(false),
             }),
         };
@@ -499,6 +509,64 @@ impl ScyllaStore {
             .retention
             .insert(group.as_str().to_owned(), (secs, Instant::now()));
         Ok(secs)
+    }
+
+    /// Caches a conversation's min seq and kept flag (bounded: cleared past 100,000).
+    fn remember_floor(&self, conv: &ConvId, min: u64, kept: bool) {
+        if self.inner.floors.len() >= 100_000 {
+            self.inner.floors.clear();
+        }
+        self.inner
+            .floors
+            .insert(conv.as_str().to_owned(), (min, kept, Instant::now()));
+    }
+
+    /// A conversation's min seq and whether messages remain below it (see `conv_floor`).
+    async fn floor(&self, conv: &ConvId) -> Result<(u64, bool)> {
+        if let Some(f) = self.inner.floors.get(conv.as_str()) {
+            if f.2.elapsed() < FLOOR_CACHE {
+                return Ok((f.0, f.1));
+            }
+        }
+        let st = self.stmts().await?;
+        let row: Option<(Option<i64>, Option<bool>)> =
+            self.one(&st.select_floor, (conv.as_str(),)).await?;
+        let (min, kept) = match row {
+            Some((min, kept)) => (min.map(to_u64).transpose()?, kept.unwrap_or(true)),
+            None => (None, false),
+        };
+        let min = min.unwrap_or(1).max(1);
+        self.remember_floor(conv, min, kept);
+        Ok((min, kept))
+    }
+
+    /// The lowest seq a read of `conv` needs to look at: 1 while messages remain below the
+    /// min seq, else the min seq (the deleted rows below are tombstones: not worth reading).
+    async fn read_from(&self, conv: &ConvId) -> Result<u64> {
+        let (min, kept) = self.floor(conv).await?;
+        Ok(if kept { 1 } else { min })
+    }
+
+    /// Whether a message other than `skip` is stored in `lo..hi`.
+    async fn remains(&self, conv: &ConvId, lo: u64, hi: u64, skip: &HashSet<u64>) -> Result<bool> {
+        let st = self.stmts().await?;
+        if lo >= hi {
+            return Ok(false);
+        }
+        for bucket in self.bucket(lo)..=self.bucket(hi - 1) {
+            let rows: Vec<(i64,)> = self
+                .rows(
+                    &st.select_range,
+                    (conv.as_str(), to_i64(bucket)?, to_i64(lo)?, to_i64(hi)?),
+                )
+                .await?;
+            for (s,) in rows {
+                if !skip.contains(&to_u64(s)?) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Failed appends waiting in the retry queue (not yet written).
@@ -765,6 +833,15 @@ impl ScyllaStore {
         };
         let bucket = to_i64(self.bucket(to_u64(seq)?))?;
         for attempt in 0..DUPLICATE_READ_ATTEMPTS {
+            if attempt == 1 && to_u64(seq)? < self.min_seq(&msg.conv).await?.0 {
+                // Stored once, deleted by retention since: a duplicate, answered with its
+                // place only.
+                return Ok(Some(crate::model::expired_placeholder(
+                    &msg.conv,
+                    Seq(to_u64(seq)?),
+                    &msg.from,
+                )));
+            }
             let row: Option<MessageRow> = self
                 .one(&st.select_message, (msg.conv.as_str(), bucket, seq))
                 .await?;
@@ -947,24 +1024,34 @@ impl Store for ScyllaStore {
         if top == 0 {
             return Ok(Page::default());
         }
+        let lo = self.read_from(conv).await?;
+        if top < lo {
+            return Ok(Page::default());
+        }
         let want = limit.saturating_add(1);
         let mut out: Vec<Message> = Vec::with_capacity(want.min(1024));
         let first = self.bucket(top);
         let mut bucket = first;
         loop {
             let left = i32::try_from(want - out.len()).unwrap_or(i32::MAX);
-            let rows: Vec<MessageRow> = self
-                .rows(
-                    &st.select_older,
-                    (conv.as_str(), to_i64(bucket)?, to_i64(top)?, left),
-                )
-                .await?;
+            let (c, b, t) = (conv.as_str(), to_i64(bucket)?, to_i64(top)?);
+            let rows: Vec<MessageRow> = if lo > 1 {
+                // Nothing is kept below the min seq: do not read its deleted rows.
+                self.rows(&st.select_older_from, (c, b, t, to_i64(lo)?, left))
+                    .await?
+            } else {
+                self.rows(&st.select_older, (c, b, t, left)).await?
+            };
             let got = rows.len();
             for r in rows {
                 out.push(message_from_row(r)?);
             }
             // An empty bucket below the first one means everything older has expired.
-            if out.len() >= want || bucket == 0 || (got == 0 && bucket != first) {
+            if out.len() >= want
+                || bucket == 0
+                || bucket <= self.bucket(lo)
+                || (got == 0 && bucket != first)
+            {
                 break;
             }
             bucket -= 1;
@@ -982,6 +1069,7 @@ impl Store for ScyllaStore {
         let Some(lo) = after.0.checked_add(1) else {
             return Ok(Page::default());
         };
+        let lo = lo.max(self.read_from(conv).await?);
         let (last, _) = self.meta(conv.as_str()).await?;
         if lo > last {
             return Ok(Page::default());
@@ -1282,6 +1370,75 @@ impl Store for ScyllaStore {
         )
         .await?;
         Ok(Some(original))
+    }
+
+    async fn conversation_ids(&self, after: Option<&ConvId>, limit: usize) -> Result<Vec<ConvId>> {
+        let st = self.stmts().await?;
+        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+        // Token order: stable across calls, so a job can page through every conversation.
+        let rows: Vec<(String,)> = match after {
+            None => self.rows(&st.select_convs_first, (limit,)).await?,
+            Some(a) => {
+                self.rows(&st.select_convs_after, (a.as_str(), limit))
+                    .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(c,)| ConvId::parse(&c).ok())
+            .collect())
+    }
+
+    async fn min_seq(&self, conv: &ConvId) -> Result<Seq> {
+        Ok(Seq(self.floor(conv).await?.0))
+    }
+
+    async fn expire(&self, conv: &ConvId, seqs: &[Seq], min_seq: Seq) -> Result<u64> {
+        let st = self.stmts().await?;
+        let (last, _) = self.meta(conv.as_str()).await?;
+        self.inner.floors.remove(conv.as_str());
+        let (current, was_kept) = self.floor(conv).await?;
+        let raised = min_seq.0.min(last.saturating_add(1)).max(current);
+        let targets: Vec<u64> = seqs
+            .iter()
+            .map(|s| s.0)
+            .filter(|s| *s > 0 && *s < raised)
+            .collect();
+        let skip: HashSet<u64> = targets.iter().copied().collect();
+        let kept = (was_kept && self.remains(conv, 1, current, &skip).await?)
+            || self.remains(conv, current, raised, &skip).await?;
+        // The raise first: if a deletion below fails, the seqs at and above the minimum are
+        // still all there. `kept` true before the raise, false only after it.
+        if kept {
+            self.exec(&st.update_floor_kept, (true, conv.as_str()))
+                .await?;
+        }
+        if raised > current {
+            let r = to_i64(raised)?;
+            self.exec(&st.update_floor, (r, r, conv.as_str())).await?;
+        }
+        if !kept {
+            self.exec(&st.update_floor_kept, (false, conv.as_str()))
+                .await?;
+        }
+        self.remember_floor(conv, raised, kept);
+        let c = conv.as_str();
+        // The idempotency rows stay (no content in them): a retry of an expired message's
+        // key is still a duplicate (`find_stored`).
+        futures_util::stream::iter(targets)
+            .map(|seq| async move {
+                let bucket = to_i64(self.bucket(seq))?;
+                let s = to_i64(seq)?;
+                let row: Option<(i64,)> = self.one(&st.select_expiring, (c, bucket, s)).await?;
+                if row.is_none() {
+                    return Ok(0u64);
+                }
+                self.exec(&st.delete_message, (c, bucket, s)).await?;
+                Ok(1)
+            })
+            .buffer_unordered(EXPIRE_CONCURRENCY)
+            .try_fold(0u64, |n, one| async move { Ok::<u64, StoreError>(n + one) })
+            .await
     }
 
     async fn close(&self) -> Result<()> {

@@ -16,6 +16,7 @@ mod group_moderation;
 pub(crate) mod groups;
 pub(crate) mod operations;
 mod posts;
+mod retention;
 pub(crate) mod review;
 pub(crate) mod web;
 
@@ -137,6 +138,7 @@ pub fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(posts::routes())
         .merge(files::routes())
         .merge(operations::backup_routes())
+        .merge(retention::routes())
         .split_for_parts()
 }
 

@@ -95,9 +95,10 @@ async fn review_approve(
     } else {
         audience.clone()
     };
+    let id = protocol::MessageId::new(uuid::Uuid::now_v7().to_string());
     if let Some(a) = &held.attachment {
         // The share is recorded only now: a held file is not readable by the members before.
-        crate::files::record_share(&state, &a.file_id, &conv).await?;
+        crate::retention::record_share(&state, &a.file_id, &conv, &id).await?;
     }
     let appended = crate::messages::append_and_deliver(
         &state,
@@ -105,7 +106,7 @@ async fn review_approve(
             conv: conv.clone(),
             from: held.from.clone(),
             client_msg_id: held.client_msg_id.clone(),
-            id: protocol::MessageId::new(uuid::Uuid::now_v7().to_string()),
+            id,
             kind: held.kind,
             body: held.body.clone(),
             attachment: held.attachment.clone(),

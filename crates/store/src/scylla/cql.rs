@@ -89,6 +89,12 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.held (
         conv text, id text, ts bigint, entry text, PRIMARY KEY (conv, id)
     )",
+    // Per conversation: the min seq below which retention deleted messages (`Store::min_seq`),
+    // written with `USING TIMESTAMP min_seq` (a max register, like `conv_meta`), and whether
+    // messages remain below it (kept by a hold or an exemption; reads skip the range when not).
+    "CREATE TABLE IF NOT EXISTS {ks}.conv_floor (
+        conv text PRIMARY KEY, min_seq bigint, kept boolean
+    )",
 ];
 
 /// The keyspace's replication clause.
@@ -172,6 +178,16 @@ pub(super) struct Statements {
     pub swap_meta_kv: PreparedStatement,
     pub delete_meta_kv: PreparedStatement,
     pub delete_if_meta_kv: PreparedStatement,
+    // Retention.
+    pub select_floor: PreparedStatement,
+    pub update_floor: PreparedStatement,
+    pub update_floor_kept: PreparedStatement,
+    pub select_range: PreparedStatement,
+    pub select_older_from: PreparedStatement,
+    pub select_expiring: PreparedStatement,
+    pub delete_message: PreparedStatement,
+    pub select_convs_first: PreparedStatement,
+    pub select_convs_after: PreparedStatement,
 }
 
 impl Statements {
@@ -380,6 +396,40 @@ impl Statements {
                 s.set_is_idempotent(false);
                 s
             },
+            select_floor: p(format!(
+                "SELECT min_seq, kept FROM {ks}.conv_floor WHERE conv = ?"
+            ))
+            .await?,
+            update_floor_kept: p(format!(
+                "UPDATE {ks}.conv_floor SET kept = ? WHERE conv = ?"
+            ))
+            .await?,
+            select_range: p(format!(
+                "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq >= ? AND seq < ?"
+            ))
+            .await?,
+            select_older_from: p(format!(
+                "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq <= ? \
+                 AND seq >= ? LIMIT ?"
+            ))
+            .await?,
+            update_floor: p(format!(
+                "UPDATE {ks}.conv_floor USING TIMESTAMP ? SET min_seq = ? WHERE conv = ?"
+            ))
+            .await?,
+            select_expiring: p(format!(
+                "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq = ?"
+            ))
+            .await?,
+            delete_message: p(format!(
+                "DELETE FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq = ?"
+            ))
+            .await?,
+            select_convs_first: p(format!("SELECT conv FROM {ks}.conv_meta LIMIT ?")).await?,
+            select_convs_after: p(format!(
+                "SELECT conv FROM {ks}.conv_meta WHERE token(conv) > token(?) LIMIT ?"
+            ))
+            .await?,
         })
     }
 }
