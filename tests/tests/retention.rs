@@ -613,7 +613,7 @@ async fn cluster_mode_deletes_through_the_cql_store() {
 /// --nocapture`): a dry run and a pass over one group of 5,000 old messages, with the default
 /// `retention.batch` (500).
 #[tokio::test]
-#[ignore]
+#[ignore = "a measurement, not a check: run with --ignored --nocapture (the test command runs it too)"]
 async fn measure_a_pass_over_five_thousand_messages() {
     let node = Node::start_with(
         node_opts()
