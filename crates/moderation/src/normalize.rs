@@ -238,6 +238,9 @@ pub(crate) struct TextFlags {
     pub has_alpha: bool,
     /// Some character is a Chinese numeral (一, 零, 幺...).
     pub has_numeral: bool,
+    /// How many characters are digits or Chinese numerals (counted before leetspeak reads
+    /// some digits as letters, so never fewer than the number scanner sees).
+    pub digit_values: u32,
 }
 
 /// Leetspeak: the letter a digit stands for inside a Latin word (`s3x`, `h4ck`, `sh1t`).
@@ -359,7 +362,9 @@ pub(crate) fn fold_text(
             flags.has_digit |= class == CLASS_DIGIT;
             flags.has_alpha |= class == CLASS_ALPHA;
             flags.has_at |= c == '@';
-            flags.has_numeral |= class == CLASS_OTHER && cjk_digit(c).is_some();
+            let numeral = class == CLASS_OTHER && cjk_digit(c).is_some();
+            flags.has_numeral |= numeral;
+            flags.digit_values += u32::from(class == CLASS_DIGIT || numeral);
             if class != CLASS_SEP {
                 if c == last && class != CLASS_DIGIT {
                     continue_run(out, compact, &mut run, c, start, end, class);
