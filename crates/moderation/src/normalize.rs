@@ -304,8 +304,30 @@ pub(crate) fn fold_text(
     // Regional indicators: a run of exactly two is a flag (a separator), others are letters.
     let mut ri_left = 0usize;
     let mut ri_flag = false;
-    for (i, ch) in text.char_indices() {
-        let end = i + ch.len_utf8();
+    let bytes = text.as_bytes();
+    let mut next = 0usize;
+    while let Some(&b0) = bytes.get(next) {
+        let i = next;
+        // Decoded by hand for ASCII and three-byte sequences (most CJK text): `text` is valid
+        // UTF-8, so a lead byte E0..EF is followed by two continuation bytes.
+        let (ch, len) = match (b0, bytes.get(i + 1), bytes.get(i + 2)) {
+            (0..=0x7F, _, _) => (char::from(b0), 1),
+            (0xE0..=0xEF, Some(&b1), Some(&b2)) => {
+                let code = (u32::from(b0 & 0x0F) << 12)
+                    | (u32::from(b1 & 0x3F) << 6)
+                    | u32::from(b2 & 0x3F);
+                (
+                    char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER),
+                    3,
+                )
+            }
+            _ => match text.get(i..).and_then(|t| t.chars().next()) {
+                Some(c) => (c, c.len_utf8()),
+                None => break,
+            },
+        };
+        next = i + len;
+        let end = next;
         if end > limit {
             break;
         }
