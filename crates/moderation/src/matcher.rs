@@ -169,8 +169,48 @@ impl Bits {
     }
 }
 
+/// One bit per Basic Multilingual Plane character (8 KiB, stays in L1), and one flag for all
+/// the characters outside it.
+struct CharSet {
+    bmp: Box<[u64]>,
+    other: bool,
+}
+
+impl CharSet {
+    fn new() -> CharSet {
+        CharSet {
+            bmp: vec![0u64; 0x1_0000 / 64].into_boxed_slice(),
+            other: false,
+        }
+    }
+
+    fn insert(&mut self, c: char) {
+        match self.bmp.get_mut(c as usize >> 6) {
+            Some(w) => *w |= 1 << (c as u32 & 63),
+            None => self.other = true,
+        }
+    }
+
+    /// Exact for the BMP; outside it, whether any character was inserted there.
+    #[inline(always)]
+    fn contains(&self, c: char) -> bool {
+        match self.bmp.get(c as usize >> 6) {
+            Some(w) => w & (1 << (c as u32 & 63)) != 0,
+            None => self.other,
+        }
+    }
+}
+
+/// A rule set whose patterns start with at most this many distinct characters checks the first
+/// character exactly before any Bloom probe (the shipped rules: about 100). With a large
+/// lexicon nearly every character of real text starts some pattern, so that check would only
+/// add work.
+const FIRST_SET_MAX: usize = 1024;
+
 /// Which positions can start a pattern.
 struct Filter {
+    /// First characters of all patterns, exactly, for small rule sets (see [`FIRST_SET_MAX`]).
+    first: Option<CharSet>,
     /// One-character patterns.
     one: Bits,
     any_one: bool,
@@ -187,7 +227,15 @@ const NONE: char = '\0';
 impl Filter {
     fn new(patterns: &[String]) -> Filter {
         let n = patterns.len();
+        let firsts: std::collections::HashSet<char> =
+            patterns.iter().filter_map(|p| p.chars().next()).collect();
+        let first = (firsts.len() <= FIRST_SET_MAX).then(|| {
+            let mut set = CharSet::new();
+            firsts.iter().for_each(|&c| set.insert(c));
+            set
+        });
         let mut f = Filter {
+            first,
             one: Bits::new(n / 16, 1),
             any_one: false,
             pair_prefix: Bits::new(n, 2),
@@ -223,6 +271,9 @@ impl Filter {
     /// Whether a pattern may start with `a`, followed by `b` and `c` (`NONE` past the end).
     #[inline(always)]
     fn may_start(&self, a: char, b: char, c: char) -> bool {
+        if self.first.as_ref().is_some_and(|set| !set.contains(a)) {
+            return false;
+        }
         (self.any_one && self.one.contains(a, NONE, NONE))
             || (b != NONE
                 && self.pair_prefix.contains(a, b, NONE)
@@ -230,7 +281,11 @@ impl Filter {
     }
 
     fn bytes(&self) -> usize {
-        self.one.bytes() + self.pair_prefix.bytes() + self.two.bytes() + self.three.bytes()
+        self.first.as_ref().map_or(0, |set| set.bmp.len() * 8)
+            + self.one.bytes()
+            + self.pair_prefix.bytes()
+            + self.two.bytes()
+            + self.three.bytes()
     }
 }
 
