@@ -50,7 +50,7 @@ fn benches(c: &mut Criterion) {
         }
     };
     println!(
-        "lexicon+padding: {lines} lines, {} distinct patterns, automaton {:.1} MiB, first load {:.0} ms; COLD: {} messages, {:.1} bytes avg",
+        "lexicon+padding: {lines} lines, {} distinct patterns, trie and tables {:.1} MiB, first load {:.0} ms; COLD: {} messages, {:.1} bytes avg",
         big.stats().patterns,
         big.stats().heap_bytes as f64 / (1024.0 * 1024.0),
         t.elapsed().as_secs_f64() * 1e3,

@@ -34,15 +34,29 @@ pub struct Model {
     pub weights: Vec<i8>,
 }
 
+const HASH_SEED: u32 = 0x811C_9DC5;
+
+/// One character of the n-gram hash.
+#[inline(always)]
+fn step(h: u32, c: char) -> u32 {
+    let h = (h ^ c as u32).wrapping_mul(0x0100_0193);
+    h ^ (h >> 15)
+}
+
+/// The bucket of a finished n-gram hash.
+#[inline(always)]
+fn finish(h: u32) -> usize {
+    (h.wrapping_mul(0x9E37_79B1) >> (32 - BITS)) as usize
+}
+
 /// The bucket of one n-gram: a multiplicative hash of its characters and its length.
 #[inline(always)]
 fn bucket(chars: &[char]) -> usize {
-    let mut h: u32 = 0x811C_9DC5 ^ (chars.len() as u32);
+    let mut h: u32 = HASH_SEED ^ (chars.len() as u32);
     for &c in chars {
-        h = (h ^ c as u32).wrapping_mul(0x0100_0193);
-        h ^= h >> 15;
+        h = step(h, c);
     }
-    (h.wrapping_mul(0x9E37_79B1) >> (32 - BITS)) as usize
+    finish(h)
 }
 
 /// Calls `f` with the bucket of every n-gram (n = 1..=MAX_N) of `chars`.
@@ -77,12 +91,46 @@ impl Model {
     /// The probability that the normalized characters `chars` are offensive.
     #[inline]
     pub fn score(&self, chars: &[char]) -> f32 {
-        let mut sum: i32 = 0;
-        let mut n: u32 = 0;
-        for_each_feature(chars, |b| {
-            sum += i32::from(self.weights.get(b).copied().unwrap_or(0));
+        self.score_iter(chars.iter().copied())
+    }
+
+    /// [`Model::score`] over characters given one by one (what the check does, straight from
+    /// the folded text): the same n-grams and buckets as [`for_each_feature`], hashed in one
+    /// pass with the hash states of the n-grams in progress carried from one character to the
+    /// next, so the score is identical.
+    #[inline]
+    pub fn score_iter(&self, chars: impl IntoIterator<Item = char>) -> f32 {
+        let Ok(w) = <&[i8; 1 << BITS]>::try_from(self.weights.as_slice()) else {
+            // Not a model of this build (hand-made with another size): the slow path.
+            let v: Vec<char> = chars.into_iter().collect();
+            let mut sum = 0i64;
+            let mut n = 0u32;
+            for_each_feature(&v, |b| {
+                sum += i64::from(self.weights.get(b).copied().unwrap_or(0));
+                n += 1;
+            });
+            return sigmoid(self.bias + self.scale * sum as f32 / norm(n));
+        };
+        let weight = |h: u32| i64::from(w[finish(h)]);
+        let (mut sum, mut n) = (0i64, 0u32);
+        // Hash states after the previous character: a bigram started there, and a trigram
+        // started there and one started the character before (one character to go).
+        let (mut bi, mut tri1, mut tri2) = (0u32, 0u32, 0u32);
+        for (i, c) in chars.into_iter().enumerate() {
+            sum += weight(step(HASH_SEED ^ 1, c));
             n += 1;
-        });
+            if i >= 1 {
+                sum += weight(step(bi, c));
+                n += 1;
+            }
+            if i >= 2 {
+                sum += weight(step(tri2, c));
+                n += 1;
+            }
+            tri2 = step(tri1, c);
+            tri1 = step(HASH_SEED ^ 3, c);
+            bi = step(HASH_SEED ^ 2, c);
+        }
         sigmoid(self.bias + self.scale * sum as f32 / norm(n))
     }
 
@@ -280,4 +328,54 @@ pub fn threshold_for_fpr(scored: &[(f32, bool)], max_fpr: f64) -> f32 {
     // Flag strictly above the (allowed+1)-th highest safe score.
     safe.get(allowed)
         .map_or(0.0, |&s| f32::from_bits(s.to_bits() + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The score as first defined: the weights of every bucket of [`for_each_feature`].
+    fn reference(m: &Model, chars: &[char]) -> f32 {
+        let (mut sum, mut n) = (0i32, 0u32);
+        for_each_feature(chars, |b| {
+            sum += i32::from(m.weights.get(b).copied().unwrap_or(0));
+            n += 1;
+        });
+        sigmoid(m.bias + m.scale * sum as f32 / norm(n))
+    }
+
+    #[test]
+    fn one_pass_score_is_the_feature_sum() {
+        let m = Model::shipped();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let alphabet: Vec<char> = "你好傻逼垃圾的人我们abcxyz019 ，！😀".chars().collect();
+        for len in 0..40usize {
+            for _ in 0..20 {
+                let chars: Vec<char> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        alphabet[(x % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                assert_eq!(
+                    m.score(&chars).to_bits(),
+                    reference(m, &chars).to_bits(),
+                    "{chars:?}"
+                );
+            }
+        }
+        // A model of another size takes the slow path with the same result.
+        let small = Model {
+            bias: m.bias,
+            scale: m.scale,
+            weights: m.weights[..1000].to_vec(),
+        };
+        let chars: Vec<char> = "你好傻逼垃圾".chars().collect();
+        assert_eq!(
+            small.score(&chars).to_bits(),
+            reference(&small, &chars).to_bits()
+        );
+    }
 }

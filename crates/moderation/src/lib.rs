@@ -6,8 +6,9 @@
 //! - [`mod@normalize`]: per-character folding (width, case, NFKC, traditional -> simplified, digit
 //!   look-alikes, invisible characters, separators between the characters of a word) with a
 //!   map back to the original bytes.
-//! - [`matcher`]: one double-array Aho-Corasick automaton over all deny words, allow phrases,
-//!   secret markers and detector context words.
+//! - [`matcher`]: one character-wise double-array trie over all deny words, allow phrases,
+//!   secret markers and detector context words, searched from the positions a Bloom filter
+//!   lets through.
 //! - [`detectors`]: mobile numbers, identity numbers (GB 11643), bank cards (Luhn), e-mail
 //!   addresses and postal addresses, as hand-written linear scanners.
 //! - [`classifier`]: an offensive-language score (hashed character n-grams, logistic

@@ -1,20 +1,23 @@
-//! Dictionary matching: one charwise double-array Aho-Corasick automaton (`daachorse`) over
-//! every normalized pattern (deny words, allow phrases, secret markers, code names and the
-//! context words of the detectors).
+//! Dictionary matching: one character-wise double-array trie (`crawdad`) over every normalized
+//! pattern (deny words, allow phrases, secret markers, code names and the context words of the
+//! detectors).
 //!
 //! The text is the sequence of folded characters that are not separators (no normalized
-//! string is built). A large automaton is cache-unfriendly (one miss per step), so the scan is
-//! *anchored and filtered*: at each position, small Bloom-style bit sets of the patterns'
-//! first characters, exact two-character patterns and three-character prefixes tell whether
-//! any pattern can start there; only then does a walk from the root consume characters while
-//! the state still spells the text from that position, reporting patterns of exactly that
-//! length. Exact (a filter false positive only costs a walk) and linear: a walk is bounded by
-//! the longest pattern. Each match is reported as a range of folded-character (`FChar`) indices; the caller
-//! applies Latin word boundaries, the allow-list and the leftmost-longest selection.
+//! string is built). The scan is *anchored and filtered*: at each position, small Bloom-style
+//! bit sets of the patterns' first characters, exact two-character patterns and
+//! three-character prefixes tell whether any pattern can start there; only then does a
+//! common-prefix search walk the trie from its root, reporting every pattern that the text
+//! spells from that position. Exact (a filter false positive only costs a walk) and linear: a
+//! walk is bounded by the longest pattern. The trie is used instead of an Aho-Corasick
+//! automaton because the scan is anchored anyway: a trie node is 8 bytes (the automaton's
+//! failure links, output lists and depth table are not needed), so 100,000 patterns take a
+//! few MiB and a walk touches one node per character. Each match is reported as a range of
+//! folded-character (`FChar`) indices; the caller applies Latin word boundaries, the
+//! allow-list and the leftmost-longest selection.
 
 use std::collections::HashMap;
 
-use daachorse::{CharwiseDoubleArrayAhoCorasick, CharwiseDoubleArrayAhoCorasickBuilder, MatchKind};
+use crawdad::Trie;
 
 use crate::normalize::FChar;
 use crate::policy::Action;
@@ -22,8 +25,6 @@ use crate::policy::Action;
 /// What one distinct normalized pattern means.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Entry {
-    /// Length in characters.
-    pub len: u32,
     /// The pattern starts with a Latin word character: the match must start at a word boundary.
     pub latin_start: bool,
     /// The pattern ends with a Latin word character: the match must end at a word boundary.
@@ -56,7 +57,6 @@ impl MatcherBuilder {
                 let last = pattern.chars().next_back();
                 let latin = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
                 self.entries.push(Entry {
-                    len: pattern.chars().count() as u32,
                     latin_start: latin(first),
                     latin_end: latin(last),
                     ..Entry::default()
@@ -94,20 +94,18 @@ impl MatcherBuilder {
             return Ok(Matcher::empty());
         }
         let filter = Filter::new(&self.patterns);
-        let mut ac = CharwiseDoubleArrayAhoCorasickBuilder::new()
-            .match_kind(MatchKind::Standard)
-            // The scan uses its own filter; daachorse's prefilter only serves its iterators.
-            .use_prefilter(false)
-            .build_with_values(
-                self.patterns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (p.as_str(), i as u32)),
-            )
-            .map_err(|e| e.to_string())?;
-        ac.cache_depths().map_err(|e| e.to_string())?;
+        // The trie's terminator may not occur in a key; a pattern containing it (a noncharacter
+        // no text needs) is left out, and the scan stops reading at that character.
+        let trie = Trie::from_records(
+            self.patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !p.contains(crawdad::END_MARKER))
+                .map(|(i, p)| (p.as_str(), i as u32)),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Matcher {
-            ac: Some(ac),
+            trie: Some(trie),
             entries: self.entries,
             filter,
         })
@@ -116,7 +114,7 @@ impl MatcherBuilder {
 
 /// A compiled pattern set.
 pub(crate) struct Matcher {
-    ac: Option<CharwiseDoubleArrayAhoCorasick<u32>>,
+    trie: Option<Trie>,
     entries: Vec<Entry>,
     filter: Filter,
 }
@@ -171,8 +169,48 @@ impl Bits {
     }
 }
 
+/// One bit per Basic Multilingual Plane character (8 KiB, stays in L1), and one flag for all
+/// the characters outside it.
+struct CharSet {
+    bmp: Box<[u64]>,
+    other: bool,
+}
+
+impl CharSet {
+    fn new() -> CharSet {
+        CharSet {
+            bmp: vec![0u64; 0x1_0000 / 64].into_boxed_slice(),
+            other: false,
+        }
+    }
+
+    fn insert(&mut self, c: char) {
+        match self.bmp.get_mut(c as usize >> 6) {
+            Some(w) => *w |= 1 << (c as u32 & 63),
+            None => self.other = true,
+        }
+    }
+
+    /// Exact for the BMP; outside it, whether any character was inserted there.
+    #[inline(always)]
+    fn contains(&self, c: char) -> bool {
+        match self.bmp.get(c as usize >> 6) {
+            Some(w) => w & (1 << (c as u32 & 63)) != 0,
+            None => self.other,
+        }
+    }
+}
+
+/// A rule set whose patterns start with at most this many distinct characters checks the first
+/// character exactly before any Bloom probe (the shipped rules: about 100). With a large
+/// lexicon nearly every character of real text starts some pattern, so that check would only
+/// add work.
+const FIRST_SET_MAX: usize = 1024;
+
 /// Which positions can start a pattern.
 struct Filter {
+    /// First characters of all patterns, exactly, for small rule sets (see [`FIRST_SET_MAX`]).
+    first: Option<CharSet>,
     /// One-character patterns.
     one: Bits,
     any_one: bool,
@@ -182,8 +220,6 @@ struct Filter {
     two: Bits,
     /// First three characters of every pattern of three or more characters.
     three: Bits,
-    /// Longest pattern, in characters.
-    max_len: usize,
 }
 
 const NONE: char = '\0';
@@ -191,18 +227,24 @@ const NONE: char = '\0';
 impl Filter {
     fn new(patterns: &[String]) -> Filter {
         let n = patterns.len();
+        let firsts: std::collections::HashSet<char> =
+            patterns.iter().filter_map(|p| p.chars().next()).collect();
+        let first = (firsts.len() <= FIRST_SET_MAX).then(|| {
+            let mut set = CharSet::new();
+            firsts.iter().for_each(|&c| set.insert(c));
+            set
+        });
         let mut f = Filter {
+            first,
             one: Bits::new(n / 16, 1),
             any_one: false,
             pair_prefix: Bits::new(n, 2),
             two: Bits::new(n / 2, 3),
             three: Bits::new(n, 4),
-            max_len: 0,
         };
         for p in patterns {
             let mut it = p.chars();
             let (a, b, c) = (it.next(), it.next(), it.next());
-            f.max_len = f.max_len.max(p.chars().count());
             match (a, b, c) {
                 (Some(a), None, _) => {
                     f.one.insert(a, NONE, NONE);
@@ -229,6 +271,9 @@ impl Filter {
     /// Whether a pattern may start with `a`, followed by `b` and `c` (`NONE` past the end).
     #[inline(always)]
     fn may_start(&self, a: char, b: char, c: char) -> bool {
+        if self.first.as_ref().is_some_and(|set| !set.contains(a)) {
+            return false;
+        }
         (self.any_one && self.one.contains(a, NONE, NONE))
             || (b != NONE
                 && self.pair_prefix.contains(a, b, NONE)
@@ -236,7 +281,11 @@ impl Filter {
     }
 
     fn bytes(&self) -> usize {
-        self.one.bytes() + self.pair_prefix.bytes() + self.two.bytes() + self.three.bytes()
+        self.first.as_ref().map_or(0, |set| set.bmp.len() * 8)
+            + self.one.bytes()
+            + self.pair_prefix.bytes()
+            + self.two.bytes()
+            + self.three.bytes()
     }
 }
 
@@ -252,7 +301,7 @@ impl Matcher {
     /// A matcher with no patterns.
     pub fn empty() -> Matcher {
         Matcher {
-            ac: None,
+            trie: None,
             entries: Vec::new(),
             filter: Filter::empty(),
         }
@@ -270,7 +319,7 @@ impl Matcher {
 
     /// Heap bytes of the automaton and the entry table.
     pub fn heap_bytes(&self) -> usize {
-        self.ac.as_ref().map_or(0, |a| a.heap_bytes())
+        self.trie.as_ref().map_or(0, Trie::heap_bytes)
             + self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.filter.bytes()
     }
@@ -278,7 +327,7 @@ impl Matcher {
     /// Appends every (overlapping) match to `out`. `text` is the folded text and `compact`
     /// the indices of its non-separator characters, which is what patterns match against.
     pub fn scan(&self, text: &[FChar], compact: &[u32], out: &mut Vec<RawMatch>) {
-        let Some(ac) = &self.ac else { return };
+        let Some(trie) = &self.trie else { return };
         let n = compact.len();
         let ch = |k: usize| {
             compact
@@ -294,32 +343,93 @@ impl Matcher {
             if !self.filter.may_start(a, b, c) {
                 continue;
             }
-            let mut stepper = ac.find_overlapping_stepper();
-            let end = n.min(i + self.filter.max_len);
-            for k in i..end {
-                stepper.consume(ch(k));
-                let depth = (k - i + 1) as u32;
-                if stepper.depth() != Some(depth) {
-                    break;
+            let Some(rest) = compact.get(i..) else { break };
+            let hay = rest
+                .iter()
+                .map(|&k| text.get(k as usize).map_or(crawdad::END_MARKER, |f| f.c))
+                .take_while(|&c| c != crawdad::END_MARKER);
+            for (entry, len) in trie.common_prefix_search(hay) {
+                let (Some(&start), Some(&last)) =
+                    (compact.get(i), compact.get((i + len).saturating_sub(1)))
+                else {
+                    continue;
+                };
+                // A reversed (right-to-left) view walks the text backwards.
+                out.push(RawMatch {
+                    entry,
+                    start: start.min(last),
+                    end: start.max(last) + 1,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::{fold_text, Separators};
+
+    /// Every pattern that the compact text spells from every position, by brute force.
+    fn naive(patterns: &[String], f: &[FChar], compact: &[u32]) -> Vec<(u32, u32, u32)> {
+        let chars: Vec<char> = compact.iter().map(|&i| f[i as usize].c).collect();
+        let mut out = Vec::new();
+        for i in 0..chars.len() {
+            for (e, p) in patterns.iter().enumerate() {
+                let p: Vec<char> = p.chars().collect();
+                if chars[i..].starts_with(&p) {
+                    let (a, b) = (compact[i], compact[i + p.len() - 1]);
+                    out.push((e as u32, a.min(b), a.max(b) + 1));
                 }
-                for m in stepper.matches() {
-                    let entry = m.value();
-                    if self
-                        .entries
-                        .get(entry as usize)
-                        .is_some_and(|e| e.len == depth)
-                    {
-                        let (Some(&start), Some(&last)) = (compact.get(i), compact.get(k)) else {
-                            continue;
-                        };
-                        // A reversed (right-to-left) view walks the text backwards.
-                        out.push(RawMatch {
-                            entry,
-                            start: start.min(last),
-                            end: start.max(last) + 1,
-                        });
-                    }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn scan_finds_exactly_the_patterns_a_brute_force_search_finds() {
+        let seps = Separators::default();
+        let alphabet: Vec<char> = "赌博法轮功口交ab xyz，".chars().collect();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rand = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for round in 0..200 {
+            let mut mb = MatcherBuilder::default();
+            let mut patterns: Vec<String> = Vec::new();
+            for k in 0..(1 + round % 30) {
+                let len = 1 + rand(4);
+                let p: String = (0..len)
+                    .map(|_| alphabet[rand(alphabet.len())])
+                    .filter(|c| !c.is_whitespace() && *c != '，')
+                    .collect();
+                if p.is_empty() || patterns.contains(&p) {
+                    continue;
                 }
+                mb.deny(&p, k, Action::Block);
+                patterns.push(p);
+            }
+            let m = mb.build().unwrap();
+            for _ in 0..20 {
+                let len = rand(24);
+                let text: String = (0..len).map(|_| alphabet[rand(alphabet.len())]).collect();
+                let (mut f, mut compact) = (Vec::new(), Vec::new());
+                fold_text(&text, &seps, &mut f, &mut compact, &mut Vec::new());
+                let mut got = Vec::new();
+                m.scan(&f, &compact, &mut got);
+                let mut got: Vec<(u32, u32, u32)> =
+                    got.iter().map(|r| (r.entry, r.start, r.end)).collect();
+                got.sort_unstable();
+                // Patterns are stored in insertion order: entry i is patterns[i].
+                assert_eq!(
+                    got,
+                    naive(&patterns, &f, &compact),
+                    "{patterns:?} in {text:?}"
+                );
             }
         }
     }

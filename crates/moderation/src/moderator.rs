@@ -313,7 +313,6 @@ struct Scratch {
     det: Vec<DetHit>,
     det_scratch: DetScratch,
     units: Vec<(u32, u32)>,
-    chars: Vec<char>,
 }
 
 thread_local! {
@@ -655,14 +654,12 @@ impl Moderator {
         // The offensive-language score, by band.
         let cc = &self.policy.classifier;
         if cc.enabled && s.compact.len() >= cc.min_chars {
-            s.chars.clear();
-            s.chars.extend(
-                s.compact
-                    .iter()
-                    .filter_map(|&i| s.f.get(i as usize))
-                    .map(|x| x.c),
-            );
-            let mut action = cc.action(Model::shipped().score(&s.chars), has_ext);
+            let chars = s
+                .compact
+                .iter()
+                .filter_map(|&i| s.f.get(i as usize))
+                .map(|x| x.c);
+            let mut action = cc.action(Model::shipped().score_iter(chars), has_ext);
             if action > Action::Allow {
                 if let Some(g) = ctx.group {
                     action = action.max(g.tightened(OFFENSIVE));

@@ -238,6 +238,9 @@ pub(crate) struct TextFlags {
     pub has_alpha: bool,
     /// Some character is a Chinese numeral (一, 零, 幺...).
     pub has_numeral: bool,
+    /// How many characters are digits or Chinese numerals (counted before leetspeak reads
+    /// some digits as letters, so never fewer than the number scanner sees).
+    pub digit_values: u32,
 }
 
 /// Leetspeak: the letter a digit stands for inside a Latin word (`s3x`, `h4ck`, `sh1t`).
@@ -293,28 +296,49 @@ pub(crate) fn fold_text(
     out.reserve(text.len());
     compact.reserve(text.len());
     let table = table();
-    let mut flags = TextFlags::default();
+    // Kept in a local that is only ever passed to inlined functions, so that it lives in
+    // registers (a closure capturing it kept it in memory on every character).
+    let mut acc = Acc::default();
     let limit = u32::MAX as usize;
-    // Last character given to `compact` and how many times it repeated.
-    let mut last = '\0';
-    let mut run = 0u32;
     let mut rtl_from: Option<u32> = None;
     // Regional indicators: a run of exactly two is a flag (a separator), others are letters.
     let mut ri_left = 0usize;
     let mut ri_flag = false;
-    for (i, ch) in text.char_indices() {
-        let end = i + ch.len_utf8();
+    let bytes = text.as_bytes();
+    let mut next = 0usize;
+    while let Some(&b0) = bytes.get(next) {
+        let i = next;
+        // Decoded by hand for ASCII and three-byte sequences (most CJK text): `text` is valid
+        // UTF-8, so a lead byte E0..EF is followed by two continuation bytes.
+        let (ch, len) = match (b0, bytes.get(i + 1), bytes.get(i + 2)) {
+            (0..=0x7F, _, _) => (char::from(b0), 1),
+            (0xE0..=0xEF, Some(&b1), Some(&b2)) => {
+                let code = (u32::from(b0 & 0x0F) << 12)
+                    | (u32::from(b1 & 0x3F) << 6)
+                    | u32::from(b2 & 0x3F);
+                (
+                    char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER),
+                    3,
+                )
+            }
+            _ => match text.get(i..).and_then(|t| t.chars().next()) {
+                Some(c) => (c, c.len_utf8()),
+                None => break,
+            },
+        };
+        next = i + len;
+        let end = next;
         if end > limit {
             break;
         }
         let (start, end) = (i as u32, end as u32);
         if seps.is_plain(ch) {
-            if ch == last {
-                continue_run(out, compact, &mut run, ch, start, end, CLASS_OTHER);
+            if ch == acc.last {
+                continue_run(out, compact, &mut acc.run, ch, start, end, CLASS_OTHER);
                 continue;
             }
-            last = ch;
-            run = 1;
+            acc.last = ch;
+            acc.run = 1;
             compact.push(out.len() as u32);
             out.push(FChar {
                 c: ch,
@@ -324,11 +348,28 @@ pub(crate) fn fold_text(
             });
             continue;
         }
+        if ch.is_ascii() {
+            if ch == '\n' {
+                if let Some(from) = rtl_from.take() {
+                    rtl.push((from, out.len() as u32));
+                }
+            }
+            push_folded(
+                &mut acc,
+                out,
+                compact,
+                seps,
+                ch.to_ascii_lowercase(),
+                start,
+                end,
+            );
+            continue;
+        }
         match ch {
             '\u{202E}' | '\u{2067}' if rtl_from.is_none() => {
                 rtl_from = Some(out.len() as u32);
             }
-            '\u{202C}' | '\u{2069}' | '\n' => {
+            '\u{202C}' | '\u{2069}' => {
                 if let Some(from) = rtl_from.take() {
                     rtl.push((from, out.len() as u32));
                 }
@@ -354,57 +395,97 @@ pub(crate) fn fold_text(
                 continue;
             }
         }
-        let mut push = |c: char| {
-            let class = classify(c, seps);
-            flags.has_digit |= class == CLASS_DIGIT;
-            flags.has_alpha |= class == CLASS_ALPHA;
-            flags.has_at |= c == '@';
-            flags.has_numeral |= class == CLASS_OTHER && cjk_digit(c).is_some();
-            if class != CLASS_SEP {
-                if c == last && class != CLASS_DIGIT {
-                    continue_run(out, compact, &mut run, c, start, end, class);
-                    return;
-                }
-                last = c;
-                run = 1;
-                compact.push(out.len() as u32);
-            }
-            out.push(FChar {
-                c,
-                start,
-                end,
-                class,
-            });
-        };
-        if ch.is_ascii() {
-            push(ch.to_ascii_lowercase());
-            continue;
-        }
         let code = ch as u32;
         if code < 0x1_0000 {
-            let e = table.bmp[code as usize];
+            let e = table
+                .bmp
+                .get(code as usize)
+                .copied()
+                .unwrap_or(TAG_DROP << 30);
             match e >> 30 {
-                TAG_ONE => push(char::from_u32(e & CHAR_MASK).unwrap_or(ch)),
+                TAG_ONE => {
+                    let c = char::from_u32(e & CHAR_MASK).unwrap_or(ch);
+                    push_folded(&mut acc, out, compact, seps, c, start, end);
+                }
                 TAG_DROP => {}
                 _ => {
                     let at = (e & CHAR_MASK) as usize;
                     let len = ((e >> 21) & 0xff) as usize;
                     for &c in table.many.get(at..at + len).unwrap_or(&[]) {
-                        push(c);
+                        push_folded(&mut acc, out, compact, seps, c, start, end);
                     }
                 }
             }
         } else {
-            fold_char(ch, push);
+            // Outside the BMP (emoji, mathematical letters): fold into a small buffer first.
+            let mut buf = ['\0'; 32];
+            let mut k = 0usize;
+            fold_char(ch, |c| {
+                if let Some(slot) = buf.get_mut(k) {
+                    *slot = c;
+                    k += 1;
+                }
+            });
+            for &c in buf.get(..k).unwrap_or(&[]) {
+                push_folded(&mut acc, out, compact, seps, c, start, end);
+            }
         }
     }
     if let Some(from) = rtl_from {
         rtl.push((from, out.len() as u32));
     }
+    let flags = acc.flags;
     if flags.has_digit && flags.has_alpha {
         fold_leet(out);
     }
     flags
+}
+
+/// What [`fold_text`] carries from one character to the next.
+#[derive(Default)]
+struct Acc {
+    flags: TextFlags,
+    /// Last character given to `compact`.
+    last: char,
+    /// How many times it repeated.
+    run: u32,
+}
+
+/// Appends one folded character (from the original bytes `start..end`) to `out`, and to
+/// `compact` unless it is a separator or a repeat.
+#[inline(always)]
+fn push_folded(
+    acc: &mut Acc,
+    out: &mut Vec<FChar>,
+    compact: &mut Vec<u32>,
+    seps: &Separators,
+    c: char,
+    start: u32,
+    end: u32,
+) {
+    let class = classify(c, seps);
+    let flags = &mut acc.flags;
+    flags.has_digit |= class == CLASS_DIGIT;
+    flags.has_alpha |= class == CLASS_ALPHA;
+    flags.has_at |= c == '@';
+    let numeral = class == CLASS_OTHER && cjk_digit(c).is_some();
+    flags.has_numeral |= numeral;
+    flags.digit_values += u32::from(class == CLASS_DIGIT || numeral);
+    if class != CLASS_SEP {
+        if c == acc.last && class != CLASS_DIGIT {
+            continue_run(out, compact, &mut acc.run, c, start, end, class);
+            return;
+        }
+        acc.last = c;
+        acc.run = 1;
+        compact.push(out.len() as u32);
+    }
+    out.push(FChar {
+        c,
+        start,
+        end,
+        class,
+    });
 }
 
 /// A repeat of the last matcher character: kept in `out` (the detectors and masking see it)

@@ -20,8 +20,14 @@ pub(crate) static SCANNER: super::Scanner = super::Scanner {
     scan: scan_set,
 };
 
+/// The fewest digits any number hit has: an 11-digit mobile number (identity numbers have 18,
+/// cards 13 to 19).
+const MIN_DIGITS: u32 = 11;
+
+/// A text with fewer digits (and Chinese numerals) than the shortest number cannot hold one:
+/// most Chinese text has a numeral or two (一个, 三天) and is not scanned.
 fn has_digit(flags: &crate::normalize::TextFlags) -> bool {
-    flags.has_digit || flags.has_numeral
+    flags.digit_values >= MIN_DIGITS
 }
 
 /// The digit value of a folded character: an ASCII digit or a Chinese numeral.
