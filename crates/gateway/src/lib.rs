@@ -9,6 +9,7 @@ pub mod backends;
 pub mod backup;
 pub mod budget;
 pub mod clock;
+pub mod compliance;
 pub mod config;
 pub mod directory;
 pub mod error;

@@ -81,6 +81,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Export the compliance event log after the last export's cursor into batch files in
+    /// compliance.dir, then exit (embedded mode: the node must be stopped; cluster mode: any
+    /// time). A running node does the same with `POST /v1/admin/compliance/exports`.
+    ExportCompliance {
+        /// Override server.data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn init_tracing() {
@@ -167,6 +175,15 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("restoring {}", from.display()))?;
             print_manifest(&config.server.data_dir, &manifest)
         }
+        Command::ExportCompliance { data_dir } => {
+            if let Some(d) = data_dir {
+                config.server.data_dir = d;
+            }
+            init_tracing();
+            gateway::compliance::check_config(&config).map_err(anyhow::Error::msg)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(export_compliance(&config))
+        }
         Command::Migrate => {
             init_tracing();
             let runtime = tokio::runtime::Runtime::new()?;
@@ -193,6 +210,36 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(config))
         }
     }
+}
+
+/// `chatd export-compliance`: runs the export job (or the interrupted one) to the end.
+async fn export_compliance(config: &Config) -> anyhow::Result<()> {
+    let storage = gateway::backends::open_store(config)
+        .await
+        .context("opening the store (embedded mode: is the node still running?)")?;
+    let ex = gateway::compliance::Exporter {
+        sources: gateway::compliance::Sources {
+            store: &*storage.store,
+            review: &*storage.review,
+        },
+        meta: &*storage.meta,
+        config,
+    };
+    let result = async {
+        ex.begin("chatd export-compliance").await?;
+        ex.run(&CancellationToken::new()).await?;
+        ex.status().await
+    }
+    .await;
+    storage.store.close().await?;
+    let (status, _) = result?;
+    use std::io::Write;
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(&status)?
+    )?;
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -55,6 +55,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 1),
     ("health", 1),
     ("backup", 2),
+    ("compliance", 2),
 ];
 
 #[derive(Debug, Default)]

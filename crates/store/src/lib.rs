@@ -12,6 +12,7 @@
 //! assigns the conversation's next `seq` with no gaps, and is idempotent per
 //! (conversation, sender, `client_msg_id`) forever, not just for a cache window.
 
+pub mod compliance;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod embedded;
@@ -22,6 +23,7 @@ pub mod review;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 
+pub use compliance::{EventBody, EventId, EventPage, MemberChange, StoredEvent};
 pub use error::{BoxError, StoreError};
 pub use meta::{MetaOp, MetaStore, Swap};
 pub use model::*;

@@ -9,6 +9,7 @@
 //! the same shape, keeping the status and axum's message. Routes are registered through
 //! [`utoipa_axum`], so a route cannot exist without its entry in the OpenAPI document.
 
+mod compliance;
 mod conversations;
 mod directory;
 mod files;
@@ -137,6 +138,7 @@ pub fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(posts::routes())
         .merge(files::routes())
         .merge(operations::backup_routes())
+        .merge(compliance::routes())
         .split_for_parts()
 }
 
