@@ -40,10 +40,15 @@ async fn events(base: &str, user: &str, after: &str, limit: usize) -> EventsPage
             .unwrap_or_default()
             .to_owned()
     };
-    let (next, has_more) = (header("chatd-next-cursor"), header("chatd-has-more") == "true");
+    let (next, has_more) = (
+        header("chatd-next-cursor"),
+        header("chatd-has-more") == "true",
+    );
     let body = resp.text().await.unwrap();
     let records = if status == 200 {
-        body.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        body.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     } else {
         Vec::new()
     };
@@ -78,7 +83,11 @@ async fn read_until(
         if !p.has_more && done(&out) {
             return (out, cursor);
         }
-        assert!(Instant::now() < deadline, "log incomplete: {} records", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "log incomplete: {} records",
+            out.len()
+        );
         if !p.has_more {
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
@@ -180,7 +189,10 @@ async fn pages_are_exact_with_equal_commit_times_and_sends_committed_while_pagin
     }
     // Exactly once, in seq order: nothing was skipped by a page that ran ahead of a commit.
     assert_unique_cursors(&records);
-    assert_eq!(message_keys(&records, &conv), (1..=total as u64).collect::<Vec<_>>());
+    assert_eq!(
+        message_keys(&records, &conv),
+        (1..=total as u64).collect::<Vec<_>>()
+    );
     let again = events(&base, "auditor", &cursor, 100).await;
     assert!(
         again.records.iter().all(|r| r["kind"] != "message"),
@@ -324,7 +336,9 @@ fn check_batch(files: &BTreeMap<String, Vec<u8>>) -> (Value, Vec<Value>) {
     assert_eq!(manifest["events"].as_u64().unwrap(), records.len() as u64);
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for r in &records {
-        *counts.entry(r["kind"].as_str().unwrap().to_owned()).or_default() += 1;
+        *counts
+            .entry(r["kind"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     assert_eq!(manifest["counts"], serde_json::to_value(&counts).unwrap());
     assert_eq!(manifest["last"], records.last().unwrap()["cursor"]);
@@ -342,7 +356,11 @@ fn check_batch(files: &BTreeMap<String, Vec<u8>>) -> (Value, Vec<Value>) {
         assert_eq!(&row[2], r["kind"].as_str().unwrap());
         if let Some(body) = r["message"]["body"].as_str() {
             // A would-be formula is defused in CSV only.
-            let want = if body.starts_with('=') { format!("'{body}") } else { body.to_owned() };
+            let want = if body.starts_with('=') {
+                format!("'{body}")
+            } else {
+                body.to_owned()
+            };
             assert_eq!(row[body_at], want);
         }
     }
@@ -395,7 +413,11 @@ fn all_batches(dir: &Path, identity: Option<&age::x25519::Identity>) -> Vec<Valu
     let mut last = Value::String(String::new());
     for path in found.values() {
         let (manifest, records) = check_batch(&open_batch(path, identity));
-        assert_eq!(manifest["after"], last, "batch {} continues the last", manifest["batch"]);
+        assert_eq!(
+            manifest["after"], last,
+            "batch {} continues the last",
+            manifest["batch"]
+        );
         last = manifest["last"].clone();
         out.extend(records);
     }
@@ -445,7 +467,10 @@ async fn export_batches_are_checksummed_zips_encrypted_to_the_company_key() {
     let dir = node.data_dir.join("compliance");
     let exported = all_batches(&dir, Some(&identity));
     assert!(batches(&dir).len() >= 3);
-    assert_eq!(status["batches"].as_u64().unwrap(), batches(&dir).len() as u64);
+    assert_eq!(
+        status["batches"].as_u64().unwrap(),
+        batches(&dir).len() as u64
+    );
     // The export holds the log as the API pages it (it may hold events committed later).
     assert_eq!(cursors(&exported)[..log.len()], cursors(&log)[..]);
     assert_eq!(status["events"].as_u64().unwrap(), exported.len() as u64);
@@ -519,7 +544,10 @@ async fn an_export_killed_mid_way_resumes_with_every_event_exactly_once() {
     }
     node.kill9();
     let written_before = batches(&dir).len();
-    assert!(written_before < log.len().div_ceil(10), "killed too late to test a resume");
+    assert!(
+        written_before < log.len().div_ceil(10),
+        "killed too late to test a resume"
+    );
 
     // The restarted node resumes the job by itself.
     let node = Node::spawn(data.path(), opts);
@@ -527,7 +555,11 @@ async fn an_export_killed_mid_way_resumes_with_every_event_exactly_once() {
     let status = export_done(&api, Duration::from_secs(60)).await;
     let exported = all_batches(&dir, None);
     assert_unique_cursors(&exported);
-    assert_eq!(cursors(&exported), cursors(&log), "every event exactly once, in order");
+    assert_eq!(
+        cursors(&exported),
+        cursors(&log),
+        "every event exactly once, in order"
+    );
     assert_eq!(status["events"].as_u64().unwrap(), log.len() as u64);
     assert_eq!(status["cursor"], exported.last().unwrap()["cursor"]);
 }
@@ -535,10 +567,7 @@ async fn an_export_killed_mid_way_resumes_with_every_event_exactly_once() {
 #[tokio::test]
 async fn cql_backend_pages_exactly_across_two_nodes() {
     let ks = unique_keyspace("compliance");
-    let cfg = |id: &str| {
-        cluster_node(&ks, id)
-            .env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
-    };
+    let cfg = |id: &str| cluster_node(&ks, id).env("CHATD_AUTH__ADMINS", r#"["boss"]"#);
     let a = Node::start_with(cfg("ca"));
     let b = Node::start_with(cfg("cb"));
     let api = Api::new(&a);
@@ -572,7 +601,11 @@ async fn cql_backend_pages_exactly_across_two_nodes() {
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
     let again = events(&a.http(), "boss", &cursor, 100).await;
-    assert!(again.records.iter().all(|r| r["kind"] != "message"), "{}", again.body);
+    assert!(
+        again.records.iter().all(|r| r["kind"] != "message"),
+        "{}",
+        again.body
+    );
     // The other node answers the same log.
     let (from_b, _) = read_until(&b.http(), "boss", "", 1000, Duration::from_secs(30), |r| {
         message_keys(r, &conv).len() >= 60

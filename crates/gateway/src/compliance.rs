@@ -305,7 +305,12 @@ pub fn csv(records: &[Record]) -> Result<Vec<u8>, ApiError> {
                     }
                 }
             }
-            EventBody::Recall { conv, seq, id, from } => {
+            EventBody::Recall {
+                conv,
+                seq,
+                id,
+                from,
+            } => {
                 row.insert("conv", conv.to_string());
                 row.insert("seq", seq.0.to_string());
                 row.insert("message_id", id.to_string());
@@ -325,13 +330,21 @@ pub fn csv(records: &[Record]) -> Result<Vec<u8>, ApiError> {
             EventBody::Audit { entry } => {
                 row.insert(
                     "conv",
-                    entry.conv.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+                    entry
+                        .conv
+                        .as_ref()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
                 );
                 row.insert("actor", entry.actor.to_string());
                 row.insert("action", entry.action.clone());
                 row.insert(
                     "target",
-                    entry.target.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                    entry
+                        .target
+                        .as_ref()
+                        .map(|t| t.to_string())
+                        .unwrap_or_default(),
                 );
                 row.insert("audit_message", entry.message.clone().unwrap_or_default());
                 row.insert("rule", entry.rule.clone().unwrap_or_default());
@@ -822,10 +835,9 @@ fn export_api_error(e: ExportError) -> ApiError {
     match e {
         ExportError::Api(a) => a,
         ExportError::Store(s) => s.into(),
-        ExportError::Superseded => ApiError::new(
-            ErrorCode::Conflict,
-            "the export changed meanwhile; retry",
-        ),
+        ExportError::Superseded => {
+            ApiError::new(ErrorCode::Conflict, "the export changed meanwhile; retry")
+        }
         other => ApiError::new(ErrorCode::Internal, other.to_string()),
     }
 }

@@ -216,7 +216,7 @@ pub async fn send(
             reply_to: req.reply_to,
             ts: now_ms(),
             participants,
-            moderation: Some(note.as_ref().map_or("allow", |n| n.action.as_str()).to_owned()),
+            moderation: Some(note.as_ref().map_or("allow".into(), |n| n.action.clone())),
         },
         access.audience(),
         Some(from.session.to_owned()),

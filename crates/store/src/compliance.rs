@@ -25,9 +25,7 @@ use std::time::{Duration, Instant};
 
 /// The position of an event in the log; events sort by `(ts, source, n)`. The default value
 /// is before every event.
-#[derive(
-    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EventId {
     /// Commit time of the writing process, ms since the epoch.
     pub ts: u64,

@@ -667,7 +667,13 @@ pub async fn compliance_log_records_every_change_in_order<S: Store + ReviewStore
     let mut first = new_msg(&c, "u1", "k1");
     first.moderation = Some("mask".into());
     let m1 = store.append(first).await.unwrap().message;
-    assert!(store.append(new_msg(&c, "u1", "k1")).await.unwrap().duplicate);
+    assert!(
+        store
+            .append(new_msg(&c, "u1", "k1"))
+            .await
+            .unwrap()
+            .duplicate
+    );
     let m2 = store.append(new_msg(&c, "u2", "k2")).await.unwrap().message;
     store.recall(&c, m1.seq).await.unwrap();
     let member = Member {
@@ -677,7 +683,10 @@ pub async fn compliance_log_records_every_change_in_order<S: Store + ReviewStore
     };
     store.put_member(&g, member).await.unwrap();
     assert!(store.remove_member(&g, &UserId::new("u2")).await.unwrap());
-    assert!(!store.remove_member(&g, &UserId::new("nobody")).await.unwrap());
+    assert!(!store
+        .remove_member(&g, &UserId::new("nobody"))
+        .await
+        .unwrap());
     let mut entry = AuditEntry::action(5, &UserId::new("boss"), "group.remove_member");
     entry.conv = Some(c.clone());
     store.audit(entry.clone()).await.unwrap();
@@ -700,10 +709,16 @@ pub async fn compliance_log_records_every_change_in_order<S: Store + ReviewStore
         }
     );
     assert!(matches!(&got[2].body, EventBody::Message { seq, .. } if *seq == m2.seq));
-    assert!(matches!(&got[3].body, EventBody::Recall { seq, id, .. } if *seq == m1.seq && *id == m1.id));
+    assert!(
+        matches!(&got[3].body, EventBody::Recall { seq, id, .. } if *seq == m1.seq && *id == m1.id)
+    );
     assert!(matches!(
         &got[4].body,
-        EventBody::Member { change: MemberChange::Put, role: Some(Role::Member), .. }
+        EventBody::Member {
+            change: MemberChange::Put,
+            role: Some(Role::Member),
+            ..
+        }
     ));
     assert!(matches!(
         &got[5].body,
@@ -717,15 +732,15 @@ pub async fn compliance_log_records_every_change_in_order<S: Store + ReviewStore
 
 /// Pages read while appends commit concurrently (some allocated before others that become
 /// durable first) see every append exactly once, in one stable order.
-pub async fn compliance_log_pages_exactly_under_concurrent_commits<S: Store + ReviewStore + Clone>(
+pub async fn compliance_log_pages_exactly_under_concurrent_commits<
+    S: Store + ReviewStore + Clone,
+>(
     store: &S,
 ) {
     let tag = unique("cc");
     let mine = {
         let tag = tag.clone();
-        move |e: &crate::EventBody| {
-            matches!(e, crate::EventBody::Message { conv, .. } if conv.as_str().contains(&tag))
-        }
+        move |e: &crate::EventBody| matches!(e, crate::EventBody::Message { conv, .. } if conv.as_str().contains(&tag))
     };
     let (_, start) = read_log(store, &crate::EventId::default(), 1000, 0, |_| false).await;
     let (writers, each) = (4usize, 25u64);
@@ -751,7 +766,11 @@ pub async fn compliance_log_pages_exactly_under_concurrent_commits<S: Store + Re
         }
         cursor = p.next.clone();
         seen.extend(p.events.into_iter().filter(|e| mine(&e.body)));
-        assert!(std::time::Instant::now() < deadline, "events missing: {}", seen.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events missing: {}",
+            seen.len()
+        );
         if !p.has_more {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
@@ -760,7 +779,10 @@ pub async fn compliance_log_pages_exactly_under_concurrent_commits<S: Store + Re
         t.await.unwrap();
     }
     let (late, _) = read_log(store, &cursor, 50, 0, &mine).await;
-    assert!(late.is_empty(), "an event appeared behind the cursor: {late:?}");
+    assert!(
+        late.is_empty(),
+        "an event appeared behind the cursor: {late:?}"
+    );
     let mut keys: Vec<(String, u64)> = seen
         .iter()
         .filter_map(|e| match &e.body {

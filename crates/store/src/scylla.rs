@@ -886,9 +886,7 @@ impl ScyllaStore {
                         },
                     );
                 } else {
-                    self.inner
-                        .events
-                        .failed(n, crate::compliance::FAILED_HOLD);
+                    self.inner.events.failed(n, crate::compliance::FAILED_HOLD);
                     tracing::error!(conv = %message.conv, seq = message.seq.0,
                         "retry queue full: the seq of a failed append stays a gap");
                 }
@@ -905,9 +903,7 @@ impl ScyllaStore {
                 })
             }
             Err(e) => {
-                self.inner
-                    .events
-                    .failed(n, crate::compliance::FAILED_HOLD);
+                self.inner.events.failed(n, crate::compliance::FAILED_HOLD);
                 tracing::error!(conv = %message.conv, seq = message.seq.0, error = %e,
                     "append failed: its seq stays a gap");
                 Err(e)
@@ -1172,7 +1168,9 @@ impl Store for ScyllaStore {
             let mut parts: Vec<(&PreparedStatement, BoxedRow)> = Vec::new();
             let mut events = Vec::new();
             for m in chunk {
-                let event = self.new_event(&compliance::member_put(&group.id, m)).await?;
+                let event = self
+                    .new_event(&compliance::member_put(&group.id, m))
+                    .await?;
                 parts.push(self.event_row(st, &event)?);
                 events.push(event.0.n);
                 parts.push((
@@ -1251,22 +1249,25 @@ impl Store for ScyllaStore {
             return Err(StoreError::NotFound(format!("group {id}")));
         }
         let event = self.new_event(&compliance::member_put(id, &member)).await?;
-        self.batch_with_events(vec![
-            self.event_row(st, &event)?,
-            (
-                &st.insert_member,
-                Box::new((
-                    id.0.clone(),
-                    member.user.0.clone(),
-                    enum_str(&member.role)?,
-                    to_i64(member.joined_at)?,
-                )),
-            ),
-            (
-                &st.insert_user_group,
-                Box::new((member.user.0.clone(), id.0.clone())),
-            ),
-        ], &[event.0.n])
+        self.batch_with_events(
+            vec![
+                self.event_row(st, &event)?,
+                (
+                    &st.insert_member,
+                    Box::new((
+                        id.0.clone(),
+                        member.user.0.clone(),
+                        enum_str(&member.role)?,
+                        to_i64(member.joined_at)?,
+                    )),
+                ),
+                (
+                    &st.insert_user_group,
+                    Box::new((member.user.0.clone(), id.0.clone())),
+                ),
+            ],
+            &[event.0.n],
+        )
         .await
     }
 
@@ -1483,7 +1484,9 @@ impl ReviewStore for ScyllaStore {
         let uid = uuid::Uuid::new_v4().simple().to_string();
         let row = json(&entry)?;
         let event = self
-            .new_event(&crate::EventBody::Audit { entry: entry.clone() })
+            .new_event(&crate::EventBody::Audit {
+                entry: entry.clone(),
+            })
             .await?;
         self.batch_with_events(
             vec![

@@ -35,7 +35,9 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// After how long without a refresh a source is taken for dead: well past any write it
 /// could still have had in flight.
 fn stale_after(request_timeout: Duration) -> u64 {
-    (request_timeout * 4).max(Duration::from_secs(30)).as_millis() as u64
+    (request_timeout * 4)
+        .max(Duration::from_secs(30))
+        .as_millis() as u64
 }
 
 fn wall_ms() -> u64 {
@@ -184,9 +186,7 @@ impl ScyllaStore {
             }
             Err(e) => {
                 for n in ns {
-                    self.inner
-                        .events
-                        .failed(*n, crate::compliance::FAILED_HOLD);
+                    self.inner.events.failed(*n, crate::compliance::FAILED_HOLD);
                 }
                 Err(e)
             }
