@@ -429,7 +429,9 @@ impl ScyllaStore {
                 .map_err(exec_err)?;
         }
         self.check_bucket_size(true).await?;
-        self.stmts().await.map(|_| ())
+        self.stmts().await?;
+        // This process's compliance source row, before it serves (see scylla/compliance.rs).
+        self.register().await
     }
 
     /// Compares the keyspace's recorded bucket size with the options (recording it first

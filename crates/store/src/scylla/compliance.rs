@@ -92,7 +92,7 @@ pub(super) async fn publish_loop(inner: Weak<Inner>) {
 impl ScyllaStore {
     /// Writes this process's source row (once, before its first event) and moves its clock
     /// past every floor already published.
-    async fn register(&self) -> Result<()> {
+    pub(super) async fn register(&self) -> Result<()> {
         self.inner
             .registered
             .get_or_try_init(|| async {
