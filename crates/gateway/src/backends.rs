@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::embedded::{EmbeddedOptions, EmbeddedStore};
 use store::scylla::{parse_consistency, ScyllaOptions, ScyllaStore};
-use store::{MetaStore, ReviewStore, SeqSource, Store, StoreError};
+use store::{AdminExport, MetaStore, ReviewStore, SeqSource, Store, StoreError};
 
 /// The three faces of one storage backend: messages, moderation records, admin records.
 pub struct Storage {
@@ -29,14 +29,17 @@ pub struct Storage {
     pub meta: Arc<dyn MetaStore>,
     /// The embedded store itself (embedded mode), for backups.
     pub embedded: Option<EmbeddedStore>,
+    /// Bulk reading of the administrative records, for `chatd export`.
+    pub admin: Arc<dyn AdminExport>,
 }
 
 impl Storage {
     /// One backend value that implements all three traits.
-    fn of<S: Store + ReviewStore + MetaStore + Clone>(s: S) -> Self {
+    fn of<S: Store + ReviewStore + MetaStore + AdminExport + Clone>(s: S) -> Self {
         Self {
             store: Arc::new(s.clone()),
             review: Arc::new(s.clone()),
+            admin: Arc::new(s.clone()),
             meta: Arc::new(s),
             embedded: None,
         }

@@ -17,11 +17,12 @@
 //! manifest, loads the pairs into a fresh database, and only then moves the result into the data
 //! directory. Secrets (`jwt.secret`) are not in the archive.
 
+use crate::archive::{check_entries, header_time, write_record, Hashing, HashingReader, Records};
+pub use crate::archive::{with_suffix, FileEntry};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::AppState;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -84,17 +85,6 @@ pub struct Header {
     pub created_at_ms: u64,
 }
 
-/// One entry of the archive with its size and checksum.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FileEntry {
-    /// Path inside the archive.
-    pub path: String,
-    /// Size in bytes.
-    pub bytes: u64,
-    /// SHA-256, hex.
-    pub sha256: String,
-}
-
 /// The last entry of an archive.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -126,51 +116,6 @@ pub fn backup_dir(config: &Config) -> PathBuf {
     }
 }
 
-/// A writer that hashes and counts what passes through.
-struct Hashing<W> {
-    inner: W,
-    hash: Sha256,
-    bytes: u64,
-}
-
-impl<W> Hashing<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hash: Sha256::new(),
-            bytes: 0,
-        }
-    }
-
-    fn finish(self, path: &str) -> (W, FileEntry) {
-        let entry = FileEntry {
-            path: path.to_owned(),
-            bytes: self.bytes,
-            sha256: hex::encode(self.hash.finalize()),
-        };
-        (self.inner, entry)
-    }
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// `path` with `suffix` appended to its file name (`a.tar.gz` -> `a.tar.gz.partial`).
-pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
 fn now_ms() -> u64 {
     crate::state::now_ms()
 }
@@ -196,17 +141,7 @@ pub fn create(store: &EmbeddedStore, files: &Path, out: &Path) -> Result<Manifes
         let (keyspaces, kv_entry) = {
             let file = File::create(&kv_path).map_err(io_err("creating the store dump"))?;
             let mut w = Hashing::new(BufWriter::new(file));
-            let counts = store.dump(|ks, k, v| {
-                let name_len = u16::try_from(ks.len()).map_err(io::Error::other)?;
-                let k_len = u32::try_from(k.len()).map_err(io::Error::other)?;
-                let v_len = u32::try_from(v.len()).map_err(io::Error::other)?;
-                w.write_all(&name_len.to_be_bytes())?;
-                w.write_all(ks.as_bytes())?;
-                w.write_all(&k_len.to_be_bytes())?;
-                w.write_all(k)?;
-                w.write_all(&v_len.to_be_bytes())?;
-                w.write_all(v)
-            })?;
+            let counts = store.dump(|ks, k, v| write_record(&mut w, ks, k, v))?;
             let (mut inner, entry) = w.finish("store.kv");
             inner.flush().map_err(io_err("writing the store dump"))?;
             (counts, entry)
@@ -235,18 +170,10 @@ pub fn create(store: &EmbeddedStore, files: &Path, out: &Path) -> Result<Manifes
             header.set_size(len);
             header.set_mode(0o644);
             header.set_mtime(header_time());
-            let mut reader = HashingReader {
-                inner: BufReader::new(f).take(len),
-                hash: Sha256::new(),
-                bytes: 0,
-            };
+            let mut reader = HashingReader::new(BufReader::new(f).take(len));
             tar.append_data(&mut header, &name, &mut reader)
                 .map_err(io_err(format!("archiving {}", path.display())))?;
-            entries.push(FileEntry {
-                path: name,
-                bytes: reader.bytes,
-                sha256: hex::encode(reader.hash.finalize()),
-            });
+            entries.push(reader.finish(&name));
         }
         let manifest = Manifest {
             header,
@@ -270,25 +197,6 @@ pub fn create(store: &EmbeddedStore, files: &Path, out: &Path) -> Result<Manifes
     result
 }
 
-struct HashingReader<R> {
-    inner: R,
-    hash: Sha256,
-    bytes: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-}
-
-fn header_time() -> u64 {
-    now_ms() / 1000
-}
-
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, BackupError> {
     serde_json::to_vec_pretty(v).map_err(|e| BackupError::Invalid(e.to_string()))
 }
@@ -298,12 +206,7 @@ fn append_bytes<W: Write>(
     name: &str,
     data: &[u8],
 ) -> Result<(), BackupError> {
-    let mut header = tar::Header::new_gnu();
-    header.set_size(data.len() as u64);
-    header.set_mode(0o644);
-    header.set_mtime(header_time());
-    tar.append_data(&mut header, name, data)
-        .map_err(io_err(format!("archiving {name}")))
+    crate::archive::append_bytes(tar, name, data).map_err(io_err(format!("archiving {name}")))
 }
 
 fn rel_string(rel: &Path) -> String {
@@ -473,23 +376,7 @@ pub fn restore(
                 "the manifest does not match the header".into(),
             ));
         }
-        for f in &manifest.files {
-            match seen.remove(&f.path) {
-                Some(got) if got == *f => {}
-                Some(_) => {
-                    return Err(BackupError::Invalid(format!(
-                        "{}: checksum mismatch",
-                        f.path
-                    )))
-                }
-                None => return Err(BackupError::Invalid(format!("{}: missing", f.path))),
-            }
-        }
-        if let Some(extra) = seen.keys().next() {
-            return Err(BackupError::Invalid(format!(
-                "{extra}: not in the manifest"
-            )));
-        }
+        check_entries(&manifest.files, seen).map_err(BackupError::Invalid)?;
         // 4. Load the pairs into a fresh database in the staging directory.
         let kv = File::open(staging.join("store.kv")).map_err(io_err("opening the store dump"))?;
         let counts = store::embedded::dump::load(&staging, Records(BufReader::new(kv)))?;
@@ -539,51 +426,6 @@ pub fn restore(
     })();
     let _ = std::fs::remove_dir_all(&staging);
     result
-}
-
-/// One `store.kv` record: keyspace, key, value.
-type Record = (String, Vec<u8>, Vec<u8>);
-
-/// Reads `store.kv` records.
-struct Records<R>(R);
-
-impl<R: Read> Records<R> {
-    fn read_record(&mut self) -> io::Result<Option<Record>> {
-        let mut len2 = [0u8; 2];
-        match self.0.read_exact(&mut len2) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        let mut name = vec![0u8; usize::from(u16::from_be_bytes(len2))];
-        self.0.read_exact(&mut name)?;
-        let name = String::from_utf8(name).map_err(io::Error::other)?;
-        let key = self.chunk()?;
-        let value = self.chunk()?;
-        Ok(Some((name, key, value)))
-    }
-
-    fn chunk(&mut self) -> io::Result<Vec<u8>> {
-        let mut len4 = [0u8; 4];
-        self.0.read_exact(&mut len4)?;
-        let len = u32::from_be_bytes(len4) as usize;
-        let mut buf = Vec::new();
-        (&mut self.0).take(len as u64).read_to_end(&mut buf)?;
-        if buf.len() != len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "truncated record",
-            ));
-        }
-        Ok(buf)
-    }
-}
-
-impl<R: Read> Iterator for Records<R> {
-    type Item = io::Result<Record>;
-    fn next(&mut self) -> Option<Self::Item> {
-        self.read_record().transpose()
-    }
 }
 
 /// Takes a backup into `backup.dir` and deletes the oldest beyond `backup.keep`; returns the
@@ -688,28 +530,6 @@ mod tests {
         assert!(safe_rel("../etc/passwd").is_none());
         assert!(safe_rel("/etc/passwd").is_none());
         assert!(safe_rel("files/../../x").is_none());
-    }
-
-    #[test]
-    fn records_round_trip() {
-        let mut buf = Vec::new();
-        for (ks, k, v) in [
-            ("messages", b"k1".as_slice(), b"v1".as_slice()),
-            ("users", b"", b"x"),
-        ] {
-            buf.extend((ks.len() as u16).to_be_bytes());
-            buf.extend(ks.as_bytes());
-            buf.extend((k.len() as u32).to_be_bytes());
-            buf.extend(k);
-            buf.extend((v.len() as u32).to_be_bytes());
-            buf.extend(v);
-        }
-        let got: Vec<_> = Records(buf.as_slice()).map(|r| r.unwrap()).collect();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[1], ("users".into(), vec![], b"x".to_vec()));
-        // Truncated: an error, not a short read.
-        let cut = &buf[..buf.len() - 1];
-        assert!(Records(cut).any(|r| r.is_err()));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Config {
     pub moderation: ModerationConfig,
     /// Group administration.
     pub groups: GroupsConfig,
+    /// Departing employees: scheduled erasure of deactivated accounts.
+    pub leavers: LeaversConfig,
     /// Attachments.
     pub files: FilesConfig,
     /// Prometheus metrics.
@@ -297,6 +299,26 @@ impl Default for GroupsConfig {
     }
 }
 
+/// `[leavers]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaversConfig {
+    /// Days after deactivation when an account is anonymised (unless a legal hold applies);
+    /// 0: never.
+    pub erase_after_days: u64,
+    /// Seconds between runs of the erasure job (when erasure is on).
+    pub erase_interval_secs: u64,
+}
+
+impl Default for LeaversConfig {
+    fn default() -> Self {
+        Self {
+            erase_after_days: 0,
+            erase_interval_secs: 3600,
+        }
+    }
+}
+
 /// `[files]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -551,6 +573,9 @@ pub struct ModerationConfig {
     pub rules_dir: PathBuf,
     /// How often to check the rule files for changes, ms (0: never).
     pub reload_poll_ms: u64,
+    /// How often each node re-reads the penalties in force from the store, ms (0: only at
+    /// start): the most a node that missed a penalty's broadcast lags behind.
+    pub penalty_refresh_ms: u64,
 }
 
 impl Default for ModerationConfig {
@@ -558,6 +583,7 @@ impl Default for ModerationConfig {
         Self {
             rules_dir: PathBuf::from("config/moderation"),
             reload_poll_ms: 2000,
+            penalty_refresh_ms: 5000,
         }
     }
 }

@@ -1,45 +1,75 @@
 //! Fault injection for end-to-end tests (feature `test-hooks` only, never in a release
 //! build): with `CHATD_TEST_FAIL_EVENTS=1` in the environment, the router refuses to publish
 //! `event` frames (messages and control messages still pass), so a test can check that a
-//! request whose change is stored still succeeds when its follow-up is lost.
+//! request whose change is stored still succeeds when its follow-up is lost. With
+//! `CHATD_TEST_FAIL_PENALTY_BROADCASTS=1` it refuses `PenaltyChanged` control messages, so a
+//! test can check that other nodes still learn a penalty (from the store) within the bound.
 
 use async_trait::async_trait;
 use protocol::{ServerFrame, UserId};
-use router::{Envelope, Payload, Router, RouterError, Sink};
+use router::{Control, Envelope, Payload, Router, RouterError, Sink};
 use std::sync::Arc;
 
-/// `router` as is, or wrapped so that it fails `event` frames when the environment asks.
+/// `router` as is, or wrapped so that it fails `event` frames (or penalty broadcasts) when
+/// the environment asks.
 pub fn wrap_router(router: Arc<dyn Router>) -> Arc<dyn Router> {
-    if std::env::var("CHATD_TEST_FAIL_EVENTS").is_ok_and(|v| v == "1") {
-        tracing::warn!("test hook: the router refuses event frames");
-        Arc::new(FailEvents(router))
-    } else {
-        router
+    let flag = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+    let (events, penalties) = (
+        flag("CHATD_TEST_FAIL_EVENTS"),
+        flag("CHATD_TEST_FAIL_PENALTY_BROADCASTS"),
+    );
+    if !events && !penalties {
+        return router;
     }
+    tracing::warn!(
+        events,
+        penalties,
+        "test hook: the router refuses some publishes"
+    );
+    Arc::new(FailEvents {
+        inner: router,
+        events,
+        penalties,
+    })
 }
 
-/// A router that refuses `event` frames and forwards everything else.
-struct FailEvents(Arc<dyn Router>);
+/// A router that refuses `event` frames (`events`) or `PenaltyChanged` control messages
+/// (`penalties`) and forwards everything else.
+struct FailEvents {
+    inner: Arc<dyn Router>,
+    events: bool,
+    penalties: bool,
+}
 
 #[async_trait]
 impl Router for FailEvents {
     fn attach(&self, sink: Arc<dyn Sink>) {
-        self.0.attach(sink)
+        self.inner.attach(sink)
     }
 
     async fn publish(&self, envelope: Envelope) -> Result<(), RouterError> {
-        if matches!(envelope.payload, Payload::Frame(ServerFrame::Event { .. })) {
+        if self.events && matches!(envelope.payload, Payload::Frame(ServerFrame::Event { .. })) {
             return Err(RouterError::Unavailable("test hook: events refused".into()));
         }
-        self.0.publish(envelope).await
+        if self.penalties
+            && matches!(
+                envelope.payload,
+                Payload::Control(Control::PenaltyChanged { .. })
+            )
+        {
+            return Err(RouterError::Unavailable(
+                "test hook: penalty broadcasts refused".into(),
+            ));
+        }
+        self.inner.publish(envelope).await
     }
 
     async fn session_opened(&self, user: &UserId) -> Result<(), RouterError> {
-        self.0.session_opened(user).await
+        self.inner.session_opened(user).await
     }
 
     async fn session_closed(&self, user: &UserId) -> Result<(), RouterError> {
-        self.0.session_closed(user).await
+        self.inner.session_closed(user).await
     }
 
     async fn session_described(
@@ -48,14 +78,16 @@ impl Router for FailEvents {
         session: &str,
         description: Vec<u8>,
     ) -> Result<(), RouterError> {
-        self.0.session_described(user, session, description).await
+        self.inner
+            .session_described(user, session, description)
+            .await
     }
 
     async fn session_forgotten(&self, user: &UserId, session: &str) -> Result<(), RouterError> {
-        self.0.session_forgotten(user, session).await
+        self.inner.session_forgotten(user, session).await
     }
 
     async fn remote_sessions(&self, user: &UserId) -> Result<Vec<Vec<u8>>, RouterError> {
-        self.0.remote_sessions(user).await
+        self.inner.remote_sessions(user).await
     }
 }

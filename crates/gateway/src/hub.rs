@@ -342,6 +342,11 @@ impl Sink for Hub {
                 }
                 Control::GroupChanged { group } => self.membership.invalidate(group),
                 Control::UserChanged { user } => self.membership.invalidate_user(user),
+                Control::PenaltyChanged {
+                    user,
+                    until,
+                    suspended,
+                } => self.membership.penalties.apply(user, *until, *suspended),
                 Control::TokensRevoked {
                     user,
                     token,

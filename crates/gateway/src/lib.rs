@@ -4,10 +4,12 @@
 //! `main.rs` is a thin CLI over [`server::Node`]; integration tests start the binary.
 
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod backends;
 pub mod backup;
 pub mod budget;
+pub mod cli;
 pub mod clock;
 pub mod compliance;
 pub mod config;
@@ -22,13 +24,16 @@ pub mod hashing;
 pub mod health;
 pub mod holdback;
 pub mod hub;
+pub mod leavers;
 pub mod listener;
 pub mod membership;
 pub mod messages;
+pub mod meta_archive;
 pub mod metrics;
 pub mod moderation;
 pub mod ops;
 pub mod order;
+pub mod penalties;
 pub mod policy;
 pub mod post_commit;
 pub mod posts;

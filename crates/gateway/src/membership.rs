@@ -111,6 +111,8 @@ pub struct Membership {
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Revoked tokens and users' cut-offs (cached in front of the store).
     pub revocations: Arc<crate::revocation::Revocations>,
+    /// Moderation penalties in force (cached in front of the store).
+    pub penalties: Arc<crate::penalties::Penalties>,
 }
 
 fn meta_err(e: crate::error::ApiError) -> StoreError {
@@ -123,6 +125,7 @@ impl Membership {
         Arc::new(Self {
             store,
             revocations: Arc::new(crate::revocation::Revocations::new(meta.clone())),
+            penalties: Arc::new(crate::penalties::Penalties::new(meta.clone())),
             meta,
             groups: DashMap::new(),
             accounts: DashMap::new(),

@@ -1,14 +1,16 @@
 //! The gateway's side of moderation: the current rule set (swapped atomically on hot reload),
-//! the escalation ladder, and the penalties it hands out (mute for a while, suspend until an
-//! admin lifts it).
+//! compiled group rules, and the escalation ladder in force.
 //!
-//! Penalties live in this node's memory: a restart forgets mutes, and in a cluster each node
-//! counts the violations it sees (documented in docs/MODERATION.md).
+//! The penalties the ladder hands out (mute for a while, suspend until an admin lifts it) and
+//! the violation counts behind them are shared by every node through the store: see
+//! [`crate::penalties`]. This module keeps only a per-node [`Escalator`], the fallback that
+//! counts violations while the store cannot be reached.
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use moderation::{
-    CheckContext, Escalator, GroupPolicy, GroupPolicySpec, LoadError, Moderator, Penalty, Verdict,
+    CheckContext, EscalationConfig, Escalator, GroupPolicy, GroupPolicySpec, LoadError, Moderator,
+    Penalty, Verdict,
 };
 use protocol::{GroupId, UserId};
 use std::path::{Path, PathBuf};
@@ -17,24 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// A penalty in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Restriction {
-    /// May not post until this time (ms since the epoch).
-    MutedUntil(u64),
-    /// May not post until an admin lifts it.
-    Suspended,
-}
-
-/// Rules, escalation and penalties.
+/// Rules and the escalation ladder.
 pub struct Moderation {
     rules: ArcSwap<Moderator>,
     /// Bumped by every rule reload: group policies compiled against older rules are rebuilt.
     generation: AtomicU64,
     /// Compiled per-group policies (see [`Moderation::group_policy`]).
     groups: DashMap<GroupId, CompiledGroup>,
+    /// Counts violations on this node only, while the store cannot be reached.
     escalator: Escalator,
-    restrictions: DashMap<UserId, Restriction>,
     dir: Option<PathBuf>,
 }
 
@@ -69,7 +62,6 @@ impl Moderation {
             generation: AtomicU64::new(0),
             groups: DashMap::new(),
             escalator,
-            restrictions: DashMap::new(),
             dir,
         })
     }
@@ -171,46 +163,19 @@ impl Moderation {
         });
     }
 
-    /// Counts a violation and returns the penalty it earns (already in force).
-    pub fn record_violation(&self, user: &UserId, now_ms: u64) -> Penalty {
-        let penalty = self.escalator.record(user.as_str(), Instant::now());
-        match penalty {
-            Penalty::Mute(d) => {
-                let until = now_ms + d.as_millis() as u64;
-                // A mute never shortens a suspension or a longer mute.
-                self.restrictions
-                    .entry(user.clone())
-                    .and_modify(|r| {
-                        if let Restriction::MutedUntil(t) = r {
-                            *t = (*t).max(until);
-                        }
-                    })
-                    .or_insert(Restriction::MutedUntil(until));
-            }
-            Penalty::Suspend => {
-                self.restrictions
-                    .insert(user.clone(), Restriction::Suspended);
-            }
-            Penalty::None | Penalty::Warn => {}
-        }
-        penalty
+    /// The escalation ladder of the rules in force (`[escalation]` of `policy.toml`).
+    pub fn escalation_config(&self) -> EscalationConfig {
+        self.rules.load().escalation_config().clone()
     }
 
-    /// The restriction on a user now, if any (expired mutes are dropped).
-    pub fn restriction(&self, user: &UserId, now_ms: u64) -> Option<Restriction> {
-        let r = *self.restrictions.get(user)?;
-        if let Restriction::MutedUntil(t) = r {
-            if t <= now_ms {
-                self.restrictions.remove(user);
-                return None;
-            }
-        }
-        Some(r)
+    /// Counts a violation on this node only and returns the penalty it reaches: the fallback
+    /// of [`crate::penalties::Penalties::record_violation`] when the store is unreachable.
+    pub fn record_locally(&self, user: &UserId) -> Penalty {
+        self.escalator.record(user.as_str(), Instant::now())
     }
 
-    /// Lifts any mute or suspension and resets the violation count.
+    /// Forgets the violations counted on this node (an administrator lifted the penalty).
     pub fn lift(&self, user: &UserId) {
-        self.restrictions.remove(user);
         self.escalator.lift(user.as_str());
     }
 }

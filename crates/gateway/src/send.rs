@@ -5,8 +5,8 @@
 //! -> ack. Held messages and approval-only groups leave the pipeline after moderation.
 
 use crate::error::ApiError;
-use crate::moderation::Restriction;
 use crate::order::Ticket;
+use crate::penalties::Restriction;
 use crate::policy::{Access, ModerationScope};
 use crate::state::{now_ms, AppState};
 use moderation::{Action, Penalty};
@@ -128,7 +128,7 @@ pub async fn send(
             (conv, access)
         }
     };
-    check_restriction(state, me)?;
+    check_restriction(state, me).await?;
     crate::messages::check_mentions(&access, me, &req.mentions)?;
     let mut req = req;
     if let Some(a) = &req.attachment {
@@ -278,9 +278,14 @@ async fn submit_for_approval(
     }))
 }
 
-/// Refuses senders who are muted or suspended.
-fn check_restriction(state: &AppState, user: &UserId) -> Result<(), ApiError> {
-    match state.moderation.restriction(user, now_ms()) {
+/// Refuses senders who are muted or suspended (on any node: see [`crate::penalties`]).
+async fn check_restriction(state: &AppState, user: &UserId) -> Result<(), ApiError> {
+    match state
+        .membership
+        .penalties
+        .restriction(user, now_ms())
+        .await?
+    {
         None => Ok(()),
         Some(Restriction::MutedUntil(until)) => Err(ApiError::new(
             ErrorCode::Muted,
@@ -320,7 +325,11 @@ async fn moderate(
         })
         .await;
     if verdict.escalate {
-        let penalty = state.moderation.record_violation(me, now);
+        let penalty = state
+            .membership
+            .penalties
+            .record_violation(&*state.router, &state.moderation, me, now)
+            .await;
         escalate(state, me, penalty, now).await;
     }
     let category = verdict.category.clone();

@@ -58,6 +58,7 @@ impl Node {
             review,
             meta,
             embedded,
+            ..
         } = crate::backends::open_store(&config).await?;
         let router = crate::backends::open_router(&config.router).await?;
         #[cfg(feature = "test-hooks")]
@@ -66,6 +67,14 @@ impl Node {
         membership
             .revocations
             .spawn_pruner(Duration::from_secs(3600), shutdown.clone());
+        membership
+            .penalties
+            .start(
+                Duration::from_millis(config.moderation.penalty_refresh_ms),
+                shutdown.clone(),
+            )
+            .await
+            .context("loading the moderation penalties")?;
         let hub = Hub::new(membership.clone());
         router.attach(
             crate::holdback::sink_for(&config, &hub, &store, &membership, &shutdown).await?,
@@ -192,6 +201,7 @@ impl Node {
         };
         crate::backup::spawn_scheduler(state.clone());
         crate::compliance::resume_at_start(&state).await;
+        crate::leavers::spawn_scheduler(state.clone());
         let draining = tokio::select! {
             _ = shutdown.cancelled() => false,
             _ = state.health.drain_requested() => true,

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("lib", 4),
     ("main", 4),
+    ("cli", 4),
     ("server", 4),
     ("api", 3),
     ("session", 3),
@@ -40,6 +41,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("moderation", 1),
     ("directory", 1),
     ("revocation", 1),
+    ("penalties", 1),
     ("post_commit", 1),
     ("faults", 1),
     ("auth", 1),
@@ -56,6 +58,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("health", 1),
     ("backup", 2),
     ("compliance", 2),
+    ("leavers", 2),
+    ("meta_archive", 2),
+    ("archive", 1),
 ];
 
 #[derive(Debug, Default)]

@@ -6,6 +6,11 @@
 //! is internally synchronized (one short mutex hold per call) and its memory is bounded: users
 //! whose violations have all left the window are evicted, and past `max_users` the least
 //! recently seen users go first.
+//!
+//! [`ViolationLog`] is the same sliding window in a form a shared store can hold: a user's
+//! recent violation times in wall-clock milliseconds, which any node of a cluster reads,
+//! extends and writes back with a compare-and-swap, so the ladder counts every violation
+//! whichever node saw it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -124,8 +129,58 @@ impl EscalationConfig {
         p
     }
 
-    fn max_needed(&self) -> usize {
+    /// How many violation times need keeping: the count of the ladder's last step (more
+    /// violations than that cannot climb any higher).
+    pub fn max_needed(&self) -> usize {
         self.ladder.last().map_or(1, |s| s.at as usize).max(1)
+    }
+
+    /// The window in milliseconds (at least 1 s, as [`Escalator`] uses it).
+    pub fn window_ms(&self) -> u64 {
+        self.window_secs.max(1).saturating_mul(1000)
+    }
+}
+
+/// One user's violations in the window, as kept in a shared store: times in milliseconds
+/// since the epoch, ascending, at most [`EscalationConfig::max_needed`] of them. The same
+/// sliding-window semantics as [`Escalator`], with wall-clock times so that several nodes
+/// can extend one log (a read-modify-write under a compare-and-swap).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViolationLog {
+    /// Violation times, ms since the epoch, oldest first.
+    #[serde(rename = "t", default)]
+    pub times: Vec<u64>,
+}
+
+impl ViolationLog {
+    /// Adds a violation at `now_ms`, drops what left the window (or is beyond what the
+    /// ladder needs) and returns the number of violations in the window.
+    pub fn record(&mut self, now_ms: u64, config: &EscalationConfig) -> usize {
+        self.prune(now_ms, config);
+        // Nodes' clocks differ a little: keep the times sorted whatever order they come in.
+        let at = self.times.partition_point(|t| *t <= now_ms);
+        self.times.insert(at, now_ms);
+        let keep = config.max_needed();
+        if self.times.len() > keep {
+            let extra = self.times.len() - keep;
+            self.times.drain(..extra);
+        }
+        self.times.len()
+    }
+
+    /// Number of violations in the window ending at `now_ms`.
+    pub fn count(&self, now_ms: u64, config: &EscalationConfig) -> usize {
+        let window = config.window_ms();
+        self.times
+            .iter()
+            .filter(|t| now_ms.saturating_sub(**t) < window)
+            .count()
+    }
+
+    /// Drops the times that left the window ending at `now_ms`.
+    pub fn prune(&mut self, now_ms: u64, config: &EscalationConfig) {
+        let window = config.window_ms();
+        self.times.retain(|t| now_ms.saturating_sub(*t) < window);
     }
 }
 
@@ -295,6 +350,42 @@ mod tests {
         assert_eq!(e.violations("user9999", t0 + Duration::from_secs(10)), 1);
         e.evict_idle(t0 + Duration::from_secs(3 * 24 * 3600));
         assert_eq!(e.tracked_users(), 0);
+    }
+
+    #[test]
+    fn a_violation_log_climbs_like_the_escalator() {
+        let cfg = EscalationConfig::default();
+        let e = Escalator::new(cfg.clone());
+        let mut log = ViolationLog::default();
+        let t0 = Instant::now();
+        let ms0 = 1_700_000_000_000u64;
+        let minute = 60_000u64;
+        for i in 0..12u64 {
+            let n = log.record(ms0 + i * minute, &cfg);
+            let expected = e.record("u", t0 + Duration::from_millis(i * minute));
+            assert_eq!(cfg.penalty_for(n), expected, "violation {i}");
+        }
+        assert_eq!(log.times.len(), cfg.max_needed(), "bounded by the ladder");
+        // The window slides: a day after the last one, none count, and the next is the first.
+        let later = ms0 + 11 * minute + 24 * 3600 * 1000;
+        assert_eq!(log.count(later, &cfg), 0);
+        assert_eq!(log.record(later, &cfg), 1);
+        assert_eq!(log.times, vec![later]);
+    }
+
+    #[test]
+    fn a_violation_log_keeps_times_sorted_across_skewed_clocks() {
+        let cfg = EscalationConfig::default();
+        let mut log = ViolationLog::default();
+        assert_eq!(log.record(5_000, &cfg), 1);
+        // Another node's clock is a little behind.
+        assert_eq!(log.record(4_000, &cfg), 2);
+        assert_eq!(log.record(6_000, &cfg), 3);
+        assert_eq!(log.times, vec![4_000, 5_000, 6_000]);
+        let json = serde_json::to_string(&log).unwrap();
+        assert_eq!(json, r#"{"t":[4000,5000,6000]}"#);
+        let back: ViolationLog = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, log);
     }
 
     #[test]

@@ -40,7 +40,7 @@ mod t2s_table;
 
 use serde::{Deserialize, Serialize};
 
-pub use escalation::{EscalationConfig, Escalator, LadderStep, Penalty, StepPenalty};
+pub use escalation::{EscalationConfig, Escalator, LadderStep, Penalty, StepPenalty, ViolationLog};
 pub use group::GroupPolicy;
 pub use load::{dir_fingerprint, LoadError};
 pub use moderator::{LoadStats, Moderator, ModeratorBuilder};

@@ -61,6 +61,16 @@ pub enum Control {
         /// When the revoked tokens have all expired (seconds since the epoch).
         until: u64,
     },
+    /// A user's moderation penalty changed (stored already): every node updates its cache of
+    /// users under penalty. Neither `until` nor `suspended`: lifted.
+    PenaltyChanged {
+        /// The user.
+        user: UserId,
+        /// Muted until this time (ms since the epoch), when muted.
+        until: Option<u64>,
+        /// Suspended until an administrator lifts it.
+        suspended: bool,
+    },
 }
 
 /// What an envelope carries.

@@ -11,8 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::{
-    AuditEntry, AuditQuery, Group, GroupKind, HeldMessage, Member, MetaOp, MetaStore, NewMessage,
-    ReviewStore, Role, Store, StoreError, Swap,
+    AdminExport, AdminRecord, AuditEntry, AuditQuery, Group, GroupKind, HeldMessage, Member,
+    MetaOp, MetaStore, NewMessage, ReviewStore, Role, Store, StoreError, Swap,
 };
 use protocol::{ConvId, GroupId, MessageId, MessageKind, Seq, UserId};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +51,7 @@ pub fn new_msg(conv: &ConvId, from: &str, client_msg_id: &str) -> NewMessage {
 }
 
 /// Runs every check of the suite.
-pub async fn run_all<S: Store + MetaStore + ReviewStore + Clone>(store: &S) {
+pub async fn run_all<S: Store + MetaStore + ReviewStore + AdminExport + Clone>(store: &S) {
     seqs_are_gap_free_and_ordered(store).await;
     appends_are_idempotent(store).await;
     concurrent_appends_keep_seq_dense(store).await;
@@ -67,9 +67,121 @@ pub async fn run_all<S: Store + MetaStore + ReviewStore + Clone>(store: &S) {
     marking_a_stored_seq_skipped_keeps_the_message(store).await;
     meta_records(store).await;
     meta_compare_and_swap(store).await;
+    meta_compare_and_delete(store).await;
     audit_log_and_review_queue(store).await;
     compliance_log_records_every_change_in_order(store).await;
     compliance_log_pages_exactly_under_concurrent_commits(store).await;
+    members_change_together(store).await;
+    admin_export_reads_every_record(store).await;
+}
+
+/// `put_members` writes several members at once: a change of owner in one step.
+pub async fn members_change_together<S: Store>(store: &S) {
+    let gid = GroupId::new(unique("g"));
+    let (old, new) = (UserId::new(unique("o")), UserId::new(unique("n")));
+    let group = Group {
+        id: gid.clone(),
+        name: "Handed over".into(),
+        kind: GroupKind::Project,
+        created_by: old.clone(),
+        created_at: 1,
+    };
+    let m = |u: &UserId, role| Member {
+        user: u.clone(),
+        role,
+        joined_at: 2,
+    };
+    store
+        .create_group(group, vec![m(&old, Role::Owner)])
+        .await
+        .unwrap();
+    store
+        .put_members(&gid, vec![m(&new, Role::Owner), m(&old, Role::Member)])
+        .await
+        .unwrap();
+    let mut members = store.members(&gid).await.unwrap();
+    members.sort_by(|a, b| a.user.cmp(&b.user));
+    let mut want = vec![m(&new, Role::Owner), m(&old, Role::Member)];
+    want.sort_by(|a, b| a.user.cmp(&b.user));
+    assert_eq!(members, want);
+    assert_eq!(store.user_groups(&new).await.unwrap(), vec![gid.clone()]);
+    let missing = GroupId::new(unique("nope"));
+    assert!(matches!(
+        store
+            .put_members(&missing, vec![m(&new, Role::Owner)])
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// `export_admin` reads back every record written through `MetaStore` and `ReviewStore`.
+pub async fn admin_export_reads_every_record<S: MetaStore + ReviewStore + AdminExport>(store: &S) {
+    let ns = unique("ns");
+    store
+        .apply(vec![
+            MetaOp::put(&ns, "a", b"1".to_vec()),
+            MetaOp::put(&ns, "b/c", b"{\"x\":2}".to_vec()),
+        ])
+        .await
+        .unwrap();
+    let actor = UserId::new(unique("exporter"));
+    let entry = AuditEntry::action(1_700_000_000_123, &actor, "test.export");
+    store.audit(entry.clone()).await.unwrap();
+    let conv = ConvId::group(&GroupId::new(unique("ex")));
+    let held = HeldMessage {
+        id: "r1".into(),
+        conv: conv.clone(),
+        from: actor.clone(),
+        client_msg_id: "c1".into(),
+        kind: MessageKind::Text,
+        body: "held".into(),
+        attachment: None,
+        mentions: vec![],
+        reply_to: None,
+        ts: 9,
+        category: None,
+        rule: None,
+    };
+    store.hold(held.clone()).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let reader = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(r) = rx.recv().await {
+            all.push(r);
+        }
+        all
+    });
+    store.export_admin(tx).await.unwrap();
+    let all = reader.await.unwrap();
+    let mine: Vec<&AdminRecord> = all
+        .iter()
+        .filter(|r| matches!(r, AdminRecord::Meta { ns: n, .. } if *n == ns))
+        .collect();
+    assert_eq!(
+        mine,
+        vec![
+            &AdminRecord::Meta {
+                ns: ns.clone(),
+                key: "a".into(),
+                value: b"1".to_vec()
+            },
+            &AdminRecord::Meta {
+                ns: ns.clone(),
+                key: "b/c".into(),
+                value: b"{\"x\":2}".to_vec()
+            },
+        ]
+    );
+    assert!(all.contains(&AdminRecord::Audit(entry)));
+    assert!(all.contains(&AdminRecord::Held(held)));
+    // Meta records come first, then the audit log, then the review queue.
+    let kind = |r: &AdminRecord| match r {
+        AdminRecord::Meta { .. } => 0,
+        AdminRecord::Audit(_) => 1,
+        AdminRecord::Held(_) => 2,
+    };
+    assert!(all.windows(2).all(|w| kind(&w[0]) <= kind(&w[1])));
+    assert!(!crate::admin_export::is_empty(store).await.unwrap());
 }
 
 /// `mark_skipped` never replaces a stored message: it returns it as it is (what a backend
@@ -494,6 +606,53 @@ pub async fn meta_compare_and_swap<S: MetaStore + Clone>(store: &S) {
     );
 }
 
+/// Compare-and-delete: deletes only the expected value, and a refusal answers what is stored.
+pub async fn meta_compare_and_delete<S: MetaStore>(store: &S) {
+    let ns = unique("cad");
+    store
+        .apply(vec![MetaOp::put(&ns, "k", b"1".to_vec())])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .compare_and_delete(&ns, "k", b"0".to_vec())
+            .await
+            .unwrap(),
+        Swap::Current(Some(b"1".to_vec()))
+    );
+    assert_eq!(store.get(&ns, "k").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        store
+            .compare_and_delete(&ns, "k", b"1".to_vec())
+            .await
+            .unwrap(),
+        Swap::Done
+    );
+    assert_eq!(store.get(&ns, "k").await.unwrap(), None);
+    assert_eq!(
+        store
+            .compare_and_delete(&ns, "k", b"1".to_vec())
+            .await
+            .unwrap(),
+        Swap::Current(None)
+    );
+    // A record written again after the delete is a new value: kept.
+    assert_eq!(
+        store
+            .compare_and_swap(&ns, "k", None, b"2".to_vec())
+            .await
+            .unwrap(),
+        Swap::Done
+    );
+    assert_eq!(
+        store
+            .compare_and_delete(&ns, "k", b"1".to_vec())
+            .await
+            .unwrap(),
+        Swap::Current(Some(b"2".to_vec()))
+    );
+}
+
 async fn futures_join<S: MetaStore>(store: &S, ns: &str) -> Vec<bool> {
     let a = store.insert_new(ns, "race", b"a".to_vec());
     let b = store.insert_new(ns, "race", b"b".to_vec());
@@ -690,13 +849,33 @@ pub async fn compliance_log_records_every_change_in_order<S: Store + ReviewStore
     let mut entry = AuditEntry::action(5, &UserId::new("boss"), "group.remove_member");
     entry.conv = Some(c.clone());
     store.audit(entry.clone()).await.unwrap();
+    // A hand-over writes both members at once: one event each.
+    let owner = |u: &str, role| Member {
+        user: UserId::new(u),
+        role,
+        joined_at: 3,
+    };
+    store
+        .put_members(
+            &g,
+            vec![owner("u3", Role::Owner), owner("u1", Role::Member)],
+        )
+        .await
+        .unwrap();
 
-    let (got, _) = read_log(store, &start, 2, 7, mine).await;
+    let (got, _) = read_log(store, &start, 2, 9, mine).await;
     let kinds: Vec<&str> = got.iter().map(|e| e.body.kind()).collect();
     assert_eq!(
         kinds,
-        ["member", "message", "message", "recall", "member", "member", "audit"]
+        [
+            "member", "message", "message", "recall", "member", "member", "audit", "member",
+            "member"
+        ]
     );
+    assert!(matches!(
+        &got[7].body,
+        EventBody::Member { user, role: Some(Role::Owner), .. } if user.as_str() == "u3"
+    ));
     assert_eq!(
         got[1].body,
         EventBody::Message {

@@ -770,6 +770,27 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn put_members(&self, id: &GroupId, members: Vec<Member>) -> Result<()> {
+        let id = id.clone();
+        self.write(move |ks, state| {
+            if !ks.groups.contains_key(id.as_str()).map_err(backend)? {
+                return Ok(Err(StoreError::NotFound(format!("group {id}"))));
+            }
+            let g = id.as_str().as_bytes();
+            let mut batch = ks.db.batch();
+            for member in &members {
+                let u = member.user.as_str().as_bytes();
+                batch.insert(&ks.members, key(&[g, u]), json(member)?);
+                batch.insert(&ks.user_groups, key(&[u, g]), []);
+                let (k, v) = ks.event(state, &member_put(&id, member))?;
+                batch.insert(&ks.compliance, k, v);
+            }
+            batch.commit().map_err(backend)?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
     async fn remove_member(&self, id: &GroupId, user: &UserId) -> Result<bool> {
         let (id, user) = (id.clone(), user.clone());
         self.write(move |ks, state| {
@@ -946,6 +967,20 @@ impl MetaStore for EmbeddedStore {
                 return Ok(Ok(Swap::Current(current.map(|v| v.to_vec()))));
             }
             ks.meta.insert(k, new).map_err(backend)?;
+            Ok(Ok(Swap::Done))
+        })
+        .await
+    }
+
+    async fn compare_and_delete(&self, ns: &str, key: &str, expected: Vec<u8>) -> Result<Swap> {
+        let k = meta_key(ns, key);
+        // One writer job: compare-then-delete is atomic, as in `compare_and_swap`.
+        self.write(move |ks, _| {
+            let current = ks.meta.get(&k).map_err(backend)?;
+            if current.as_deref() != Some(expected.as_slice()) {
+                return Ok(Ok(Swap::Current(current.map(|v| v.to_vec()))));
+            }
+            ks.meta.remove(k).map_err(backend)?;
             Ok(Ok(Swap::Done))
         })
         .await

@@ -12,6 +12,7 @@
 //! assigns the conversation's next `seq` with no gaps, and is idempotent per
 //! (conversation, sender, `client_msg_id`) forever, not just for a cache window.
 
+pub mod admin_export;
 pub mod compliance;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -23,6 +24,7 @@ pub mod review;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 
+pub use admin_export::{AdminExport, AdminRecord};
 pub use compliance::{EventBody, EventId, EventPage, MemberChange, StoredEvent};
 pub use error::{BoxError, StoreError};
 pub use meta::{MetaOp, MetaStore, Swap};
@@ -92,6 +94,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds a member or changes their role; `NotFound` if the group does not exist.
     async fn put_member(&self, id: &GroupId, member: Member) -> Result<()>;
+
+    /// Adds or changes several members of one group in one atomic write (all of them or
+    /// none), such as a change of owner (the new owner promoted and the old one demoted
+    /// together, so a group never has two owners or none); `NotFound` if the group does not
+    /// exist.
+    async fn put_members(&self, id: &GroupId, members: Vec<Member>) -> Result<()>;
 
     /// Removes a member; returns whether they were one.
     async fn remove_member(&self, id: &GroupId, user: &UserId) -> Result<bool>;

@@ -93,6 +93,12 @@ pub trait MetaStore: Send + Sync + 'static {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Result<Swap>;
+
+    /// Deletes `ns/key` only if the stored value is still `expected`: [`Swap::Done`] when it
+    /// was deleted, else what is stored (`None`: nothing). Atomic like
+    /// [`MetaStore::compare_and_swap`], so pruning a record that has ended never deletes a
+    /// newer value another node wrote meanwhile.
+    async fn compare_and_delete(&self, ns: &str, key: &str, expected: Vec<u8>) -> Result<Swap>;
 }
 
 /// The upper bound of a key prefix for range scans: the prefix followed by the largest

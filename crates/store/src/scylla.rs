@@ -1273,6 +1273,38 @@ impl Store for ScyllaStore {
         .await
     }
 
+    async fn put_members(&self, id: &GroupId, members: Vec<Member>) -> Result<()> {
+        let st = self.stmts().await?;
+        if self.group(id).await?.is_none() {
+            return Err(StoreError::NotFound(format!("group {id}")));
+        }
+        // One logged batch: every row or none (members and the reverse index together).
+        let mut parts: Vec<(&PreparedStatement, BoxedRow)> = Vec::new();
+        let mut events = Vec::new();
+        for member in members {
+            let event = self.new_event(&compliance::member_put(id, &member)).await?;
+            parts.push(self.event_row(st, &event)?);
+            events.push(event.0.n);
+            parts.push((
+                &st.insert_member,
+                Box::new((
+                    id.0.clone(),
+                    member.user.0.clone(),
+                    enum_str(&member.role)?,
+                    to_i64(member.joined_at)?,
+                )),
+            ));
+            parts.push((
+                &st.insert_user_group,
+                Box::new((member.user.0.clone(), id.0.clone())),
+            ));
+        }
+        match parts.len() {
+            0 => Ok(()),
+            _ => self.batch_with_events(parts, &events).await,
+        }
+    }
+
     async fn remove_member(&self, id: &GroupId, user: &UserId) -> Result<bool> {
         let st = self.stmts().await?;
         let row: Option<(String,)> = self
@@ -1435,6 +1467,16 @@ impl MetaStore for ScyllaStore {
             Some(current) => Swap::Current(current),
         })
     }
+
+    async fn compare_and_delete(&self, ns: &str, key: &str, expected: Vec<u8>) -> Result<Swap> {
+        let st = self.stmts().await?;
+        Ok(
+            match self.lwt(&st.delete_if_meta_kv, (ns, key, expected)).await? {
+                None => Swap::Done,
+                Some(current) => Swap::Current(current),
+            },
+        )
+    }
 }
 
 impl ScyllaStore {
@@ -1578,6 +1620,57 @@ impl ReviewStore for ScyllaStore {
         let held: HeldMessage = unjson(&entry)?;
         self.exec(&st.delete_held, (conv.as_str(), id)).await?;
         Ok(Some(held))
+    }
+}
+
+#[async_trait]
+impl crate::AdminExport for ScyllaStore {
+    /// Three full-table reads (`meta`, `audit`, `held`), paged by the driver.
+    async fn export_admin(&self, out: tokio::sync::mpsc::Sender<crate::AdminRecord>) -> Result<()> {
+        use crate::AdminRecord;
+        self.check_open()?;
+        let session = &self.inner.session;
+        let ks = &self.inner.opts.keyspace;
+        let prepare = |cql: String| async move {
+            let mut s = session.prepare(cql).await.map_err(cql::prepare_err)?;
+            s.set_page_size(cql::PAGE_SIZE);
+            Ok::<_, StoreError>(s)
+        };
+        let meta = prepare(format!("SELECT ns, key, value FROM {ks}.meta")).await?;
+        let mut rows = session
+            .execute_iter(meta, ())
+            .await
+            .map_err(cql::pager_err)?
+            .rows_stream::<(String, String, Vec<u8>)>()
+            .map_err(cql::decode_err)?;
+        while let Some((ns, key, value)) = rows.try_next().await.map_err(cql::next_row_err)? {
+            if out
+                .send(AdminRecord::Meta { ns, key, value })
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        for table in ["audit", "held"] {
+            let st = prepare(format!("SELECT entry FROM {ks}.{table}")).await?;
+            let mut rows = session
+                .execute_iter(st, ())
+                .await
+                .map_err(cql::pager_err)?
+                .rows_stream::<(String,)>()
+                .map_err(cql::decode_err)?;
+            while let Some((entry,)) = rows.try_next().await.map_err(cql::next_row_err)? {
+                let record = match table {
+                    "audit" => AdminRecord::Audit(unjson(&entry)?),
+                    _ => AdminRecord::Held(unjson(&entry)?),
+                };
+                if out.send(record).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -10,8 +10,10 @@ use crate::directory::{
 use crate::error::{ApiError, ErrorBody};
 use crate::groups;
 use crate::hub::SessionDescription;
+use crate::leavers::{self, Deactivated};
 use crate::post_commit;
 use crate::state::{now_ms, AppState};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -368,7 +370,8 @@ async fn search_users(
     ))
 }
 
-/// One account (internal users; company administrators see deactivated ones too).
+/// One account (internal users). Deactivated accounts are shown too, so that a client can
+/// name the author of old messages (an erased one reads "Former employee …").
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "directory", security(("bearer" = [])),
     params(("id" = String, Path, description = "User id")),
     responses((status = 200, body = Account), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -387,7 +390,6 @@ async fn get_user(
         .membership
         .account(&UserId::new(&id))
         .await?
-        .filter(|a| admin || a.is_active() || me.as_str() == id)
         .ok_or_else(|| ApiError::not_found(format!("no user {id}")))?;
     Ok(Json(account.as_ref().clone()))
 }
@@ -473,38 +475,44 @@ async fn update_user(
     Ok(Json(account))
 }
 
+/// `POST /v1/users/{id}/deactivate` body (optional: no body, or `{}`, names no successor).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deactivate {
+    /// Who takes over every group the user owns (becomes its owner; the leaver stays a plain
+    /// member): an active, internal account. Required when the user owns groups.
+    #[serde(default)]
+    successor: Option<UserId>,
+}
+
 /// Deactivates an account (company administrators): its tokens stop working and every
-/// session closes with 4001 on every node.
+/// session closes with 4001 on every node, and every group it owns is handed to `successor`
+/// (one atomic change per group, audited, announced to the members). Refused with 409 when
+/// the user owns groups and no successor is named. Works for users known only from their
+/// tokens (no directory record): a deactivated record is created for them.
 #[utoipa::path(post, path = "/v1/users/{id}/deactivate", tag = "directory", security(("bearer" = [])),
+    request_body(content = Deactivate, description = "Optional; needed when the user owns groups"),
     params(("id" = String, Path, description = "User id")),
-    responses((status = 200, body = Account), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Deactivated), (status = 400, description = "Not a user id, yourself, or a successor who cannot take over (deactivated, external, the leaver)", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No such successor", body = ErrorBody),
+        (status = 409, description = "The user owns groups and no successor was named (the message lists them)", body = ErrorBody)))]
 async fn deactivate(
     State(state): State<AppState>,
     Caller(me): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Account>, ApiError> {
+    body: Bytes,
+) -> Result<Json<Deactivated>, ApiError> {
     state.require_company_admin(&me)?;
-    if me.as_str() == id {
-        return Err(ApiError::bad_request("id: you cannot deactivate yourself"));
-    }
-    let mut account = load(&state, &id).await?;
-    account.status = Status::Deactivated;
-    // Every token issued up to now is revoked, also after a later re-activation.
-    account.tokens_valid_after = crate::clock::now_secs() + 1;
-    account.updated_at = now_ms();
-    save(&state, &account).await?;
-    let control = Control::Disconnect {
-        code: close::SIGNED_OUT,
-        reason: "account deactivated".into(),
-        session: None,
+    let req: Deactivate = if body.iter().all(u8::is_ascii_whitespace) {
+        Deactivate::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?
     };
-    // Stored: the disconnect is best effort (a node that misses it refuses the account's
-    // tokens anyway once it re-reads the account).
-    post_commit::control(&*state.router, vec![account.id.clone()], control).await;
-    state
-        .audit(audit(&me, "user.deactivate", Some(&account.id), None))
-        .await;
-    Ok(Json(account))
+    Ok(Json(
+        leavers::deactivate(&state, &me, &id, req.successor).await?,
+    ))
 }
 
 /// Re-activates an account (company administrators); old tokens stay revoked.
@@ -521,6 +529,8 @@ async fn activate(
     account.status = Status::Active;
     account.updated_at = now_ms();
     save(&state, &account).await?;
+    // No longer a leaver: a pending erasure is cancelled.
+    leavers::reactivated(&state, &account.id).await?;
     state
         .audit(audit(&me, "user.activate", Some(&account.id), None))
         .await;

@@ -599,32 +599,22 @@ async fn transfer(
     if req.user == owner {
         return Err(ApiError::bad_request("user: already the owner"));
     }
-    let Some(previous) = view.role_of(&req.user) else {
+    if view.role_of(&req.user).is_none() {
         return Err(ApiError::not_found(format!("{} is not a member", req.user)));
-    };
+    }
     let now = now_ms();
+    // Promotion and demotion in one atomic write: never two owners, never none.
     let promote = Member {
         user: req.user.clone(),
         role: Role::Owner,
         joined_at: now,
     };
-    state.store.put_member(&id, promote).await?;
     let demote = Member {
         user: owner.clone(),
         role: Role::Admin,
         joined_at: now,
     };
-    if let Err(e) = state.store.put_member(&id, demote).await {
-        // Undo the promotion: never leave two owners behind.
-        let undo = Member {
-            user: req.user.clone(),
-            role: previous,
-            joined_at: now,
-        };
-        let _ = state.store.put_member(&id, undo).await;
-        changed(&state, &id).await;
-        return Err(e.into());
-    }
+    state.store.put_members(&id, vec![promote, demote]).await?;
     changed(&state, &id).await;
     state
         .audit(audit_entry(&me, "group.transfer", &id, Some(&req.user)))

@@ -267,7 +267,7 @@ async fn reload_rules(
 /// Lifts a user's moderation penalty (mute or suspension) (company admins).
 #[utoipa::path(post, path = "/v1/admin/users/{user}/lift", tag = "admin", security(("bearer" = [])),
     params(("user" = String, Path, description = "User id")),
-    responses((status = 204, description = "Lifted"), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
+    responses((status = 204, description = "Lifted"), (status = 400, body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody)))]
 async fn lift(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -275,6 +275,14 @@ async fn lift(
 ) -> Result<StatusCode, ApiError> {
     require_company_admin(&state, &me)?;
     let user = UserId::new(user);
+    if !user.is_valid() {
+        return Err(ApiError::bad_request("user: not a user id"));
+    }
+    state
+        .membership
+        .penalties
+        .lift(&*state.router, &user)
+        .await?;
     state.moderation.lift(&user);
     state
         .audit(

@@ -6,8 +6,9 @@
 //! independent of fjall's file layout; what the keys and values mean is versioned by
 //! [`SCHEMA_VERSION`].
 
-use super::{backend, EmbeddedStore, MEMTABLE_BYTES};
-use crate::Result;
+use super::{backend, unjson, EmbeddedStore, MEMTABLE_BYTES, SEP};
+use crate::{AdminExport, AdminRecord, Result};
+use async_trait::async_trait;
 use fjall::{Database, KeyspaceCreateOptions, PersistMode, Readable};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -51,6 +52,50 @@ impl EmbeddedStore {
             counts.insert(name, n);
         }
         Ok(counts)
+    }
+}
+
+#[async_trait]
+impl AdminExport for EmbeddedStore {
+    /// Reads the `meta`, `audit` and `held` keyspaces under one snapshot, on a blocking
+    /// thread.
+    async fn export_admin(&self, out: tokio::sync::mpsc::Sender<AdminRecord>) -> Result<()> {
+        let ks = self.ks.clone();
+        tokio::task::spawn_blocking(move || {
+            let snapshot = ks.db.snapshot();
+            // `Err(())`: the receiver is gone, stop quietly.
+            let send = |r: AdminRecord| out.blocking_send(r).map_err(|_| ());
+            for guard in snapshot.iter(&ks.meta) {
+                let (k, v) = guard.into_inner().map_err(backend)?;
+                // `ns \0 key`: namespaces never contain NUL.
+                let Some(at) = k.iter().position(|b| *b == SEP) else {
+                    continue;
+                };
+                let record = AdminRecord::Meta {
+                    ns: String::from_utf8_lossy(&k[..at]).into_owned(),
+                    key: String::from_utf8_lossy(&k[at + 1..]).into_owned(),
+                    value: v.to_vec(),
+                };
+                if send(record).is_err() {
+                    return Ok(());
+                }
+            }
+            for guard in snapshot.iter(&ks.audit) {
+                let (_, v) = guard.into_inner().map_err(backend)?;
+                if send(AdminRecord::Audit(unjson(&v)?)).is_err() {
+                    return Ok(());
+                }
+            }
+            for guard in snapshot.iter(&ks.held) {
+                let (_, v) = guard.into_inner().map_err(backend)?;
+                if send(AdminRecord::Held(unjson(&v)?)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| crate::StoreError::backend_with("export task", e))?
     }
 }
 

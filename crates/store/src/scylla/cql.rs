@@ -191,6 +191,7 @@ pub(super) struct Statements {
     pub delete_source: PreparedStatement,
     pub insert_origin: PreparedStatement,
     pub select_origin: PreparedStatement,
+    pub delete_if_meta_kv: PreparedStatement,
 }
 
 impl Statements {
@@ -423,6 +424,16 @@ impl Statements {
                 "SELECT value FROM {ks}.settings WHERE name = 'compliance_origin'"
             ))
             .await?,
+            // Compare-and-delete (pruning ended moderation penalties): a lightweight
+            // transaction, rare and off the message path.
+            delete_if_meta_kv: {
+                let mut s = p(format!(
+                    "DELETE FROM {ks}.meta WHERE ns = ? AND key = ? IF value = ?"
+                ))
+                .await?;
+                s.set_is_idempotent(false);
+                s
+            },
         })
     }
 }
