@@ -1,6 +1,7 @@
 //! `chatd`: run a node (`chatd serve`, the default), mint a token (`chatd token`), back up or
 //! restore an embedded node (`chatd backup`, `chatd restore`), export or import a cluster's
-//! metadata (`chatd export`, `chatd import`; docs/OPERATIONS.md).
+//! metadata (`chatd export`, `chatd import`), export conversations for compliance
+//! (`chatd export-compliance`; docs/OPERATIONS.md).
 
 use crate::auth::Auth;
 use crate::config::Config;
@@ -100,11 +101,49 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Export the compliance event log after the last export's cursor into batch files in
+    /// compliance.dir, then exit (embedded mode: the node must be stopped; cluster mode: any
+    /// time). A running node does the same with `POST /v1/admin/compliance/exports`.
+    ExportCompliance {
+        /// Override server.data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 /// Log filter when `CHATD_LOG` is unset: the storage engine's routine notes (flushes, ingestion)
 /// only from warnings up.
 const DEFAULT_LOG: &str = "info,fjall=warn,lsm_tree=warn";
+
+/// `chatd export-compliance`: runs the export job (or the interrupted one) to the end.
+async fn export_compliance(config: &Config) -> anyhow::Result<()> {
+    let storage = crate::backends::open_store(config)
+        .await
+        .context("opening the store (embedded mode: is the node still running?)")?;
+    let ex = crate::compliance::Exporter {
+        sources: crate::compliance::Sources {
+            store: &*storage.store,
+            review: &*storage.review,
+        },
+        meta: &*storage.meta,
+        config,
+    };
+    let result = async {
+        ex.begin("chatd export-compliance").await?;
+        ex.run(&CancellationToken::new()).await?;
+        ex.status().await
+    }
+    .await;
+    storage.store.close().await?;
+    let (status, _) = result?;
+    use std::io::Write;
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(&status)?
+    )?;
+    Ok(())
+}
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CHATD_LOG")
@@ -225,6 +264,15 @@ pub fn main() -> anyhow::Result<()> {
                 storage.store.close().await?;
                 print_export(&from, &result?)
             })
+        }
+        Command::ExportCompliance { data_dir } => {
+            if let Some(d) = data_dir {
+                config.server.data_dir = d;
+            }
+            init_tracing();
+            crate::compliance::check_config(&config).map_err(anyhow::Error::msg)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(export_compliance(&config))
         }
         Command::Migrate => {
             init_tracing();

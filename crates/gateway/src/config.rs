@@ -36,6 +36,8 @@ pub struct Config {
     pub backup: BackupConfig,
     /// The retention job (policies themselves are records set through the admin API).
     pub retention: RetentionConfig,
+    /// `[compliance]`: the compliance event API and batch export (docs/OPERATIONS.md).
+    pub compliance: ComplianceConfig,
 }
 
 /// `[retention]`
@@ -58,6 +60,39 @@ impl Default for RetentionConfig {
             interval_secs: 3600,
             batch: 500,
             report_conversations: 1000,
+        }
+    }
+}
+
+/// `[compliance]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// Users who may read the compliance events and run exports, besides the company
+    /// administrators (`auth.admins`).
+    pub officers: Vec<String>,
+    /// Most events one `GET /v1/admin/compliance/events` page may ask for.
+    pub max_page: usize,
+    /// Pages being read at once on this node (each reads up to `max_page` events and their
+    /// messages); further requests get 503 with `retry`.
+    pub max_concurrent_reads: usize,
+    /// Where export batches are written (`""`: `compliance/` under `server.data_dir`).
+    pub dir: PathBuf,
+    /// Events per export batch (one zip file each), at most 10,000.
+    pub batch_events: usize,
+    /// An age X25519 recipient (`age1...`): batches are encrypted to it. Empty: not encrypted.
+    pub public_key: String,
+}
+
+impl Default for ComplianceConfig {
+    fn default() -> Self {
+        Self {
+            officers: Vec::new(),
+            max_page: 1000,
+            max_concurrent_reads: 2,
+            dir: PathBuf::new(),
+            batch_events: 5000,
+            public_key: String::new(),
         }
     }
 }

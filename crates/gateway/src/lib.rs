@@ -11,6 +11,7 @@ pub mod backup;
 pub mod budget;
 pub mod cli;
 pub mod clock;
+pub mod compliance;
 pub mod config;
 pub mod directory;
 pub mod error;

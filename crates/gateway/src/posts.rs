@@ -198,6 +198,7 @@ async fn publish_post(state: &AppState, me: &UserId, mut post: Post) -> Result<P
                     reply_to: None,
                     ts: now_ms(),
                     participants: Vec::new(),
+                    moderation: Some("approval".into()),
                 },
                 view.members.as_ref().clone(),
                 None,

@@ -218,6 +218,7 @@ pub async fn send(
             reply_to: req.reply_to,
             ts: now_ms(),
             participants,
+            moderation: Some(note.as_ref().map_or("allow".into(), |n| n.action.clone())),
         },
         access.audience(),
         Some(from.session.to_owned()),

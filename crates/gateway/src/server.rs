@@ -35,6 +35,7 @@ impl Node {
     pub async fn bind(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let auth = Auth::from_config(&config.auth, &config.server)
             .context("loading the token signing secret")?;
+        crate::compliance::check_config(&config).map_err(anyhow::Error::msg)?;
         let moderation = {
             let dir = config.moderation.rules_dir.clone();
             let m = tokio::task::spawn_blocking(move || Moderation::load(&dir))
@@ -199,6 +200,7 @@ impl Node {
             })
         };
         crate::backup::spawn_scheduler(state.clone());
+        crate::compliance::resume_at_start(&state).await;
         crate::leavers::spawn_scheduler(state.clone());
         crate::retention::spawn_scheduler(state.clone());
         let draining = tokio::select! {

@@ -59,6 +59,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 1),
     ("health", 1),
     ("backup", 2),
+    ("compliance", 2),
     ("leavers", 2),
     ("meta_archive", 2),
     ("archive", 1),

@@ -202,5 +202,6 @@ fn msg(conv: &ConvId, n: u64, ts: u64) -> NewMessage {
             protocol::ConvKind::Direct(x, y) => vec![UserId::new(x), UserId::new(y)],
             _ => vec![],
         },
+        moderation: None,
     }
 }

@@ -46,6 +46,7 @@ pub fn new_msg(conv: &ConvId, from: &str, client_msg_id: &str) -> NewMessage {
             protocol::ConvKind::Direct(a, b) => vec![UserId::new(a), UserId::new(b)],
             protocol::ConvKind::Group(_) => vec![],
         },
+        moderation: None,
     }
 }
 
@@ -68,6 +69,8 @@ pub async fn run_all<S: Store + MetaStore + ReviewStore + AdminExport + Clone>(s
     meta_compare_and_swap(store).await;
     meta_compare_and_delete(store).await;
     audit_log_and_review_queue(store).await;
+    compliance_log_records_every_change_in_order(store).await;
+    compliance_log_pages_exactly_under_concurrent_commits(store).await;
     members_change_together(store).await;
     admin_export_reads_every_record(store).await;
     retention_deletes_below_the_min_seq(store).await;
@@ -805,4 +808,248 @@ pub async fn retention_deletes_below_the_min_seq<S: Store>(store: &S) {
         }
     }
     assert!(found, "{c} not listed by conversation_ids");
+}
+
+// ---- The compliance event log (crate::compliance) ----
+
+/// How long a check waits for events to become final (the CQL backend's horizon follows the
+/// nodes' published floors, about a second behind).
+const FINAL_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Reads the log from `from` until it has `want` events that `keep` selects, in pages of
+/// `page`; panics after [`FINAL_WITHIN`]. Returns them and the cursor after them.
+async fn read_log<S: ReviewStore>(
+    store: &S,
+    from: &crate::EventId,
+    page: usize,
+    want: usize,
+    keep: impl Fn(&crate::EventBody) -> bool,
+) -> (Vec<crate::StoredEvent>, crate::EventId) {
+    let deadline = std::time::Instant::now() + FINAL_WITHIN;
+    let mut cursor = from.clone();
+    let mut out = Vec::new();
+    loop {
+        let p = store.compliance_events(&cursor, page).await.unwrap();
+        for e in p.events {
+            assert!(e.id > cursor, "events come after the cursor, in order");
+            assert!(e.id.ts < p.horizon, "only final events are answered");
+            cursor = e.id.clone();
+            if keep(&e.body) {
+                out.push(e);
+            }
+        }
+        assert!(p.next >= cursor);
+        cursor = p.next;
+        if out.len() >= want && !p.has_more {
+            return (out, cursor);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {want} events became final",
+            out.len()
+        );
+        if !p.has_more {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn conv_of(e: &crate::EventBody) -> Option<&str> {
+    match e {
+        crate::EventBody::Message { conv, .. } | crate::EventBody::Recall { conv, .. } => {
+            Some(conv.as_str())
+        }
+        crate::EventBody::Member { group, .. } => Some(group.as_str()),
+        crate::EventBody::Audit { entry } => entry.conv.as_ref().map(|c| c.as_str()),
+    }
+}
+
+/// Messages, recalls, membership changes and audit entries each leave one event, in the
+/// order they were made; duplicates of an append and removals of non-members leave none.
+pub async fn compliance_log_records_every_change_in_order<S: Store + ReviewStore>(store: &S) {
+    use crate::{EventBody, MemberChange};
+    let g = GroupId::new(unique("cg"));
+    let c = ConvId::group(&g);
+    let mine = |e: &EventBody| conv_of(e).is_some_and(|x| x.contains(g.as_str()));
+    let (_, start) = read_log(store, &crate::EventId::default(), 1000, 0, |_| false).await;
+
+    store
+        .create_group(
+            Group {
+                id: g.clone(),
+                name: "compliance".into(),
+                kind: GroupKind::Project,
+                created_by: UserId::new("u1"),
+                created_at: 1,
+            },
+            vec![Member {
+                user: UserId::new("u1"),
+                role: Role::Owner,
+                joined_at: 1,
+            }],
+        )
+        .await
+        .unwrap();
+    let mut first = new_msg(&c, "u1", "k1");
+    first.moderation = Some("mask".into());
+    let m1 = store.append(first).await.unwrap().message;
+    assert!(
+        store
+            .append(new_msg(&c, "u1", "k1"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    let m2 = store.append(new_msg(&c, "u2", "k2")).await.unwrap().message;
+    store.recall(&c, m1.seq).await.unwrap();
+    let member = Member {
+        user: UserId::new("u2"),
+        role: Role::Member,
+        joined_at: 2,
+    };
+    store.put_member(&g, member).await.unwrap();
+    assert!(store.remove_member(&g, &UserId::new("u2")).await.unwrap());
+    assert!(!store
+        .remove_member(&g, &UserId::new("nobody"))
+        .await
+        .unwrap());
+    let mut entry = AuditEntry::action(5, &UserId::new("boss"), "group.remove_member");
+    entry.conv = Some(c.clone());
+    store.audit(entry.clone()).await.unwrap();
+    // A hand-over writes both members at once: one event each.
+    let owner = |u: &str, role| Member {
+        user: UserId::new(u),
+        role,
+        joined_at: 3,
+    };
+    store
+        .put_members(
+            &g,
+            vec![owner("u3", Role::Owner), owner("u1", Role::Member)],
+        )
+        .await
+        .unwrap();
+
+    let (got, _) = read_log(store, &start, 2, 9, mine).await;
+    let kinds: Vec<&str> = got.iter().map(|e| e.body.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "member", "message", "message", "recall", "member", "member", "audit", "member",
+            "member"
+        ]
+    );
+    assert!(matches!(
+        &got[7].body,
+        EventBody::Member { user, role: Some(Role::Owner), .. } if user.as_str() == "u3"
+    ));
+    assert_eq!(
+        got[1].body,
+        EventBody::Message {
+            conv: c.clone(),
+            seq: m1.seq,
+            id: m1.id.clone(),
+            from: UserId::new("u1"),
+            client_msg_id: "k1".into(),
+            moderation: Some("mask".into()),
+        }
+    );
+    assert!(matches!(&got[2].body, EventBody::Message { seq, .. } if *seq == m2.seq));
+    assert!(
+        matches!(&got[3].body, EventBody::Recall { seq, id, .. } if *seq == m1.seq && *id == m1.id)
+    );
+    assert!(matches!(
+        &got[4].body,
+        EventBody::Member {
+            change: MemberChange::Put,
+            role: Some(Role::Member),
+            ..
+        }
+    ));
+    assert!(matches!(
+        &got[5].body,
+        EventBody::Member { change: MemberChange::Removed, user, .. } if user.as_str() == "u2"
+    ));
+    assert_eq!(got[6].body, EventBody::Audit { entry });
+    let mut ids: Vec<_> = got.iter().map(|e| e.id.clone()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), got.len());
+}
+
+/// Pages read while appends commit concurrently (some allocated before others that become
+/// durable first) see every append exactly once, in one stable order.
+pub async fn compliance_log_pages_exactly_under_concurrent_commits<
+    S: Store + ReviewStore + Clone,
+>(
+    store: &S,
+) {
+    let tag = unique("cc");
+    let mine = {
+        let tag = tag.clone();
+        move |e: &crate::EventBody| matches!(e, crate::EventBody::Message { conv, .. } if conv.as_str().contains(&tag))
+    };
+    let (_, start) = read_log(store, &crate::EventId::default(), 1000, 0, |_| false).await;
+    let (writers, each) = (4usize, 25u64);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (s, tag) = (store.clone(), tag.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = ConvId::group(&GroupId::new(format!("{tag}-{w}")));
+            for i in 0..each {
+                s.append(new_msg(&c, "u1", &format!("k{i}"))).await.unwrap();
+            }
+        }));
+    }
+    // Page while they write: small pages, so that many reads interleave with the commits.
+    let mut seen = Vec::new();
+    let mut cursor = start;
+    let deadline = std::time::Instant::now() + FINAL_WITHIN;
+    while seen.len() < writers * each as usize {
+        let p = store.compliance_events(&cursor, 3).await.unwrap();
+        for e in &p.events {
+            assert!(e.id > cursor);
+            cursor = e.id.clone();
+        }
+        cursor = p.next.clone();
+        seen.extend(p.events.into_iter().filter(|e| mine(&e.body)));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events missing: {}",
+            seen.len()
+        );
+        if !p.has_more {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (late, _) = read_log(store, &cursor, 50, 0, &mine).await;
+    assert!(
+        late.is_empty(),
+        "an event appeared behind the cursor: {late:?}"
+    );
+    let mut keys: Vec<(String, u64)> = seen
+        .iter()
+        .filter_map(|e| match &e.body {
+            crate::EventBody::Message { conv, seq, .. } => Some((conv.as_str().to_owned(), seq.0)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys.len(), writers * each as usize);
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), writers * each as usize, "no event twice");
+    // Each conversation's events come in seq order.
+    for w in 0..writers {
+        let conv = format!("group:{tag}-{w}");
+        let seqs: Vec<u64> = seen
+            .iter()
+            .filter_map(|e| match &e.body {
+                crate::EventBody::Message { conv: c, seq, .. } if c.as_str() == conv => Some(seq.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, (1..=each).collect::<Vec<_>>());
+    }
 }

@@ -75,6 +75,11 @@ struct Keyspaces {
     /// Every `min_seqs` entry, in memory (loaded at open; only the writers change it), so
     /// that `history` and `sync` learn a conversation's min seq without a read.
     floors: DashMap<String, Floor>,
+    /// `ts(be) n(be)` -> JSON of [`crate::EventBody`]: the compliance event log, each event
+    /// written in the same batch as its change.
+    compliance: Keyspace,
+    /// Compliance event ids and the ones not yet durable (readers stop below them).
+    events: crate::compliance::Sequencer,
     /// Makes audit keys unique within a millisecond.
     audit_counter: std::sync::atomic::AtomicU64,
     /// Highest durable seq per conversation written since start; reads stop there. A
@@ -119,6 +124,8 @@ struct WriterState {
     /// Items in the previous write batch: the next one starts with that capacity instead of
     /// growing (and copying) its item list a dozen times.
     batch_items: usize,
+    /// Compliance events written in the current batch, final once it is durable.
+    events: Vec<u64>,
 }
 
 /// Most conversations whose last seq the writer keeps in memory.
@@ -190,6 +197,13 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
+fn event_key(ts: u64, n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&ts.to_be_bytes());
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
 fn msg_key(conv: &str, seq: u64) -> Vec<u8> {
     key(&[conv.as_bytes(), &seq.to_be_bytes()])
 }
@@ -208,6 +222,16 @@ fn suffix(k: &[u8], prefix_len: usize) -> &[u8] {
 
 impl Keyspaces {
     fn open(dir: &Path) -> Result<Self> {
+        let mut ks = Self::open_keyspaces(dir)?;
+        // Event ids continue after the newest one on disk.
+        if let Some(g) = ks.compliance.last_key_value() {
+            let k = g.key().map_err(backend)?;
+            ks.events = crate::compliance::Sequencer::new("", u64_at(&k, 0)?, u64_at(&k, 8)?);
+        }
+        Ok(ks)
+    }
+
+    fn open_keyspaces(dir: &Path) -> Result<Self> {
         let db = Database::builder(dir.join("chat"))
             .open()
             .map_err(backend)?;
@@ -231,6 +255,8 @@ impl Keyspaces {
             meta: ks("meta")?,
             min_seqs: ks("min_seq")?,
             floors: DashMap::new(),
+            compliance: ks("compliance")?,
+            events: crate::compliance::Sequencer::new("", 0, 0),
             audit_counter: std::sync::atomic::AtomicU64::new(0),
             durable: DashMap::new(),
             db,
@@ -425,6 +451,18 @@ impl Keyspaces {
         if !self.durable.contains_key(conv) {
             self.durable.entry(conv.to_owned()).or_insert(last);
         }
+        // Its compliance event goes in the same atomic batch.
+        let event = self.event(
+            state,
+            &crate::EventBody::Message {
+                conv: msg.conv.clone(),
+                seq: Seq(seq),
+                id: msg.id.clone(),
+                from: msg.from.clone(),
+                client_msg_id: msg.client_msg_id.clone(),
+                moderation: msg.moderation.clone(),
+            },
+        )?;
         let capacity = state.batch_items;
         // No durability of its own: the writer makes the journal durable after the commit.
         let batch = state.appends.get_or_insert_with(|| {
@@ -452,6 +490,7 @@ impl Keyspaces {
             msg_key(conv_owned.as_str(), seq),
             encoded.clone(),
         );
+        batch.insert(&self.compliance, event.0, event.1);
         state.pending.insert(idem_key, encoded);
         let conv_key = conv_owned.to_string();
         match state.last_seq.get_mut(&conv_key) {
@@ -498,6 +537,18 @@ impl Keyspaces {
             }
         }
         Ok(Page { messages, has_more })
+    }
+
+    /// A new compliance event's key and value, in flight until the writer's batch is durable.
+    fn event(
+        &self,
+        state: &mut WriterState,
+        body: &crate::EventBody,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let value = json(body)?;
+        let id = self.events.begin();
+        state.events.push(id.n);
+        Ok((event_key(id.ts, id.n), value))
     }
 
     /// Every `(prefix \0 suffix)` key's suffix, for a `prefix`.
@@ -618,6 +669,9 @@ fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
                 state.last_seq.clear();
                 state.pending.clear();
                 state.appends = None;
+                // Not acknowledged: whatever of it is on disk is final from here on.
+                ks.events.done(&state.events);
+                state.events.clear();
             }
         }
         state.touched.clear();
@@ -655,6 +709,8 @@ fn run_batch(
         appends.commit().map_err(backend)?;
     }
     ks.db.persist(PersistMode::SyncData).map_err(backend)?;
+    ks.events.done(&state.events);
+    state.events.clear();
     for (conv, seq) in state.touched.iter() {
         if let Some(mut v) = ks.durable.get_mut(conv.as_str()) {
             *v = (*v).max(*seq);
@@ -810,7 +866,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn create_group(&self, group: Group, members: Vec<Member>) -> Result<()> {
-        self.write(move |ks, _| {
+        self.write(move |ks, state| {
             if ks.groups.contains_key(group.id.as_str()).map_err(backend)? {
                 return Ok(Err(StoreError::Conflict(format!("group {}", group.id))));
             }
@@ -821,6 +877,8 @@ impl Store for EmbeddedStore {
                 let u = m.user.as_str().as_bytes();
                 batch.insert(&ks.members, key(&[g, u]), json(m)?);
                 batch.insert(&ks.user_groups, key(&[u, g]), []);
+                let (k, v) = ks.event(state, &member_put(&group.id, m))?;
+                batch.insert(&ks.compliance, k, v);
             }
             batch.commit().map_err(backend)?;
             Ok(Ok(()))
@@ -856,7 +914,7 @@ impl Store for EmbeddedStore {
 
     async fn put_member(&self, id: &GroupId, member: Member) -> Result<()> {
         let id = id.clone();
-        self.write(move |ks, _| {
+        self.write(move |ks, state| {
             if !ks.groups.contains_key(id.as_str()).map_err(backend)? {
                 return Ok(Err(StoreError::NotFound(format!("group {id}"))));
             }
@@ -864,6 +922,8 @@ impl Store for EmbeddedStore {
             let mut batch = ks.db.batch();
             batch.insert(&ks.members, key(&[g, u]), json(&member)?);
             batch.insert(&ks.user_groups, key(&[u, g]), []);
+            let (k, v) = ks.event(state, &member_put(&id, &member))?;
+            batch.insert(&ks.compliance, k, v);
             batch.commit().map_err(backend)?;
             Ok(Ok(()))
         })
@@ -872,7 +932,7 @@ impl Store for EmbeddedStore {
 
     async fn put_members(&self, id: &GroupId, members: Vec<Member>) -> Result<()> {
         let id = id.clone();
-        self.write(move |ks, _| {
+        self.write(move |ks, state| {
             if !ks.groups.contains_key(id.as_str()).map_err(backend)? {
                 return Ok(Err(StoreError::NotFound(format!("group {id}"))));
             }
@@ -882,6 +942,8 @@ impl Store for EmbeddedStore {
                 let u = member.user.as_str().as_bytes();
                 batch.insert(&ks.members, key(&[g, u]), json(member)?);
                 batch.insert(&ks.user_groups, key(&[u, g]), []);
+                let (k, v) = ks.event(state, &member_put(&id, member))?;
+                batch.insert(&ks.compliance, k, v);
             }
             batch.commit().map_err(backend)?;
             Ok(Ok(()))
@@ -891,13 +953,17 @@ impl Store for EmbeddedStore {
 
     async fn remove_member(&self, id: &GroupId, user: &UserId) -> Result<bool> {
         let (id, user) = (id.clone(), user.clone());
-        self.write(move |ks, _| {
+        self.write(move |ks, state| {
             let (g, u) = (id.as_str().as_bytes(), user.as_str().as_bytes());
             let mk = key(&[g, u]);
             let existed = ks.members.contains_key(&mk).map_err(backend)?;
             let mut batch = ks.db.batch();
             batch.remove(&ks.members, mk);
             batch.remove(&ks.user_groups, key(&[u, g]));
+            if existed {
+                let (k, v) = ks.event(state, &member_removed(&id, &user))?;
+                batch.insert(&ks.compliance, k, v);
+            }
             batch.commit().map_err(backend)?;
             Ok(Ok(existed))
         })
@@ -920,7 +986,7 @@ impl Store for EmbeddedStore {
     async fn recall(&self, conv: &ConvId, seq: Seq) -> Result<Option<Message>> {
         let conv = conv.clone();
         let queue = self.shard(conv.as_str());
-        self.write_on(queue, move |ks, _| {
+        self.write_on(queue, move |ks, state| {
             if seq.0 == 0 || seq.0 > ks.visible(conv.as_str()) {
                 return Ok(Ok(None));
             }
@@ -929,9 +995,17 @@ impl Store for EmbeddedStore {
                 return Ok(Ok(None));
             };
             let original: Message = decode(&v)?;
-            ks.messages
-                .insert(k, encode(&original.tombstone())?)
-                .map_err(backend)?;
+            let mut batch = ks.db.batch();
+            batch.insert(&ks.messages, k, encode(&original.tombstone())?);
+            let event = crate::EventBody::Recall {
+                conv: original.conv.clone(),
+                seq: original.seq,
+                id: original.id.clone(),
+                from: original.from.clone(),
+            };
+            let (ek, ev) = ks.event(state, &event)?;
+            batch.insert(&ks.compliance, ek, ev);
+            batch.commit().map_err(backend)?;
             Ok(Ok(Some(original)))
         })
         .await
@@ -1095,10 +1169,14 @@ impl MetaStore for EmbeddedStore {
 #[async_trait]
 impl ReviewStore for EmbeddedStore {
     async fn audit(&self, entry: AuditEntry) -> Result<()> {
-        self.write(move |ks, _| {
+        self.write(move |ks, state| {
             let n = ks.audit_counter.fetch_add(1, Ordering::Relaxed);
             let k = key(&[&entry.ts.to_be_bytes(), &n.to_be_bytes()]);
-            ks.audit.insert(k, json(&entry)?).map_err(backend)?;
+            let mut batch = ks.db.batch();
+            batch.insert(&ks.audit, k, json(&entry)?);
+            let (ek, ev) = ks.event(state, &crate::EventBody::Audit { entry })?;
+            batch.insert(&ks.compliance, ek, ev);
+            batch.commit().map_err(backend)?;
             Ok(Ok(()))
         })
         .await
@@ -1162,6 +1240,69 @@ impl ReviewStore for EmbeddedStore {
             Ok(Ok(Some(held)))
         })
         .await
+    }
+
+    async fn compliance_events(
+        &self,
+        after: &crate::EventId,
+        limit: usize,
+    ) -> Result<crate::EventPage> {
+        let after = after.clone();
+        let limit = limit.clamp(1, crate::compliance::MAX_PAGE);
+        self.read(move |ks| {
+            // Below the floor nothing is in flight: every event there is durable and final.
+            let horizon = ks.events.floor();
+            let start = event_key(after.ts, after.n);
+            let mut page = crate::EventPage {
+                next: after.clone(),
+                horizon,
+                ..Default::default()
+            };
+            let range = ks.compliance.range::<Vec<u8>, _>((
+                std::ops::Bound::Excluded(start),
+                std::ops::Bound::Unbounded,
+            ));
+            for g in range {
+                let (k, v) = g.into_inner().map_err(backend)?;
+                let id = crate::EventId {
+                    ts: u64_at(&k, 0)?,
+                    source: String::new(),
+                    n: u64_at(&k, 8)?,
+                };
+                if id.ts >= horizon {
+                    break;
+                }
+                if page.events.len() == limit {
+                    page.has_more = true;
+                    break;
+                }
+                page.next = id.clone();
+                page.events.push(crate::StoredEvent {
+                    id,
+                    body: unjson(&v)?,
+                });
+            }
+            Ok(page)
+        })
+        .await
+    }
+}
+
+fn member_put(group: &GroupId, m: &Member) -> crate::EventBody {
+    crate::EventBody::Member {
+        group: group.clone(),
+        user: m.user.clone(),
+        change: crate::MemberChange::Put,
+        role: Some(m.role),
+    }
+}
+
+fn member_removed(group: &GroupId, user: &UserId) -> crate::EventBody {
+    crate::EventBody::Member {
+        group: group.clone(),
+        user: user.clone(),
+        change: crate::MemberChange::Removed,
+        role: None,
     }
 }
 

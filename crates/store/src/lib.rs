@@ -13,6 +13,7 @@
 //! (conversation, sender, `client_msg_id`) forever, not just for a cache window.
 
 pub mod admin_export;
+pub mod compliance;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod embedded;
@@ -24,6 +25,7 @@ pub mod review;
 pub mod scylla;
 
 pub use admin_export::{AdminExport, AdminRecord};
+pub use compliance::{EventBody, EventId, EventPage, MemberChange, StoredEvent};
 pub use error::{BoxError, StoreError};
 pub use meta::{MetaOp, MetaStore, Swap};
 pub use model::*;

@@ -29,6 +29,9 @@ pub struct NewMessage {
     /// Every user who should see the conversation in their list (the two sides of a direct
     /// conversation; empty for groups, whose list comes from membership).
     pub participants: Vec<UserId>,
+    /// The moderation outcome the message passed with (`allow`, `warn`, `mask`, ...), recorded
+    /// in its compliance event (see [`crate::compliance`]); not part of the message.
+    pub moderation: Option<String>,
 }
 
 impl NewMessage {

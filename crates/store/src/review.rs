@@ -1,5 +1,5 @@
-//! The moderation side of persistence: the audit log of verdicts and admin actions, and the
-//! review queue of messages held for approval. A separate trait from [`crate::Store`] so that
+//! The moderation side of persistence: the audit log of verdicts and admin actions, the
+//! review queue of messages held for approval, and the compliance event log. A separate trait from [`crate::Store`] so that
 //! a backend can add it independently; the embedded backend implements both.
 
 use crate::Result;
@@ -134,4 +134,12 @@ pub trait ReviewStore: Send + Sync + 'static {
     async fn held(&self, conv: &ConvId) -> Result<Vec<HeldMessage>>;
     /// Removes a held message and returns it (`None` if already decided or unknown).
     async fn take_held(&self, conv: &ConvId, id: &str) -> Result<Option<HeldMessage>>;
+    /// Up to `limit` (at most [`crate::compliance::MAX_PAGE`]) events of the compliance log
+    /// after `after`, oldest first, and only final ones: below the horizon, where no event
+    /// can still appear (see [`crate::compliance`]).
+    async fn compliance_events(
+        &self,
+        after: &crate::EventId,
+        limit: usize,
+    ) -> Result<crate::EventPage>;
 }

@@ -20,6 +20,7 @@
 //! whatever order the writes arrive in. The schema is in [`ScyllaStore::migrate`] and
 //! docs/SCYLLA.md.
 
+mod compliance;
 mod cql;
 mod skip;
 
@@ -203,6 +204,8 @@ struct Pending {
     /// Written by the retry queue, not yet acknowledged to its sender.
     written: bool,
     since: Instant,
+    /// Its compliance event (id and JSON body), written with it; in flight until then.
+    event: (crate::EventId, String),
 }
 
 /// Serializes appends of one idempotency key within this process.
@@ -260,6 +263,10 @@ struct Inner {
     /// `sync` report it, and it only ever rises, so a copy a few seconds old is harmless.
     floors: DashMap<String, (u64, bool, Instant)>,
     closed: AtomicBool,
+    /// This process's compliance event ids and those in flight (see `scylla/compliance.rs`).
+    events: crate::compliance::Sequencer,
+    /// Set once this process's source row is written (before its first event).
+    registered: OnceCell<()>,
 }
 
 /// How long a conversation's min seq is cached.
@@ -395,6 +402,12 @@ impl ScyllaStore {
                 user_convs: DashMap::new(),
                 floors: DashMap::new(),
                 closed: AtomicBool::new(false),
+                events: crate::compliance::Sequencer::new(
+                    uuid::Uuid::new_v4().simple().to_string(),
+                    0,
+                    0,
+                ),
+                registered: OnceCell::new(),
             }),
         };
         if let Err(e) = store.stmts().await {
@@ -407,6 +420,7 @@ impl ScyllaStore {
             .retry_interval
             .max(Duration::from_millis(10));
         tokio::spawn(retry_loop(weak, every));
+        tokio::spawn(compliance::publish_loop(Arc::downgrade(&store.inner)));
         Ok(store)
     }
 
@@ -425,7 +439,9 @@ impl ScyllaStore {
                 .map_err(exec_err)?;
         }
         self.check_bucket_size(true).await?;
-        self.stmts().await.map(|_| ())
+        self.stmts().await?;
+        // This process's compliance source row, before it serves (see scylla/compliance.rs).
+        self.register().await
     }
 
     /// Compares the keyspace's recorded bucket size with the options (recording it first
@@ -729,8 +745,10 @@ impl ScyllaStore {
         client_msg_id: &str,
         participants: &[UserId],
         ttl: i32,
+        event: &(crate::EventId, String),
     ) -> Result<()> {
         let st = self.stmts().await?;
+        let event = self.event_row(st, event)?;
         let conv = m.conv.as_str().to_owned();
         let seq = to_i64(m.seq.0)?;
         let ts = to_i64(m.ts)?;
@@ -792,13 +810,16 @@ impl ScyllaStore {
         }
         match path {
             WritePath::Logged => {
-                let mut parts = vec![message, idem];
+                let mut parts = vec![message, idem, event];
                 parts.extend(side);
                 self.batch(parts).await?;
             }
             WritePath::Split => {
-                futures_util::future::try_join(self.batch(vec![message, idem]), self.singles(side))
-                    .await?;
+                futures_util::future::try_join(
+                    self.batch(vec![message, idem, event]),
+                    self.singles(side),
+                )
+                .await?;
                 if self.inner.user_convs.len() + new_pairs.len() > USER_CONVS_CACHE {
                     self.inner.user_convs.clear();
                 }
@@ -808,6 +829,7 @@ impl ScyllaStore {
             }
             WritePath::Unlogged => {
                 side.push(message);
+                side.push(event);
                 self.singles(side).await?;
                 self.singles(vec![idem]).await?;
             }
@@ -864,8 +886,15 @@ impl ScyllaStore {
             return Ok(None);
         };
         if !p.written {
-            self.write_message(&p.message, &p.client_msg_id, &p.participants, p.ttl)
-                .await?;
+            self.write_message(
+                &p.message,
+                &p.client_msg_id,
+                &p.participants,
+                p.ttl,
+                &p.event,
+            )
+            .await?;
+            self.inner.events.done(&[p.event.0.n]);
         }
         self.inner.pending.remove(key);
         Ok(Some(Appended {
@@ -896,15 +925,30 @@ impl ScyllaStore {
         let ttl = self.ttl_for(&msg.conv).await?;
         let client_msg_id = msg.client_msg_id.clone();
         let participants = msg.participants.clone();
+        let moderation = msg.moderation.clone();
         let message = msg.into_message(seq);
+        let event = self
+            .new_event(&crate::EventBody::Message {
+                conv: message.conv.clone(),
+                seq: message.seq,
+                id: message.id.clone(),
+                from: message.from.clone(),
+                client_msg_id: client_msg_id.clone(),
+                moderation,
+            })
+            .await?;
+        let n = event.0.n;
         match self
-            .write_message(&message, &client_msg_id, &participants, ttl)
+            .write_message(&message, &client_msg_id, &participants, ttl, &event)
             .await
         {
-            Ok(()) => Ok(Appended {
-                message,
-                duplicate: false,
-            }),
+            Ok(()) => {
+                self.inner.events.done(&[n]);
+                Ok(Appended {
+                    message,
+                    duplicate: false,
+                })
+            }
             Err(StoreError::Unavailable { what, source }) => {
                 let queued = self.inner.pending.len() < self.inner.opts.retry_queue;
                 if queued {
@@ -917,9 +961,11 @@ impl ScyllaStore {
                             ttl,
                             written: false,
                             since: Instant::now(),
+                            event,
                         },
                     );
                 } else {
+                    self.inner.events.failed(n, crate::compliance::FAILED_HOLD);
                     tracing::error!(conv = %message.conv, seq = message.seq.0,
                         "retry queue full: the seq of a failed append stays a gap");
                 }
@@ -936,6 +982,7 @@ impl ScyllaStore {
                 })
             }
             Err(e) => {
+                self.inner.events.failed(n, crate::compliance::FAILED_HOLD);
                 tracing::error!(conv = %message.conv, seq = message.seq.0, error = %e,
                     "append failed: its seq stays a gap");
                 Err(e)
@@ -967,10 +1014,17 @@ impl ScyllaStore {
                 continue;
             }
             match self
-                .write_message(&p.message, &p.client_msg_id, &p.participants, p.ttl)
+                .write_message(
+                    &p.message,
+                    &p.client_msg_id,
+                    &p.participants,
+                    p.ttl,
+                    &p.event,
+                )
                 .await
             {
                 Ok(()) => {
+                    self.inner.events.done(&[p.event.0.n]);
                     tracing::info!(conv = %p.message.conv, seq = p.message.seq.0,
                         "retry queue: failed append written");
                     if let Some(mut e) = self.inner.pending.get_mut(&key) {
@@ -1202,7 +1256,13 @@ impl Store for ScyllaStore {
         // leaves no group, and creating it again rewrites the same member rows.
         for chunk in members.chunks(MEMBER_BATCH) {
             let mut parts: Vec<(&PreparedStatement, BoxedRow)> = Vec::new();
+            let mut events = Vec::new();
             for m in chunk {
+                let event = self
+                    .new_event(&compliance::member_put(&group.id, m))
+                    .await?;
+                parts.push(self.event_row(st, &event)?);
+                events.push(event.0.n);
                 parts.push((
                     &st.insert_member,
                     Box::new((
@@ -1217,7 +1277,7 @@ impl Store for ScyllaStore {
                     Box::new((m.user.0.clone(), g.clone())),
                 ));
             }
-            self.batch(parts).await?;
+            self.batch_with_events(parts, &events).await?;
         }
         self.exec(
             &st.insert_group,
@@ -1278,21 +1338,26 @@ impl Store for ScyllaStore {
         if self.group(id).await?.is_none() {
             return Err(StoreError::NotFound(format!("group {id}")));
         }
-        self.batch(vec![
-            (
-                &st.insert_member,
-                Box::new((
-                    id.0.clone(),
-                    member.user.0.clone(),
-                    enum_str(&member.role)?,
-                    to_i64(member.joined_at)?,
-                )),
-            ),
-            (
-                &st.insert_user_group,
-                Box::new((member.user.0.clone(), id.0.clone())),
-            ),
-        ])
+        let event = self.new_event(&compliance::member_put(id, &member)).await?;
+        self.batch_with_events(
+            vec![
+                self.event_row(st, &event)?,
+                (
+                    &st.insert_member,
+                    Box::new((
+                        id.0.clone(),
+                        member.user.0.clone(),
+                        enum_str(&member.role)?,
+                        to_i64(member.joined_at)?,
+                    )),
+                ),
+                (
+                    &st.insert_user_group,
+                    Box::new((member.user.0.clone(), id.0.clone())),
+                ),
+            ],
+            &[event.0.n],
+        )
         .await
     }
 
@@ -1303,7 +1368,11 @@ impl Store for ScyllaStore {
         }
         // One logged batch: every row or none (members and the reverse index together).
         let mut parts: Vec<(&PreparedStatement, BoxedRow)> = Vec::new();
+        let mut events = Vec::new();
         for member in members {
+            let event = self.new_event(&compliance::member_put(id, &member)).await?;
+            parts.push(self.event_row(st, &event)?);
+            events.push(event.0.n);
             parts.push((
                 &st.insert_member,
                 Box::new((
@@ -1320,7 +1389,7 @@ impl Store for ScyllaStore {
         }
         match parts.len() {
             0 => Ok(()),
-            _ => self.batch(parts).await,
+            _ => self.batch_with_events(parts, &events).await,
         }
     }
 
@@ -1329,14 +1398,22 @@ impl Store for ScyllaStore {
         let row: Option<(String,)> = self
             .one(&st.select_member, (id.as_str(), user.as_str()))
             .await?;
-        self.batch(vec![
+        let mut parts: Vec<(&PreparedStatement, BoxedRow)> = vec![
             (&st.delete_member, Box::new((id.0.clone(), user.0.clone()))),
             (
                 &st.delete_user_group,
                 Box::new((user.0.clone(), id.0.clone())),
             ),
-        ])
-        .await?;
+        ];
+        let mut events = Vec::new();
+        if row.is_some() {
+            let event = self
+                .new_event(&compliance::member_removed(id, user))
+                .await?;
+            parts.push(self.event_row(st, &event)?);
+            events.push(event.0.n);
+        }
+        self.batch_with_events(parts, &events).await?;
         Ok(row.is_some())
     }
 
@@ -1364,9 +1441,23 @@ impl Store for ScyllaStore {
         };
         let original = message_from_row(row)?;
         let ttl = self.ttl_for(conv).await?;
-        self.exec(
-            &st.recall_message,
-            (ttl, conv.as_str(), bucket, to_i64(seq.0)?),
+        let event = self
+            .new_event(&crate::EventBody::Recall {
+                conv: original.conv.clone(),
+                seq: original.seq,
+                id: original.id.clone(),
+                from: original.from.clone(),
+            })
+            .await?;
+        self.batch_with_events(
+            vec![
+                (
+                    &st.recall_message,
+                    Box::new((ttl, conv.as_str().to_owned(), bucket, to_i64(seq.0)?)),
+                ),
+                self.event_row(st, &event)?,
+            ],
+            &[event.0.n],
         )
         .await?;
         Ok(Some(original))
@@ -1456,6 +1547,7 @@ impl Store for ScyllaStore {
                 "closing with failed appends never written: their seqs stay gaps"
             );
         }
+        self.leave_compliance_sources().await;
         self.inner.closed.store(true, Ordering::Release);
         Ok(())
     }
@@ -1591,13 +1683,23 @@ impl ReviewStore for ScyllaStore {
         let st = self.stmts().await?;
         let day = to_i64(entry.ts / DAY_MS)?;
         let uid = uuid::Uuid::new_v4().simple().to_string();
-        self.batch(vec![
-            (
-                &st.insert_audit,
-                Box::new((day, to_i64(entry.ts)?, uid, json(&entry)?)),
-            ),
-            (&st.insert_audit_day, Box::new((day,))),
-        ])
+        let row = json(&entry)?;
+        let event = self
+            .new_event(&crate::EventBody::Audit {
+                entry: entry.clone(),
+            })
+            .await?;
+        self.batch_with_events(
+            vec![
+                (
+                    &st.insert_audit,
+                    Box::new((day, to_i64(entry.ts)?, uid, row)),
+                ),
+                (&st.insert_audit_day, Box::new((day,))),
+                self.event_row(st, &event)?,
+            ],
+            &[event.0.n],
+        )
         .await
     }
 
@@ -1656,6 +1758,14 @@ impl ReviewStore for ScyllaStore {
             .collect::<Result<Vec<_>>>()?;
         out.sort_by_key(|h| h.ts);
         Ok(out)
+    }
+
+    async fn compliance_events(
+        &self,
+        after: &crate::EventId,
+        limit: usize,
+    ) -> Result<crate::EventPage> {
+        self.read_events(after, limit).await
     }
 
     async fn take_held(&self, conv: &ConvId, id: &str) -> Result<Option<HeldMessage>> {

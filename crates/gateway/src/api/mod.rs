@@ -9,6 +9,7 @@
 //! the same shape, keeping the status and axum's message. Routes are registered through
 //! [`utoipa_axum`], so a route cannot exist without its entry in the OpenAPI document.
 
+mod compliance;
 mod conversations;
 mod directory;
 mod files;
@@ -139,6 +140,7 @@ pub fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(files::routes())
         .merge(operations::backup_routes())
         .merge(retention::routes())
+        .merge(compliance::routes())
         .split_for_parts()
 }
 

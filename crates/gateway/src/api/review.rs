@@ -114,6 +114,7 @@ async fn review_approve(
             reply_to: held.reply_to,
             ts: now_ms(),
             participants,
+            moderation: Some("review".into()),
         },
         audience,
         None,

@@ -95,6 +95,18 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.conv_floor (
         conv text PRIMARY KEY, min_seq bigint, kept boolean
     )",
+    // Compliance event log (crate::compliance): one partition per minute of commit time,
+    // events in (ts, source, n) order, each written in the batch of the change it records.
+    "CREATE TABLE IF NOT EXISTS {ks}.compliance_events (
+        bucket bigint, ts bigint, source text, n bigint, body text,
+        PRIMARY KEY (bucket, ts, source, n)
+    )",
+    // Every writing process's floor (no event of it can still commit below), republished
+    // about twice a second; readers stop at the lowest live one.
+    "CREATE TABLE IF NOT EXISTS {ks}.compliance_sources (
+        shard int, source text, floor bigint, seen bigint,
+        PRIMARY KEY (shard, source)
+    )",
 ];
 
 /// The keyspace's replication clause.
@@ -177,6 +189,14 @@ pub(super) struct Statements {
     pub insert_new_meta_kv: PreparedStatement,
     pub swap_meta_kv: PreparedStatement,
     pub delete_meta_kv: PreparedStatement,
+    // The compliance event log.
+    pub insert_event: PreparedStatement,
+    pub select_events: PreparedStatement,
+    pub upsert_source: PreparedStatement,
+    pub select_sources: PreparedStatement,
+    pub delete_source: PreparedStatement,
+    pub insert_origin: PreparedStatement,
+    pub select_origin: PreparedStatement,
     pub delete_if_meta_kv: PreparedStatement,
     // Retention.
     pub select_floor: PreparedStatement,
@@ -386,6 +406,40 @@ impl Statements {
                 s
             },
             delete_meta_kv: p(format!("DELETE FROM {ks}.meta WHERE ns = ? AND key = ?")).await?,
+            insert_event: p(format!(
+                "INSERT INTO {ks}.compliance_events (bucket, ts, source, n, body) \
+                 VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            select_events: p(format!(
+                "SELECT ts, source, n, body FROM {ks}.compliance_events \
+                 WHERE bucket = ? AND (ts, source, n) > (?, ?, ?) LIMIT ?"
+            ))
+            .await?,
+            upsert_source: p(format!(
+                "INSERT INTO {ks}.compliance_sources (shard, source, floor, seen) \
+                 VALUES (0, ?, ?, ?)"
+            ))
+            .await?,
+            select_sources: p(format!(
+                "SELECT source, floor, seen FROM {ks}.compliance_sources WHERE shard = 0"
+            ))
+            .await?,
+            delete_source: p(format!(
+                "DELETE FROM {ks}.compliance_sources WHERE shard = 0 AND source = ?"
+            ))
+            .await?,
+            // The first registration's time, where readers start; the earliest write wins
+            // (timestamp 2^50 - time).
+            insert_origin: p(format!(
+                "INSERT INTO {ks}.settings (name, value) VALUES ('compliance_origin', ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            select_origin: p(format!(
+                "SELECT value FROM {ks}.settings WHERE name = 'compliance_origin'"
+            ))
+            .await?,
             // Compare-and-delete (pruning ended moderation penalties): a lightweight
             // transaction, rare and off the message path.
             delete_if_meta_kv: {

@@ -1,0 +1,615 @@
+//! Compliance export (会话存档): the event log's pull API pages exactly (equal commit times,
+//! sends committed while a reader pages), only administrators and compliance officers read
+//! it, export batches are zip files whose manifest checksums hold, encrypted to the
+//! company's age key when one is set, and an export killed mid-way resumes with every event
+//! exactly once. One test runs the CQL backend (test CQL database + Redis).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use protocol::{ClientFrame, ConvId, GroupId, MessageKind, SendFrame, ServerFrame, Target};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use testkit::*;
+
+/// One page of `GET /v1/admin/compliance/events`.
+struct EventsPage {
+    status: u16,
+    records: Vec<Value>,
+    next: String,
+    has_more: bool,
+    body: String,
+}
+
+async fn events(base: &str, user: &str, after: &str, limit: usize) -> EventsPage {
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/v1/admin/compliance/events"))
+        .query(&[("after", after), ("limit", &limit.to_string())])
+        .bearer_auth(token(user))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (next, has_more) = (
+        header("chatd-next-cursor"),
+        header("chatd-has-more") == "true",
+    );
+    let body = resp.text().await.unwrap();
+    let records = if status == 200 {
+        body.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    EventsPage {
+        status,
+        records,
+        next,
+        has_more,
+        body,
+    }
+}
+
+/// Pages the log from `after` until `done` says the records read so far are complete (or
+/// panics after `within`); returns them and the cursor after them.
+async fn read_until(
+    base: &str,
+    user: &str,
+    after: &str,
+    limit: usize,
+    within: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> (Vec<Value>, String) {
+    let deadline = Instant::now() + within;
+    let mut cursor = after.to_owned();
+    let mut out = Vec::new();
+    loop {
+        let p = events(base, user, &cursor, limit).await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        assert!(p.records.len() <= limit);
+        out.extend(p.records);
+        cursor = p.next;
+        if !p.has_more && done(&out) {
+            return (out, cursor);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log incomplete: {} records",
+            out.len()
+        );
+        if !p.has_more {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+}
+
+fn message_keys(records: &[Value], conv: &str) -> Vec<u64> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "message" && r["conv"] == conv)
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect()
+}
+
+fn assert_unique_cursors(records: &[Value]) {
+    let cursors: BTreeSet<&str> = records
+        .iter()
+        .map(|r| r["cursor"].as_str().unwrap())
+        .collect();
+    assert_eq!(cursors.len(), records.len(), "an event was answered twice");
+}
+
+/// Sends `n` messages to `group` without waiting for each ack (pipelined), then waits for
+/// every ack.
+async fn burst(c: &mut Client, group: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        c.send(&ClientFrame::Send(SendFrame {
+            rid: Some(format!("{prefix}{i}")),
+            client_msg_id: format!("{prefix}{i}"),
+            to: Target::Group(GroupId::new(group)),
+            kind: MessageKind::Text,
+            body: format!("{prefix} message {i}"),
+            attachment: None,
+            mentions: vec![],
+            reply_to: None,
+        }))
+        .await;
+    }
+    let mut acked = 0;
+    while acked < n {
+        match c.recv().await {
+            ServerFrame::Ack { seq: Some(_), .. } => acked += 1,
+            ServerFrame::Error { code, message, .. } => panic!("{code:?}: {message}"),
+            _ => {}
+        }
+    }
+}
+
+fn opts() -> NodeOpts {
+    NodeOpts::default()
+        .env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
+        .env("CHATD_COMPLIANCE__OFFICERS", r#"["auditor"]"#)
+        .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
+        .env("CHATD_LIMITS__SEND_BURST", 100_000)
+}
+
+#[tokio::test]
+async fn pages_are_exact_with_equal_commit_times_and_sends_committed_while_paging() {
+    let node = Node::start_with(opts());
+    let api = Api::new(&node);
+    for u in ["ann", "bob", "cat"] {
+        api.touch(u).await;
+    }
+    let group = api.create_group("ann", "audit me", &["bob", "cat"]).await;
+    let conv = ConvId::group(&GroupId::new(group.clone())).to_string();
+    let base = node.http();
+
+    // Pipelined bursts: the store commits them in batches, so many share a millisecond.
+    let mut ann = Client::connect(&node, "ann").await;
+    burst(&mut ann, &group, "a", 60).await;
+    // A recall, then three senders keep sending while an officer pages in small pages.
+    ann.send(&ClientFrame::Recall {
+        rid: Some("r".into()),
+        conv: ConvId::parse(&conv).unwrap(),
+        seq: protocol::Seq(1),
+    })
+    .await;
+    ann.recv_until(|f| matches!(f, ServerFrame::Recalled { .. }))
+        .await;
+    let senders: Vec<_> = ["ann", "bob", "cat"]
+        .into_iter()
+        .map(|u| {
+            let (node_addr, group) = (node.addr, group.clone());
+            tokio::spawn(async move {
+                let mut c = Client::connect_with(node_addr, u, protocol::Codec::Json).await;
+                for round in 0..4 {
+                    burst(&mut c, &group, &format!("{u}{round}-"), 15).await;
+                }
+            })
+        })
+        .collect();
+    let total = 60 + 3 * 4 * 15;
+    let (records, cursor) = read_until(&base, "auditor", "", 7, Duration::from_secs(30), |r| {
+        message_keys(r, &conv).len() >= total
+    })
+    .await;
+    for s in senders {
+        s.await.unwrap();
+    }
+    // Exactly once, in seq order: nothing was skipped by a page that ran ahead of a commit.
+    assert_unique_cursors(&records);
+    assert_eq!(
+        message_keys(&records, &conv),
+        (1..=total as u64).collect::<Vec<_>>()
+    );
+    let again = events(&base, "auditor", &cursor, 100).await;
+    assert!(
+        again.records.iter().all(|r| r["kind"] != "message"),
+        "a message appeared behind the cursor: {}",
+        again.body
+    );
+    // Equal commit times did happen, and the cursor told them apart.
+    let times: Vec<u64> = records
+        .iter()
+        .map(|r| r["commit_ts"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "commit order");
+    let ties = times.windows(2).filter(|w| w[0] == w[1]).count();
+    assert!(ties > 0, "no two events shared a millisecond: {times:?}");
+    // Every kind is there: the group's members, the messages (with their outcome and
+    // content), the recall.
+    let members: Vec<&Value> = records.iter().filter(|r| r["kind"] == "member").collect();
+    assert_eq!(members.len(), 3, "{members:?}");
+    let first = records
+        .iter()
+        .find(|r| r["kind"] == "message" && r["seq"] == 2)
+        .unwrap();
+    assert_eq!(first["moderation"], "allow");
+    assert_eq!(first["from"], "ann");
+    assert_eq!(first["message"]["body"], "a message 1");
+    let recall = records.iter().find(|r| r["kind"] == "recall").unwrap();
+    assert_eq!(recall["seq"], 1);
+    let recalled = records
+        .iter()
+        .find(|r| r["kind"] == "message" && r["seq"] == 1)
+        .unwrap();
+    assert_eq!(recalled["message"]["kind"], "recalled");
+    assert_eq!(recalled["message"]["body"], "");
+}
+
+#[tokio::test]
+async fn only_administrators_and_officers_read_the_log_and_bad_input_is_refused() {
+    let node = Node::start_with(opts());
+    let api = Api::new(&node);
+    for u in ["ann", "bob"] {
+        api.touch(u).await;
+    }
+    api.create_group("ann", "g", &["bob"]).await;
+    let base = node.http();
+    assert_eq!(events(&base, "ann", "", 10).await.status, 403);
+    assert_eq!(events(&base, "bob", "", 10).await.status, 403);
+    let boss = events(&base, "boss", "", 10).await;
+    assert_eq!(boss.status, 200, "{}", boss.body);
+    assert_eq!(events(&base, "auditor", "", 10).await.status, 200);
+    let anon = reqwest::get(format!("{base}/v1/admin/compliance/events"))
+        .await
+        .unwrap();
+    assert_eq!(anon.status().as_u16(), 401);
+    // The compliance role is no administrator.
+    let (s, _) = api
+        .call(reqwest::Method::GET, "/v1/audit", Some("auditor"), None)
+        .await;
+    assert_eq!(s, 403);
+    for (after, limit) in [("", 0), ("", 1001), ("not-hex", 10), ("3132", 10)] {
+        let p = events(&base, "boss", after, limit).await;
+        assert_eq!(p.status, 400, "after={after} limit={limit}: {}", p.body);
+        let v: Value = serde_json::from_str(&p.body).unwrap();
+        assert_eq!(v["error"]["code"], "bad_request");
+    }
+    let (s, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/admin/compliance/exports",
+            Some("bob"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+}
+
+/// The batch files in `dir`, by batch number.
+fn batches(dir: &Path) -> BTreeMap<u64, PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_owned();
+            let n = name
+                .strip_prefix("chatd-compliance-")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()?;
+            (!name.ends_with(".partial")).then_some((n, p))
+        })
+        .collect()
+}
+
+/// A batch's files by name, after decrypting it with `identity` when given.
+fn open_batch(path: &Path, identity: Option<&age::x25519::Identity>) -> BTreeMap<String, Vec<u8>> {
+    let raw = std::fs::read(path).unwrap();
+    let zip_bytes = match identity {
+        Some(id) => {
+            assert!(path.to_str().unwrap().ends_with(".zip.age"));
+            let d = age::Decryptor::new(&raw[..]).unwrap();
+            let mut r = d
+                .decrypt(std::iter::once(id as &dyn age::Identity))
+                .unwrap();
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            out
+        }
+        None => {
+            assert!(path.to_str().unwrap().ends_with(".zip"));
+            raw
+        }
+    };
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
+    let mut files = BTreeMap::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).unwrap();
+        let mut b = Vec::new();
+        f.read_to_end(&mut b).unwrap();
+        files.insert(f.name().to_owned(), b);
+    }
+    files
+}
+
+/// Checks a batch against its manifest; returns its manifest and records.
+fn check_batch(files: &BTreeMap<String, Vec<u8>>) -> (Value, Vec<Value>) {
+    let names: Vec<&str> = files.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["events.csv", "events.jsonl", "manifest.json"]);
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    for f in manifest["files"].as_array().unwrap() {
+        let bytes = &files[f["path"].as_str().unwrap()];
+        assert_eq!(f["bytes"].as_u64().unwrap(), bytes.len() as u64);
+        assert_eq!(f["sha256"], hex::encode(Sha256::digest(bytes)), "{f}");
+    }
+    let records: Vec<Value> = std::str::from_utf8(&files["events.jsonl"])
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(manifest["events"].as_u64().unwrap(), records.len() as u64);
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &records {
+        *counts
+            .entry(r["kind"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(manifest["counts"], serde_json::to_value(&counts).unwrap());
+    assert_eq!(manifest["last"], records.last().unwrap()["cursor"]);
+    // One CSV row per record, under the header, in the same order (parsed as RFC 4180: a
+    // body may hold commas, quotes and new lines).
+    let mut csv = csv::Reader::from_reader(&files["events.csv"][..]);
+    let header: Vec<String> = csv.headers().unwrap().iter().map(str::to_owned).collect();
+    assert_eq!(header[..5], ["cursor", "commit_ts", "kind", "conv", "seq"]);
+    let body_at = header.iter().position(|h| h == "body").unwrap();
+    let rows: Vec<csv::StringRecord> = csv.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), records.len());
+    for (row, r) in rows.iter().zip(&records) {
+        assert_eq!(row.len(), header.len());
+        assert_eq!(&row[0], r["cursor"].as_str().unwrap());
+        assert_eq!(&row[2], r["kind"].as_str().unwrap());
+        if let Some(body) = r["message"]["body"].as_str() {
+            // A would-be formula is defused in CSV only.
+            let want = if body.starts_with('=') {
+                format!("'{body}")
+            } else {
+                body.to_owned()
+            };
+            assert_eq!(row[body_at], want);
+        }
+    }
+    (manifest, records)
+}
+
+/// Waits until the export job is done; returns the status.
+async fn export_done(api: &Api, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (s, status) = api
+            .call(
+                reqwest::Method::GET,
+                "/v1/admin/compliance/exports",
+                Some("auditor"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{status}");
+        match status["job"]["state"].as_str() {
+            Some("done") => return status,
+            Some("failed") => panic!("export failed: {status}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "export not done: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every record of the whole log, through the API.
+async fn whole_log(base: &str, want_messages: usize, conv: &str) -> Vec<Value> {
+    read_until(base, "boss", "", 1000, Duration::from_secs(20), |r| {
+        message_keys(r, conv).len() >= want_messages
+    })
+    .await
+    .0
+}
+
+/// Every batch's records in batch order, checking each batch and that each starts where the
+/// one before it ended.
+fn all_batches(dir: &Path, identity: Option<&age::x25519::Identity>) -> Vec<Value> {
+    let found = batches(dir);
+    assert!(!found.is_empty(), "no batch in {}", dir.display());
+    assert_eq!(
+        found.keys().copied().collect::<Vec<_>>(),
+        (1..=found.len() as u64).collect::<Vec<_>>(),
+        "batch numbers are contiguous"
+    );
+    let mut out = Vec::new();
+    let mut last = Value::String(String::new());
+    for path in found.values() {
+        let (manifest, records) = check_batch(&open_batch(path, identity));
+        assert_eq!(
+            manifest["after"], last,
+            "batch {} continues the last",
+            manifest["batch"]
+        );
+        last = manifest["last"].clone();
+        out.extend(records);
+    }
+    out
+}
+
+fn cursors(records: &[Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["cursor"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn export_batches_are_checksummed_zips_encrypted_to_the_company_key() {
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let node = Node::start_with(
+        opts()
+            .env("CHATD_COMPLIANCE__PUBLIC_KEY", &recipient)
+            .env("CHATD_COMPLIANCE__BATCH_EVENTS", 20),
+    );
+    let api = Api::new(&node);
+    for u in ["ann", "bob"] {
+        api.touch(u).await;
+    }
+    let group = api.create_group("ann", "export", &["bob"]).await;
+    let conv = ConvId::group(&GroupId::new(group.clone())).to_string();
+    let mut ann = Client::connect(&node, "ann").await;
+    burst(&mut ann, &group, "e", 45).await;
+    // Commas, quotes, new lines and a would-be formula survive CSV and JSONL.
+    let tricky = "=SUM(A1), \"quoted\"\nnext line";
+    ack_seq(&ann.send_group(&group, "tricky", tricky).await);
+    let log = whole_log(&node.http(), 46, &conv).await;
+
+    let (s, started) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/admin/compliance/exports",
+            Some("auditor"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{started}");
+    assert_eq!(started["encrypted"], true);
+    let status = export_done(&api, Duration::from_secs(30)).await;
+    let dir = node.data_dir.join("compliance");
+    let exported = all_batches(&dir, Some(&identity));
+    assert!(batches(&dir).len() >= 3);
+    assert_eq!(
+        status["batches"].as_u64().unwrap(),
+        batches(&dir).len() as u64
+    );
+    // The export holds the log as the API pages it (it may hold events committed later).
+    assert_eq!(cursors(&exported)[..log.len()], cursors(&log)[..]);
+    assert_eq!(status["events"].as_u64().unwrap(), exported.len() as u64);
+    let t = exported
+        .iter()
+        .find(|r| r["client_msg_id"] == "tricky")
+        .unwrap();
+    assert_eq!(t["message"]["body"], tricky);
+    // Without the key the batch is not a zip.
+    let first = batches(&dir).into_values().next().unwrap();
+    assert!(zip::ZipArchive::new(std::fs::File::open(&first).unwrap()).is_err());
+
+    // A second export continues after the first: only what is new.
+    ack_seq(&ann.send_group(&group, "later", "after the export").await);
+    let (s, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/admin/compliance/exports",
+            Some("boss"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let before = status["batches"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = export_done(&api, Duration::from_secs(30)).await;
+        if status["batches"].as_u64().unwrap() > before {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = all_batches(&dir, Some(&identity));
+    assert_unique_cursors(&all);
+    assert_eq!(all.last().unwrap()["client_msg_id"], "later");
+}
+
+#[tokio::test]
+async fn an_export_killed_mid_way_resumes_with_every_event_exactly_once() {
+    let opts = opts()
+        .env("CHATD_COMPLIANCE__BATCH_EVENTS", 10)
+        .env("CHATD_TEST_EXPORT_BATCH_DELAY_MS", 400);
+    let data = tempfile::tempdir().unwrap();
+    let mut node = Node::spawn(data.path(), opts.clone());
+    let api = Api::new(&node);
+    for u in ["ann", "bob"] {
+        api.touch(u).await;
+    }
+    let group = api.create_group("ann", "resume", &["bob"]).await;
+    let conv = ConvId::group(&GroupId::new(group.clone())).to_string();
+    let mut ann = Client::connect(&node, "ann").await;
+    burst(&mut ann, &group, "k", 100).await;
+    let log = whole_log(&node.http(), 100, &conv).await;
+    drop(ann);
+
+    let (s, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/admin/compliance/exports",
+            Some("boss"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let dir = data.path().join("compliance");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while batches(&dir).len() < 3 {
+        assert!(Instant::now() < deadline, "the export wrote no batches");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.kill9();
+    let written_before = batches(&dir).len();
+    assert!(
+        written_before < log.len().div_ceil(10),
+        "killed too late to test a resume"
+    );
+
+    // The restarted node resumes the job by itself.
+    let node = Node::spawn(data.path(), opts);
+    let api = Api::new(&node);
+    let status = export_done(&api, Duration::from_secs(60)).await;
+    let exported = all_batches(&dir, None);
+    assert_unique_cursors(&exported);
+    assert_eq!(
+        cursors(&exported),
+        cursors(&log),
+        "every event exactly once, in order"
+    );
+    assert_eq!(status["events"].as_u64().unwrap(), log.len() as u64);
+    assert_eq!(status["cursor"], exported.last().unwrap()["cursor"]);
+}
+
+#[tokio::test]
+async fn cql_backend_pages_exactly_across_two_nodes() {
+    let ks = unique_keyspace("compliance");
+    let cfg = |id: &str| cluster_node(&ks, id).env("CHATD_AUTH__ADMINS", r#"["boss"]"#);
+    let a = Node::start_with(cfg("ca"));
+    let b = Node::start_with(cfg("cb"));
+    let api = Api::new(&a);
+    for u in ["ann", "bob"] {
+        api.touch(u).await;
+    }
+    let group = api.create_group("ann", "cluster", &["bob"]).await;
+    let conv = ConvId::group(&GroupId::new(group.clone())).to_string();
+    let senders: Vec<_> = [("ann", a.addr), ("bob", b.addr)]
+        .into_iter()
+        .map(|(u, addr)| {
+            let group = group.clone();
+            tokio::spawn(async move {
+                let mut c = Client::connect_with(addr, u, protocol::Codec::Json).await;
+                for i in 0..30 {
+                    ack_seq(&c.send_group(&group, &format!("{u}{i}"), "hello").await);
+                }
+            })
+        })
+        .collect();
+    let (records, cursor) = read_until(&a.http(), "boss", "", 5, Duration::from_secs(60), |r| {
+        message_keys(r, &conv).len() >= 60
+    })
+    .await;
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert_unique_cursors(&records);
+    // Two nodes commit concurrently: the log is in commit order, each seq exactly once.
+    let mut seqs = message_keys(&records, &conv);
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    let again = events(&a.http(), "boss", &cursor, 100).await;
+    assert!(
+        again.records.iter().all(|r| r["kind"] != "message"),
+        "{}",
+        again.body
+    );
+    // The other node answers the same log.
+    let (from_b, _) = read_until(&b.http(), "boss", "", 1000, Duration::from_secs(30), |r| {
+        message_keys(r, &conv).len() >= 60
+    })
+    .await;
+    assert_eq!(cursors(&from_b)[..records.len()], cursors(&records)[..]);
+}
