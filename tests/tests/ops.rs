@@ -101,6 +101,8 @@ async fn metrics_count_sessions_frames_sends_and_logins() {
     assert!(value(&text, "chatd_frames_out_total{codec=\"json\"}") >= 12.0);
     assert!(value(&text, "chatd_router_published_total{result=\"ok\"}") >= 5.0);
     assert!(value(&text, "chatd_router_received_total{payload=\"frame\"}") >= 5.0);
+    // Every DM went through the router to this node's hub: each has a lag sample.
+    assert!(value(&text, "chatd_router_lag_seconds_count") >= 5.0);
     assert!(value(&text, "chatd_store_append_batch_size_count") >= 1.0);
     assert!(value(&text, "chatd_store_commit_seconds_count") >= 1.0);
     assert!(

@@ -312,6 +312,9 @@ impl Sink for Hub {
 
     fn deliver(&self, envelope: Arc<Envelope>) {
         crate::metrics::router_received(matches!(envelope.payload, Payload::Frame(_)));
+        if let Payload::Frame(ServerFrame::Message(m)) = &envelope.payload {
+            crate::metrics::router_lag(m.ts);
+        }
         match (&envelope.audience, &envelope.payload) {
             (Audience::Users(users), Payload::Frame(frame)) => {
                 let shared = SharedFrame::new(frame.clone());

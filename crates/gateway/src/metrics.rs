@@ -179,6 +179,11 @@ fn describe() {
         "chatd_router_received_total",
         "Envelopes received from the router, by payload"
     );
+    describe_histogram!(
+        "chatd_router_lag_seconds",
+        Unit::Seconds,
+        "From a message's store time to its arrival at this node's hub through the router (clocks of two nodes in cluster mode)"
+    );
     describe_counter!(
         "chatd_moderation_verdicts_total",
         "Moderation verdicts on sends, by action and category"
@@ -287,6 +292,7 @@ struct Handles {
     published: [Counter; 2],
     publish_time: Histogram,
     received: [Counter; 2],
+    router_lag: Histogram,
     verdict_allow: Counter,
     logins: [Counter; 4],
 }
@@ -327,6 +333,7 @@ impl Handles {
             publish_time: histogram!("chatd_router_publish_seconds"),
             received: ["frame", "control"]
                 .map(|p| counter!("chatd_router_received_total", "payload" => p)),
+            router_lag: histogram!("chatd_router_lag_seconds"),
             verdict_allow: counter!(
                 "chatd_moderation_verdicts_total",
                 "action" => "allow",
@@ -498,6 +505,14 @@ pub fn router_published(ok: bool, since: Instant) {
 pub fn router_received(frame: bool) {
     if let Some(h) = handles() {
         h.received[usize::from(!frame)].increment(1);
+    }
+}
+
+/// A message stored at `stored_ms` (its `ts`) reached this node's hub through the router.
+pub fn router_lag(stored_ms: u64) {
+    if let Some(h) = handles() {
+        let lag_ms = crate::clock::now_ms().saturating_sub(stored_ms);
+        h.router_lag.record(lag_ms as f64 / 1000.0);
     }
 }
 
