@@ -239,6 +239,25 @@ describe('web app in chromium', () => {
     await expect.poll(() => bob.locator('[data-status="sending"]').count()).toBe(0);
   });
 
+  it('deactivates a leaver and hands their group to a successor', async () => {
+    await admin.call('POST', '/v1/users', { id: 'dan', name: 'Dan', password: PASSWORD });
+    const g = await new Api(node.http, token('dan')).createGroup({ name: 'dan-team', members: ['carol'] });
+    const root = await signIn('root', true);
+    await root.locator('[data-view="admin"]').click();
+    await root.locator('[data-tab="directory"]').click();
+    const row = root.locator('[data-user="dan"]');
+    await row.waitFor();
+    // Without a successor the server refuses (dan owns a group) and says so.
+    await row.getByRole('button', { name: 'Deactivate' }).click();
+    await expect.poll(() => root.getByRole('alert').innerText()).toContain('owns 1 group');
+    await row.getByRole('button', { name: 'Deactivate' }).waitFor();
+    await root.getByLabel('Successor for the groups of a leaver').fill('carol');
+    await row.getByRole('button', { name: 'Deactivate' }).click();
+    await row.getByRole('button', { name: 'Activate' }).waitFor();
+    const detail = await admin.call<{ members: { user: string; role: string }[] }>('GET', `/v1/groups/${g.id}`);
+    expect(detail.members.find((m) => m.role === 'owner')?.user).toBe('carol');
+  });
+
   it('speaks Chinese', async () => {
     await alice.getByLabel('Language').selectOption('zh');
     await alice.getByRole('button', { name: '退出登录' }).waitFor();

@@ -282,6 +282,7 @@ function Directory() {
   const [users, setUsers] = useState<Account[]>([]);
   const [deps, setDeps] = useState<Department[]>([]);
   const [nu, setNu] = useState({ id: '', name: '', department: '', password: '' });
+  const [successor, setSuccessor] = useState('');
   const { run, view } = useAction();
   const load = async () => {
     setUsers(await s.api.users(q || undefined, { include_deactivated: true, limit: 200 }));
@@ -299,6 +300,9 @@ function Directory() {
         </label>
         <button type="submit">{t().search}</button>
       </form>
+      <label>
+        {t().successor} <input value={successor} onInput={(e) => setSuccessor(e.currentTarget.value.trim())} name="dir-successor" autoComplete="off" />
+      </label>
       <table class="grid">
         <thead>
           <tr>
@@ -317,7 +321,18 @@ function Directory() {
               <td>{u.department ?? ''}</td>
               <td>{u.status}</td>
               <td>
-                <button type="button" onClick={() => void run(() => s.api.call('POST', `/v1/users/${u.id}/${u.status === 'active' ? 'deactivate' : 'activate'}`), load)}>
+                <button
+                  type="button"
+                  onClick={() =>
+                    void run(
+                      () =>
+                        u.status === 'active'
+                          ? s.api.call('POST', `/v1/users/${u.id}/deactivate`, successor ? { successor } : undefined)
+                          : s.api.call('POST', `/v1/users/${u.id}/activate`),
+                      load,
+                    )
+                  }
+                >
                   {u.status === 'active' ? t().deactivate : t().activate}
                 </button>
               </td>

@@ -729,12 +729,7 @@ impl Exporter<'_> {
             status.job = Some(job);
             self.save(raw, &status).await?;
             if done {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0);
-                ::metrics::gauge!("chatd_compliance_export_last_success_timestamp_seconds")
-                    .set(now);
+                crate::metrics::compliance_export_succeeded();
                 return Ok(());
             }
             test_batch_delay().await;

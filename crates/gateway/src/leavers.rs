@@ -427,7 +427,10 @@ pub async fn erase_due(state: &AppState) -> Result<usize, ApiError> {
             }
             let user = UserId::new(&key);
             match erase(state, &user, raw, record).await {
-                Ok(true) => erased += 1,
+                Ok(true) => {
+                    erased += 1;
+                    crate::metrics::leaver_erased();
+                }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(user = %user, error = %e.message, "erasure failed; retried next run")

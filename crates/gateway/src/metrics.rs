@@ -218,6 +218,14 @@ fn describe() {
         "chatd_retention_deleted_total",
         "What retention passes deleted, by kind (messages, attachments, files)"
     );
+    describe_gauge!(
+        "chatd_compliance_export_last_success_timestamp_seconds",
+        "Unix time of the last compliance export job this node finished"
+    );
+    describe_counter!(
+        "chatd_leavers_erased_total",
+        "Accounts of leavers the erasure job anonymised"
+    );
 }
 
 /// The result of one `send`.
@@ -566,6 +574,17 @@ pub fn backup_succeeded() {
 pub fn retention_succeeded() {
     let now = crate::clock::now_ms() as f64 / 1000.0;
     metrics::gauge!("chatd_retention_last_success_timestamp_seconds").set(now);
+}
+
+/// A compliance export job finished successfully now (see `crate::compliance`).
+pub fn compliance_export_succeeded() {
+    let now = crate::clock::now_ms() as f64 / 1000.0;
+    metrics::gauge!("chatd_compliance_export_last_success_timestamp_seconds").set(now);
+}
+
+/// The leavers' erasure job anonymised one account (see `crate::leavers`).
+pub fn leaver_erased() {
+    metrics::counter!("chatd_leavers_erased_total").increment(1);
 }
 
 /// What a retention pass deleted.
