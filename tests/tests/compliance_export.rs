@@ -228,6 +228,64 @@ async fn pages_are_exact_with_equal_commit_times_and_sends_committed_while_pagin
     assert_eq!(recalled["message"]["body"], "");
 }
 
+/// A message recalled while a legal hold covers it: the log shows the copy the hold kept (the
+/// content as sent), marked `held_copy`; a recall without a hold shows the tombstone.
+#[tokio::test]
+async fn a_message_recalled_under_a_legal_hold_is_exported_with_its_content() {
+    let node = Node::start_with(opts());
+    let api = Api::new(&node);
+    for u in ["ann", "bob", "boss"] {
+        api.touch(u).await;
+    }
+    let (s, hold) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/admin/holds",
+            Some("boss"),
+            Some(serde_json::json!({"scope": {"type": "user", "user": "ann"}, "reason": "case 9"})),
+        )
+        .await;
+    assert!(s < 300, "{hold}");
+    let mut ann = Client::connect(&node, "ann").await;
+    let mut bob = Client::connect(&node, "bob").await;
+    let seq = protocol::Seq(ack_seq(&ann.send_dm("bob", "h1", "the held words").await));
+    ack_seq(&bob.send_dm("ann", "b1", "not held").await);
+    let conv = ConvId::parse("dm:ann:bob").unwrap();
+    for (c, at) in [(&mut ann, seq), (&mut bob, protocol::Seq(seq.0 + 1))] {
+        c.send(&ClientFrame::Recall {
+            rid: Some("r".into()),
+            conv: conv.clone(),
+            seq: at,
+        })
+        .await;
+        c.recv_until(|f| matches!(f, ServerFrame::Recalled { .. }))
+            .await;
+    }
+    let dm = conv.to_string();
+    let (records, _) = read_until(
+        &node.http(),
+        "auditor",
+        "",
+        50,
+        Duration::from_secs(30),
+        |r| message_keys(r, &dm).len() >= 2,
+    )
+    .await;
+    let message = |n: u64| {
+        records
+            .iter()
+            .find(|r| r["kind"] == "message" && r["conv"] == dm.as_str() && r["seq"] == n)
+            .unwrap()
+    };
+    let held = message(seq.0);
+    assert_eq!(held["held_copy"], true, "{held}");
+    assert_eq!(held["message"]["body"], "the held words", "{held}");
+    let plain = message(seq.0 + 1);
+    assert!(plain.get("held_copy").is_none(), "{plain}");
+    assert_eq!(plain["message"]["kind"], "recalled", "{plain}");
+    assert_eq!(plain["message"]["body"], "", "{plain}");
+}
+
 #[tokio::test]
 async fn only_administrators_and_officers_read_the_log_and_bad_input_is_refused() {
     let node = Node::start_with(opts());

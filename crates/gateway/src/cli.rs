@@ -124,6 +124,7 @@ async fn export_compliance(config: &Config) -> anyhow::Result<()> {
         sources: crate::compliance::Sources {
             store: &*storage.store,
             review: &*storage.review,
+            meta: &*storage.meta,
         },
         meta: &*storage.meta,
         config,

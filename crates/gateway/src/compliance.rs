@@ -106,6 +106,10 @@ pub struct Record {
     /// For a message: true when it is no longer stored (expired or deleted).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub message_gone: bool,
+    /// For a message recalled while a legal hold covered it: `message` is the copy the hold
+    /// kept (its content as sent), not the tombstone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_copy: bool,
 }
 
 /// A page of records.
@@ -128,6 +132,8 @@ pub struct Sources<'a> {
     pub store: &'a dyn Store,
     /// The event log.
     pub review: &'a dyn ReviewStore,
+    /// Records: the copies a legal hold kept of recalled messages (`crate::holds`).
+    pub meta: &'a dyn MetaStore,
 }
 
 impl<'a> Sources<'a> {
@@ -136,6 +142,7 @@ impl<'a> Sources<'a> {
         Self {
             store: &*state.store,
             review: &*state.review,
+            meta: &*state.meta,
         }
     }
 }
@@ -144,6 +151,19 @@ impl<'a> Sources<'a> {
 fn read_permits(cfg: &ComplianceConfig) -> &'static Semaphore {
     static PERMITS: OnceLock<Semaphore> = OnceLock::new();
     PERMITS.get_or_init(|| Semaphore::new(cfg.max_concurrent_reads.max(1)))
+}
+
+/// The copy a legal hold kept of message `seq` of `conv` when it was recalled, if any.
+async fn held_copy(
+    meta: &dyn MetaStore,
+    conv: &protocol::ConvId,
+    seq: Seq,
+) -> Result<Option<Message>, ApiError> {
+    let key = crate::holds::held_content_key(conv, seq);
+    match meta.get(crate::holds::NS_HELD_CONTENT, &key).await? {
+        Some(bytes) => Ok(Some(crate::directory::from_json(&bytes)?)),
+        None => Ok(None),
+    }
 }
 
 /// Reads up to `limit` records after `after`, refusing with 503 when
@@ -179,7 +199,7 @@ pub async fn read_page(
     let page = src.review.compliance_events(after, limit).await?;
     let records: Vec<Result<Record, ApiError>> = futures_util::stream::iter(page.events)
         .map(move |e| async move {
-            let (message, message_gone) = match &e.body {
+            let (message, message_gone, held_copy) = match &e.body {
                 EventBody::Message { conv, seq, .. } => {
                     let found = src
                         .store
@@ -189,9 +209,22 @@ pub async fn read_page(
                         .into_iter()
                         .find(|m| m.seq == *seq);
                     let gone = found.is_none();
-                    (found, gone)
+                    // Recalled under a legal hold: the hold kept the content for exactly
+                    // this reader.
+                    let recalled = found
+                        .as_ref()
+                        .is_none_or(|m| m.kind == protocol::MessageKind::Recalled);
+                    let kept = if recalled {
+                        held_copy(src.meta, conv, *seq).await?
+                    } else {
+                        None
+                    };
+                    match kept {
+                        Some(copy) => (Some(copy), gone, true),
+                        None => (found, gone, false),
+                    }
                 }
-                _ => (None, false),
+                _ => (None, false, false),
             };
             Ok(Record {
                 cursor: encode_cursor(&e.id),
@@ -199,6 +232,7 @@ pub async fn read_page(
                 event: e.body,
                 message,
                 message_gone,
+                held_copy,
             })
         })
         .buffered(MESSAGE_READS)
@@ -251,6 +285,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "rule",
     "category",
     "detail",
+    "held_copy",
 ];
 
 /// A cell as written to CSV: text a spreadsheet would run as a formula (starting with `=`,
@@ -295,6 +330,7 @@ pub fn csv(records: &[Record]) -> Result<Vec<u8>, ApiError> {
                 row.insert("client_msg_id", client_msg_id.clone());
                 row.insert("moderation", moderation.clone().unwrap_or_default());
                 row.insert("message_gone", r.message_gone.to_string());
+                row.insert("held_copy", r.held_copy.to_string());
                 if let Some(m) = &r.message {
                     row.insert("message_kind", enum_name(&m.kind));
                     row.insert("message_ts", m.ts.to_string());
