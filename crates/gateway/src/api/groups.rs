@@ -984,6 +984,7 @@ async fn set_announcement(
     let needs_approval = matches!(view.group.kind, GroupKind::Company | GroupKind::Department)
         || view.settings.approval_required;
     if needs_approval {
+        crate::policy::check_not_restricted(&state, &me).await?;
         let post = crate::posts::submit(
             &state,
             &me,
