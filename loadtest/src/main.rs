@@ -372,6 +372,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let mut env: Vec<(String, String)> = vec![
                 ("CHATD_LIMITS__SEND_PER_SEC".into(), "1000000".into()),
                 ("CHATD_LIMITS__SEND_BURST".into(), "1000000".into()),
+                // The per-user budgets too: a benchmark measures capacity, not the limits.
+                (
+                    "CHATD_LIMITS__USER_DELIVERIES_PER_SEC".into(),
+                    "100000000".into(),
+                ),
+                (
+                    "CHATD_LIMITS__USER_DELIVERIES_BURST".into(),
+                    "100000000".into(),
+                ),
+                ("CHATD_LIMITS__HTTP_WRITES_PER_SEC".into(), "100000".into()),
+                ("CHATD_LIMITS__HTTP_WRITES_BURST".into(), "100000".into()),
             ];
             for kv in &args.server_env {
                 let (k, v) = kv

@@ -564,7 +564,10 @@ fn node() -> Node {
         NodeOpts::default()
             .env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
             .env("CHATD_AUTH__REVIEWERS", r#"["rev"]"#)
-            .env("CHATD_AUTH__LOGIN_ATTEMPTS_PER_MINUTE", 100),
+            .env("CHATD_AUTH__LOGIN_ATTEMPTS_PER_MINUTE", 100)
+            // Every route for every caller: far more changes per account than a person makes.
+            .env("CHATD_LIMITS__HTTP_WRITES_PER_SEC", 100_000)
+            .env("CHATD_LIMITS__HTTP_WRITES_BURST", 100_000),
     )
 }
 

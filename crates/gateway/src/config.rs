@@ -540,6 +540,20 @@ pub struct LimitsConfig {
     pub send_per_sec: u32,
     /// Burst allowance on top of `send_per_sec`.
     pub send_burst: u32,
+    /// Sustained messages per second one user sends from all their sessions on this node.
+    pub user_send_per_sec: u32,
+    /// Burst allowance on top of `user_send_per_sec`.
+    pub user_send_burst: u32,
+    /// Sustained recipients per second of one user's messages on this node (a message to a
+    /// group costs one per member): what one account makes others receive.
+    pub user_deliveries_per_sec: u32,
+    /// Burst allowance on top of `user_deliveries_per_sec`; a message to a larger group costs
+    /// the whole burst.
+    pub user_deliveries_burst: u32,
+    /// Sustained mutating HTTP requests (not `GET`/`HEAD`/`OPTIONS`) per second per user.
+    pub http_writes_per_sec: u32,
+    /// Burst allowance on top of `http_writes_per_sec`.
+    pub http_writes_burst: u32,
     /// Largest `history` page (larger requests are clamped).
     pub history_max: u32,
     /// Most messages per conversation in one `synced` reply (larger requests are clamped).
@@ -575,6 +589,12 @@ impl Default for LimitsConfig {
             max_body_chars: 8000,
             send_per_sec: 50,
             send_burst: 100,
+            user_send_per_sec: 100,
+            user_send_burst: 200,
+            user_deliveries_per_sec: 50_000,
+            user_deliveries_burst: 100_000,
+            http_writes_per_sec: 20,
+            http_writes_burst: 200,
             history_max: 200,
             sync_max: 500,
             sync_max_conversations: 200,

@@ -47,3 +47,4 @@ pub mod session;
 pub mod signin;
 pub mod state;
 pub mod tls;
+pub mod user_rates;

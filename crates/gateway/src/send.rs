@@ -128,6 +128,12 @@ pub async fn send(
         }
     };
     crate::policy::check_not_restricted(state, me).await?;
+    // The account's budget across its sessions: messages, and recipients per second.
+    let recipients = match &access {
+        Access::Direct(_) => 2,
+        Access::Group(view) => view.members.len(),
+    };
+    state.user_rates.check_send(me, recipients)?;
     crate::messages::check_mentions(&access, me, &req.mentions)?;
     let mut req = req;
     if let Some(a) = &req.attachment {

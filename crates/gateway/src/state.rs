@@ -49,6 +49,9 @@ pub struct Inner {
     pub login_limiter: governor::DefaultKeyedRateLimiter<UserId>,
     /// Uploads per user id (`files.uploads_per_minute`).
     pub upload_limiter: governor::DefaultKeyedRateLimiter<UserId>,
+    /// Per-user message, delivery and HTTP write rates across sessions (`limits.user_*`,
+    /// `limits.http_writes_*`).
+    pub user_rates: crate::user_rates::UserRates,
     /// Permits for uploads being received (`files.max_concurrent_uploads`).
     pub uploads: Arc<Semaphore>,
     /// Uploads in progress per user (`files.max_concurrent_uploads_per_user`).

@@ -50,6 +50,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("signin", 1),
     ("hashing", 1),
     ("budget", 1),
+    ("user_rates", 1),
     ("backends", 1),
     ("listener", 1),
     ("tls", 1),

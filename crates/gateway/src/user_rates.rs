@@ -1,0 +1,163 @@
+//! Per-user budgets that hold across a user's sessions: what one account may make the node
+//! (and other members) spend per second, however many connections it opens.
+//!
+//! The per-session send limit (`limits.send_per_sec`) alone lets one account multiply its
+//! rate by its sessions (`server.max_sessions_per_user`), and a message to a large group costs
+//! one delivery per member, so three keyed limits sit beside it:
+//!
+//! - **messages** (`limits.user_send_per_sec`, `limits.user_send_burst`, never below the
+//!   per-session `limits.send_per_sec`/`send_burst`): messages one user sends per second from
+//!   all their sessions on this node;
+//! - **deliveries** (`limits.user_deliveries_per_sec`, `limits.user_deliveries_burst`): the
+//!   recipients of those messages per second, so posting to a 5,000-member group costs 5,000
+//!   (a message to a group larger than the burst costs the whole burst, so it can still be sent);
+//! - **HTTP writes** (`limits.http_writes_per_sec`, `limits.http_writes_burst`): mutating HTTP
+//!   requests (anything but `GET`/`HEAD`/`OPTIONS`) per authenticated user: group and directory
+//!   changes, announcements, uploads' records.
+//!
+//! Each refusal is `rate_limited` (HTTP 429, `retry: true`) and changes nothing. The limits are
+//! kept per node (a user's sessions on N nodes get N times the budget; sessions per user are
+//! capped). Keys are authenticated user ids only, and idle keys are dropped once the table
+//! holds more than [`PRUNE_ABOVE`] of them.
+
+use crate::config::LimitsConfig;
+use crate::error::ApiError;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use protocol::{ErrorCode, UserId};
+use std::num::NonZeroU32;
+
+/// Keys a limiter keeps before idle ones are dropped (`retain_recent`).
+pub const PRUNE_ABOVE: usize = 100_000;
+
+/// The node's per-user limiters.
+pub struct UserRates {
+    messages: DefaultKeyedRateLimiter<UserId>,
+    deliveries: DefaultKeyedRateLimiter<UserId>,
+    deliveries_burst: NonZeroU32,
+    http_writes: DefaultKeyedRateLimiter<UserId>,
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+fn keyed(per_sec: u32, burst: u32) -> DefaultKeyedRateLimiter<UserId> {
+    RateLimiter::keyed(Quota::per_second(nz(per_sec)).allow_burst(nz(burst)))
+}
+
+fn prune(limiter: &DefaultKeyedRateLimiter<UserId>) {
+    if limiter.len() > PRUNE_ABOVE {
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+    }
+}
+
+impl UserRates {
+    /// Limiters from the `[limits]` section.
+    pub fn new(limits: &LimitsConfig) -> Self {
+        Self {
+            // Never below one session's own limit: a single session keeps its full rate.
+            messages: keyed(
+                limits.user_send_per_sec.max(limits.send_per_sec),
+                limits.user_send_burst.max(limits.send_burst),
+            ),
+            deliveries: keyed(limits.user_deliveries_per_sec, limits.user_deliveries_burst),
+            deliveries_burst: nz(limits.user_deliveries_burst),
+            http_writes: keyed(limits.http_writes_per_sec, limits.http_writes_burst),
+        }
+    }
+
+    /// Charges one message to `recipients` members to `user`; `rate_limited` when either the
+    /// user's message rate or their delivery rate is spent (nothing is charged then for the
+    /// delivery budget; a refused message still counts as an attempt against the message rate).
+    pub fn check_send(&self, user: &UserId, recipients: usize) -> Result<(), ApiError> {
+        prune(&self.messages);
+        prune(&self.deliveries);
+        if self.messages.check_key(user).is_err() {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many messages from this account across its sessions; slow down and retry",
+            ));
+        }
+        let cost = u32::try_from(recipients)
+            .unwrap_or(u32::MAX)
+            .min(self.deliveries_burst.get());
+        match self.deliveries.check_key_n(user, nz(cost)) {
+            Ok(Ok(())) => Ok(()),
+            // `cost` never exceeds the burst, so capacity is never insufficient.
+            Ok(Err(_)) | Err(_) => Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "this account's messages reach too many recipients per second; slow down and retry",
+            )),
+        }
+    }
+
+    /// Charges one mutating HTTP request to `user`; `rate_limited` when their budget is spent.
+    pub fn check_http_write(&self, user: &UserId) -> Result<(), ApiError> {
+        prune(&self.http_writes);
+        self.http_writes.check_key(user).map_err(|_| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                "too many changes from this account; slow down and retry",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rates(send: (u32, u32), deliveries: (u32, u32), http: (u32, u32)) -> UserRates {
+        let limits = LimitsConfig {
+            send_per_sec: 1,
+            send_burst: 1,
+            user_send_per_sec: send.0,
+            user_send_burst: send.1,
+            user_deliveries_per_sec: deliveries.0,
+            user_deliveries_burst: deliveries.1,
+            http_writes_per_sec: http.0,
+            http_writes_burst: http.1,
+            ..LimitsConfig::default()
+        };
+        UserRates::new(&limits)
+    }
+
+    #[test]
+    fn messages_are_counted_per_user_not_per_caller() {
+        let r = rates((1, 3), (1000, 1000), (1, 1));
+        let (a, b) = (UserId::new("a"), UserId::new("b"));
+        for _ in 0..3 {
+            r.check_send(&a, 2).unwrap();
+        }
+        assert_eq!(
+            r.check_send(&a, 2).unwrap_err().code,
+            ErrorCode::RateLimited
+        );
+        // Another user is not affected.
+        r.check_send(&b, 2).unwrap();
+    }
+
+    #[test]
+    fn deliveries_weigh_by_recipients_and_a_huge_group_costs_the_burst() {
+        let r = rates((1000, 1000), (10, 100), (1, 1));
+        let a = UserId::new("a");
+        r.check_send(&a, 60).unwrap();
+        assert!(r.check_send(&a, 60).is_err(), "60 + 60 > 100");
+        let b = UserId::new("b");
+        // Larger than the burst: allowed once (costs the whole burst), then refused.
+        r.check_send(&b, 1_000_000).unwrap();
+        assert!(r.check_send(&b, 1).is_err());
+    }
+
+    #[test]
+    fn http_writes_have_their_own_budget() {
+        let r = rates((1, 1), (1, 1), (1, 2));
+        let a = UserId::new("a");
+        r.check_http_write(&a).unwrap();
+        r.check_http_write(&a).unwrap();
+        assert!(r.check_http_write(&a).is_err());
+        r.check_send(&a, 1).unwrap();
+    }
+}

@@ -1,0 +1,184 @@
+//! Per-user budgets across sessions (`crates/gateway/src/user_rates.rs`): one account with many
+//! sessions, a flood of posts to a large group, a flood of HTTP changes. Each attack is refused
+//! with `rate_limited` and an innocent user keeps chatting in normal time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use protocol::{ErrorCode, ServerFrame};
+use std::time::{Duration, Instant};
+use testkit::{Api, Client, Node, NodeOpts};
+
+fn is_rate_limited(f: &ServerFrame) -> bool {
+    matches!(
+        f,
+        ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            retry: true,
+            ..
+        }
+    )
+}
+
+fn is_ack(f: &ServerFrame) -> bool {
+    matches!(f, ServerFrame::Ack { .. })
+}
+
+/// An innocent DM: acked and delivered within two seconds.
+async fn innocent_dm(from: &mut Client, to: &mut Client, to_user: &str, cmid: &str) {
+    let start = Instant::now();
+    let ack = from.send_dm(to_user, cmid, "hello, innocent").await;
+    assert!(is_ack(&ack), "innocent send refused: {ack:?}");
+    // Skip what the attacker got delivered before it.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while to.next_message().await.body != "hello, innocent" {}
+    })
+    .await
+    .expect("innocent delivery");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "innocent DM took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn many_sessions_of_one_account_share_one_message_budget() {
+    let node = Node::start_with(
+        NodeOpts::default()
+            // Each of the 4 sessions alone could send 10 at once; together they get 10.
+            .env("CHATD_LIMITS__SEND_PER_SEC", 5)
+            .env("CHATD_LIMITS__SEND_BURST", 10)
+            .env("CHATD_LIMITS__USER_SEND_PER_SEC", 5)
+            .env("CHATD_LIMITS__USER_SEND_BURST", 10),
+    );
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        sessions.push(Client::connect_device(&node, "mal", &format!("d{i}")).await);
+    }
+    let mut bob = Client::connect(&node, "bob").await;
+    let mut ann = Client::connect(&node, "ann").await;
+    let start = Instant::now();
+    let (mut acked, mut limited) = (0, 0);
+    for round in 0..10 {
+        for (i, s) in sessions.iter_mut().enumerate() {
+            let f = s.send_dm("bob", &format!("m{round}-{i}"), "spam").await;
+            if is_ack(&f) {
+                acked += 1;
+            } else if is_rate_limited(&f) {
+                limited += 1;
+            } else {
+                panic!("unexpected reply {f:?}");
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("{acked} acked, {limited} limited in {secs:.2}s");
+    // 10 of burst plus 5 per second, whatever the number of sessions (40 tried).
+    let allowed = 10.0 + 5.0 * secs + 2.0;
+    assert!(
+        (acked as f64) <= allowed,
+        "{acked} acked in {secs:.1}s, at most {allowed:.0} allowed"
+    );
+    assert!(limited >= 40 - allowed as i32, "{limited} limited");
+    // The innocent user is not affected.
+    innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
+}
+
+#[tokio::test]
+async fn posting_to_a_large_group_is_held_to_the_delivery_budget() {
+    let node = Node::start_with(
+        NodeOpts::default()
+            .env("CHATD_LIMITS__SEND_PER_SEC", 1000)
+            .env("CHATD_LIMITS__SEND_BURST", 1000)
+            .env("CHATD_LIMITS__USER_DELIVERIES_PER_SEC", 40)
+            .env("CHATD_LIMITS__USER_DELIVERIES_BURST", 100),
+    );
+    let api = Api::new(&node);
+    let members: Vec<String> = (0..39).map(|i| format!("m{i:02}")).collect();
+    for m in &members {
+        api.touch(m).await;
+    }
+    api.touch("ann").await;
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    let group = api.create_group("mal", "big", &refs).await; // 40 members with mal
+    let mut mal = Client::connect(&node, "mal").await;
+    let (mut acked, mut limited) = (0, 0);
+    let start = Instant::now();
+    for i in 0..10 {
+        let f = mal
+            .send_group(&group, &format!("g{i}"), "to everyone")
+            .await;
+        if is_ack(&f) {
+            acked += 1;
+        } else if is_rate_limited(&f) {
+            limited += 1;
+        } else {
+            panic!("unexpected reply {f:?}");
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("{acked} posts acked, {limited} limited in {secs:.2}s");
+    // Each post costs 40 of a 100 burst refilled at 40/s.
+    let allowed = (100.0 + 40.0 * secs) / 40.0 + 1.0;
+    assert!(
+        (acked as f64) <= allowed,
+        "{acked} posts acked in {secs:.1}s, at most {allowed:.1} allowed"
+    );
+    assert!(acked >= 2, "the burst allows two posts, got {acked}");
+    assert!(limited >= 5, "{limited} limited");
+    // Other users are not affected: ann DMs a member, who also still reads the group.
+    let mut ann = Client::connect(&node, "ann").await;
+    let mut m0 = Client::connect(&node, "m00").await;
+    innocent_dm(&mut ann, &mut m0, "m00", "ann-1").await;
+}
+
+#[tokio::test]
+async fn a_flood_of_http_changes_gets_429_and_others_keep_working() {
+    let node = Node::start_with(
+        NodeOpts::default()
+            .env("CHATD_LIMITS__HTTP_WRITES_PER_SEC", 2)
+            .env("CHATD_LIMITS__HTTP_WRITES_BURST", 5),
+    );
+    let api = Api::new(&node);
+    let (mut created, mut limited) = (0, 0);
+    let start = Instant::now();
+    for i in 0..30 {
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                "/v1/groups",
+                Some("mal"),
+                Some(serde_json::json!({"name": format!("flood {i}"), "members": []})),
+            )
+            .await;
+        match status {
+            201 => created += 1,
+            429 => {
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                assert_eq!(body["error"]["retry"], true, "{body}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("{created} created, {limited} limited in {secs:.2}s");
+    let allowed = 5.0 + 2.0 * secs + 1.0;
+    assert!(
+        (created as f64) <= allowed,
+        "{created} created in {secs:.1}s, at most {allowed:.0} allowed"
+    );
+    assert!(limited >= 30 - allowed as i32, "{limited} limited");
+    // Refused changes changed nothing: mal owns exactly the groups that were created.
+    let (status, groups) = api
+        .call(reqwest::Method::GET, "/v1/groups", Some("mal"), None)
+        .await;
+    assert_eq!(status, 200, "reads are not limited: {groups}");
+    assert_eq!(groups.as_array().unwrap().len(), created);
+    // Another user's change and chat still work.
+    let id = api.create_group("ann", "ann's group", &[]).await;
+    assert!(!id.is_empty());
+    let mut ann = Client::connect(&node, "ann").await;
+    let mut bob = Client::connect(&node, "bob").await;
+    innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
+}
