@@ -182,3 +182,43 @@ async fn a_flood_of_http_changes_gets_429_and_others_keep_working() {
     let mut bob = Client::connect(&node, "bob").await;
     innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
 }
+
+#[tokio::test]
+async fn uploads_are_held_to_a_daily_byte_budget_per_account() {
+    let node =
+        Node::start_with(NodeOpts::default().env("CHATD_FILES__UPLOAD_BYTES_PER_DAY", 100 * 1024));
+    let api = Api::new(&node);
+    let file = vec![b'x'; 60 * 1024];
+    let (s, body) = api.upload("mal", "a.txt", "text/plain", file.clone()).await;
+    assert_eq!(s, 201, "{body}");
+    let mut other = file.clone();
+    other[0] = b'y';
+    let (s, body) = api
+        .upload("mal", "b.txt", "text/plain", other.clone())
+        .await;
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert_eq!(body["error"]["retry"], true, "{body}");
+    // Another account has its own budget.
+    let (s, body) = api.upload("ann", "b.txt", "text/plain", other).await;
+    assert_eq!(s, 201, "{body}");
+}
+
+#[tokio::test]
+async fn uploads_never_take_the_disk_below_the_reserve() {
+    // A reserve larger than any disk: every upload that needs new space is refused.
+    let node = Node::start_with(
+        NodeOpts::default().env("CHATD_FILES__MIN_FREE_BYTES", 1_000_000_000_000_000_000u64),
+    );
+    let api = Api::new(&node);
+    let (s, body) = api
+        .upload("mal", "a.txt", "text/plain", vec![b'x'; 4096])
+        .await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert_eq!(body["error"]["retry"], true, "{body}");
+    // The node keeps serving chat.
+    let mut ann = Client::connect(&node, "ann").await;
+    let mut bob = Client::connect(&node, "bob").await;
+    innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
+}

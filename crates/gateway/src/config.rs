@@ -368,6 +368,12 @@ pub struct FilesConfig {
     pub upload_min_bytes_per_sec: u64,
     /// Time an upload gets before `upload_min_bytes_per_sec` applies, ms.
     pub upload_grace_ms: u64,
+    /// Bytes one user may upload per day (a sliding budget that refills evenly); an upload
+    /// past it gets 429 and stores nothing.
+    pub upload_bytes_per_day: u64,
+    /// Free space that uploads must leave on the files volume, bytes; an upload that would
+    /// go below it gets 503 with `retry`, so uploads cannot fill the disk the store needs.
+    pub min_free_bytes: u64,
 }
 
 impl Default for FilesConfig {
@@ -394,6 +400,8 @@ impl Default for FilesConfig {
             max_concurrent_uploads_per_user: 2,
             upload_min_bytes_per_sec: 4096,
             upload_grace_ms: 10_000,
+            upload_bytes_per_day: 1024 * 1024 * 1024,
+            min_free_bytes: 1024 * 1024 * 1024,
         }
     }
 }

@@ -60,6 +60,46 @@ pub fn content_path(state: &AppState, sha: &str) -> PathBuf {
         .join(sha)
 }
 
+/// Refuses to store `size` more bytes when that would leave less than `files.min_free_bytes`
+/// free on the files volume (503 with `retry`): uploads must not fill the disk that the
+/// message store needs. The volume is measured at the nearest existing ancestor of the files
+/// directory.
+pub async fn check_free_space(state: &AppState, size: u64) -> Result<(), ApiError> {
+    let min_free = state.config.files.min_free_bytes;
+    if min_free == 0 {
+        return Ok(());
+    }
+    let dir = files_dir(state);
+    let free = tokio::task::spawn_blocking(move || {
+        let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
+        for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+            match rustix::fs::statvfs(d) {
+                Ok(st) => return Ok(st.f_bavail.saturating_mul(st.f_frsize)),
+                Err(e) => last = e.into(),
+            }
+        }
+        rustix::fs::statvfs(".")
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+            .map_err(|_| last)
+    })
+    .await
+    .map_err(|e| io_error(std::io::Error::other(e)))?
+    .map_err(io_error)?;
+    if free < min_free.saturating_add(size) {
+        tracing::warn!(
+            free,
+            min_free,
+            size,
+            "upload refused: the files volume is nearly full"
+        );
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the server's file storage is nearly full (files.min_free_bytes); retry later",
+        ));
+    }
+    Ok(())
+}
+
 /// A file storage failure: logged, answered as `unavailable`.
 pub fn io_error(e: std::io::Error) -> ApiError {
     tracing::error!(error = %e, "file storage");

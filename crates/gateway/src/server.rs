@@ -115,7 +115,7 @@ impl Node {
                 std::num::NonZeroU32::new(config.files.uploads_per_minute.max(1))
                     .unwrap_or(std::num::NonZeroU32::MIN),
             )),
-            user_rates: crate::user_rates::UserRates::new(&config.limits),
+            user_rates: crate::user_rates::UserRates::new(&config.limits, &config.files),
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 config.files.max_concurrent_uploads.max(1),
             )),

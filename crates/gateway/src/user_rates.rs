@@ -13,14 +13,16 @@
 //!   (a message to a group larger than the burst costs the whole burst, so it can still be sent);
 //! - **HTTP writes** (`limits.http_writes_per_sec`, `limits.http_writes_burst`): mutating HTTP
 //!   requests (anything but `GET`/`HEAD`/`OPTIONS`) per authenticated user: group and directory
-//!   changes, announcements, uploads' records.
+//!   changes, announcements, uploads' records;
+//! - **upload bytes** (`files.upload_bytes_per_day`): bytes one user uploads per day, refilled
+//!   evenly, counted in KiB.
 //!
 //! Each refusal is `rate_limited` (HTTP 429, `retry: true`) and changes nothing. The limits are
 //! kept per node (a user's sessions on N nodes get N times the budget; sessions per user are
 //! capped). Keys are authenticated user ids only, and idle keys are dropped once the table
 //! holds more than [`PRUNE_ABOVE`] of them.
 
-use crate::config::LimitsConfig;
+use crate::config::{FilesConfig, LimitsConfig};
 use crate::error::ApiError;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use protocol::{ErrorCode, UserId};
@@ -35,6 +37,7 @@ pub struct UserRates {
     deliveries: DefaultKeyedRateLimiter<UserId>,
     deliveries_burst: NonZeroU32,
     http_writes: DefaultKeyedRateLimiter<UserId>,
+    upload_kib: DefaultKeyedRateLimiter<UserId>,
 }
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -53,9 +56,19 @@ fn prune(limiter: &DefaultKeyedRateLimiter<UserId>) {
 }
 
 impl UserRates {
-    /// Limiters from the `[limits]` section.
-    pub fn new(limits: &LimitsConfig) -> Self {
+    /// Limiters from the `[limits]` and `[files]` sections.
+    pub fn new(limits: &LimitsConfig, files: &FilesConfig) -> Self {
+        let day_kib = u32::try_from(files.upload_bytes_per_day / 1024)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let per_kib = std::time::Duration::from_secs(86_400) / day_kib;
+        let upload_kib = RateLimiter::keyed(
+            Quota::with_period(per_kib.max(std::time::Duration::from_nanos(1)))
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                .allow_burst(nz(day_kib)),
+        );
         Self {
+            upload_kib,
             // Never below one session's own limit: a single session keeps its full rate.
             messages: keyed(
                 limits.user_send_per_sec.max(limits.send_per_sec),
@@ -92,6 +105,20 @@ impl UserRates {
         }
     }
 
+    /// Charges an upload of `bytes` to `user`; `rate_limited` when their day's budget
+    /// (`files.upload_bytes_per_day`) does not hold it.
+    pub fn check_upload_bytes(&self, user: &UserId, bytes: u64) -> Result<(), ApiError> {
+        prune(&self.upload_kib);
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        match self.upload_kib.check_key_n(user, nz(kib)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "this account uploaded its day's bytes (files.upload_bytes_per_day); retry later",
+            )),
+        }
+    }
+
     /// Charges one mutating HTTP request to `user`; `rate_limited` when their budget is spent.
     pub fn check_http_write(&self, user: &UserId) -> Result<(), ApiError> {
         prune(&self.http_writes);
@@ -121,7 +148,7 @@ mod tests {
             http_writes_burst: http.1,
             ..LimitsConfig::default()
         };
-        UserRates::new(&limits)
+        UserRates::new(&limits, &FilesConfig::default())
     }
 
     #[test]
@@ -149,6 +176,21 @@ mod tests {
         // Larger than the burst: allowed once (costs the whole burst), then refused.
         r.check_send(&b, 1_000_000).unwrap();
         assert!(r.check_send(&b, 1).is_err());
+    }
+
+    #[test]
+    fn uploads_are_held_to_the_day_s_bytes() {
+        let files = FilesConfig {
+            upload_bytes_per_day: 100 * 1024,
+            ..FilesConfig::default()
+        };
+        let r = UserRates::new(&LimitsConfig::default(), &files);
+        let (a, b) = (UserId::new("a"), UserId::new("b"));
+        r.check_upload_bytes(&a, 60 * 1024).unwrap();
+        assert!(r.check_upload_bytes(&a, 60 * 1024).is_err());
+        r.check_upload_bytes(&a, 30 * 1024).unwrap();
+        r.check_upload_bytes(&b, 100 * 1024).unwrap();
+        assert!(r.check_upload_bytes(&b, 1).is_err());
     }
 
     #[test]

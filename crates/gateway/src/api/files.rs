@@ -160,9 +160,13 @@ async fn upload(
     if bytes.is_empty() {
         return Err(ApiError::bad_request("body: the file is empty"));
     }
+    state
+        .user_rates
+        .check_upload_bytes(&me, bytes.len() as u64)?;
     let sha = hex::encode(Sha256::digest(&bytes));
     let path = content_path(&state, &sha);
     if tokio::fs::metadata(&path).await.is_err() {
+        crate::files::check_free_space(&state, bytes.len() as u64).await?;
         // Write aside, then rename: a reader never sees half a file, and two uploads of the
         // same content race harmlessly.
         let dir = path.parent().map(PathBuf::from).unwrap_or_default();
