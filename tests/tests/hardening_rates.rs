@@ -222,3 +222,60 @@ async fn uploads_never_take_the_disk_below_the_reserve() {
     let mut bob = Client::connect(&node, "bob").await;
     innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
 }
+
+#[tokio::test]
+async fn a_flood_of_requests_on_one_session_is_rate_limited_and_the_session_stays() {
+    let node = Node::start_with(
+        NodeOpts::default()
+            .env("CHATD_LIMITS__REQUESTS_PER_SEC", 10)
+            .env("CHATD_LIMITS__REQUESTS_BURST", 20),
+    );
+    let mut mal = Client::connect(&node, "mal").await;
+    let start = Instant::now();
+    // 300 pipelined requests: pings, and history of a conversation (an empty one still reads).
+    for i in 0..300 {
+        let rid: Option<protocol::Rid> = Some(format!("r{i}").as_str().into());
+        let frame = if i % 2 == 0 {
+            protocol::ClientFrame::Ping { rid }
+        } else {
+            protocol::ClientFrame::History {
+                rid,
+                conv: protocol::ConvId::direct(&"bob".into(), &"mal".into()),
+                before_seq: None,
+                limit: Some(50),
+            }
+        };
+        mal.send(&frame).await;
+    }
+    let (mut answered, mut limited) = (0, 0);
+    while answered + limited < 300 {
+        let f = tokio::time::timeout(Duration::from_secs(10), mal.recv())
+            .await
+            .expect("every request gets an answer");
+        if is_rate_limited(&f) {
+            limited += 1;
+        } else {
+            answered += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("{answered} answered, {limited} limited in {secs:.2}s");
+    let allowed = 20.0 + 10.0 * secs + 2.0;
+    assert!(
+        (answered as f64) <= allowed,
+        "{answered} answered in {secs:.1}s, at most {allowed:.0} allowed"
+    );
+    // The session stays open and works once the flood stops.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mal.send(&protocol::ClientFrame::Ping {
+        rid: Some("after".into()),
+    })
+    .await;
+    let f = mal
+        .recv_until(|f| matches!(f, ServerFrame::Pong { .. }))
+        .await;
+    assert!(matches!(f, ServerFrame::Pong { .. }));
+    let mut ann = Client::connect(&node, "ann").await;
+    let mut bob = Client::connect(&node, "bob").await;
+    innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
+}

@@ -584,6 +584,11 @@ pub struct LimitsConfig {
     pub ephemeral_burst: u32,
     /// Shortest interval between two `typing` notices of one session in one conversation, ms.
     pub typing_interval_ms: u64,
+    /// Sustained requests per second per session other than sends, reads and typing
+    /// notices (`history`, `sync`, `conversations`, `recall`, `ping`).
+    pub requests_per_sec: u32,
+    /// Burst allowed above `requests_per_sec`.
+    pub requests_burst: u32,
     /// Most users in one message's `mentions`.
     pub max_mentions: usize,
     /// Largest HTTP request body, bytes.
@@ -613,6 +618,8 @@ impl Default for LimitsConfig {
             ephemeral_per_sec: 5,
             ephemeral_burst: 10,
             typing_interval_ms: 3000,
+            requests_per_sec: 50,
+            requests_burst: 200,
             max_mentions: 100,
             max_http_body: 1024 * 1024,
         }

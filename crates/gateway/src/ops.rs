@@ -29,6 +29,9 @@ pub struct SessionCtx {
     heavy: Arc<Semaphore>,
     /// Rate and coalescing state of `read` and `typing`, made at the first one.
     ephemeral: Mutex<Option<Box<Ephemeral>>>,
+    /// `limits.requests_per_sec`: the session's other requests (`history`, `sync`,
+    /// `conversations`, `recall`, `ping`), made at the first one.
+    requests: std::sync::OnceLock<DefaultDirectRateLimiter>,
 }
 
 /// Pending `read` cursors and recent `typing` notices of one session.
@@ -57,6 +60,7 @@ impl SessionCtx {
             limiter: limiter(per_sec, burst),
             heavy: Arc::new(Semaphore::new(1)),
             ephemeral: Mutex::new(None),
+            requests: std::sync::OnceLock::new(),
         }
     }
 
@@ -78,6 +82,21 @@ impl SessionCtx {
             ApiError::new(
                 ErrorCode::RateLimited,
                 "too many messages; slow down and retry",
+            )
+        })
+    }
+
+    /// `rate_limited` when the session makes requests other than sends, reads and typing
+    /// notices faster than `limits.requests_per_sec` (each costs a store read or a reply).
+    fn check_requests(&self, state: &AppState) -> Result<(), ApiError> {
+        let l = &state.config.limits;
+        let limiter = self
+            .requests
+            .get_or_init(|| limiter(l.requests_per_sec, l.requests_burst));
+        limiter.check().map_err(|_| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                "too many requests on this session; slow down and retry",
             )
         })
     }
@@ -156,6 +175,15 @@ pub async fn handle(
 ) -> Option<Arc<SharedFrame>> {
     let rid = frame.rid().cloned();
     let _timer = crate::metrics::command(&frame);
+    // Sends, reads and typing notices have their own budgets; every other request counts here.
+    if !matches!(
+        frame,
+        ClientFrame::Send(_) | ClientFrame::Read { .. } | ClientFrame::Typing { .. }
+    ) {
+        if let Err(e) = ctx.check_requests(state) {
+            return Some(SharedFrame::new(e.frame(rid)));
+        }
+    }
     let result: Result<Option<Arc<SharedFrame>>, ApiError> = match frame {
         ClientFrame::Send(req) => {
             crate::metrics::timed_send(crate::send::send(state, &ctx.sender(), req, None))
