@@ -383,6 +383,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 ),
                 ("CHATD_LIMITS__HTTP_WRITES_PER_SEC".into(), "100000".into()),
                 ("CHATD_LIMITS__HTTP_WRITES_BURST".into(), "100000".into()),
+                ("CHATD_LIMITS__HTTP_READS_PER_SEC".into(), "100000".into()),
+                ("CHATD_LIMITS__HTTP_READS_BURST".into(), "100000".into()),
             ];
             for kv in &args.server_env {
                 let (k, v) = kv

@@ -567,7 +567,9 @@ fn node() -> Node {
             .env("CHATD_AUTH__LOGIN_ATTEMPTS_PER_MINUTE", 100)
             // Every route for every caller: far more changes per account than a person makes.
             .env("CHATD_LIMITS__HTTP_WRITES_PER_SEC", 100_000)
-            .env("CHATD_LIMITS__HTTP_WRITES_BURST", 100_000),
+            .env("CHATD_LIMITS__HTTP_WRITES_BURST", 100_000)
+            .env("CHATD_LIMITS__HTTP_READS_PER_SEC", 100_000)
+            .env("CHATD_LIMITS__HTTP_READS_BURST", 100_000),
     )
 }
 

@@ -279,3 +279,41 @@ async fn a_flood_of_requests_on_one_session_is_rate_limited_and_the_session_stay
     let mut bob = Client::connect(&node, "bob").await;
     innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
 }
+
+#[tokio::test]
+async fn a_flood_of_http_reads_gets_429_and_others_keep_reading() {
+    let node = Node::start_with(
+        NodeOpts::default()
+            .env("CHATD_LIMITS__HTTP_READS_PER_SEC", 5)
+            .env("CHATD_LIMITS__HTTP_READS_BURST", 10),
+    );
+    let api = Api::new(&node);
+    let (mut ok, mut limited) = (0, 0);
+    let start = Instant::now();
+    for _ in 0..40 {
+        let (status, body) = api
+            .call(
+                reqwest::Method::GET,
+                "/v1/users?q=a&limit=500",
+                Some("mal"),
+                None,
+            )
+            .await;
+        match status {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("{ok} reads answered, {limited} limited in {secs:.2}s");
+    assert!((ok as f64) <= 10.0 + 5.0 * secs + 1.0, "{ok} in {secs:.1}s");
+    assert!(limited >= 20, "{limited} limited");
+    let (status, body) = api
+        .call(reqwest::Method::GET, "/v1/groups", Some("ann"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -562,6 +562,10 @@ pub struct LimitsConfig {
     pub http_writes_per_sec: u32,
     /// Burst allowance on top of `http_writes_per_sec`.
     pub http_writes_burst: u32,
+    /// Sustained other authenticated HTTP requests (`GET`, `HEAD`) per second per user.
+    pub http_reads_per_sec: u32,
+    /// Burst allowance on top of `http_reads_per_sec`.
+    pub http_reads_burst: u32,
     /// Largest `history` page (larger requests are clamped).
     pub history_max: u32,
     /// Most messages per conversation in one `synced` reply (larger requests are clamped).
@@ -608,6 +612,8 @@ impl Default for LimitsConfig {
             user_deliveries_burst: 100_000,
             http_writes_per_sec: 20,
             http_writes_burst: 200,
+            http_reads_per_sec: 200,
+            http_reads_burst: 1000,
             history_max: 200,
             sync_max: 500,
             sync_max_conversations: 200,

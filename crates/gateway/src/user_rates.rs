@@ -14,6 +14,8 @@
 //! - **HTTP writes** (`limits.http_writes_per_sec`, `limits.http_writes_burst`): mutating HTTP
 //!   requests (anything but `GET`/`HEAD`/`OPTIONS`) per authenticated user: group and directory
 //!   changes, announcements, uploads' records;
+//! - **HTTP reads** (`limits.http_reads_per_sec`, `limits.http_reads_burst`): every other
+//!   authenticated HTTP request (searches, listings, audit and history reads);
 //! - **upload bytes** (`files.upload_bytes_per_day`): bytes one user uploads per day, refilled
 //!   evenly, counted in KiB.
 //!
@@ -37,6 +39,7 @@ pub struct UserRates {
     deliveries: DefaultKeyedRateLimiter<UserId>,
     deliveries_burst: NonZeroU32,
     http_writes: DefaultKeyedRateLimiter<UserId>,
+    http_reads: DefaultKeyedRateLimiter<UserId>,
     upload_kib: DefaultKeyedRateLimiter<UserId>,
 }
 
@@ -77,6 +80,7 @@ impl UserRates {
             deliveries: keyed(limits.user_deliveries_per_sec, limits.user_deliveries_burst),
             deliveries_burst: nz(limits.user_deliveries_burst),
             http_writes: keyed(limits.http_writes_per_sec, limits.http_writes_burst),
+            http_reads: keyed(limits.http_reads_per_sec, limits.http_reads_burst),
         }
     }
 
@@ -117,6 +121,18 @@ impl UserRates {
                 "this account uploaded its day's bytes (files.upload_bytes_per_day); retry later",
             )),
         }
+    }
+
+    /// Charges one authenticated HTTP read (`GET`, `HEAD`) to `user`; `rate_limited` when
+    /// their budget is spent.
+    pub fn check_http_read(&self, user: &UserId) -> Result<(), ApiError> {
+        prune(&self.http_reads);
+        self.http_reads.check_key(user).map_err(|_| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                "too many requests from this account; slow down and retry",
+            )
+        })
     }
 
     /// Charges one mutating HTTP request to `user`; `rate_limited` when their budget is spent.

@@ -52,10 +52,12 @@ impl FromRequestParts<AppState> for Caller {
         let token_id = claims.token_id(&token);
         let user = UserId::new(claims.sub);
         state.check_account(&user, claims.iat, &token_id).await?;
-        if !matches!(
+        if matches!(
             parts.method,
             axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
         ) {
+            state.user_rates.check_http_read(&user)?;
+        } else {
             state.user_rates.check_http_write(&user)?;
         }
         state.touch_user(&user).await?;
