@@ -32,11 +32,14 @@ pub mod detectors;
 mod error;
 pub mod escalation;
 pub mod group;
+mod jp2s_table;
+pub mod leet;
 pub mod load;
 pub mod matcher;
 pub mod moderator;
 pub mod normalize;
 pub mod policy;
+mod romanize;
 mod t2s_table;
 
 use serde::{Deserialize, Serialize};

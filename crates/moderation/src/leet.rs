@@ -1,0 +1,392 @@
+//! Letter-replacing leetspeak and masking wildcards in Latin words (`fvck`, `sh!t`, `$hit`,
+//! `@ss`, `a$$`, `b!tch`, `f*ck`, `f**k`).
+//!
+//! The folder already reads a digit glued to letters as a letter (`sh1t`), and skips symbols
+//! as separators (`f.u.c.k`). What it cannot do is read a *symbol* as a letter, or a masking
+//! wildcard as "some letter", because that is only right where the result is a banned word:
+//! `C#`, `a*b`, `$5`, `i++` or `sh!ft` must stay what they are. So this pass is a second,
+//! small matcher over the Latin deny patterns only (a plain 26-way trie; the shipped rules
+//! have 20 of them, the whole lexicon about 350), run on each *Latin token* of the folded
+//! text that has something to read: a maximal run of ASCII letters, digits, look-alike symbols
+//! and wildcards, without spaces. It walks the trie with every reading of every character
+//! (`1` is `i` or `l`, `|` is `l` or `i`, `*` any letter or nothing) and reports a pattern
+//! only when
+//!
+//! - the reading covers every letter and digit of the token (symbols before and after may be
+//!   punctuation: `"sh!t!"` reads `shit`), so a banned word never comes out of part of a
+//!   longer word;
+//! - the pattern has at least three letters, the token at least one real letter, at least one
+//!   character was read differently (otherwise the ordinary scan has it), and wildcards are no
+//!   more than the real letters and no more than half of the pattern (`f**k` yes, `f***` no).
+//!
+//! Matches are ranges of folded characters like the ordinary scan's, so the rest of the
+//! pipeline (word boundaries, the allow-list, leftmost-longest, masking with exact original
+//! offsets) treats them the same way. The walk is bounded per token (`BUDGET` steps), and
+//! runs only on texts with a Latin letter.
+
+use crate::matcher::RawMatch;
+use crate::normalize::{FChar, CLASS_ALPHA, CLASS_DIGIT, CLASS_SEP};
+
+/// Longest token (folded characters) considered a word; longer runs are not words.
+const MAX_TOKEN: usize = 48;
+/// Trie steps allowed per token (bounds the work on adversarial input such as `*****...`).
+const BUDGET: u32 = 4096;
+/// Shortest pattern this pass reports.
+const MIN_LEN: u32 = 3;
+const NO: u32 = u32::MAX;
+
+/// Masking wildcards: one letter each, between letters (or nothing).
+fn is_wildcard(c: char) -> bool {
+    matches!(c, '*' | '#' | '_' | '.')
+}
+
+/// The letters a character can stand for: `(letters, literal)`; `literal` when the character
+/// is the letter itself. Symbols and digits by their look (`$` s, `@` a, `!` i/l, `|` l/i,
+/// `+` t, `€` e, `¢` c, `§` s, 0 o, 1 i/l, 2 z, 3 e, 4 a, 5 s, 7 t, 8 b, 9 g), and `v` also
+/// as `u` (`fvck`).
+fn readings(c: char) -> (&'static [u8], bool) {
+    match c {
+        'v' => (b"vu", true),
+        'a'..='z' => {
+            let i = c as usize - 'a' as usize;
+            (LETTERS.get(i..=i).unwrap_or(b""), true)
+        }
+        '$' | '5' | '§' => (b"s", false),
+        '@' | '4' => (b"a", false),
+        '!' | '1' => (b"il", false),
+        '|' => (b"li", false),
+        '+' | '7' => (b"t", false),
+        '€' | '3' => (b"e", false),
+        '¢' => (b"c", false),
+        '0' => (b"o", false),
+        '2' => (b"z", false),
+        '8' => (b"b", false),
+        '9' => (b"g", false),
+        _ => (b"", false),
+    }
+}
+
+const LETTERS: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
+
+/// Whether a folded character can be part of a Latin token.
+#[inline]
+fn in_token(fc: &FChar) -> bool {
+    if fc.class & (CLASS_ALPHA | CLASS_DIGIT) != 0 {
+        return true;
+    }
+    fc.class == CLASS_SEP && (is_wildcard(fc.c) || !readings(fc.c).0.is_empty())
+}
+
+#[derive(Clone, Copy)]
+struct Node {
+    next: [u32; 26],
+    entry: u32,
+}
+
+/// A trie over the Latin deny patterns (`a`-`z` only, at least [`MIN_LEN`] letters).
+#[derive(Clone, Default)]
+pub(crate) struct LatinTrie {
+    nodes: Vec<Node>,
+}
+
+impl LatinTrie {
+    /// Builds the trie from `(pattern, entry)`; patterns that are not all `a`-`z` or shorter
+    /// than [`MIN_LEN`] are left out.
+    pub fn new<'a>(patterns: impl Iterator<Item = (&'a str, u32)>) -> LatinTrie {
+        let root = Node {
+            next: [NO; 26],
+            entry: NO,
+        };
+        let mut t = LatinTrie { nodes: vec![root] };
+        for (p, entry) in patterns {
+            if p.len() < MIN_LEN as usize || !p.bytes().all(|b| b.is_ascii_lowercase()) {
+                continue;
+            }
+            let mut n = 0usize;
+            for b in p.bytes() {
+                let k = usize::from(b - b'a');
+                let next = t.nodes.get(n).map_or(NO, |x| x.next[k]);
+                n = if next == NO {
+                    let id = t.nodes.len();
+                    t.nodes.push(root);
+                    if let Some(x) = t.nodes.get_mut(n) {
+                        x.next[k] = id as u32;
+                    }
+                    id
+                } else {
+                    next as usize
+                };
+            }
+            if let Some(x) = t.nodes.get_mut(n) {
+                x.entry = entry;
+            }
+        }
+        if t.nodes.len() == 1 {
+            t.nodes.clear();
+        }
+        t
+    }
+
+    /// Whether there is no pattern.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+    }
+
+    #[inline]
+    fn child(&self, node: u32, letter: u8) -> u32 {
+        self.nodes
+            .get(node as usize)
+            .map_or(NO, |n| n.next[usize::from(letter.wrapping_sub(b'a')) % 26])
+    }
+
+    /// Appends a match (folded-character range) for every pattern a Latin token of `f` spells when its
+    /// symbols, digits and wildcards are read as letters (see the module docs).
+    pub fn scan(&self, f: &[FChar], out: &mut Vec<RawMatch>) {
+        if self.is_empty() {
+            return;
+        }
+        let n = f.len();
+        let mut i = 0;
+        while i < n {
+            if !f.get(i).is_some_and(in_token) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while f.get(i).is_some_and(in_token) {
+                i += 1;
+            }
+            if let Some(token) = f.get(start..i) {
+                if token.len() <= MAX_TOKEN {
+                    self.scan_token(token, start as u32, out);
+                }
+            }
+        }
+    }
+
+    fn scan_token(&self, token: &[FChar], offset: u32, out: &mut Vec<RawMatch>) {
+        // Something to read differently, and a real letter.
+        let mut real = false;
+        let mut other = false;
+        for fc in token {
+            let c = fc.shown();
+            real |= c.is_ascii_lowercase();
+            other |= !c.is_ascii_lowercase() || c == 'v';
+        }
+        if !real || !other {
+            return;
+        }
+        let alnum = |fc: &FChar| fc.class & (CLASS_ALPHA | CLASS_DIGIT) != 0;
+        let (Some(first), Some(last)) =
+            (token.iter().position(alnum), token.iter().rposition(alnum))
+        else {
+            return;
+        };
+        let mut walk = Walk {
+            trie: self,
+            token,
+            last_alnum: last,
+            budget: BUDGET,
+            offset,
+            from: out.len(),
+            out,
+        };
+        for s in 0..=first {
+            if token.get(s).is_some_and(|fc| is_wildcard(fc.c)) {
+                continue;
+            }
+            walk.step(s, s, 0, State::default());
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct State {
+    depth: u32,
+    literal: u32,
+    read: u32,
+    wild: u32,
+}
+
+struct Walk<'a, 'o> {
+    trie: &'a LatinTrie,
+    token: &'a [FChar],
+    last_alnum: usize,
+    budget: u32,
+    offset: u32,
+    from: usize,
+    out: &'o mut Vec<RawMatch>,
+}
+
+impl Walk<'_, '_> {
+    fn step(&mut self, start: usize, pos: usize, node: u32, st: State) {
+        if self.budget == 0 {
+            return;
+        }
+        self.budget -= 1;
+        if pos > self.last_alnum {
+            self.accept(start, pos, node, st);
+        }
+        let Some(fc) = self.token.get(pos) else {
+            return;
+        };
+        let c = fc.shown();
+        if is_wildcard(c) {
+            if pos > self.last_alnum {
+                // Trailing punctuation (`you @ss.`): never part of the match.
+                return;
+            }
+            // Nothing (a separator, as the ordinary scan reads it) ...
+            self.step(start, pos + 1, node, st);
+            // ... or one letter, between letters.
+            if st.depth > 0 && pos < self.last_alnum {
+                for l in b'a'..=b'z' {
+                    let child = self.trie.child(node, l);
+                    if child != NO {
+                        let st = State {
+                            depth: st.depth + 1,
+                            wild: st.wild + 1,
+                            ..st
+                        };
+                        self.step(start, pos + 1, child, st);
+                    }
+                }
+            }
+            return;
+        }
+        // A repeated letter is one letter (`fuuuck`), as the ordinary scan reads it.
+        if pos > start
+            && c.is_ascii_lowercase()
+            && self.token.get(pos - 1).is_some_and(|p| p.shown() == c)
+        {
+            self.step(start, pos + 1, node, st);
+        }
+        let (letters, literal) = readings(c);
+        for &l in letters {
+            let child = self.trie.child(node, l);
+            if child == NO {
+                continue;
+            }
+            let exact = literal && char::from(l) == c;
+            let st = State {
+                depth: st.depth + 1,
+                literal: st.literal + u32::from(exact),
+                read: st.read + u32::from(!exact),
+                wild: st.wild,
+            };
+            self.step(start, pos + 1, child, st);
+        }
+    }
+
+    fn accept(&mut self, start: usize, end: usize, node: u32, st: State) {
+        let Some(entry) = self
+            .trie
+            .nodes
+            .get(node as usize)
+            .map(|n| n.entry)
+            .filter(|&e| e != NO)
+        else {
+            return;
+        };
+        if st.depth < MIN_LEN
+            || st.literal == 0
+            || st.read + st.wild == 0
+            || st.wild > st.literal
+            || st.wild * 2 > st.depth
+        {
+            return;
+        }
+        let m = RawMatch {
+            entry,
+            start: self.offset + start as u32,
+            end: self.offset + end as u32,
+        };
+        let seen = self.out.get(self.from..).is_some_and(|o| {
+            o.iter()
+                .any(|x| x.entry == m.entry && x.start == m.start && x.end == m.end)
+        });
+        if !seen {
+            self.out.push(m);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::{fold_text, Separators};
+
+    fn hits(patterns: &[&str], text: &str) -> Vec<String> {
+        let t = LatinTrie::new(patterns.iter().enumerate().map(|(i, p)| (*p, i as u32)));
+        let (mut f, mut compact) = (Vec::new(), Vec::new());
+        fold_text(
+            text,
+            &Separators::default(),
+            &mut f,
+            &mut compact,
+            &mut Vec::new(),
+        );
+        let mut out = Vec::new();
+        t.scan(&f, &mut out);
+        out.iter()
+            .map(|m| {
+                let a = f[m.start as usize].start as usize;
+                let b = f[m.end as usize - 1].end as usize;
+                format!("{}={}", patterns[m.entry as usize], &text[a..b])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_symbols_and_wildcards_only_into_patterns() {
+        let p = &["fuck", "shit", "ass", "bitch", "cunt"];
+        assert_eq!(hits(p, "what the f*ck?"), ["fuck=f*ck"]);
+        assert_eq!(hits(p, "f**k"), ["fuck=f**k"]);
+        assert_eq!(hits(p, "fvck"), ["fuck=fvck"]);
+        assert_eq!(hits(p, "\"sh!t!\""), ["shit=sh!t"]);
+        assert_eq!(hits(p, "$hit"), ["shit=$hit"]);
+        assert_eq!(hits(p, "@ss a$$"), ["ass=@ss", "ass=a$$"]);
+        assert_eq!(hits(p, "you @ss."), ["ass=@ss"]);
+        assert_eq!(hits(p, "b!tch"), ["bitch=b!tch"]);
+        assert_eq!(hits(p, "c|_|nt"), Vec::<String>::new()); // `|_|` is no letter
+        assert_eq!(hits(p, "ＳＨ！Ｔ"), ["shit=ＳＨ！Ｔ"]);
+        // Natural text.
+        for t in [
+            "f***",
+            "a*b",
+            "C#",
+            "$5",
+            "i++",
+            "sh!ft",
+            "shit",
+            "fuck",
+            "$$$",
+            "@!$",
+            "sh.txt",
+            "assess",
+            "a$$ess",
+            "fvcking",
+            "class",
+            "pass",
+            "mass",
+            "$100",
+            "user@host",
+        ] {
+            assert_eq!(hits(p, t), Vec::<String>::new(), "{t}");
+        }
+    }
+
+    #[test]
+    fn adversarial_tokens_are_bounded() {
+        let p = &["fuck", "shit"];
+        let t = "*".repeat(40) + "f" + &"*".repeat(40);
+        assert!(hits(p, &t).is_empty());
+        let t = "f".to_string() + &"1|!".repeat(100);
+        assert!(hits(p, &t).is_empty());
+    }
+}
