@@ -75,13 +75,30 @@ fn readings(c: char) -> (&'static [u8], bool) {
 
 const LETTERS: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
 
+/// The ASCII symbols that can be part of a Latin token: look-alikes and wildcards.
+const TOKEN_SYMBOLS: u128 = {
+    let mut m = 0u128;
+    let s = b"$@!|+*#_.";
+    let mut i = 0;
+    while i < s.len() {
+        m |= 1u128 << s[i];
+        i += 1;
+    }
+    m
+};
+
 /// Whether a folded character can be part of a Latin token.
-#[inline]
+#[inline(always)]
 fn in_token(fc: &FChar) -> bool {
     if fc.class & (CLASS_ALPHA | CLASS_DIGIT) != 0 {
         return true;
     }
-    fc.class == CLASS_SEP && (is_wildcard(fc.c) || !readings(fc.c).0.is_empty())
+    fc.class == CLASS_SEP
+        && if fc.c.is_ascii() {
+            TOKEN_SYMBOLS & (1u128 << (fc.c as u32)) != 0
+        } else {
+            matches!(fc.c, '€' | '¢' | '§')
+        }
 }
 
 /// One trie node: its children are `edges[first..first + count]`, sorted by letter.
@@ -189,26 +206,33 @@ impl LatinTrie {
 
     /// Appends a match (folded-character range) for every pattern a Latin token of `f` spells when its
     /// symbols, digits and wildcards are read as letters (see the module docs).
+    // Kept out of line: inlined, it made the check's hot loops spill registers.
+    #[inline(never)]
     pub fn scan(&self, f: &[FChar], out: &mut Vec<RawMatch>) {
         if self.is_empty() {
             return;
         }
-        let n = f.len();
         let mut i = 0;
-        while i < n {
-            if !f.get(i).is_some_and(in_token) {
-                i += 1;
-                continue;
+        // Every token has an ASCII letter: find the next one, then the token around it.
+        while let Some(at) = f
+            .get(i..)
+            .and_then(|rest| rest.iter().position(|x| x.class & CLASS_ALPHA != 0))
+            .map(|k| i + k)
+        {
+            let mut start = at;
+            while start > i && f.get(start - 1).is_some_and(in_token) {
+                start -= 1;
             }
-            let start = i;
-            while f.get(i).is_some_and(in_token) {
-                i += 1;
+            let mut end = at + 1;
+            while f.get(end).is_some_and(in_token) {
+                end += 1;
             }
-            if let Some(token) = f.get(start..i) {
+            if let Some(token) = f.get(start..end) {
                 if token.len() <= MAX_TOKEN {
                     self.scan_token(token, start as u32, out);
                 }
             }
+            i = end;
         }
     }
 
@@ -230,10 +254,11 @@ impl LatinTrie {
         else {
             return;
         };
-        // A dotted abbreviation (`a.k.a`, `x.y.z`, `e.g.`): one character between two
-        // wildcards. Its dots are separators, never letters.
+        // A dotted abbreviation (`a.k.a`, `x.y.z`, `e.g.`, `a_b_c`): one character between two
+        // dots or underscores. Its dots are separators, never letters.
+        let dot = |c: char| matches!(c, '.' | '_');
         let dotted = token.windows(3).any(|w| match w {
-            [a, b, c] => is_wildcard(a.c) && !is_wildcard(b.c) && is_wildcard(c.c),
+            [a, b, c] => dot(a.c) && !is_wildcard(b.c) && dot(c.c),
             _ => false,
         });
         let mut walk = Walk {
@@ -241,6 +266,10 @@ impl LatinTrie {
             token,
             dotted,
             last_alnum: last,
+            last_read: token
+                .iter()
+                .rposition(|x| !is_wildcard(x.c))
+                .unwrap_or(last),
             budget: BUDGET,
             offset,
             from: out.len(),
@@ -270,6 +299,8 @@ struct Walk<'a, 'o> {
     token: &'a [FChar],
     dotted: bool,
     last_alnum: usize,
+    /// Last position that is not a wildcard.
+    last_read: usize,
     budget: u32,
     offset: u32,
     from: usize,
@@ -290,14 +321,14 @@ impl Walk<'_, '_> {
         };
         let c = fc.shown();
         if is_wildcard(c) {
-            if pos > self.last_alnum {
+            if pos > self.last_read {
                 // Trailing punctuation (`you @ss.`): never part of the match.
                 return;
             }
             // Nothing (a separator, as the ordinary scan reads it) ...
             self.step(start, pos + 1, node, st);
             // ... or one letter, between letters.
-            if st.depth > 0 && pos < self.last_alnum && self.wildcard_may_read(pos) {
+            if st.depth > 0 && pos < self.last_read && self.wildcard_may_read(pos) {
                 let trie = self.trie;
                 for &(_, child) in trie.children(node) {
                     let st = State {
@@ -371,11 +402,12 @@ impl Walk<'_, '_> {
         before == 1 || after == 1
     }
 
-    /// Whether the character at `pos` has a neighbour in the token that is not a wildcard.
+    /// Whether the character at `pos` has a neighbour in the token that is not a dot or an
+    /// underscore.
     fn glued(&self, pos: usize) -> bool {
         let ok = |i: Option<usize>| {
             i.and_then(|i| self.token.get(i))
-                .is_some_and(|x| !is_wildcard(x.c))
+                .is_some_and(|x| !matches!(x.c, '.' | '_'))
         };
         ok(pos.checked_sub(1)) || ok(Some(pos + 1))
     }
