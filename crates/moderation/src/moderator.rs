@@ -94,7 +94,8 @@ fn add_romanized(
     if r.pinyin {
         for f in &full {
             let q = normalize_pattern(f, seps);
-            if !q.is_empty() && q != p {
+            // At least three letters: a one-character entry's pinyin (`e`, `du`) is a word.
+            if q.chars().count() >= 3 && q != p {
                 mb.deny_spaced(&q, idx, severity);
                 added += 1;
             }

@@ -746,6 +746,17 @@ fn pinyin_and_initials_for_entries_that_opt_in() {
         assert_eq!(plain.check(t, &ctx).action, Action::Block, "{t}");
     }
     assert_eq!(plain.check("neibu", &ctx).action, Action::Allow);
+    // A one-character entry's pinyin is too short to be a pattern (`e` for 饿).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("deny")).unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[normalize]\nmin_pattern_chars = 1\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("deny/x.txt"), "饿\tpinyin\n赌\tpinyin\n").unwrap();
+    let one = Moderator::load_dir(dir.path()).unwrap();
+    assert!(!hit(&one, "e") && !hit(&one, "du") && hit(&one, "饿"));
     // A bad option is a syntax error with its line.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("deny")).unwrap();

@@ -580,5 +580,9 @@ fn strange_input_gets_a_verdict() {
     assert!(v.action <= Action::Review, "{:?}", v.action);
     let tokens = format!("{} ", "$h!*".repeat(12)).repeat(2_000);
     m.check(&tokens, &CTX);
-    assert!(t0.elapsed() < std::time::Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t0.elapsed()
+    );
 }
