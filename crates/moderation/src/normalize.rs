@@ -347,6 +347,34 @@ pub(crate) fn fold_text(
                 end,
                 class: CLASS_OTHER,
             });
+            // Fast path for a run of plain CJK text: the next three-byte characters that fold
+            // to themselves and do not repeat the last one, without the general dispatch.
+            while let (Some(&b0), Some(&b1), Some(&b2)) =
+                (bytes.get(next), bytes.get(next + 1), bytes.get(next + 2))
+            {
+                if b0 & 0xF0 != 0xE0 || next + 3 > limit {
+                    break;
+                }
+                let code = (u32::from(b0 & 0x0F) << 12)
+                    | (u32::from(b1 & 0x3F) << 6)
+                    | u32::from(b2 & 0x3F);
+                let Some(c) = char::from_u32(code) else {
+                    break;
+                };
+                if c == acc.last || !seps.is_plain(c) {
+                    break;
+                }
+                let start = next as u32;
+                next += 3;
+                acc.last = c;
+                compact.push(out.len() as u32);
+                out.push(FChar {
+                    c,
+                    start,
+                    end: next as u32,
+                    class: CLASS_OTHER,
+                });
+            }
             continue;
         }
         if ch.is_ascii() {
