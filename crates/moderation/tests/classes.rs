@@ -742,6 +742,18 @@ fn pinyin_and_initials_for_entries_that_opt_in() {
         group: Some(&g),
         has_external_member: false,
     };
+    // Latin group words are read through symbols too.
+    let spec = moderation::GroupPolicySpec {
+        words: vec!["rivalco".into()],
+        ..moderation::GroupPolicySpec::default()
+    };
+    let g2 = moderation::GroupPolicy::compile(&spec, &plain).unwrap();
+    let ctx2 = CheckContext {
+        group: Some(&g2),
+        has_external_member: false,
+    };
+    assert_eq!(plain.check("ask r!v@lco", &ctx2).action, Action::Block);
+    assert_eq!(plain.check("r!v@lcorp", &ctx2).action, Action::Allow);
     for t in ["jingpinjia", "nei bu jia", "nbj", "内部价"] {
         assert_eq!(plain.check(t, &ctx).action, Action::Block, "{t}");
     }
