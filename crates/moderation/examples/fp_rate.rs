@@ -150,6 +150,10 @@ fn rule_word(dir: &Path, rule: &str, _data: &Path) -> String {
     };
     std::fs::read_to_string(dir.join(file))
         .ok()
-        .and_then(|t| t.lines().nth(n.saturating_sub(1)).map(str::to_string))
+        .and_then(|t| {
+            t.lines()
+                .nth(n.saturating_sub(1))
+                .map(|l| l.split('\t').next().unwrap_or(l).to_string())
+        })
         .unwrap_or_else(|| rule.to_string())
 }

@@ -3,9 +3,11 @@
 //! A pure library (no network, no database; it only reads rule files) that the gateway calls on
 //! every message before it is stored:
 //!
-//! - [`mod@normalize`]: per-character folding (width, case, NFKC, traditional -> simplified, digit
-//!   look-alikes, invisible characters, separators between the characters of a word) with a
-//!   map back to the original bytes.
+//! - [`mod@normalize`]: per-character folding (width, case, NFKC, traditional and Japanese
+//!   kanji forms -> simplified, digit look-alikes, invisible characters, separators between the
+//!   characters of a word) with a map back to the original bytes.
+//! - [`leet`]: look-alike symbols, digits and masking wildcards in Latin words read as letters
+//!   where the result is a Latin rule entry (`sh!t`, `$hit`, `f*ck`, `fvck`).
 //! - [`matcher`]: one character-wise double-array trie over all deny words, allow phrases,
 //!   secret markers and detector context words, searched from the positions a Bloom filter
 //!   lets through.
@@ -32,11 +34,14 @@ pub mod detectors;
 mod error;
 pub mod escalation;
 pub mod group;
+mod jp2s_table;
+pub mod leet;
 pub mod load;
 pub mod matcher;
 pub mod moderator;
 pub mod normalize;
 pub mod policy;
+mod romanize;
 mod t2s_table;
 
 use serde::{Deserialize, Serialize};

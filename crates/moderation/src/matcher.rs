@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use crawdad::Trie;
 
+use crate::leet::LatinTrie;
 use crate::normalize::FChar;
 use crate::policy::Action;
 
@@ -37,6 +38,9 @@ pub(crate) struct Entry {
     pub allow: bool,
     /// Detector bits for which the pattern is a context word.
     pub context: u8,
+    /// The pattern is the pinyin of an entry: it may be split into syllables by spaces
+    /// (`du bo`), which other Latin patterns may not (`the pen is`).
+    pub spaced: bool,
 }
 
 /// Collects patterns, merging duplicates.
@@ -78,6 +82,12 @@ impl MatcherBuilder {
         }
     }
 
+    /// Adds a denied pinyin pattern (see [`Entry::spaced`]).
+    pub fn deny_spaced(&mut self, pattern: &str, rule: u32, action: Action) {
+        self.deny(pattern, rule, action);
+        self.entry(pattern).spaced = true;
+    }
+
     /// Adds an allowed phrase (already normalized, non-empty).
     pub fn allow(&mut self, pattern: &str) {
         self.entry(pattern).allow = true;
@@ -104,10 +114,19 @@ impl MatcherBuilder {
                 .map(|(i, p)| (p.as_str(), i as u32)),
         )
         .map_err(|e| e.to_string())?;
+        let latin = LatinTrie::new(
+            self.patterns
+                .iter()
+                .zip(&self.entries)
+                .enumerate()
+                .filter(|(_, (_, e))| e.deny.is_some())
+                .map(|(i, (p, _))| (p.as_str(), i as u32)),
+        );
         Ok(Matcher {
             trie: Some(trie),
             entries: self.entries,
             filter,
+            latin,
         })
     }
 }
@@ -117,6 +136,8 @@ pub(crate) struct Matcher {
     trie: Option<Trie>,
     entries: Vec<Entry>,
     filter: Filter,
+    /// The Latin deny patterns again, for symbols and wildcards read as letters.
+    latin: LatinTrie,
 }
 
 /// One-probe Bloom bit set over character tuples.
@@ -304,6 +325,7 @@ impl Matcher {
             trie: None,
             entries: Vec::new(),
             filter: Filter::empty(),
+            latin: LatinTrie::default(),
         }
     }
 
@@ -322,6 +344,13 @@ impl Matcher {
         self.trie.as_ref().map_or(0, Trie::heap_bytes)
             + self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.filter.bytes()
+            + self.latin.heap_bytes()
+    }
+
+    /// Appends the deny patterns that Latin words spell when their look-alike symbols, digits
+    /// and masking wildcards are read as letters (`sh!t`, `f*ck`, `$hit`: see [`crate::leet`]).
+    pub fn scan_latin(&self, text: &[FChar], out: &mut Vec<RawMatch>) {
+        self.latin.scan(text, out);
     }
 
     /// Appends every (overlapping) match to `out`. `text` is the folded text and `compact`

@@ -61,6 +61,56 @@ pub struct LoadStats {
     pub skipped_short: usize,
     /// Heap bytes of the automaton and its tables.
     pub heap_bytes: usize,
+    /// Pinyin spellings and initials added for entries that opt in (`word<TAB>pinyin`).
+    pub romanized: usize,
+}
+
+/// How an entry also matches: its pinyin and its pinyin initials (`word<TAB>pinyin initials`
+/// in a list; `words_pinyin`/`words_initials` in a group's rules).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Romanize {
+    pinyin: bool,
+    initials: bool,
+}
+
+/// Adds the pinyin forms of the normalized entry `p` (rule `idx`) that `r` asks for; returns
+/// how many patterns were added.
+fn add_romanized(
+    mb: &mut MatcherBuilder,
+    seps: &Separators,
+    p: &str,
+    idx: u32,
+    severity: Action,
+    r: Romanize,
+    min_initials: usize,
+) -> usize {
+    if !(r.pinyin || r.initials) {
+        return 0;
+    }
+    let Some((full, initials)) = crate::romanize::forms(p) else {
+        return 0;
+    };
+    let mut added = 0;
+    if r.pinyin {
+        for f in &full {
+            let q = normalize_pattern(f, seps);
+            // At least three letters: a one-character entry's pinyin (`e`, `du`) is a word.
+            if q.chars().count() >= 3 && q != p {
+                mb.deny_spaced(&q, idx, severity);
+                added += 1;
+            }
+        }
+    }
+    if r.initials {
+        for i in &initials {
+            let q = normalize_pattern(i, seps);
+            if q.chars().count() >= min_initials.max(2) && q != p {
+                mb.deny(&q, idx, severity);
+                added += 1;
+            }
+        }
+    }
+    added
 }
 
 /// Compiled, immutable rule set; cheap to share in an `Arc`, `Send + Sync`.
@@ -94,7 +144,7 @@ pub struct ModeratorBuilder {
     stats: LoadStats,
 }
 
-/// Splits a list file into `(line number, word, optional action text)`, skipping blanks and
+/// Splits a list file into `(line number, word, optional options text)`, skipping blanks and
 /// `#` comments.
 fn lines(text: &str) -> impl Iterator<Item = (usize, &str, Option<&str>)> {
     text.lines().enumerate().filter_map(|(i, l)| {
@@ -167,6 +217,18 @@ impl ModeratorBuilder {
     }
 
     fn push_rule(&mut self, id: String, cat: u16, word: &str, action: Option<Action>, min: usize) {
+        self.push_rule_with(id, cat, word, action, min, Romanize::default());
+    }
+
+    fn push_rule_with(
+        &mut self,
+        id: String,
+        cat: u16,
+        word: &str,
+        action: Option<Action>,
+        min: usize,
+        romanize: Romanize,
+    ) {
         self.stats.rules += 1;
         let p = normalize_pattern(word, &self.seps);
         if p.is_empty() {
@@ -189,6 +251,16 @@ impl ModeratorBuilder {
             action,
         });
         self.mb.deny(&p, idx, severity);
+        let min_initials = self.policy.normalize.min_initials;
+        self.stats.romanized += add_romanized(
+            &mut self.mb,
+            &self.seps,
+            &p,
+            idx,
+            severity,
+            romanize,
+            min_initials,
+        );
     }
 
     /// Adds one deny word of `category` with rule id `rule_id`.
@@ -198,8 +270,10 @@ impl ModeratorBuilder {
         self.push_rule(rule_id.to_string(), cat, word, action, min);
     }
 
-    /// Adds a deny word list (one word per line, `word<TAB>action` to override the category's
-    /// action). `path` is used in errors, `source` in rule ids (`<source>:<line>`).
+    /// Adds a deny word list (one word per line; after a TAB, options separated by spaces: an
+    /// action overriding the category's, `pinyin` and `initials` to also match the word's
+    /// pinyin and its initials). `path` is used in errors, `source` in rule ids
+    /// (`<source>:<line>`).
     pub fn add_words(
         &mut self,
         category: &str,
@@ -209,18 +283,27 @@ impl ModeratorBuilder {
     ) -> Result<(), LoadError> {
         let cat = self.category(category);
         let min = self.policy.normalize.min_pattern_chars;
-        for (line, word, action) in lines(text) {
-            let action = match action {
-                None => None,
-                Some(a) => Some(Action::parse(a).ok_or_else(|| LoadError::Syntax {
-                    path: path.to_path_buf(),
-                    line,
-                    message: format!(
-                        "unknown action {a:?} (expected allow, warn, mask, review or block)"
-                    ),
-                })?),
-            };
-            self.push_rule(format!("{source}:{line}"), cat, word, action, min);
+        for (line, word, options) in lines(text) {
+            let mut action = None;
+            let mut romanize = Romanize::default();
+            for o in options.unwrap_or("").split_whitespace() {
+                match o {
+                    "pinyin" => romanize.pinyin = true,
+                    "initials" => romanize.initials = true,
+                    a => {
+                        let parsed = Action::parse(a).filter(|_| action.is_none());
+                        action = Some(parsed.ok_or_else(|| LoadError::Syntax {
+                            path: path.to_path_buf(),
+                            line,
+                            message: format!(
+                                "unknown option {a:?} (expected one action: allow, warn, mask, \
+                                 review or block; pinyin; initials)"
+                            ),
+                        })?);
+                    }
+                }
+            }
+            self.push_rule_with(format!("{source}:{line}"), cat, word, action, min, romanize);
         }
         Ok(())
     }
@@ -329,7 +412,7 @@ fn boundary_ok(f: &[FChar], e: &Entry, start: usize, end: usize) -> bool {
     if e.latin_end && f.get(end).is_some_and(FChar::is_word) {
         return false;
     }
-    if e.latin_start && e.latin_end {
+    if e.latin_start && e.latin_end && !e.spaced {
         let mut seg = 0;
         let mut max_seg = 0;
         let mut ws_gap = false;
@@ -515,10 +598,17 @@ impl Moderator {
         for view in views {
             self.matcher.scan(f, view, &mut s.raw);
         }
+        let read_symbols = flags.has_alpha && self.policy.normalize.read_symbols;
+        if read_symbols {
+            self.matcher.scan_latin(f, &mut s.raw);
+        }
         let group_words = s.raw.len();
         if let Some(g) = ctx.group {
             for view in views {
                 g.matcher().scan(f, view, &mut s.raw);
+            }
+            if read_symbols {
+                g.matcher().scan_latin(f, &mut s.raw);
             }
         }
 
@@ -838,10 +928,25 @@ impl GroupPolicy {
         }
         let words_action = spec.words_action.unwrap_or(Action::Block);
         let mut mb = MatcherBuilder::default();
+        let romanize = Romanize {
+            pinyin: spec.words_pinyin,
+            initials: spec.words_initials,
+        };
+        let seps = moderator.separators();
+        let min_initials = moderator.policy.normalize.min_initials;
         for (i, w) in spec.words.iter().enumerate() {
-            let p = normalize_pattern(w, moderator.separators());
+            let p = normalize_pattern(w, seps);
             if !p.is_empty() {
                 mb.deny(&p, i as u32, words_action);
+                add_romanized(
+                    &mut mb,
+                    seps,
+                    &p,
+                    i as u32,
+                    words_action,
+                    romanize,
+                    min_initials,
+                );
             }
         }
         let matcher = mb.build().map_err(|message| LoadError::Group {

@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
+use crate::jp2s_table::JP2S;
 use crate::t2s_table::T2S;
 
 /// Class of a folded character: a configured separator.
@@ -346,6 +347,34 @@ pub(crate) fn fold_text(
                 end,
                 class: CLASS_OTHER,
             });
+            // Fast path for a run of plain CJK text: the next three-byte characters that fold
+            // to themselves and do not repeat the last one, without the general dispatch.
+            while let (Some(&b0), Some(&b1), Some(&b2)) =
+                (bytes.get(next), bytes.get(next + 1), bytes.get(next + 2))
+            {
+                if b0 & 0xF0 != 0xE0 || next + 3 > limit {
+                    break;
+                }
+                let code = (u32::from(b0 & 0x0F) << 12)
+                    | (u32::from(b1 & 0x3F) << 6)
+                    | u32::from(b2 & 0x3F);
+                let Some(c) = char::from_u32(code) else {
+                    break;
+                };
+                if c == acc.last || !seps.is_plain(c) {
+                    break;
+                }
+                let start = next as u32;
+                next += 3;
+                acc.last = c;
+                compact.push(out.len() as u32);
+                out.push(FChar {
+                    c,
+                    start,
+                    end: next as u32,
+                    class: CLASS_OTHER,
+                });
+            }
             continue;
         }
         if ch.is_ascii() {
@@ -677,11 +706,17 @@ fn confusable(c: char) -> Option<char> {
     }
 }
 
-/// The simplified form of a traditional Chinese character, or the character itself.
+/// The simplified form of a traditional Chinese character or of a Japanese kanji form
+/// (shinjitai: `売` -> `卖`, `薬` -> `药`; only forms that are not Chinese characters), or the
+/// character itself.
 pub(crate) fn t2s(c: char) -> char {
     if (c as u32) < 0x3400 {
         return c;
     }
+    let c = match JP2S.binary_search_by_key(&c, |&(j, _)| j) {
+        Ok(i) => JP2S.get(i).map_or(c, |&(_, s)| s),
+        Err(_) => c,
+    };
     match T2S.binary_search_by_key(&c, |&(t, _)| t) {
         Ok(i) => T2S.get(i).map_or(c, |&(_, s)| s),
         Err(_) => c,
@@ -876,6 +911,21 @@ mod tests {
         assert_eq!(n("五星紅旗"), "五星红旗");
         assert_eq!(n("法輪功"), "法轮功");
         assert_eq!(n("賭博"), "赌博");
+    }
+
+    #[test]
+    fn folds_japanese_kanji_forms() {
+        assert_eq!(n("売春"), "卖春");
+        assert_eq!(n("麻薬"), "麻药");
+        assert_eq!(n("変態"), "变态");
+        assert_eq!(n("戦争"), "战争");
+        assert_eq!(n("広告"), "广告");
+        assert_eq!(n("発売"), "发卖");
+        assert_eq!(n("対図"), "对图");
+        // Shinjitai that are also Chinese characters keep their Chinese meaning.
+        assert_eq!(n("芸香"), "芸香");
+        assert_eq!(n("予以"), "予以");
+        assert_eq!(n("台湾"), "台湾");
     }
 
     #[test]

@@ -127,6 +127,12 @@ pub struct NormalizeConfig {
     /// Patterns shorter than this many characters (after normalization) are ignored, with a
     /// count in [`crate::LoadStats`]. `1` keeps everything; `2` drops single characters.
     pub min_pattern_chars: usize,
+    /// Read look-alike symbols, digits and masking wildcards in Latin words as letters where
+    /// the result is a Latin rule entry (`sh!t`, `$hit`, `f*ck`, `fvck`; see [`crate::leet`]).
+    pub read_symbols: bool,
+    /// Initials of an entry that opts in (`赌博<TAB>initials` -> `db`) shorter than this many
+    /// letters are not used: short initials collide with everyday abbreviations.
+    pub min_initials: usize,
 }
 
 impl Default for NormalizeConfig {
@@ -134,6 +140,8 @@ impl Default for NormalizeConfig {
         NormalizeConfig {
             separators: crate::normalize::DEFAULT_SEPARATORS.to_string(),
             min_pattern_chars: 2,
+            read_symbols: true,
+            min_initials: 3,
         }
     }
 }
@@ -412,4 +420,12 @@ pub struct GroupPolicySpec {
     pub tighten: BTreeMap<String, Action>,
     /// Block secret markers and code names in this group, even without external members.
     pub forbid_secret_markers: bool,
+    /// The extra words also match their pinyin, without tones, joined or split (`赌博`:
+    /// `dubo`, `du bo`, `du-bo`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub words_pinyin: bool,
+    /// The extra words also match the initials of their pinyin (`法轮功`: `flg`), when at
+    /// least `normalize.min_initials` letters long.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub words_initials: bool,
 }

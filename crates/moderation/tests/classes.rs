@@ -23,7 +23,7 @@ fn fixture() -> Moderator {
     let mut b = Moderator::builder(PolicyFile::default());
     for (cat, words) in [
         ("porn", &["黄片", "口交"][..]),
-        ("abuse", &["傻逼", "fuck", "shit"][..]),
+        ("abuse", &["傻逼", "fuck", "shit", "bitch", "ass"][..]),
         ("politics", &["法轮"][..]),
         ("gambling", &["赌博"][..]),
     ] {
@@ -232,8 +232,8 @@ fn letter_forms_repeats_reversal_and_leetspeak() {
         .to_vec(),
     ));
     by_class.push((
-        "leetspeak",
-        ["sh1t", "5hit", "fvck", "sh!t", "f*ck", "sh17"]
+        "leetspeak (digits)",
+        ["sh1t", "5hit", "sh17", "b1tch", "a55", "8itch"]
             .map(String::from)
             .to_vec(),
     ));
@@ -487,4 +487,351 @@ fn obfuscated_emails() {
     ] {
         assert_eq!(m.check(text, &EXT).action, Action::Allow, "{text}");
     }
+}
+
+// ------------------------------------------------- symbols and wildcards in Latin words
+
+/// Evasions that replace a letter of a Latin rule entry by a symbol, a digit, a look-alike
+/// letter or a masking wildcard (fixture words: fuck, shit, ass, bitch). The last four are
+/// known misses, kept to report recall honestly: a word of symbols only (`@$$`, refused so
+/// that `$$$` or `@!$` never read as words), `ph` for `f`, a hyphen (a word joiner, not a
+/// wildcard) and a masked word that is not itself an entry (`sh*tty`).
+const SYMBOL_EVASIONS: &[&str] = &[
+    "fvck",
+    "sh!t",
+    "f*ck",
+    "$hit",
+    "@ss",
+    "a$$",
+    "b!tch",
+    "f**k",
+    "f#ck",
+    "f_ck",
+    "sh.t",
+    "ƒ*ck",
+    "ＳＨ！Ｔ",
+    "what the f*ck!",
+    "you @ss.",
+    "$h!t",
+    "b!+ch",
+    "sh|t",
+    "\"f*ck\"",
+    "F*CK",
+    "滚吧 b!tch",
+    "s#it",
+    "fvvvck",
+    "bi+ch",
+    "@$$",
+    "phuck",
+    "f-ck",
+    "sh*tty",
+];
+
+/// Natural text with the same symbols inside or around Latin words: prices, e-mail, code,
+/// versions, handles, hashtags, abbreviations, and words that contain a rule entry once
+/// their symbols are read (`cl@ss`, `a$$ets`).
+const SYMBOL_NATURAL: &[&str] = &[
+    "$5",
+    "$100 off",
+    "costs $3.50",
+    "ask@example.com",
+    "a*b",
+    "a*b*c = abc",
+    "C#",
+    "F# and C# code",
+    "i++",
+    "x += 1",
+    "press sh!ft",
+    "#hashtag",
+    "@channel",
+    "Ca$h",
+    "100%",
+    "v1.2.3",
+    "a_b_c",
+    "my_var = 1",
+    "file.txt",
+    "s.t.",
+    "e.g. this",
+    "i.e. that",
+    "node.js",
+    "asp.net",
+    "$HOME/bin",
+    "$PATH",
+    "@admin",
+    "c++",
+    "he11o",
+    "l33t",
+    "b4",
+    "gr8",
+    "2day",
+    "h@ck",
+    "p@ss",
+    "cl@ss",
+    "a$$ets",
+    "@ssess",
+    "b!tcoin",
+    "sub-class",
+    "pass/fail",
+    "ma$$ive",
+    "cla$$",
+    "ha$h",
+    "wh@t",
+    "s3rvice",
+    "vivid value",
+    "have a look",
+    "fix #12",
+    "issue #5",
+    "PR#7",
+    "a.s.a.p",
+    "f(x) = 3*4",
+    "10*10",
+    "AT&T",
+    "Q&A",
+    "e-mail",
+    "x.y.z",
+    "1.5x",
+    "5* hotel",
+    "***",
+    "#1",
+    "no. 5",
+    "s.h.e.l.l",
+    "b.i.t.s",
+    "a$k",
+    "@sk",
+    "sh!p it",
+    "f*** that",
+    "s*** happens",
+    "***k",
+    "dvck",
+    "使用C#开发",
+    "价格$5",
+];
+
+#[test]
+fn symbols_and_wildcards_in_latin_words() {
+    let m = fixture();
+    let evasions: Vec<String> = SYMBOL_EVASIONS.iter().map(|s| s.to_string()).collect();
+    let r = recall(&m, "symbols/wildcards (Latin)", &evasions);
+    assert!(r >= 0.85, "{r}");
+    let natural: Vec<String> = SYMBOL_NATURAL.iter().map(|s| s.to_string()).collect();
+    let fp = false_hits(&m, "symbols/wildcards (natural)", &natural);
+    assert!(fp == 0.0, "{fp}");
+    // Offsets map back to the original text: the mask covers the symbols.
+    let v = m.check("what the f*ck?", &CTX);
+    assert_eq!(v.masked_text.as_deref(), Some("what the ****?"));
+    let v = m.check("ＳＨ！Ｔ 吧", &CTX);
+    assert_eq!(v.masked_text.as_deref(), Some("**** 吧"));
+    let v = m.check("you @ss.", &CTX);
+    assert_eq!(v.masked_text.as_deref(), Some("you ***."));
+    // The switch turns the class off.
+    let mut policy = PolicyFile::default();
+    policy.normalize.read_symbols = false;
+    let mut b = Moderator::builder(policy);
+    b.add_word("abuse", "abuse:0", "shit", None);
+    let off = b.build().unwrap();
+    assert!(!hit(&off, "sh!t"));
+    assert!(hit(&off, "sh1t"));
+}
+
+// ------------------------------------------------------------ pinyin and initials
+
+fn pinyin_fixture() -> Moderator {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("deny")).unwrap();
+    std::fs::write(
+        dir.path().join("deny/gambling.txt"),
+        "赌博\treview pinyin\n六合彩\tpinyin\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("deny/politics.txt"),
+        "法轮功\tpinyin initials\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("deny/porn.txt"), "女优\tpinyin\n黄片\n").unwrap();
+    std::fs::write(dir.path().join("deny/drugs.txt"), "冰毒\tpinyin\n").unwrap();
+    Moderator::load_dir(dir.path()).unwrap()
+}
+
+#[test]
+fn pinyin_and_initials_for_entries_that_opt_in() {
+    let m = pinyin_fixture();
+    assert!(m.stats().romanized >= 6, "{:?}", m.stats());
+    let evasions: Vec<String> = [
+        "dubo",
+        "du bo",
+        "du-bo",
+        "DuBo",
+        "d u b o",
+        "du_bo",
+        "来dubo吧",
+        "dub0",
+        "liuhecai",
+        "liu he cai",
+        "falungong",
+        "falun gong",
+        "fa lun gong",
+        "Fa-Lun-Gong",
+        "flg",
+        "FLG",
+        "f.l.g",
+        "nvyou",
+        "nuyou",
+        "nü you",
+        "bingdu",
+    ]
+    .map(String::from)
+    .to_vec();
+    let r = recall(&m, "pinyin/initials (opt-in)", &evasions);
+    assert!(r >= 0.95, "{r}");
+    // The pinyin hit carries the entry's rule and action.
+    let v = m.check("dubo", &CTX);
+    assert_eq!(v.action, Action::Review);
+    assert_eq!(v.rule.as_deref(), Some("deny/gambling.txt:1"));
+    assert_eq!(v.category.as_deref(), Some("gambling"));
+    // Natural text: English and code around the same letters, pinyin of other words, and
+    // initials shorter than `min_initials` (db, hp) or of entries that did not opt in.
+    let natural: Vec<String> = [
+        "dubai",
+        "Dubbo RPC",
+        "du bois",
+        "double",
+        "db",
+        "mongodb",
+        "the DB is down",
+        "flag",
+        "flights",
+        "golf",
+        "bingo",
+        "nvidia",
+        "you",
+        "huangpian",
+        "hp",
+        "dub",
+        "bo",
+        "du",
+        "liuhe",
+        "cai",
+        "falun",
+        "fl g",
+        "gong",
+        "du bo shi", // 读博士: pinyin inside a longer phrase is still the syllables du bo
+    ]
+    .map(String::from)
+    .to_vec();
+    let fp = false_hits(&m, "pinyin/initials (natural)", &natural);
+    // `du bo shi` (读博士, "doing a PhD") is the one collision: pinyin is ambiguous, which is
+    // why entries opt in one by one.
+    assert!(fp <= 1.0 / natural.len() as f64 + 1e-9, "{fp}");
+    // `bingdu` is also 病毒 (a virus): an entry whose pinyin collides must not opt in; the
+    // shipped 冰毒 does not. Without the option, no pinyin form exists.
+    let mut b = Moderator::builder(PolicyFile::default());
+    b.add_word("drugs", "drugs:1", "冰毒", None);
+    let plain = b.build().unwrap();
+    assert!(!hit(&plain, "bingdu"));
+    assert!(hit(&plain, "冰毒"));
+    // Group rules opt in for all their words.
+    let spec = moderation::GroupPolicySpec {
+        words: vec!["竞品甲".into(), "内部价".into()],
+        words_pinyin: true,
+        words_initials: true,
+        ..moderation::GroupPolicySpec::default()
+    };
+    let g = moderation::GroupPolicy::compile(&spec, &plain).unwrap();
+    let ctx = CheckContext {
+        group: Some(&g),
+        has_external_member: false,
+    };
+    // Latin group words are read through symbols too.
+    let spec = moderation::GroupPolicySpec {
+        words: vec!["rivalco".into()],
+        ..moderation::GroupPolicySpec::default()
+    };
+    let g2 = moderation::GroupPolicy::compile(&spec, &plain).unwrap();
+    let ctx2 = CheckContext {
+        group: Some(&g2),
+        has_external_member: false,
+    };
+    assert_eq!(plain.check("ask r!v@lco", &ctx2).action, Action::Block);
+    assert_eq!(plain.check("r!v@lcorp", &ctx2).action, Action::Allow);
+    for t in ["jingpinjia", "nei bu jia", "nbj", "内部价"] {
+        assert_eq!(plain.check(t, &ctx).action, Action::Block, "{t}");
+    }
+    assert_eq!(plain.check("neibu", &ctx).action, Action::Allow);
+    // A one-character entry's pinyin is too short to be a pattern (`e` for 饿).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("deny")).unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[normalize]\nmin_pattern_chars = 1\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("deny/x.txt"), "饿\tpinyin\n赌\tpinyin\n").unwrap();
+    let one = Moderator::load_dir(dir.path()).unwrap();
+    assert!(!hit(&one, "e") && !hit(&one, "du") && hit(&one, "饿"));
+    // A bad option is a syntax error with its line.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("deny")).unwrap();
+    std::fs::write(dir.path().join("deny/x.txt"), "赌博\tpinyin\n赌场\tpinyn\n").unwrap();
+    match Moderator::load_dir(dir.path()) {
+        Err(moderation::LoadError::Syntax { line, .. }) => assert_eq!(line, 2),
+        other => panic!("{other:?}"),
+    }
+}
+
+// ------------------------------------------------------------ Japanese kanji forms
+
+#[test]
+fn japanese_kanji_forms_of_chinese_words() {
+    let mut b = Moderator::builder(PolicyFile::default());
+    for (i, w) in [
+        "卖淫",
+        "觉醒剂",
+        "麻药",
+        "代开发票",
+        "黑社会",
+        "变态",
+        "贩卖个人信息",
+    ]
+    .iter()
+    .enumerate()
+    {
+        b.add_word("illegal", &format!("illegal:{i}"), w, None);
+    }
+    let m = b.build().unwrap();
+    let evasions: Vec<String> = [
+        "売淫",
+        "覚醒剤",
+        "麻薬",
+        "代開発票",
+        "黒社会",
+        "変態",
+        "売 淫",
+        "販売個人信息",
+        "要覚醒剤吗",
+    ]
+    .map(String::from)
+    .to_vec();
+    let r = recall(&m, "Japanese kanji forms", &evasions);
+    assert!(r >= 0.95, "{r}");
+    // Shinjitai that are also Chinese characters keep their Chinese reading; Japanese text
+    // without a banned word stays clean.
+    let natural: Vec<String> = [
+        "芸香",
+        "予以批准",
+        "台湾",
+        "欠款",
+        "沙家浜",
+        "駅前の広場",
+        "売り場",
+        "戦国時代",
+        "図書館",
+        "気をつけて",
+        "变声期",
+        "发票已开",
+    ]
+    .map(String::from)
+    .to_vec();
+    let fp = false_hits(&m, "Japanese kanji (natural)", &natural);
+    assert!(fp == 0.0, "{fp}");
 }

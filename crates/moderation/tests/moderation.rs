@@ -572,4 +572,17 @@ fn strange_input_gets_a_verdict() {
     assert_eq!(m.check("", &CTX), moderation::Verdict::allow());
     let at = "@.".repeat(10_000);
     assert_eq!(m.check(&at, &EXT).action, Action::Allow);
+    // Latin tokens with a reading at every character (symbols, digits, wildcards): the walk
+    // is bounded per token, so a 100 KB text of them is still linear.
+    let t0 = std::time::Instant::now();
+    let leet = "f*|1!$@+#_.**ck5h1tbi+ch ".repeat(4_000);
+    let v = m.check(&leet, &CTX);
+    assert!(v.action <= Action::Review, "{:?}", v.action);
+    let tokens = format!("{} ", "$h!*".repeat(12)).repeat(2_000);
+    m.check(&tokens, &CTX);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t0.elapsed()
+    );
 }

@@ -86,6 +86,16 @@ fn text() -> impl Strategy<Value = String> {
         "ﬁ",
         "\u{10FFFF}",
         "\t",
+        "$",
+        "!",
+        "|",
+        "#",
+        "_",
+        "+",
+        "€",
+        "s",
+        "i",
+        "t",
     ]);
     prop_oneof![
         prop::collection::vec(pieces, 0..40).prop_map(|v| v.concat()),
@@ -226,5 +236,60 @@ proptest! {
             prop_assert!(h.start < h.end);
             prop_assert_eq!(masked.get(..h.start), s.get(..h.start));
         }
+    }
+}
+
+/// One letter of a Latin deny word, itself or a symbol, digit or wildcard standing for it:
+/// `(written, is a real letter)`.
+fn symbol_forms(c: char) -> Vec<(&'static str, bool)> {
+    let forms: &[&'static str] = match c {
+        'f' => &["f", "F"],
+        'u' => &["u", "v", "*", "#"],
+        'c' => &["c", "¢", "*"],
+        'k' => &["k", "K"],
+        's' => &["s", "$", "5", "§"],
+        'h' => &["h", "H"],
+        'i' => &["i", "!", "1", "|", "*"],
+        't' => &["t", "+", "7"],
+        _ => &[],
+    };
+    forms
+        .iter()
+        .map(|f| (*f, f.chars().all(|x| x.is_ascii_alphabetic())))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// A Latin deny word with some letters written as look-alike symbols, digits or wildcards
+    /// (at least two real letters left, as the reading requires) is caught in any context, and
+    /// the mask covers exactly the word.
+    #[test]
+    fn symbol_evasions_are_caught_and_masked_exactly(
+        word in prop::sample::select(vec!["fuck", "shit"]),
+        pre in prop::sample::select(vec!["", "你好 ", "ok ", "说：", "\"", "("]),
+        post in prop::sample::select(vec!["", " 你好", " ok", "！", "!", "?", ".", "\""]),
+        seed in any::<u64>(),
+    ) {
+        let mut x = seed | 1;
+        let mut written = String::new();
+        let mut literal = 0;
+        for c in word.chars() {
+            let f = symbol_forms(c);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (w, lit) = f[(x % f.len() as u64) as usize];
+            written.push_str(w);
+            literal += usize::from(lit);
+        }
+        prop_assume!(literal >= 2);
+        let text = format!("{pre}{written}{post}");
+        let v = moderator().check(&text, &CheckContext::default());
+        prop_assert!(v.action >= Action::Mask, "{:?}: {:?}", text, v);
+        let masked = v.masked_text.clone().unwrap_or_default();
+        let expect = format!("{pre}{}{post}", "*".repeat(written.chars().count()));
+        prop_assert_eq!(masked, expect, "{:?}", text);
     }
 }
