@@ -14,7 +14,7 @@
 #
 # State: .cache/services/<instance>/cassandra.state (CASSANDRA_CQL_PORT, CASSANDRA_CQL,
 # CASSANDRA_PID, CASSANDRA_STATE, CASSANDRA_DATA_DIR, CASSANDRA_LOG, ...).
-# Knobs: CHATD_CASSANDRA_VERSION (5.0.8), CHATD_CASSANDRA_HEAP (1G),
+# Knobs: CHATD_CASSANDRA_VERSION (5.0.8), CHATD_CASSANDRA_HEAP (2G),
 # CHATD_CASSANDRA_START_TIMEOUT (180 s), CHATD_CASSANDRA_STOP_TIMEOUT (60 s),
 # CHATD_CASSANDRA_PAUSE_SIGNAL (TERM; KILL for an abrupt crash), CHATD_CACHE_DIR
 # (~/.cache/chatd), CHATD_SERVICES_INSTANCE (default), CHATD_SERVICES_TMPDIR ($TMPDIR or /tmp).
@@ -23,7 +23,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CASSANDRA_VERSION_WANTED="${CHATD_CASSANDRA_VERSION:-5.0.8}"
-HEAP="${CHATD_CASSANDRA_HEAP:-1G}"
+HEAP="${CHATD_CASSANDRA_HEAP:-2G}"
 # Cassandra mlockall()s its memory at start-up (as root nothing stops it), which makes whatever
 # heap is committed by then resident for good: start small, let G1 grow it up to $HEAP.
 HEAP_MIN="${CHATD_CASSANDRA_HEAP_MIN:-256M}"
