@@ -19,6 +19,7 @@ pub mod events;
 #[cfg(feature = "test-hooks")]
 pub mod faults;
 pub mod files;
+pub mod group_admin;
 pub mod groups;
 pub mod hashing;
 pub mod health;
