@@ -4,8 +4,8 @@
 use super::ClientAddr;
 use super::{user_changed, ApiJson, Caller};
 use crate::directory::{
-    get_json, scan_all, to_json, Account, Department, PasswordPolicy, Status, NS_CREDENTIAL,
-    NS_DEPT, NS_USER,
+    create_account, get_json, password_of, scan_all, to_json, Account, AccountRecord, Department,
+    PasswordPolicy, Status, NS_CREDENTIAL, NS_DEPT, NS_USER,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::groups;
@@ -131,13 +131,9 @@ async fn login(
         state.login_limiter.retain_recent();
     }
     let refused = || ApiError::new(ErrorCode::Unauthorized, "wrong user id or password");
-    let hash: Option<String> = get_json(&state.meta, NS_CREDENTIAL, req.user.as_str()).await?;
-    // Only ids with a password reach the account cache, so made-up ids do not fill it.
-    let account = match &hash {
-        Some(_) => state.membership.account(&req.user).await?,
-        None => None,
-    };
-    let (Some(hash), Some(account)) = (hash, account) else {
+    // Read from the store, not through the account cache, so made-up ids do not fill it.
+    let Some((AccountRecord { account, .. }, hash)) = password_of(&state.meta, &req.user).await?
+    else {
         // The same work as a real check, so neither answer nor time tells which ids exist.
         let _ = state.signin.hashing.verify(req.password, None).await?;
         return Err(refused());
@@ -283,33 +279,12 @@ async fn create_user(
         created_at: now,
         updated_at: now,
     };
-    if !state
-        .meta
-        .insert_new(NS_USER, account.id.as_str(), to_json(&account)?)
-        .await?
-    {
+    // One commit point, no undo: see `directory::AccountRecord`.
+    if !create_account(&state.meta, account.clone(), hash).await? {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!("id: user {} exists", account.id),
         ));
-    }
-    if let Some(h) = hash {
-        if let Err(e) = state
-            .meta
-            .apply(vec![MetaOp::put(
-                NS_CREDENTIAL,
-                account.id.as_str(),
-                to_json(&h)?,
-            )])
-            .await
-        {
-            // Nothing half-applied: without its password the account does not stay.
-            let _ = state
-                .meta
-                .apply(vec![MetaOp::delete(NS_USER, account.id.as_str())])
-                .await;
-            return Err(e.into());
-        }
     }
     user_changed(&state, &account.id).await;
     state.touch_user(&account.id).await?;
@@ -412,23 +387,21 @@ pub struct AccountChange {
     external: Option<bool>,
 }
 
-/// Reads an account record for a change, or `not_found`.
-async fn load(state: &AppState, id: &str) -> Result<Account, ApiError> {
+/// Reads an account record for a change (with its password binding, which a rewrite must
+/// keep), or `not_found`.
+async fn load(state: &AppState, id: &str) -> Result<AccountRecord, ApiError> {
     get_json(&state.meta, NS_USER, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no user {id}")))
 }
 
-async fn save(state: &AppState, account: &Account) -> Result<(), ApiError> {
+async fn save(state: &AppState, record: &AccountRecord) -> Result<(), ApiError> {
+    let id = &record.account.id;
     state
         .meta
-        .apply(vec![MetaOp::put(
-            NS_USER,
-            account.id.as_str(),
-            to_json(account)?,
-        )])
+        .apply(vec![MetaOp::put(NS_USER, id.as_str(), to_json(record)?)])
         .await?;
-    user_changed(state, &account.id).await;
+    user_changed(state, id).await;
     Ok(())
 }
 
@@ -445,7 +418,8 @@ async fn update_user(
     ApiJson(req): ApiJson<AccountChange>,
 ) -> Result<Json<Account>, ApiError> {
     state.require_company_admin(&me)?;
-    let mut account = load(&state, &id).await?;
+    let mut record = load(&state, &id).await?;
+    let account = &mut record.account;
     let old_department = account.department.clone();
     if let Some(n) = &req.name {
         check_name("name", n)?;
@@ -467,7 +441,8 @@ async fn update_user(
         account.external = x;
     }
     account.updated_at = now_ms();
-    save(&state, &account).await?;
+    save(&state, &record).await?;
+    let account = record.account;
     groups::follow_directory(&state, &account, old_department.as_deref()).await?;
     state
         .audit(audit(&me, "user.update", Some(&account.id), None))
@@ -525,10 +500,11 @@ async fn activate(
     Path(id): Path<String>,
 ) -> Result<Json<Account>, ApiError> {
     state.require_company_admin(&me)?;
-    let mut account = load(&state, &id).await?;
-    account.status = Status::Active;
-    account.updated_at = now_ms();
-    save(&state, &account).await?;
+    let mut record = load(&state, &id).await?;
+    record.account.status = Status::Active;
+    record.account.updated_at = now_ms();
+    save(&state, &record).await?;
+    let account = record.account;
     // No longer a leaver: a pending erasure is cancelled.
     leavers::reactivated(&state, &account.id).await?;
     state
@@ -572,13 +548,15 @@ async fn set_password(
             "only company administrators set other users' passwords",
         ));
     }
-    let account = load(&state, &id).await?;
+    let record = load(&state, &id).await?;
+    let key = record.credential_key();
+    let account = record.account;
     if !admin {
         // Guessing the current password costs sign-in attempts.
         if state.login_limiter.check_key(&me).is_err() {
             return Err(too_many_for_user());
         }
-        let current: Option<String> = get_json(&state.meta, NS_CREDENTIAL, &id).await?;
+        let current: Option<String> = get_json(&state.meta, NS_CREDENTIAL, &key).await?;
         let ok = match (current, req.current) {
             (Some(h), Some(c)) if c.len() <= 1024 => {
                 state.signin.hashing.verify(c, Some(h)).await?
@@ -593,11 +571,7 @@ async fn set_password(
     let hash = state.signin.hashing.hash(req.password).await?;
     state
         .meta
-        .apply(vec![MetaOp::put(
-            NS_CREDENTIAL,
-            account.id.as_str(),
-            to_json(&hash)?,
-        )])
+        .apply(vec![MetaOp::put(NS_CREDENTIAL, &key, to_json(&hash)?)])
         .await?;
     let not_before = revoke_all_tokens(&state, &account.id).await?;
     state

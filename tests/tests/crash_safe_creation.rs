@@ -1,0 +1,165 @@
+//! Creations that write several records are crash-safe without undo: a group exists only once
+//! its name record names it (the last step), an account only once its record is inserted
+//! (naming its own password record). `CHATD_TEST_FAIL_ONCE` (feature `test-hooks`) makes the
+//! step just before each commit point fail once, which leaves the same state as a crash
+//! there; the tests check that nothing half-made is visible and that a retry succeeds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use testkit::*;
+
+fn group_names(body: &Value, name: &str) -> usize {
+    body.as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["name"] == name)
+        .count()
+}
+
+#[tokio::test]
+async fn a_group_creation_that_fails_before_its_name_is_claimed_leaves_nothing_visible() {
+    let node = Node::start_with(NodeOpts::default().env("CHATD_TEST_FAIL_ONCE", "group.create"));
+    let api = Api::new(&node);
+    api.touch("bob").await;
+    let body = json!({"name": "Crash Test", "members": ["bob"]});
+
+    // The group and its members are written, then the step before the claim fails.
+    let (status, err) = api
+        .call(Method::POST, "/v1/groups", Some("ann"), Some(body.clone()))
+        .await;
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error"]["code"], "unavailable", "{err}");
+    for user in ["ann", "bob"] {
+        let (status, mine) = api.call(Method::GET, "/v1/groups", Some(user), None).await;
+        assert_eq!(status, 200, "{mine}");
+        assert_eq!(group_names(&mine, "Crash Test"), 0, "{user} sees {mine}");
+    }
+
+    // The retry, with the same name (another case), succeeds and is the only such group.
+    let retry = json!({"name": "crash test", "members": ["bob"]});
+    let (status, created) = api
+        .call(Method::POST, "/v1/groups", Some("ann"), Some(retry))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let gid = created["id"].as_str().unwrap().to_owned();
+    for user in ["ann", "bob"] {
+        let (_, mine) = api.call(Method::GET, "/v1/groups", Some(user), None).await;
+        assert_eq!(group_names(&mine, "crash test"), 1, "{user} sees {mine}");
+        assert_eq!(group_names(&mine, "Crash Test"), 0, "{user} sees {mine}");
+    }
+    let (status, _) = api
+        .call(Method::GET, &format!("/v1/groups/{gid}"), Some("bob"), None)
+        .await;
+    assert_eq!(status, 200);
+
+    // The name is now taken for real.
+    let (status, err) = api
+        .call(Method::POST, "/v1/groups", Some("cat"), Some(body))
+        .await;
+    assert_eq!(status, 409, "{err}");
+
+    // And the group works.
+    let mut bob = Client::connect(&node, "bob").await;
+    let ack = bob.send_group(&gid, "c1", "hello").await;
+    assert_eq!(ack_seq(&ack), 1, "{ack:?}");
+}
+
+#[tokio::test]
+async fn an_account_creation_that_fails_before_its_commit_leaves_no_account_and_no_password() {
+    let node = Node::start_with(
+        NodeOpts::default()
+            .env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
+            .env("CHATD_TEST_FAIL_ONCE", "account.create,account.create"),
+    );
+    let api = Api::new(&node);
+    let login = |user: &'static str, password: &'static str| {
+        let api = &api;
+        async move {
+            api.call(
+                Method::POST,
+                "/v1/login",
+                None,
+                Some(json!({"user": user, "password": password})),
+            )
+            .await
+            .0
+        }
+    };
+
+    // Each first creation writes its password record, then fails before the account.
+    for id in ["zed", "amy"] {
+        let body = json!({"id": id, "name": id, "password": "first-pass-1"});
+        let (status, err) = api
+            .call(Method::POST, "/v1/users", Some("boss"), Some(body))
+            .await;
+        assert_eq!(status, 503, "{err}");
+        let (status, _) = api
+            .call(Method::GET, &format!("/v1/users/{id}"), Some("boss"), None)
+            .await;
+        assert_eq!(status, 404, "{id}: no account after a failed creation");
+        let user = if id == "zed" { "zed" } else { "amy" };
+        assert_eq!(login(user, "first-pass-1").await, 401);
+    }
+
+    // A retry without a password: the account exists, and the failed creation's password
+    // does not open it (it belonged to another creation).
+    api.create_account("boss", json!({"id": "zed", "name": "Zed"}))
+        .await;
+    let (status, zed) = api
+        .call(Method::GET, "/v1/users/zed", Some("boss"), None)
+        .await;
+    assert_eq!(status, 200, "{zed}");
+    assert_eq!(zed["name"], "Zed");
+    assert!(
+        zed.get("credential").is_none(),
+        "no binding in answers: {zed}"
+    );
+    assert_eq!(login("zed", "first-pass-1").await, 401);
+
+    // A retry with another password: that one signs in, the failed creation's does not.
+    api.create_account(
+        "boss",
+        json!({"id": "amy", "name": "Amy", "password": "second-pass-2"}),
+    )
+    .await;
+    assert_eq!(login("amy", "second-pass-2").await, 200);
+    assert_eq!(login("amy", "first-pass-1").await, 401);
+
+    // The binding survives an update, and a password change goes to the bound record.
+    let (status, _) = api
+        .call(
+            Method::PATCH,
+            "/v1/users/amy",
+            Some("boss"),
+            Some(json!({"title": "Engineer"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(login("amy", "second-pass-2").await, 200);
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/v1/users/amy/password",
+            Some("boss"),
+            Some(json!({"password": "third-pass-3"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(login("amy", "third-pass-3").await, 200);
+    assert_eq!(login("amy", "second-pass-2").await, 401);
+
+    // A taken id stays taken.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/v1/users",
+            Some("boss"),
+            Some(json!({"id": "amy", "name": "Other", "password": "fourth-pass-4"})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(login("amy", "fourth-pass-4").await, 401);
+    assert_eq!(login("amy", "third-pass-3").await, 200);
+}
