@@ -31,7 +31,8 @@ fn pending() -> &'static Mutex<Vec<String>> {
 /// Whether the step named `point` must fail now: true once per time `CHATD_TEST_FAIL_ONCE`
 /// lists it. The points: `group.create` (after a new group's records and its members are
 /// written, before its name is claimed), `account.create` (after a new account's password
-/// record is written, before the account record).
+/// record is written, before the account record), `post.approve` (after a post's approval is
+/// recorded, before it is delivered).
 pub fn fail_once(point: &str) -> bool {
     let mut pending = match pending().lock() {
         Ok(p) => p,

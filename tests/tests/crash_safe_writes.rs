@@ -1,8 +1,9 @@
-//! Creations that write several records are crash-safe without undo: a group exists only once
+//! Writes that span several records are crash-safe without undo. A group exists only once
 //! its name record names it (the last step), an account only once its record is inserted
-//! (naming its own password record). `CHATD_TEST_FAIL_ONCE` (feature `test-hooks`) makes the
-//! step just before each commit point fail once, which leaves the same state as a crash
-//! there; the tests check that nothing half-made is visible and that a retry succeeds.
+//! (naming its own password record), and an interrupted approval is finished by the next one.
+//! `CHATD_TEST_FAIL_ONCE` (feature `test-hooks`) makes the step just before each commit point
+//! (or delivery) fail once, which leaves the same state as a crash there; the tests check that
+//! nothing half-made is visible and that a retry succeeds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -162,4 +163,73 @@ async fn an_account_creation_that_fails_before_its_commit_leaves_no_account_and_
     assert_eq!(status, 409);
     assert_eq!(login("amy", "fourth-pass-4").await, 401);
     assert_eq!(login("amy", "third-pass-3").await, 200);
+}
+
+#[tokio::test]
+async fn an_approval_interrupted_before_delivery_is_finished_by_the_next_approval() {
+    let node = Node::start_with(
+        NodeOpts::default()
+            .env("CHATD_AUTH__REVIEWERS", r#"["rev"]"#)
+            .env("CHATD_TEST_FAIL_ONCE", "post.approve"),
+    );
+    let api = Api::new(&node);
+    api.touch("bob").await;
+    let ch = api.create_group("ceo", "News", &["bob"]).await;
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            &format!("/v1/groups/{ch}/approval"),
+            Some("ceo"),
+            Some(json!({"required": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut ceo = Client::connect(&node, "ceo").await;
+    let mut bob = Client::connect(&node, "bob").await;
+    let ack = ceo.send_group(&ch, "n1", "Quarterly results are out").await;
+    let protocol::ServerFrame::Ack { id: post, .. } = ack else {
+        panic!("{ack:?}")
+    };
+    let approve = format!("/v1/posts/{}/approve", post.as_str());
+
+    // The decision is taken, then the step before delivery fails: nothing is delivered, the
+    // post stays pending, and it cannot be rejected any more (it is being approved).
+    let (status, err) = api.call(Method::POST, &approve, Some("rev"), None).await;
+    assert_eq!(status, 503, "{err}");
+    assert!(bob
+        .try_recv(std::time::Duration::from_millis(300))
+        .await
+        .is_none());
+    let (_, pending) = api
+        .call(Method::GET, "/v1/posts?state=pending", Some("rev"), None)
+        .await;
+    assert!(pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"] == post.as_str()));
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/posts/{}/reject", post.as_str()),
+            Some("rev"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 409);
+
+    // Approving again finishes the job: delivered once, approved, decided for good.
+    let (status, done) = api.call(Method::POST, &approve, Some("rev"), None).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["state"], "approved");
+    let m = bob.next_message().await;
+    assert_eq!((m.body.as_str(), m.seq.0), ("Quarterly results are out", 1));
+    let (status, _) = api.call(Method::POST, &approve, Some("rev"), None).await;
+    assert_eq!(status, 409);
+    assert!(
+        bob.try_recv(std::time::Duration::from_millis(300))
+            .await
+            .is_none(),
+        "delivered once"
+    );
 }
