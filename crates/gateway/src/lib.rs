@@ -14,6 +14,7 @@ pub mod clock;
 pub mod compliance;
 pub mod config;
 pub mod directory;
+pub mod directory_admin;
 pub mod error;
 pub mod events;
 #[cfg(feature = "test-hooks")]
