@@ -253,7 +253,42 @@ pub async fn scan_all<T: DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    fn account(id: &str) -> Account {
+        Account {
+            id: UserId::new(id),
+            name: id.to_uppercase(),
+            department: None,
+            title: None,
+            status: Status::Active,
+            external: false,
+            tokens_valid_after: 0,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn the_password_binding_is_stored_but_not_part_of_the_account() {
+        let record = AccountRecord {
+            account: account("ann"),
+            credential: Some("c1".into()),
+        };
+        assert_eq!(record.credential_key(), "ann/c1");
+        let bytes = to_json(&record).unwrap();
+        // Readers that decode the account ignore the binding; answers never carry it.
+        let plain: Account = from_json(&bytes).unwrap();
+        assert_eq!(plain, record.account);
+        assert!(!String::from_utf8(to_json(&plain).unwrap())
+            .unwrap()
+            .contains("credential"));
+        assert_eq!(from_json::<AccountRecord>(&bytes).unwrap(), record);
+        // A record from before (or rewritten as a bare account) uses the key at the user id.
+        let old: AccountRecord = from_json(&to_json(&account("bob")).unwrap()).unwrap();
+        assert_eq!((old.credential_key(), old.credential), ("bob".into(), None));
+    }
 
     #[test]
     fn default_policy_wants_eight_with_letters_and_digits() {
