@@ -233,3 +233,79 @@ async fn an_approval_interrupted_before_delivery_is_finished_by_the_next_approva
         "delivered once"
     );
 }
+
+#[tokio::test]
+async fn racing_creations_of_one_id_never_give_the_winner_the_losers_password() {
+    let node = Node::start_with(NodeOpts::default().env("CHATD_AUTH__ADMINS", r#"["boss"]"#));
+    let api = Api::new(&node);
+    for round in 0..6 {
+        let id = format!("race{round}");
+        let with = json!({"id": id, "name": "With", "password": "racing-pass-1"});
+        let without = json!({"id": id, "name": "Without"});
+        let (a, b) = tokio::join!(
+            api.call(Method::POST, "/v1/users", Some("boss"), Some(with)),
+            api.call(Method::POST, "/v1/users", Some("boss"), Some(without)),
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [201, 409],
+            "exactly one creation wins: {a:?} {b:?}"
+        );
+        let (_, account) = api
+            .call(Method::GET, &format!("/v1/users/{id}"), Some("boss"), None)
+            .await;
+        let (status, _) = api
+            .call(
+                Method::POST,
+                "/v1/login",
+                None,
+                Some(json!({"user": id, "password": "racing-pass-1"})),
+            )
+            .await;
+        match account["name"].as_str() {
+            Some("With") => assert_eq!(status, 200, "the winner's own password works"),
+            Some("Without") => assert_eq!(status, 401, "the loser's password never attaches"),
+            other => panic!("no winner: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn racing_creations_of_one_group_name_give_one_group() {
+    let node = Node::start();
+    let api = Api::new(&node);
+    for round in 0..6 {
+        let name = format!("Race {round}");
+        let (a, b) = tokio::join!(
+            api.call(
+                Method::POST,
+                "/v1/groups",
+                Some("ann"),
+                Some(json!({"name": name}))
+            ),
+            api.call(
+                Method::POST,
+                "/v1/groups",
+                Some("ann"),
+                Some(json!({"name": name.to_lowercase()}))
+            ),
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [201, 409],
+            "exactly one creation wins: {a:?} {b:?}"
+        );
+        let (_, mine) = api.call(Method::GET, "/v1/groups", Some("ann"), None).await;
+        let same = mine
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["name"].as_str().unwrap().eq_ignore_ascii_case(&name))
+            .count();
+        assert_eq!(same, 1, "{mine}");
+    }
+}
