@@ -4,11 +4,49 @@
 //! request whose change is stored still succeeds when its follow-up is lost. With
 //! `CHATD_TEST_FAIL_PENALTY_BROADCASTS=1` it refuses `PenaltyChanged` control messages, so a
 //! test can check that other nodes still learn a penalty (from the store) within the bound.
+//! `CHATD_TEST_FAIL_ONCE=<point>,<point>,...` makes each named step of a multi-record write
+//! fail once per time it is listed ([`fail_once`]), as a crash there would stop it, so a test
+//! can check that the half-written state is invisible and that a retry succeeds.
 
 use async_trait::async_trait;
 use protocol::{ServerFrame, UserId};
 use router::{Control, Envelope, Payload, Router, RouterError, Sink};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The fault points still to fire (from `CHATD_TEST_FAIL_ONCE`), one entry per failure.
+fn pending() -> &'static Mutex<Vec<String>> {
+    static PENDING: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    PENDING.get_or_init(|| {
+        let list = std::env::var("CHATD_TEST_FAIL_ONCE").unwrap_or_default();
+        Mutex::new(
+            list.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    })
+}
+
+/// Whether the step named `point` must fail now: true once per time `CHATD_TEST_FAIL_ONCE`
+/// lists it. The points: `group.create` (after a new group's records and its members are
+/// written, before its name is claimed), `account.create` (after a new account's password
+/// record is written, before the account record), `post.approve` (after a post's approval is
+/// recorded, before it is delivered).
+pub fn fail_once(point: &str) -> bool {
+    let mut pending = match pending().lock() {
+        Ok(p) => p,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    match pending.iter().position(|p| p == point) {
+        Some(i) => {
+            pending.remove(i);
+            tracing::warn!(point, "test hook: failing this step once");
+            true
+        }
+        None => false,
+    }
+}
 
 /// `router` as is, or wrapped so that it fails `event` frames (or penalty broadcasts) when
 /// the environment asks.

@@ -1,18 +1,18 @@
-//! Group rules below the HTTP edge: the group records this module owns (name reservations,
-//! company and department group lists), read-modify-write of a group's settings, the
-//! announcement, and groups that follow the directory. Handlers live in `api/groups.rs`.
+//! Group records and the shape of a group change, below the HTTP edge: the records this module
+//! owns (company and department group lists; names are in `membership.rs`, which checks
+//! them), read-modify-write of a group's settings, [`GroupChange`] (what follows a stored
+//! change), the announcement, and groups that follow the directory. The operations an
+//! administrator calls are in `group_admin.rs`; their handlers in `api/groups.rs`.
 
 use crate::directory::{from_json, to_json, Account};
 use crate::error::ApiError;
-use crate::events::{changed, group_event, notify, publish};
+use crate::events::changed;
+pub use crate::membership::NS_GROUP_NAME;
 use crate::membership::{GroupSettings, GroupView, NS_GROUP_SETTINGS};
-use crate::post_commit::Audit;
+use crate::post_commit::{self, Audit, FollowUps};
 use crate::state::{now_ms, AppState};
-use protocol::{ConvId, ErrorCode, EventKind, GroupId, ServerFrame, UserId};
+use protocol::{ConvId, ErrorCode, EventBuilder, EventKind, GroupId, ServerFrame, UserId};
 use store::{AuditEntry, Member, Role, Swap};
-
-/// Namespace reserving group names (lower-cased), so two groups never share one.
-pub const NS_GROUP_NAME: &str = "group_name";
 /// Namespace listing company-wide groups (keyed by group id), which every new internal
 /// account joins.
 pub const NS_COMPANY_GROUP: &str = "company_group";
@@ -32,6 +32,82 @@ pub fn audit_entry(
         None => e,
     }
     .build()
+}
+
+/// What follows one stored change of a group, built beside the write and applied by
+/// [`GroupChange::commit`] once the write is durable: cached copies dropped on every node
+/// (when members changed; a settings change drops them itself), then the audit entries and
+/// the `event` frames through [`post_commit`] (best effort: the change is stored, so the
+/// request succeeds whatever happens here).
+#[derive(Debug)]
+#[must_use = "a group change does nothing until it is committed"]
+pub struct GroupChange {
+    group: GroupId,
+    actor: UserId,
+    members_changed: bool,
+    follow: FollowUps,
+}
+
+impl GroupChange {
+    /// A change of `group` by `actor`, with no follow-up yet.
+    pub fn new(group: &GroupId, actor: &UserId) -> Self {
+        GroupChange {
+            group: group.clone(),
+            actor: actor.clone(),
+            members_changed: false,
+            follow: FollowUps::default(),
+        }
+    }
+
+    /// The members or their roles changed: cached views of the group are dropped everywhere.
+    pub fn members_changed(mut self) -> Self {
+        self.members_changed = true;
+        self
+    }
+
+    /// An audit entry of `action` (about `target`, when not the actor).
+    pub fn audit(self, action: &str, target: Option<&UserId>) -> Self {
+        self.audit_with(action, target, |a| a)
+    }
+
+    /// An audit entry of `action` with a detail (a role, a mute's end, ...).
+    pub fn audit_detail(self, action: &str, target: Option<&UserId>, detail: String) -> Self {
+        self.audit_with(action, target, |a| a.detail(detail))
+    }
+
+    /// An audit entry of `action`, completed by `more` (a message, a detail).
+    pub fn audit_with(
+        mut self,
+        action: &str,
+        target: Option<&UserId>,
+        more: impl FnOnce(Audit) -> Audit,
+    ) -> Self {
+        let mut entry = Audit::new(now_ms(), &self.actor, action).conv(ConvId::group(&self.group));
+        if let Some(t) = target {
+            entry = entry.target(t.clone());
+        }
+        self.follow.audit.push(more(entry).build());
+        self
+    }
+
+    /// An `event` frame for `audience`; its conversation and actor are the group and the
+    /// actor of this change.
+    pub fn event(mut self, audience: Vec<UserId>, event: EventBuilder) -> Self {
+        let frame = event
+            .conv(ConvId::group(&self.group))
+            .actor(self.actor.clone())
+            .build();
+        self.follow.events.push((audience, frame));
+        self
+    }
+
+    /// Runs the follow-ups; call it right after the write that made the change durable.
+    pub async fn commit(self, state: &AppState) {
+        if self.members_changed {
+            changed(state, &self.group).await;
+        }
+        post_commit::after_commit(&*state.review, &*state.router, self.follow).await;
+    }
 }
 
 /// How many times [`update_settings`] re-reads and re-applies a change that lost a race with
@@ -99,14 +175,14 @@ pub async fn publish_announcement(
         Ok(())
     })
     .await?;
-    state
-        .audit(audit_entry(me, "group.announcement", id, None))
+    GroupChange::new(id, me)
+        .audit("group.announcement", None)
+        .event(
+            view.members.as_ref().clone(),
+            ServerFrame::event(EventKind::Announcement).detail(text),
+        )
+        .commit(state)
         .await;
-    let mut frame = group_event(EventKind::Announcement, id, me, None);
-    if let ServerFrame::Event { detail, .. } = &mut frame {
-        *detail = Some(text);
-    }
-    publish(state, view.members.as_ref().clone(), frame).await;
     Ok(settings)
 }
 
@@ -158,18 +234,16 @@ pub async fn follow_directory(
             joined_at: now,
         };
         state.store.put_member(&gid, member).await?;
-        changed(state, &gid).await;
         let mut audience = view.members.as_ref().clone();
         audience.push(account.id.clone());
-        notify(
-            state,
-            audience,
-            EventKind::MemberJoined,
-            &gid,
-            &system,
-            Some(account.id.clone()),
-        )
-        .await;
+        GroupChange::new(&gid, &system)
+            .members_changed()
+            .event(
+                audience,
+                ServerFrame::event(EventKind::MemberJoined).user(account.id.clone()),
+            )
+            .commit(state)
+            .await;
     }
     for gid in leave {
         let Ok(view) = state.group(&gid).await else {
@@ -179,16 +253,14 @@ pub async fn follow_directory(
             continue;
         }
         state.store.remove_member(&gid, &account.id).await?;
-        changed(state, &gid).await;
-        notify(
-            state,
-            view.members.as_ref().clone(),
-            EventKind::MemberLeft,
-            &gid,
-            &system,
-            Some(account.id.clone()),
-        )
-        .await;
+        GroupChange::new(&gid, &system)
+            .members_changed()
+            .event(
+                view.members.as_ref().clone(),
+                ServerFrame::event(EventKind::MemberLeft).user(account.id.clone()),
+            )
+            .commit(state)
+            .await;
     }
     Ok(())
 }

@@ -15,7 +15,9 @@
 //! hold stops it; the one question asked about holds is [`erasure_blocked_by_hold`].
 
 use crate::clock::now_secs;
-use crate::directory::{from_json, get_json, to_json, Account, Status, NS_CREDENTIAL, NS_USER};
+use crate::directory::{
+    from_json, get_json, to_json, Account, AccountRecord, Status, NS_CREDENTIAL, NS_USER,
+};
 use crate::error::ApiError;
 use crate::events::{changed, group_event, notify, publish, user_changed};
 use crate::groups::{audit_entry, update_settings};
@@ -210,19 +212,19 @@ async fn switch_off(state: &AppState, user: &UserId) -> Result<(Account, bool), 
     // Two rounds at most: a record created concurrently is found by the second read.
     for _ in 0..2 {
         let now = now_ms();
-        if let Some(mut account) = get_json::<Account>(&state.meta, NS_USER, user.as_str()).await? {
+        // As `AccountRecord`, so the rewrite keeps the account's password binding.
+        if let Some(mut record) =
+            get_json::<AccountRecord>(&state.meta, NS_USER, user.as_str()).await?
+        {
+            let account = &mut record.account;
             account.status = Status::Deactivated;
             account.tokens_valid_after = cutoff;
             account.updated_at = now;
             state
                 .meta
-                .apply(vec![MetaOp::put(
-                    NS_USER,
-                    user.as_str(),
-                    to_json(&account)?,
-                )])
+                .apply(vec![MetaOp::put(NS_USER, user.as_str(), to_json(&record)?)])
                 .await?;
-            result = Some((account, false));
+            result = Some((record.account, false));
             break;
         }
         let account = Account {
@@ -457,8 +459,12 @@ async fn erase(
     record: LeaverRecord,
 ) -> Result<bool, ApiError> {
     let raw_account = state.meta.get(NS_USER, user.as_str()).await?;
+    // The password record an account names (besides the one at the user id).
+    let mut bound_credential = None;
     if let Some(raw) = &raw_account {
-        let mut account: Account = from_json(raw)?;
+        let mut record: AccountRecord = from_json(raw)?;
+        bound_credential = record.credential.is_some().then(|| record.credential_key());
+        let account = &mut record.account;
         if account.is_active() {
             // Re-activated (and the record not yet removed): not a leaver any more.
             reactivated(state, user).await?;
@@ -472,7 +478,7 @@ async fn erase(
         account.department = None;
         account.title = None;
         account.updated_at = now_ms();
-        let new = to_json(&account)?;
+        let new = to_json(&record)?;
         if new != *raw {
             match state
                 .meta
@@ -487,10 +493,9 @@ async fn erase(
     } else if erasure_blocked_by_hold(state, user).await? {
         return Ok(false);
     }
-    state
-        .meta
-        .apply(vec![MetaOp::delete(NS_CREDENTIAL, user.as_str())])
-        .await?;
+    let mut deletes = vec![MetaOp::delete(NS_CREDENTIAL, user.as_str())];
+    deletes.extend(bound_credential.map(|k| MetaOp::delete(NS_CREDENTIAL, &k)));
+    state.meta.apply(deletes).await?;
     user_changed(state, user).await;
     let erased = LeaverRecord {
         erased_at: Some(now_ms()),

@@ -14,11 +14,13 @@ pub mod clock;
 pub mod compliance;
 pub mod config;
 pub mod directory;
+pub mod directory_admin;
 pub mod error;
 pub mod events;
 #[cfg(feature = "test-hooks")]
 pub mod faults;
 pub mod files;
+pub mod group_admin;
 pub mod groups;
 pub mod hashing;
 pub mod health;

@@ -14,6 +14,15 @@ use store::{Group, Member, MetaStore, Role, Store, StoreError};
 
 /// Namespace of [`GroupSettings`] records, keyed by group id.
 pub const NS_GROUP_SETTINGS: &str = "group_settings";
+/// Namespace of group names ([`name_key`]), each naming its group's id: names are unique,
+/// and a group exists only while its name names it.
+pub const NS_GROUP_NAME: &str = "group_name";
+
+/// The key of a group name in [`NS_GROUP_NAME`] (case-insensitive).
+pub fn name_key(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
 /// Namespace of a group's own moderation rules ([`moderation::GroupPolicySpec`] as JSON),
 /// keyed by group id. Apart from the settings, which every member reads: the rules (a list
 /// of words banned in the group) are for the group's owner, admins and company admins.
@@ -152,12 +161,21 @@ impl Membership {
         let Some(group) = self.store.group(id).await? else {
             return Ok(None);
         };
-        let members: Vec<Member> = self.store.members(id).await?;
         let settings: GroupSettings =
             crate::directory::get_json(&self.meta, NS_GROUP_SETTINGS, id.as_str())
                 .await
                 .map_err(meta_err)?
                 .unwrap_or_default();
+        // A group exists from the moment its name record names it (the commit point of a
+        // creation, see `group_admin::create`); rows of a creation that failed or crashed
+        // before that step stay invisible.
+        if settings.lifecycle != Lifecycle::Dissolved {
+            let name = self.meta.get(NS_GROUP_NAME, &name_key(&group.name)).await?;
+            if name.as_deref() != Some(id.as_str().as_bytes()) {
+                return Ok(None);
+            }
+        }
+        let members: Vec<Member> = self.store.members(id).await?;
         let moderation: Option<moderation::GroupPolicySpec> =
             crate::directory::get_json(&self.meta, NS_GROUP_MODERATION, id.as_str())
                 .await

@@ -87,6 +87,28 @@ pub async fn broadcast(router: &dyn Router, control: Control) {
     publish(router, Envelope::broadcast(control)).await;
 }
 
+/// Everything that follows one stored change, as a value: the audit entries and the `event`
+/// frames with their audiences. A domain operation builds it beside its write and hands it to
+/// [`after_commit`] once the write is durable, so every operation ends the same way.
+#[derive(Debug, Default)]
+pub struct FollowUps {
+    /// Audit entries, written in order.
+    pub audit: Vec<AuditEntry>,
+    /// `event` frames and who gets them, published in order after the audit entries.
+    pub events: Vec<(Vec<UserId>, ServerFrame)>,
+}
+
+/// Runs the follow-ups of a stored change (best effort, like everything here): the audit
+/// entries, then the events.
+pub async fn after_commit(review: &dyn ReviewStore, router: &dyn Router, follow: FollowUps) {
+    for entry in follow.audit {
+        audit(review, entry).await;
+    }
+    for (audience, frame) in follow.events {
+        event(router, audience, frame).await;
+    }
+}
+
 /// Builds an audit entry: `Audit::new(ts, actor, action).conv(..).target(..).build()`.
 #[derive(Debug, Clone)]
 pub struct Audit(AuditEntry);

@@ -119,8 +119,11 @@ pub async fn submit(
     Ok(post)
 }
 
-/// Takes the decision on a pending post exactly once.
-async fn decide(state: &AppState, me: &UserId, id: &str) -> Result<Post, ApiError> {
+/// Takes the decision (`verb`: `approve` or `reject`) on a pending post exactly once: the
+/// decision record (`<verb>:<reviewer>`; a bare reviewer id from before) is created once.
+/// An approval whose delivery did not finish (the post is still pending under an approval)
+/// is finished by the next approval: delivering is repeatable, so nothing is undone.
+async fn decide(state: &AppState, me: &UserId, id: &str, verb: &str) -> Result<Post, ApiError> {
     if !state.is_reviewer(me) {
         return Err(ApiError::forbidden(
             "only reviewers (auth.reviewers) and company administrators decide posts",
@@ -135,18 +138,29 @@ async fn decide(state: &AppState, me: &UserId, id: &str) -> Result<Post, ApiErro
             "a reviewer does not approve their own post",
         ));
     }
-    if post.state != PostState::Pending
-        || !state
-            .meta
-            .insert_new(NS_POST_DECISION, id, me.as_str().as_bytes().to_vec())
-            .await?
-    {
-        return Err(ApiError::new(
+    let decided = || {
+        ApiError::new(
             ErrorCode::Conflict,
             format!("post {id} was already decided"),
-        ));
+        )
+    };
+    if post.state != PostState::Pending {
+        return Err(decided());
     }
-    Ok(post)
+    let mark = format!("{verb}:{me}").into_bytes();
+    if state.meta.insert_new(NS_POST_DECISION, id, mark).await? {
+        return Ok(post);
+    }
+    let unfinished_approval = verb == "approve"
+        && state
+            .meta
+            .get(NS_POST_DECISION, id)
+            .await?
+            .is_some_and(|d| d.starts_with(b"approve:"));
+    if unfinished_approval {
+        return Ok(post);
+    }
+    Err(decided())
 }
 
 async fn save(state: &AppState, post: &Post) -> Result<(), ApiError> {
@@ -240,19 +254,21 @@ pub async fn list(
 
 /// Approves a pending post: a message is stored with the next seq and delivered; an
 /// announcement replaces the group's. Reviewers only, never their own post.
+///
+/// Repeatable rather than undone: if delivering fails (or the node stops) after the decision
+/// was taken, the post stays pending under an approval, and approving it again finishes the
+/// job. The message is stored once whatever the number of attempts (its client message id is
+/// the post's), and re-applying an announcement sets the same text.
 pub async fn approve(state: &AppState, me: &UserId, id: &str) -> Result<Post, ApiError> {
-    let post = decide(state, me, id).await?;
-    match publish_post(state, me, post).await {
-        Ok(post) => Ok(post),
-        Err(e) => {
-            // Nothing was delivered: let the post be decided again.
-            let _ = state
-                .meta
-                .apply(vec![MetaOp::delete(NS_POST_DECISION, id)])
-                .await;
-            Err(e)
-        }
+    let post = decide(state, me, id, "approve").await?;
+    #[cfg(feature = "test-hooks")]
+    if crate::faults::fail_once("post.approve") {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "test hook: post.approve failed",
+        ));
     }
+    publish_post(state, me, post).await
 }
 
 /// Rejects a pending post with an optional reason (at most 500 characters); it is never
@@ -266,7 +282,7 @@ pub async fn reject(
     if reason.as_deref().is_some_and(|r| r.chars().count() > 500) {
         return Err(ApiError::bad_request("reason: at most 500 characters"));
     }
-    let mut post = decide(state, me, id).await?;
+    let mut post = decide(state, me, id, "reject").await?;
     post.state = PostState::Rejected;
     post.reviewer = Some(me.clone());
     post.decided_at = Some(now_ms());

@@ -28,6 +28,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("policy", 2),
     ("messages", 2),
     ("groups", 2),
+    ("group_admin", 2),
+    ("directory_admin", 2),
     ("posts", 2),
     ("files", 2),
     ("events", 2),

@@ -1,29 +1,28 @@
 //! The company directory over HTTP: accounts and departments (company administrators),
-//! directory search (internal users), built-in sign-in, and the caller's own sessions.
+//! directory search (internal users), built-in sign-in, and the caller's own sessions. Each
+//! handler takes the request apart and calls one function of [`crate::directory_admin`],
+//! which holds the rules; deactivation is [`crate::leavers`].
 
 use super::ClientAddr;
-use super::{user_changed, ApiJson, Caller};
-use crate::directory::{
-    get_json, scan_all, to_json, Account, Department, PasswordPolicy, Status, NS_CREDENTIAL,
-    NS_DEPT, NS_USER,
-};
+use super::{ApiJson, Caller};
+use crate::directory::{Account, Department};
+use crate::directory_admin;
 use crate::error::{ApiError, ErrorBody};
-use crate::groups;
 use crate::hub::SessionDescription;
 use crate::leavers::{self, Deactivated};
-use crate::post_commit;
-use crate::state::{now_ms, AppState};
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use protocol::{close, ErrorCode, UserId};
-use router::Control;
+use protocol::UserId;
 use serde::{Deserialize, Serialize};
-use store::{AuditEntry, MetaOp};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+/// Revokes every token of a user (the review tools use it too).
+pub(crate) use crate::directory_admin::revoke_all_tokens;
 
 /// The routes of this module.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -39,38 +38,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(me))
         .routes(routes!(my_sessions))
         .routes(routes!(sign_out_session))
-}
-
-fn policy(state: &AppState) -> PasswordPolicy {
-    PasswordPolicy {
-        min_len: state.config.auth.password_min_len,
-        letters_and_digits: state.config.auth.password_letters_and_digits,
-    }
-}
-
-fn audit(me: &UserId, action: &str, target: Option<&UserId>, detail: Option<String>) -> AuditEntry {
-    let mut e = AuditEntry::action(now_ms(), me, action);
-    e.target = target.cloned();
-    e.detail = detail;
-    e
-}
-
-fn valid_id(s: &str) -> bool {
-    UserId::new(s).is_valid()
-}
-
-fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
-    let n = name.trim().chars().count();
-    if n == 0 || n > 100 {
-        return Err(ApiError::bad_request(format!(
-            "{field}: must be 1 to 100 characters"
-        )));
-    }
-    Ok(())
-}
-
-async fn department_exists(state: &AppState, id: &str) -> Result<bool, ApiError> {
-    Ok(state.meta.get(NS_DEPT, id).await?.is_some())
 }
 
 /// `POST /v1/login` body.
@@ -92,13 +59,6 @@ pub struct Token {
     expires_at: u64,
 }
 
-fn too_many_for_user() -> ApiError {
-    ApiError::new(
-        ErrorCode::RateLimited,
-        "too many sign-in attempts for this user; wait a minute",
-    )
-}
-
 /// Built-in sign-in with a password set by an administrator (no token needed). Limited per
 /// client address and per user id; the password check runs on the node's few hashing workers
 /// (503 with `retry` when they are all busy), and costs the same for an unknown user id.
@@ -112,104 +72,11 @@ async fn login(
     ClientAddr(addr): ClientAddr,
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Json<Token>, ApiError> {
-    if !req.user.is_valid() {
-        return Err(ApiError::bad_request("user: not a user id"));
-    }
-    if req.password.len() > 1024 {
-        // No stored password is longer (the policy), so nothing longer is worth hashing.
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "wrong user id or password",
-        ));
-    }
-    state.signin.check_address(addr)?;
-    if state.login_limiter.check_key(&req.user).is_err() {
-        return Err(too_many_for_user());
-    }
-    // One entry per user id tried: made-up ids must not grow the limiter without bound.
-    if state.login_limiter.len() > 100_000 {
-        state.login_limiter.retain_recent();
-    }
-    let refused = || ApiError::new(ErrorCode::Unauthorized, "wrong user id or password");
-    let hash: Option<String> = get_json(&state.meta, NS_CREDENTIAL, req.user.as_str()).await?;
-    // Only ids with a password reach the account cache, so made-up ids do not fill it.
-    let account = match &hash {
-        Some(_) => state.membership.account(&req.user).await?,
-        None => None,
-    };
-    let (Some(hash), Some(account)) = (hash, account) else {
-        // The same work as a real check, so neither answer nor time tells which ids exist.
-        let _ = state.signin.hashing.verify(req.password, None).await?;
-        return Err(refused());
-    };
-    if !state
-        .signin
-        .hashing
-        .verify(req.password, Some(hash))
-        .await?
-    {
-        return Err(refused());
-    }
-    if !account.is_active() {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "this account is deactivated",
-        ));
-    }
-    let not_before = account
-        .tokens_valid_after
-        .max(state.membership.revocations.not_before(&req.user).await?);
-    let (token, expires_at) = state
-        .auth
-        .mint_not_before(&req.user, not_before)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    Ok(Json(Token { token, expires_at }))
-}
-
-/// Revokes every token of `user` issued up to now, on every node: their sessions close with
-/// 4001 and the tokens are refused (HTTP 401, and at the WebSocket upgrade). Returns the new
-/// cut-off (seconds): a token minted for the user now must have an `iat` of at least this.
-pub(crate) async fn revoke_all_tokens(state: &AppState, user: &UserId) -> Result<u64, ApiError> {
-    // One second ahead: a token minted earlier in this second is revoked too.
-    let before = crate::clock::now_secs() + 1;
-    let until = before.saturating_add(state.auth.max_lifetime_secs());
-    state
-        .membership
-        .revocations
-        .revoke_user(user, before, until)
-        .await?;
-    let control = Control::TokensRevoked {
-        user: user.clone(),
-        token: None,
-        before: Some(before),
-        until,
-    };
-    // Stored: nodes that miss the broadcast re-read the store within `revocation::FRESH_FOR`.
-    post_commit::broadcast(&*state.router, control).await;
-    Ok(before)
-}
-
-/// Revokes one token of `user` (by its id) on every node: the sessions using it close with
-/// 4001 and it is refused from now on.
-pub(crate) async fn revoke_token(
-    state: &AppState,
-    user: &UserId,
-    token_id: &str,
-) -> Result<(), ApiError> {
-    let until = crate::clock::now_secs().saturating_add(state.auth.max_lifetime_secs());
-    state
-        .membership
-        .revocations
-        .revoke_token(user, token_id, until)
-        .await?;
-    let control = Control::TokensRevoked {
-        user: user.clone(),
-        token: Some(token_id.to_owned()),
-        before: None,
-        until,
-    };
-    post_commit::broadcast(&*state.router, control).await;
-    Ok(())
+    let t = directory_admin::sign_in(&state, addr, &req.user, req.password).await?;
+    Ok(Json(Token {
+        token: t.token,
+        expires_at: t.expires_at,
+    }))
 }
 
 /// `POST /v1/users` body.
@@ -245,78 +112,19 @@ async fn create_user(
     Caller(me): Caller,
     ApiJson(req): ApiJson<NewAccount>,
 ) -> Result<Response, ApiError> {
-    state.require_company_admin(&me)?;
-    if !req.id.is_valid() {
-        return Err(ApiError::bad_request(
-            "id: 1 to 64 characters of letters, digits and _ . @ -",
-        ));
-    }
-    check_name("name", &req.name)?;
-    if req
-        .title
-        .as_deref()
-        .is_some_and(|t| t.chars().count() > 100)
-    {
-        return Err(ApiError::bad_request("title: at most 100 characters"));
-    }
-    if let Some(d) = &req.department {
-        if !department_exists(&state, d).await? {
-            return Err(ApiError::not_found(format!("no department {d}")));
-        }
-    }
-    let hash = match &req.password {
-        Some(p) => {
-            policy(&state).check(p)?;
-            Some(state.signin.hashing.hash(p.clone()).await?)
-        }
-        None => None,
-    };
-    let now = now_ms();
-    let account = Account {
-        id: req.id.clone(),
-        name: req.name.trim().to_owned(),
-        department: req.department,
-        title: req.title,
-        status: Status::Active,
-        external: req.external,
-        tokens_valid_after: 0,
-        created_at: now,
-        updated_at: now,
-    };
-    if !state
-        .meta
-        .insert_new(NS_USER, account.id.as_str(), to_json(&account)?)
-        .await?
-    {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!("id: user {} exists", account.id),
-        ));
-    }
-    if let Some(h) = hash {
-        if let Err(e) = state
-            .meta
-            .apply(vec![MetaOp::put(
-                NS_CREDENTIAL,
-                account.id.as_str(),
-                to_json(&h)?,
-            )])
-            .await
-        {
-            // Nothing half-applied: without its password the account does not stay.
-            let _ = state
-                .meta
-                .apply(vec![MetaOp::delete(NS_USER, account.id.as_str())])
-                .await;
-            return Err(e.into());
-        }
-    }
-    user_changed(&state, &account.id).await;
-    state.touch_user(&account.id).await?;
-    groups::follow_directory(&state, &account, None).await?;
-    state
-        .audit(audit(&me, "user.create", Some(&account.id), None))
-        .await;
+    let account = directory_admin::create(
+        &state,
+        &me,
+        directory_admin::NewAccount {
+            id: req.id,
+            name: req.name,
+            department: req.department,
+            title: req.title,
+            external: req.external,
+            password: req.password,
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(account)).into_response())
 }
 
@@ -342,32 +150,13 @@ async fn search_users(
     Caller(me): Caller,
     Query(q): Query<UserQuery>,
 ) -> Result<Json<Vec<Account>>, ApiError> {
-    let admin = state.is_company_admin(&me);
-    if !admin && state.is_external(&me).await? {
-        return Err(ApiError::forbidden(
-            "external users do not see the directory",
-        ));
-    }
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let needle = q.q.as_deref().map(str::to_lowercase);
-    let all: Vec<(String, Account)> = scan_all(&state.meta, NS_USER, "").await?;
-    Ok(Json(
-        all.into_iter()
-            .map(|(_, a)| a)
-            .filter(|a| a.is_active() || (admin && q.include_deactivated))
-            .filter(|a| {
-                q.department
-                    .as_deref()
-                    .is_none_or(|d| a.department.as_deref() == Some(d))
-            })
-            .filter(|a| {
-                needle.as_deref().is_none_or(|n| {
-                    a.name.to_lowercase().contains(n) || a.id.as_str().to_lowercase().contains(n)
-                })
-            })
-            .take(limit)
-            .collect(),
-    ))
+    let search = directory_admin::Search {
+        q: q.q,
+        department: q.department,
+        include_deactivated: q.include_deactivated,
+        limit: q.limit,
+    };
+    Ok(Json(directory_admin::search(&state, &me, search).await?))
 }
 
 /// One account (internal users). Deactivated accounts are shown too, so that a client can
@@ -380,18 +169,7 @@ async fn get_user(
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Account>, ApiError> {
-    let admin = state.is_company_admin(&me);
-    if !admin && me.as_str() != id && state.is_external(&me).await? {
-        return Err(ApiError::forbidden(
-            "external users do not see the directory",
-        ));
-    }
-    let account = state
-        .membership
-        .account(&UserId::new(&id))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user {id}")))?;
-    Ok(Json(account.as_ref().clone()))
+    Ok(Json(directory_admin::read(&state, &me, &id).await?))
 }
 
 /// `PATCH /v1/users/{id}` body: the fields to change.
@@ -412,26 +190,6 @@ pub struct AccountChange {
     external: Option<bool>,
 }
 
-/// Reads an account record for a change, or `not_found`.
-async fn load(state: &AppState, id: &str) -> Result<Account, ApiError> {
-    get_json(&state.meta, NS_USER, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user {id}")))
-}
-
-async fn save(state: &AppState, account: &Account) -> Result<(), ApiError> {
-    state
-        .meta
-        .apply(vec![MetaOp::put(
-            NS_USER,
-            account.id.as_str(),
-            to_json(account)?,
-        )])
-        .await?;
-    user_changed(state, &account.id).await;
-    Ok(())
-}
-
 /// Changes an account (company administrators). A new department moves the account between
 /// department groups.
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "directory", request_body = AccountChange, security(("bearer" = [])),
@@ -444,35 +202,15 @@ async fn update_user(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<AccountChange>,
 ) -> Result<Json<Account>, ApiError> {
-    state.require_company_admin(&me)?;
-    let mut account = load(&state, &id).await?;
-    let old_department = account.department.clone();
-    if let Some(n) = &req.name {
-        check_name("name", n)?;
-        account.name = n.trim().to_owned();
-    }
-    if let Some(t) = req.title {
-        if t.chars().count() > 100 {
-            return Err(ApiError::bad_request("title: at most 100 characters"));
-        }
-        account.title = (!t.is_empty()).then_some(t);
-    }
-    if let Some(d) = req.department {
-        if !d.is_empty() && !department_exists(&state, &d).await? {
-            return Err(ApiError::not_found(format!("no department {d}")));
-        }
-        account.department = (!d.is_empty()).then_some(d);
-    }
-    if let Some(x) = req.external {
-        account.external = x;
-    }
-    account.updated_at = now_ms();
-    save(&state, &account).await?;
-    groups::follow_directory(&state, &account, old_department.as_deref()).await?;
-    state
-        .audit(audit(&me, "user.update", Some(&account.id), None))
-        .await;
-    Ok(Json(account))
+    let change = directory_admin::AccountChange {
+        name: req.name,
+        department: req.department,
+        title: req.title,
+        external: req.external,
+    };
+    Ok(Json(
+        directory_admin::update(&state, &me, &id, change).await?,
+    ))
 }
 
 /// `POST /v1/users/{id}/deactivate` body (optional: no body, or `{}`, names no successor).
@@ -524,17 +262,7 @@ async fn activate(
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Account>, ApiError> {
-    state.require_company_admin(&me)?;
-    let mut account = load(&state, &id).await?;
-    account.status = Status::Active;
-    account.updated_at = now_ms();
-    save(&state, &account).await?;
-    // No longer a leaver: a pending erasure is cancelled.
-    leavers::reactivated(&state, &account.id).await?;
-    state
-        .audit(audit(&me, "user.activate", Some(&account.id), None))
-        .await;
-    Ok(Json(account))
+    Ok(Json(directory_admin::activate(&state, &me, &id).await?))
 }
 
 /// `PUT /v1/users/{id}/password` body.
@@ -566,51 +294,15 @@ async fn set_password(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<SetPassword>,
 ) -> Result<Response, ApiError> {
-    let admin = state.is_company_admin(&me);
-    if !admin && me.as_str() != id {
-        return Err(ApiError::forbidden(
-            "only company administrators set other users' passwords",
-        ));
-    }
-    let account = load(&state, &id).await?;
-    if !admin {
-        // Guessing the current password costs sign-in attempts.
-        if state.login_limiter.check_key(&me).is_err() {
-            return Err(too_many_for_user());
-        }
-        let current: Option<String> = get_json(&state.meta, NS_CREDENTIAL, &id).await?;
-        let ok = match (current, req.current) {
-            (Some(h), Some(c)) if c.len() <= 1024 => {
-                state.signin.hashing.verify(c, Some(h)).await?
-            }
-            _ => false,
-        };
-        if !ok {
-            return Err(ApiError::forbidden("current: wrong current password"));
-        }
-    }
-    policy(&state).check(&req.password)?;
-    let hash = state.signin.hashing.hash(req.password).await?;
-    state
-        .meta
-        .apply(vec![MetaOp::put(
-            NS_CREDENTIAL,
-            account.id.as_str(),
-            to_json(&hash)?,
-        )])
-        .await?;
-    let not_before = revoke_all_tokens(&state, &account.id).await?;
-    state
-        .audit(audit(&me, "user.password", Some(&account.id), None))
-        .await;
-    if me != account.id {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    let (token, expires_at) = state
-        .auth
-        .mint_not_before(&me, not_before.max(account.tokens_valid_after))
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    Ok(Json(Token { token, expires_at }).into_response())
+    let fresh = directory_admin::set_password(&state, &me, &id, req.password, req.current).await?;
+    Ok(match fresh {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(t) => Json(Token {
+            token: t.token,
+            expires_at: t.expires_at,
+        })
+        .into_response(),
+    })
 }
 
 /// Creates a department (company administrators).
@@ -622,27 +314,7 @@ async fn create_department(
     Caller(me): Caller,
     ApiJson(d): ApiJson<Department>,
 ) -> Result<Response, ApiError> {
-    state.require_company_admin(&me)?;
-    if !valid_id(&d.id) {
-        return Err(ApiError::bad_request(
-            "id: 1 to 64 characters of letters, digits and _ . @ -",
-        ));
-    }
-    check_name("name", &d.name)?;
-    if let Some(p) = &d.parent {
-        if !department_exists(&state, p).await? {
-            return Err(ApiError::not_found(format!("no department {p}")));
-        }
-    }
-    if !state.meta.insert_new(NS_DEPT, &d.id, to_json(&d)?).await? {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!("id: department {} exists", d.id),
-        ));
-    }
-    state
-        .audit(audit(&me, "department.create", None, Some(d.id.clone())))
-        .await;
+    let d = directory_admin::create_department(&state, &me, d).await?;
     Ok((StatusCode::CREATED, Json(d)).into_response())
 }
 
@@ -653,13 +325,7 @@ async fn list_departments(
     State(state): State<AppState>,
     Caller(me): Caller,
 ) -> Result<Json<Vec<Department>>, ApiError> {
-    if !state.is_company_admin(&me) && state.is_external(&me).await? {
-        return Err(ApiError::forbidden(
-            "external users do not see the directory",
-        ));
-    }
-    let all: Vec<(String, Department)> = scan_all(&state.meta, NS_DEPT, "").await?;
-    Ok(Json(all.into_iter().map(|(_, d)| d).collect()))
+    Ok(Json(directory_admin::departments(&state, &me).await?))
 }
 
 /// `PATCH /v1/departments/{id}` body.
@@ -686,47 +352,9 @@ async fn update_department(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<DepartmentChange>,
 ) -> Result<Json<Department>, ApiError> {
-    state.require_company_admin(&me)?;
-    let mut d: Department = get_json(&state.meta, NS_DEPT, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no department {id}")))?;
-    if let Some(n) = req.name {
-        check_name("name", &n)?;
-        d.name = n.trim().to_owned();
-    }
-    if let Some(p) = req.parent {
-        if p.is_empty() {
-            d.parent = None;
-        } else {
-            // Walk up from the new parent: meeting this department would make a cycle.
-            let mut cursor = Some(p.clone());
-            let mut steps = 0;
-            while let Some(c) = cursor {
-                if c == id {
-                    return Err(ApiError::bad_request(
-                        "parent: a department cannot be inside itself",
-                    ));
-                }
-                let up: Department = get_json(&state.meta, NS_DEPT, &c)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found(format!("no department {c}")))?;
-                cursor = up.parent;
-                steps += 1;
-                if steps > 1000 {
-                    return Err(ApiError::bad_request("parent: the tree is too deep"));
-                }
-            }
-            d.parent = Some(p);
-        }
-    }
-    state
-        .meta
-        .apply(vec![MetaOp::put(NS_DEPT, &id, to_json(&d)?)])
-        .await?;
-    state
-        .audit(audit(&me, "department.update", None, Some(id)))
-        .await;
-    Ok(Json(d))
+    Ok(Json(
+        directory_admin::update_department(&state, &me, &id, req.name, req.parent).await?,
+    ))
 }
 
 /// Deletes an empty department (company administrators): 409 while accounts or
@@ -740,31 +368,7 @@ async fn delete_department(
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.require_company_admin(&me)?;
-    if !department_exists(&state, &id).await? {
-        return Err(ApiError::not_found(format!("no department {id}")));
-    }
-    let depts: Vec<(String, Department)> = scan_all(&state.meta, NS_DEPT, "").await?;
-    if depts.iter().any(|(_, d)| d.parent.as_deref() == Some(&id)) {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            "the department has sub-departments",
-        ));
-    }
-    let users: Vec<(String, Account)> = scan_all(&state.meta, NS_USER, "").await?;
-    if users
-        .iter()
-        .any(|(_, a)| a.department.as_deref() == Some(&id))
-    {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            "the department still has accounts",
-        ));
-    }
-    state.meta.apply(vec![MetaOp::delete(NS_DEPT, &id)]).await?;
-    state
-        .audit(audit(&me, "department.delete", None, Some(id)))
-        .await;
+    directory_admin::delete_department(&state, &me, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -830,34 +434,6 @@ async fn sign_out_session(
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if id.is_empty() || id.len() > 64 {
-        return Err(ApiError::bad_request("id: not a session id"));
-    }
-    let local = state
-        .hub
-        .sessions_of(&me)
-        .iter()
-        .find(|s| s.id == id)
-        .map(|s| s.token.id.to_string());
-    let token_id = match local {
-        Some(t) => Some(t),
-        None => state
-            .router
-            .remote_sessions(&me)
-            .await?
-            .iter()
-            .filter_map(|b| serde_json::from_slice::<SessionDescription>(b).ok())
-            .find(|d| d.id == id)
-            .map(|d| d.token_id),
-    };
-    if let Some(token_id) = token_id.filter(|t| !t.is_empty()) {
-        revoke_token(&state, &me, &token_id).await?;
-    }
-    let control = Control::Disconnect {
-        code: close::SIGNED_OUT,
-        reason: "signed out from another device".into(),
-        session: Some(id),
-    };
-    post_commit::control(&*state.router, vec![me], control).await;
+    directory_admin::sign_out_session(&state, &me, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
