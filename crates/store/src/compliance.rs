@@ -199,11 +199,18 @@ impl Sequencer {
 
     /// The next id, in flight until [`Self::done`] or [`Self::failed`].
     pub fn begin(&self) -> EventId {
+        self.begin_range(1)
+    }
+
+    /// A run of `count` consecutive ids with one time, `(ts, n) .. (ts, n + count - 1)`;
+    /// returns the first. The run is in flight, as one entry, until [`Self::done`] with the
+    /// first `n` (a writer batch reserves the ids of all its message events at once).
+    pub fn begin_range(&self, count: u64) -> EventId {
         let mut s = self.lock();
         let ts = s.last_ts.max(wall_ms());
         s.last_ts = ts;
         let n = s.next_n;
-        s.next_n += 1;
+        s.next_n += count.max(1);
         s.in_flight.insert(n, (ts, None));
         EventId {
             ts,
@@ -275,6 +282,17 @@ mod tests {
         assert!(f >= b.ts);
         // Every later id is at or above a floor answered before it.
         assert!(s.begin().ts >= f);
+    }
+
+    #[test]
+    fn a_range_is_one_entry_in_flight_and_ids_continue_after_it() {
+        let s = Sequencer::new("", 0, 0);
+        let a = s.begin_range(5);
+        let b = s.begin();
+        assert_eq!(b.n, a.n + 5);
+        assert!(s.floor() <= a.ts);
+        s.done(&[a.n, b.n]);
+        assert!(s.floor() >= b.ts);
     }
 
     #[test]

@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 
 pub mod dump;
+mod events;
 
 /// Separates the parts of a composite key; ids never contain a NUL byte.
 const SEP: u8 = 0;
@@ -75,8 +76,9 @@ struct Keyspaces {
     /// Every `min_seqs` entry, in memory (loaded at open; only the writers change it), so
     /// that `history` and `sync` learn a conversation's min seq without a read.
     floors: DashMap<String, Floor>,
-    /// `ts(be) n(be)` -> JSON of [`crate::EventBody`]: the compliance event log, each event
-    /// written in the same batch as its change.
+    /// `ts(be) n(be)` -> JSON of one [`crate::EventBody`], or the record of a writer batch's
+    /// message events (see [`events`]): the compliance event log, each event written in the
+    /// same atomic batch as its change.
     compliance: Keyspace,
     /// Compliance event ids and the ones not yet durable (readers stop below them).
     events: crate::compliance::Sequencer,
@@ -126,6 +128,8 @@ struct WriterState {
     batch_items: usize,
     /// Compliance events written in the current batch, final once it is durable.
     events: Vec<u64>,
+    /// The message events of the current batch, written as one record with its appends.
+    message_events: events::MessageEvents,
 }
 
 /// Most conversations whose last seq the writer keeps in memory.
@@ -223,10 +227,11 @@ fn suffix(k: &[u8], prefix_len: usize) -> &[u8] {
 impl Keyspaces {
     fn open(dir: &Path) -> Result<Self> {
         let mut ks = Self::open_keyspaces(dir)?;
-        // Event ids continue after the newest one on disk.
+        // Event ids continue after the newest one on disk (the last of a record's run).
         if let Some(g) = ks.compliance.last_key_value() {
-            let k = g.key().map_err(backend)?;
-            ks.events = crate::compliance::Sequencer::new("", u64_at(&k, 0)?, u64_at(&k, 8)?);
+            let (k, v) = g.into_inner().map_err(backend)?;
+            let last_n = u64_at(&k, 8)? + events::count(&v)?.saturating_sub(1);
+            ks.events = crate::compliance::Sequencer::new("", u64_at(&k, 0)?, last_n);
         }
         Ok(ks)
     }
@@ -451,18 +456,8 @@ impl Keyspaces {
         if !self.durable.contains_key(conv) {
             self.durable.entry(conv.to_owned()).or_insert(last);
         }
-        // Its compliance event goes in the same atomic batch.
-        let event = self.event(
-            state,
-            &crate::EventBody::Message {
-                conv: msg.conv.clone(),
-                seq: Seq(seq),
-                id: msg.id.clone(),
-                from: msg.from.clone(),
-                client_msg_id: msg.client_msg_id.clone(),
-                moderation: msg.moderation.clone(),
-            },
-        )?;
+        // Its compliance event goes in the same atomic batch, in the batch's one record.
+        state.message_events.push(&msg, seq);
         let capacity = state.batch_items;
         // No durability of its own: the writer makes the journal durable after the commit.
         let batch = state.appends.get_or_insert_with(|| {
@@ -490,7 +485,6 @@ impl Keyspaces {
             msg_key(conv_owned.as_str(), seq),
             encoded.clone(),
         );
-        batch.insert(&self.compliance, event.0, event.1);
         state.pending.insert(idem_key, encoded);
         let conv_key = conv_owned.to_string();
         match state.last_seq.get_mut(&conv_key) {
@@ -669,6 +663,7 @@ fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
                 state.last_seq.clear();
                 state.pending.clear();
                 state.appends = None;
+                state.message_events.clear();
                 // Not acknowledged: whatever of it is on disk is final from here on.
                 ks.events.done(&state.events);
                 state.events.clear();
@@ -704,7 +699,17 @@ fn run_batch(
         finishers.push(job(ks, state)?);
     }
     state.pending.clear();
-    if let Some(appends) = state.appends.take() {
+    if let Some(mut appends) = state.appends.take() {
+        // The batch's message events: one id run, one record, in the same atomic commit.
+        if !state.message_events.is_empty() {
+            let id = ks.events.begin_range(state.message_events.len());
+            state.events.push(id.n);
+            appends.insert(
+                &ks.compliance,
+                event_key(id.ts, id.n),
+                state.message_events.take(),
+            );
+        }
         state.batch_items = appends.len();
         appends.commit().map_err(backend)?;
     }
@@ -1258,29 +1263,50 @@ impl ReviewStore for EmbeddedStore {
                 horizon,
                 ..Default::default()
             };
+            // Adds the events of one key after the cursor; false once the page is complete.
+            let mut take = |k: &[u8], v: &[u8]| -> Result<bool> {
+                let (ts, first) = (u64_at(k, 0)?, u64_at(k, 8)?);
+                if ts >= horizon {
+                    return Ok(false);
+                }
+                for (i, body) in events::decode(v)?.into_iter().enumerate() {
+                    let n = first + i as u64;
+                    if (ts, n) <= (after.ts, after.n) {
+                        continue;
+                    }
+                    if page.events.len() == limit {
+                        page.has_more = true;
+                        return Ok(false);
+                    }
+                    let id = crate::EventId {
+                        ts,
+                        source: String::new(),
+                        n,
+                    };
+                    page.next = id.clone();
+                    page.events.push(crate::StoredEvent { id, body });
+                }
+                Ok(true)
+            };
+            // The cursor may point into a batch's record: its later events come first.
+            let mut more = true;
+            if let Some(g) = ks.compliance.range(..=start.clone()).next_back() {
+                let (k, v) = g.into_inner().map_err(backend)?;
+                if events::is_record(&v) {
+                    more = take(&k, &v)?;
+                }
+            }
             let range = ks.compliance.range::<Vec<u8>, _>((
                 std::ops::Bound::Excluded(start),
                 std::ops::Bound::Unbounded,
             ));
-            for g in range {
-                let (k, v) = g.into_inner().map_err(backend)?;
-                let id = crate::EventId {
-                    ts: u64_at(&k, 0)?,
-                    source: String::new(),
-                    n: u64_at(&k, 8)?,
-                };
-                if id.ts >= horizon {
-                    break;
+            if more {
+                for g in range {
+                    let (k, v) = g.into_inner().map_err(backend)?;
+                    if !take(&k, &v)? {
+                        break;
+                    }
                 }
-                if page.events.len() == limit {
-                    page.has_more = true;
-                    break;
-                }
-                page.next = id.clone();
-                page.events.push(crate::StoredEvent {
-                    id,
-                    body: unjson(&v)?,
-                });
             }
             Ok(page)
         })
@@ -1422,6 +1448,92 @@ mod ordering_tests {
         }
         let got = order.lock().unwrap().clone();
         assert_eq!(got, (1..=300).collect::<Vec<_>>());
+    }
+
+    /// Appends batched together share one compliance record; pages of 7 cut through such
+    /// records and still return every event exactly once, and ids continue after the last
+    /// record's run when the store is reopened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn batched_message_events_page_exactly_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = ConvId::group(&GroupId::new(format!("b{}", i % 9)));
+                let mut m = crate::conformance::new_msg(&c, &format!("u{i}"), &format!("k{i}"));
+                m.moderation = Some("allow".into());
+                s.append(m).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let records = store
+            .ks
+            .compliance
+            .iter()
+            .map(|g| g.value().unwrap())
+            .filter(|v| events::is_record(v) && events::count(v).unwrap() > 1)
+            .count();
+        assert!(records > 0, "some appends shared a batch");
+        let read_all = |store: EmbeddedStore| async move {
+            let mut cursor = crate::EventId::default();
+            let mut got = Vec::new();
+            loop {
+                let p = store.compliance_events(&cursor, 7).await.unwrap();
+                for e in &p.events {
+                    assert!(e.id > cursor);
+                    cursor = e.id.clone();
+                }
+                assert_eq!(p.next, cursor);
+                got.extend(p.events);
+                if !p.has_more {
+                    return got;
+                }
+            }
+        };
+        let got = read_all(store.clone()).await;
+        assert_eq!(got.len(), 200);
+        let mut keys: Vec<(String, u64)> = got
+            .iter()
+            .map(|e| match &e.body {
+                crate::EventBody::Message {
+                    conv,
+                    seq,
+                    moderation,
+                    ..
+                } => {
+                    assert_eq!(moderation.as_deref(), Some("allow"));
+                    (conv.as_str().to_owned(), seq.0)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Each conversation's events in seq order, none twice.
+        for c in 0..9 {
+            let conv = format!("group:b{c}");
+            let seqs: Vec<u64> = keys.iter().filter(|k| k.0 == conv).map(|k| k.1).collect();
+            assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        }
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 200);
+        let last = got.last().unwrap().id.clone();
+        store.close().await.unwrap();
+        drop(store);
+
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let c = ConvId::group(&GroupId::new("b0"));
+        store
+            .append(crate::conformance::new_msg(&c, "late", "late"))
+            .await
+            .unwrap();
+        let got = read_all(store.clone()).await;
+        assert_eq!(got.len(), 201);
+        assert!(got[200].id.n > last.n, "ids continue after the last run");
+        store.close().await.unwrap();
     }
 
     /// Several writer threads: each conversation's seqs are dense and its continuations run
