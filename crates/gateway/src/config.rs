@@ -312,6 +312,10 @@ pub struct GroupsConfig {
     pub max_mute_secs: u64,
     /// Longest group announcement, characters.
     pub max_announcement_chars: usize,
+    /// Most members of a group that members are added to (project, study, external groups;
+    /// company and department groups follow the directory). Every message to a group is one
+    /// delivery per member.
+    pub max_members: usize,
 }
 
 impl Default for GroupsConfig {
@@ -321,6 +325,7 @@ impl Default for GroupsConfig {
             max_pins: 50,
             max_mute_secs: 30 * 24 * 3600,
             max_announcement_chars: 2000,
+            max_members: 10_000,
         }
     }
 }

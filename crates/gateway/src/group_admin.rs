@@ -83,9 +83,11 @@ pub async fn create(state: &AppState, me: &UserId, req: NewGroup) -> Result<Crea
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::bad_request("name: must be 1 to 100 characters"));
     }
-    if req.members.len() > MAX_INITIAL_MEMBERS {
+    let max_members = state.config.groups.max_members;
+    if req.members.len() > MAX_INITIAL_MEMBERS.min(max_members.saturating_sub(1)) {
         return Err(ApiError::bad_request(format!(
-            "members: at most {MAX_INITIAL_MEMBERS} initial members"
+            "members: at most {} initial members",
+            MAX_INITIAL_MEMBERS.min(max_members.saturating_sub(1))
         )));
     }
     let creator_external = state.is_external(me).await?;
@@ -378,6 +380,14 @@ pub async fn add_member(
         return Err(ApiError::bad_request("user: not a user id"));
     }
     check_joinable(state, view.group.kind, user).await?;
+    let directory_group = matches!(view.group.kind, GroupKind::Company | GroupKind::Department);
+    let max_members = state.config.groups.max_members;
+    if view.role_of(user).is_none() && !directory_group && view.members.len() >= max_members {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("the group is full: at most {max_members} members (groups.max_members)"),
+        ));
+    }
     if view.role_of(user) == Some(Role::Owner) {
         return Err(ApiError::new(
             ErrorCode::Conflict,
