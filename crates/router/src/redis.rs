@@ -1450,6 +1450,77 @@ mod tests {
         peers_notice_a_death(cluster_opts("d"), cluster_opts("d")).await;
     }
 
+    /// The send path's cost of the allocation record: `next` without and with it, A/B
+    /// interleaved, wall time per call (one connection, calls in sequence) and the Redis
+    /// server's own time per call (`INFO commandstats`, so use a Redis nobody else loads:
+    /// `CHATD_BENCH_REDIS_URL`). Run with `--ignored --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn bench_seq_next_with_and_without_the_record() {
+        let url = std::env::var("CHATD_BENCH_REDIS_URL").unwrap_or_else(|_| redis_url());
+        let ns = format!("bench{}", rand_suffix());
+        // CHATD_BENCH_CLUSTER=1: the test Redis Cluster instead (wall times only).
+        let cluster = std::env::var("CHATD_BENCH_CLUSTER").is_ok_and(|v| v == "1");
+        let plain = if cluster {
+            RedisSeq::connect_with(RedisMode::Cluster, "", &cluster_urls(), &ns)
+                .await
+                .unwrap()
+        } else {
+            RedisSeq::connect(&url, &ns).await.unwrap()
+        };
+        let recorded = plain
+            .clone()
+            .recording("bench-node", Duration::from_secs(60));
+        let convs: Vec<ConvId> = (0..1000)
+            .map(|i| ConvId::parse(&format!("group:b{i}")).unwrap())
+            .collect();
+        for c in &convs {
+            plain.restore(c, 0).await.unwrap();
+        }
+        let mut admin = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let n = 20_000usize;
+        for round in 0..4 {
+            for (label, seq) in [("without", &plain), ("with", &recorded)] {
+                if !cluster {
+                    let _: () = redis::cmd("CONFIG")
+                        .arg("RESETSTAT")
+                        .query_async(&mut admin)
+                        .await
+                        .unwrap();
+                }
+                let started = std::time::Instant::now();
+                for i in 0..n {
+                    seq.next(&convs[i % convs.len()]).await.unwrap();
+                }
+                let wall = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+                if cluster {
+                    eprintln!("round {round} {label:>7} the record: {wall:.1} us per next() (wall, cluster)");
+                    continue;
+                }
+                let stats: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                let server = stats
+                    .lines()
+                    .find(|l| l.starts_with("cmdstat_evalsha:"))
+                    .and_then(|l| l.split("usec_per_call=").nth(1))
+                    .and_then(|v| v.split(',').next())
+                    .unwrap_or("?")
+                    .to_owned();
+                eprintln!(
+                    "round {round} {label:>7} the record: {wall:.1} us per next() (wall), \
+                     {server} us per script call in Redis"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn seq_counters_restore_when_missing() {
         let seq = RedisSeq::connect(&redis_url(), "test").await.unwrap();
