@@ -1521,6 +1521,92 @@ mod tests {
         }
     }
 
+    /// The tail check's cost at scale: reading 10,000 counters as one pipeline of `GET`s (the
+    /// earlier implementation) and as `MGET`s of 1,000 (the current one), A/B interleaved:
+    /// wall time per round and the Redis server's time per round (`INFO commandstats`; use a
+    /// Redis nobody else loads: `CHATD_BENCH_REDIS_URL`). Run with `--ignored --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn bench_tail_check_reads() {
+        let url = std::env::var("CHATD_BENCH_REDIS_URL").unwrap_or_else(|_| redis_url());
+        let ns = format!("bench{}", rand_suffix());
+        let seq = RedisSeq::connect(&url, &ns).await.unwrap();
+        let convs: Vec<ConvId> = (0..10_000)
+            .map(|i| ConvId::parse(&format!("group:t{i}")).unwrap())
+            .collect();
+        for c in convs.iter().step_by(2) {
+            seq.restore(c, 7).await.unwrap();
+        }
+        let mut admin = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let server_usec = |stats: &str| -> u64 {
+            stats
+                .lines()
+                .filter(|l| l.starts_with("cmdstat_get:") || l.starts_with("cmdstat_mget:"))
+                .filter_map(|l| l.split("usec=").nth(1))
+                .filter_map(|v| v.split(',').next())
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        };
+        async fn cpu_secs(admin: &mut redis::aio::MultiplexedConnection) -> f64 {
+            let info: String = redis::cmd("INFO")
+                .arg("cpu")
+                .query_async(admin)
+                .await
+                .unwrap();
+            info.lines()
+                .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+                .filter_map(|l| l.split(':').nth(1))
+                .filter_map(|v| v.trim().parse::<f64>().ok())
+                .sum()
+        }
+        let rounds = 20;
+        for round in 0..3 {
+            for label in ["GET pipeline", "MGET"] {
+                let _: () = redis::cmd("CONFIG")
+                    .arg("RESETSTAT")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                let cpu_before = cpu_secs(&mut admin).await;
+                let started = std::time::Instant::now();
+                for _ in 0..rounds {
+                    let values = if label == "MGET" {
+                        seq.current(&convs).await.unwrap()
+                    } else {
+                        let mut out = Vec::new();
+                        for chunk in convs.chunks(1000) {
+                            let mut pipe = redis::pipe();
+                            for conv in chunk {
+                                pipe.get(seq_key(&ns, conv));
+                            }
+                            let mut conn = seq.conn.clone();
+                            let v: Vec<Option<u64>> = pipe.query_async(&mut conn).await.unwrap();
+                            out.extend(v);
+                        }
+                        out
+                    };
+                    assert_eq!(values.len(), convs.len());
+                }
+                let wall = started.elapsed().as_secs_f64() * 1e3 / f64::from(rounds);
+                let cpu = (cpu_secs(&mut admin).await - cpu_before) * 1e3 / f64::from(rounds);
+                let stats: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                let server = server_usec(&stats) as f64 / 1e3 / f64::from(rounds);
+                eprintln!(
+                    "round {round} {label:>12}: 10,000 counters in {wall:.2} ms (wall), \
+                     {server:.2} ms in the commands, {cpu:.2} ms of Redis CPU"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn seq_counters_restore_when_missing() {
         let seq = RedisSeq::connect(&redis_url(), "test").await.unwrap();
