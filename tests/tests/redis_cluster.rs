@@ -363,3 +363,43 @@ async fn slot_migrations_while_messages_flow_lose_nothing_acked() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_dead_publishers_first_messages_reach_the_survivor_on_a_redis_cluster() {
+    // As in cluster_delivery.rs, on the Redis Cluster: the allocation record lives in the
+    // dead node's slot and the counter in the conversation's, and the alive keys are read
+    // across shards.
+    let keyspace = unique_keyspace("rcd");
+    let conv = ConvId::parse("dm:deadrecv:deadsend").unwrap();
+    let survivor = Node::start_with(redis_cluster_node(&keyspace, &format!("{keyspace}-ok")));
+    let mut silent = Node::start_with(
+        redis_cluster_node(&keyspace, &format!("{keyspace}-silent"))
+            .env("CHATD_TEST_DROP_PUBLISH_IN", conv.as_str()),
+    );
+    let mut recv = Client::connect(&survivor, "deadrecv").await;
+    let mut send = Client::connect(&silent, "deadsend").await;
+    for i in 1..=3u64 {
+        let cmid = format!("d{i}");
+        assert_eq!(ack_seq(&send.send_dm("deadrecv", &cmid, &cmid).await), i);
+    }
+    assert!(
+        recv.try_recv(Duration::from_millis(1000))
+            .await
+            .is_none_or(|f| !matches!(f, ServerFrame::Message(_))),
+        "nothing is published while the publisher lives"
+    );
+    silent.kill9();
+    let killed = std::time::Instant::now();
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let m = recv.next_message().await;
+        seqs.push((m.seq.0, m.body));
+    }
+    let elapsed = killed.elapsed();
+    assert_eq!(
+        seqs,
+        vec![(1, "d1".into()), (2, "d2".into()), (3, "d3".into())]
+    );
+    eprintln!("delivered {elapsed:?} after the kill");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+}
