@@ -335,6 +335,57 @@ async fn the_tail_a_silent_publisher_left_is_found_and_delivered_without_sync() 
 }
 
 #[tokio::test]
+async fn a_fresh_conversations_first_messages_reach_the_survivor_when_their_silent_publisher_dies()
+{
+    // Node A stores and acks the *first* messages of a new group but never publishes them, then
+    // is killed. Node B delivered nothing of that conversation, so it has no tail to check:
+    // it must learn from A's allocation record (read when A's alive key expires) that A took
+    // seqs there, and deliver them from the store, in order, without a `sync`.
+    let _g = SERIAL.lock().await;
+    let keyspace = unique_keyspace("dlv");
+    let survivor = Node::start_with(cluster_node(&keyspace, &format!("{keyspace}-ok")));
+    let api = Api::new(&survivor);
+    for m in ["gina", "hal", "ivy"] {
+        api.touch(m).await;
+    }
+    let g = api.create_group("gina", "fresh", &["hal", "ivy"]).await;
+    let conv = ConvId::group(&GroupId::new(g.clone()));
+    let mut silent = Node::start_with(
+        cluster_node(&keyspace, &format!("{keyspace}-silent"))
+            .env("CHATD_TEST_DROP_PUBLISH_IN", conv.as_str()),
+    );
+    let mut hal = Client::connect(&survivor, "hal").await;
+    let mut ivy = Client::connect(&survivor, "ivy").await;
+    let mut gina = Client::connect(&silent, "gina").await;
+    for i in 1..=3u64 {
+        let cmid = format!("g{i}");
+        assert_eq!(ack_seq(&gina.send_group(&g, &cmid, &cmid).await), i);
+    }
+    // While the publisher lives, nothing reveals them to the survivor (it watches no tail of
+    // a conversation it never delivered).
+    let early = read_in_order(&mut hal, &conv, Duration::from_millis(1500), |_| false).await;
+    assert!(early.is_empty(), "{early:?}");
+    silent.kill9();
+    let killed = Instant::now();
+    let got = read_in_order(&mut hal, &conv, Duration::from_secs(10), |g| g.len() >= 3).await;
+    let elapsed = killed.elapsed();
+    let seqs: Vec<(u64, String)> = got.iter().map(|m| (m.seq.0, m.body.clone())).collect();
+    assert_eq!(
+        seqs,
+        vec![(1, "g1".into()), (2, "g2".into()), (3, "g3".into())]
+    );
+    eprintln!("the dead publisher's first messages reached the survivor's member {elapsed:?} after the kill");
+    // Bound: the alive key's TTL (3 x 200 ms) + a heartbeat + holdback (250 ms) + two store
+    // reads; generous for a loaded machine.
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // Later messages continue in order on every session.
+    assert_eq!(ack_seq(&hal.send_group(&g, "h4", "h4").await), 4);
+    let ivys = read_in_order(&mut ivy, &conv, Duration::from_secs(10), |g| g.len() >= 4).await;
+    let seqs: Vec<u64> = ivys.iter().map(|m| m.seq.0).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+}
+
+#[tokio::test]
 async fn a_seq_whose_node_died_before_storing_it_becomes_a_visible_skip() {
     let _g = SERIAL.lock().await;
     let keyspace = unique_keyspace("dlv");

@@ -106,7 +106,12 @@ pub async fn seq_counters(config: &Config) -> anyhow::Result<RedisSeq> {
 /// `chatd migrate`.
 pub async fn scylla_store(config: &Config) -> anyhow::Result<ScyllaStore> {
     let s = &config.store;
-    let seq = seq_counters(config).await?;
+    // Each seq taken is recorded under this node's id, so that the survivors can deliver
+    // what this node acknowledged but never published if it dies (holdback.rs).
+    let seq = seq_counters(config).await?.recording(
+        &node_id(&config.router),
+        Duration::from_secs(config.router.watch_secs.max(1)),
+    );
     let opts = ScyllaOptions {
         nodes: s.cql_nodes.clone(),
         keyspace: s.keyspace.clone(),
@@ -126,11 +131,7 @@ pub async fn open_router(config: &RouterConfig) -> anyhow::Result<Arc<dyn Router
     Ok(match config.backend {
         RouterBackend::Local => Arc::new(LocalRouter::new()),
         RouterBackend::Redis => {
-            let node_id = if config.node_id.is_empty() {
-                format!("node-{}", uuid::Uuid::new_v4().simple())
-            } else {
-                config.node_id.clone()
-            };
+            let node_id = node_id(config);
             let opts = RedisOptions {
                 url: config.redis_url.clone(),
                 mode: redis_mode(config.redis_mode),
@@ -147,6 +148,19 @@ pub async fn open_router(config: &RouterConfig) -> anyhow::Result<Arc<dyn Router
             Arc::new(router)
         }
     })
+}
+
+/// This node's id in the cluster: `router.node_id`, or one generated once per process when
+/// it is empty (the router and the seq allocation record must use the same).
+pub fn node_id(config: &RouterConfig) -> String {
+    static GENERATED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if config.node_id.is_empty() {
+        GENERATED
+            .get_or_init(|| format!("node-{}", uuid::Uuid::new_v4().simple()))
+            .clone()
+    } else {
+        config.node_id.clone()
+    }
 }
 
 /// [`SeqSource`] over Redis `INCR` counters (see `router::redis::RedisSeq`): in cluster mode

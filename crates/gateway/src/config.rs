@@ -515,7 +515,8 @@ pub struct RouterConfig {
     /// Cluster mode: how often the Redis seq counters of watched conversations are compared
     /// with what was delivered (finds the tail a dead publisher left), ms.
     pub tail_check_ms: u64,
-    /// Cluster mode: how long a conversation stays watched after its last delivery here, s.
+    /// Cluster mode: how long a conversation stays watched after its last delivery here, and
+    /// how long the node's seq allocation record keeps it, s.
     pub watch_secs: u64,
     /// Cluster mode: most conversations whose delivery order a node tracks.
     pub holdback_convs: usize,

@@ -17,6 +17,15 @@
 //!   the gap) is found by comparing, every `router.tail_check_ms`, the Redis counters of the
 //!   conversations delivered here in the last `router.watch_secs` with what was delivered.
 //!
+//! - a conversation this node has no state for (it delivered none of its messages in the last
+//!   `router.watch_secs`) has no tail to check, so when another node dies (its alive key
+//!   expired, [`Sink::node_died`]) the node reads the dead node's allocation record (the
+//!   conversations it took seqs in, written in the same round trip as each seq, see
+//!   [`RedisSeq::recording`]) and takes up those with members online here: their messages of
+//!   the last `router.watch_secs` are read from the store and delivered in seq order (through
+//!   the same state, so later live messages stay in order); conversations it has state for
+//!   just have their counter checked at once.
+//!
 //! A conversation seen for the first time (or again after its state was evicted) has no known
 //! next seq: its first message waits up to `router.holdback_ms / 5` for earlier ones still in
 //! flight, then delivery starts from the lowest seq held. A message below that starting point
@@ -86,6 +95,8 @@ pub struct HoldbackStats {
     pub late: AtomicU64,
     /// Times a conversation gave up holding (a bound was reached).
     pub gave_up: AtomicU64,
+    /// Conversations without state taken up because the node that took their seqs died.
+    pub adopted: AtomicU64,
 }
 
 /// Flags of a recently delivered seq.
@@ -106,6 +117,9 @@ struct ConvState {
     created: Instant,
     last_active: Instant,
     repairing: bool,
+    /// Being taken up after a node died: the starting point is read from the store, so live
+    /// messages wait (held) instead of starting delivery on their own.
+    adopting: bool,
     /// Recently delivered seqs and which envelopes of theirs went out.
     recent: VecDeque<(u64, u8)>,
 }
@@ -120,6 +134,7 @@ impl ConvState {
             created: now,
             last_active: now,
             repairing: false,
+            adopting: false,
             recent: VecDeque::new(),
         }
     }
@@ -194,6 +209,8 @@ pub struct Holdback {
     gapped: DashSet<ConvId>,
     held_total: AtomicUsize,
     repairs: Arc<Semaphore>,
+    /// Nodes reported dead, waiting for the timer to check their allocation records.
+    dead: std::sync::Mutex<Vec<String>>,
     /// What it did.
     pub stats: HoldbackStats,
 }
@@ -218,6 +235,7 @@ impl Holdback {
             gapped: DashSet::new(),
             held_total: AtomicUsize::new(0),
             repairs: Arc::new(Semaphore::new(REPAIR_CONCURRENCY)),
+            dead: std::sync::Mutex::new(Vec::new()),
             stats: HoldbackStats::default(),
         });
         tokio::spawn(timer(Arc::downgrade(&this), stop));
@@ -496,7 +514,7 @@ impl Holdback {
                 continue;
             };
             if st.next == 0 {
-                if now.duration_since(st.created) >= self.first_hold() {
+                if !st.adopting && now.duration_since(st.created) >= self.first_hold() {
                     if let Some(first) = st.held.keys().next().copied() {
                         st.next = first;
                         st.base = first;
@@ -533,15 +551,16 @@ impl Holdback {
         let now = Instant::now();
         // Evict idle conversations, then the idlest beyond the bound.
         self.convs.retain(|_, st| {
-            !(st.held.is_empty()
-                && !st.repairing
-                && now.duration_since(st.last_active) > self.opts.watch)
+            !st.held.is_empty()
+                || st.repairing
+                || st.adopting
+                || now.duration_since(st.last_active) <= self.opts.watch
         });
         if self.convs.len() > self.opts.max_convs {
             let mut idle: Vec<(Instant, ConvId)> = self
                 .convs
                 .iter()
-                .filter(|e| e.held.is_empty() && !e.repairing)
+                .filter(|e| e.held.is_empty() && !e.repairing && !e.adopting)
                 .map(|e| (e.last_active, e.key().clone()))
                 .collect();
             idle.sort_by_key(|e| e.0);
@@ -579,6 +598,134 @@ impl Holdback {
     }
 }
 
+impl Holdback {
+    /// The nodes reported dead since the last call.
+    fn take_dead(&self) -> Vec<String> {
+        self.dead
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
+    }
+
+    /// `node` died: check every conversation it took seqs in during the last `watch` (its
+    /// allocation record). Those this node has state for get their counter compared now (the
+    /// gap machinery reads what is missing); the others with members online here are taken
+    /// up ([`Holdback::adopt`]).
+    async fn after_node_died(self: Arc<Self>, node: String) {
+        let convs = match self.counters.allocations(&node, self.opts.watch * 2).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e,
+                    "hold-back: the dead node's allocation record is unavailable");
+                return;
+            }
+        };
+        let counters = match self.counters.current(&convs).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "hold-back: seq counters unavailable");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut stateless = Vec::new();
+        for (conv, counter) in convs.into_iter().zip(counters) {
+            let Some(counter) = counter else { continue };
+            if let Some(mut st) = self.convs.get_mut(&conv) {
+                if st.next != 0 || st.adopting {
+                    if st.next != 0 && counter >= st.next {
+                        st.note(counter, now);
+                        self.gapped.insert(conv.clone());
+                    }
+                    continue;
+                }
+            }
+            stateless.push((conv, counter));
+        }
+        tracing::info!(node = %node, stateless = stateless.len(),
+            "hold-back: checking the conversations a dead node took seqs in");
+        use futures_util::StreamExt;
+        futures_util::stream::iter(stateless)
+            .for_each_concurrent(REPAIR_CONCURRENCY, |(conv, counter)| {
+                let this = self.clone();
+                async move { this.adopt(conv, counter).await }
+            })
+            .await;
+    }
+
+    /// Takes up `conv` (no state here) after the node that took its seqs up to `counter`
+    /// died: when members are online here, its messages of the last `watch` (read from the
+    /// store) become the starting point and the normal repair delivers them in seq order.
+    /// This node delivered nothing of `conv` in that time (else it would have state), so
+    /// nothing it already delivered is sent again; a session that connected since and synced
+    /// may get duplicates, which clients drop by (`conv`, `seq`).
+    async fn adopt(&self, conv: ConvId, counter: u64) {
+        let Some(audience) = self.audience(&conv).await else {
+            return;
+        };
+        if !audience.iter().any(|u| !self.hub.sessions_of(u).is_empty()) {
+            return;
+        }
+        // Live messages arriving meanwhile are held until the starting point is known.
+        {
+            let mut st = self
+                .convs
+                .entry(conv.clone())
+                .or_insert_with(|| ConvState::new(Instant::now()));
+            if st.next != 0 || st.adopting {
+                if st.next != 0 && counter >= st.next {
+                    st.note(counter, Instant::now());
+                    self.gapped.insert(conv.clone());
+                }
+                return;
+            }
+            st.adopting = true;
+        }
+        let cutoff = crate::clock::now_ms()
+            .saturating_sub(u64::try_from(self.opts.watch.as_millis()).unwrap_or(u64::MAX));
+        let start = match self.store.history(&conv, None, REPAIR_PAGE).await {
+            Ok(page) => page
+                .messages
+                .iter()
+                .filter(|m| m.seq.0 <= counter && m.ts >= cutoff)
+                .map(|m| m.seq.0)
+                .min(),
+            Err(e) => {
+                tracing::warn!(conv = %conv, error = %e, "hold-back: store read failed");
+                None
+            }
+        };
+        let Some(mut st) = self.convs.get_mut(&conv) else {
+            return;
+        };
+        st.adopting = false;
+        let now = Instant::now();
+        st.last_active = now;
+        match start {
+            Some(first) if st.next == 0 => {
+                let first = st.held.keys().next().map_or(first, |h| first.min(*h));
+                st.next = first;
+                st.base = first;
+                st.note(counter, now);
+                self.stats.adopted.fetch_add(1, Ordering::Relaxed);
+                self.release(&conv, &mut st);
+            }
+            _ => {
+                if st.next != 0 && counter >= st.next {
+                    st.note(counter, now);
+                }
+                if st.next == 0 && st.held.is_empty() {
+                    drop(st);
+                    self.convs
+                        .remove_if(&conv, |_, s| s.next == 0 && s.held.is_empty());
+                    return;
+                }
+            }
+        }
+        self.gapped.insert(conv);
+    }
+}
+
 /// Drives the hold-back: repairs every few milliseconds, tail checks every
 /// `tail_check`. Ends with `stop` or when the hold-back is dropped.
 async fn timer(this: std::sync::Weak<Holdback>, stop: CancellationToken) {
@@ -589,7 +736,7 @@ async fn timer(this: std::sync::Weak<Holdback>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tail = Instant::now();
-    let mut logged = [0u64; 6];
+    let mut logged = [0u64; 7];
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -597,6 +744,9 @@ async fn timer(this: std::sync::Weak<Holdback>, stop: CancellationToken) {
         }
         let Some(h) = this.upgrade() else { return };
         h.tick();
+        for node in h.take_dead() {
+            tokio::spawn(h.clone().after_node_died(node));
+        }
         if last_tail.elapsed() >= h.opts.tail_check {
             last_tail = Instant::now();
             h.check_tails().await;
@@ -608,6 +758,7 @@ async fn timer(this: std::sync::Weak<Holdback>, stop: CancellationToken) {
                 &s.skipped,
                 &s.late,
                 &s.gave_up,
+                &s.adopted,
             ]
             .map(|c| c.load(Ordering::Relaxed));
             if now != logged {
@@ -619,6 +770,7 @@ async fn timer(this: std::sync::Weak<Holdback>, stop: CancellationToken) {
                     skipped = now[3],
                     late = now[4],
                     gave_up = now[5],
+                    adopted = now[6],
                     tracked = h.tracked(),
                     "hold-back"
                 );
@@ -643,6 +795,14 @@ impl Sink for Holdback {
 
     fn session_descriptions(&self) -> Vec<(UserId, String, Vec<u8>)> {
         self.hub.session_descriptions()
+    }
+
+    fn node_died(&self, node: &str) {
+        if let Ok(mut dead) = self.dead.lock() {
+            if dead.len() < 1024 && !dead.iter().any(|d| d == node) {
+                dead.push(node.to_owned());
+            }
+        }
     }
 }
 

@@ -133,6 +133,12 @@ pub trait Sink: Send + Sync + 'static {
     fn session_descriptions(&self) -> Vec<(UserId, String, Vec<u8>)> {
         Vec::new()
     }
+
+    /// Another node stopped: its alive key expired, or it came back as a new process. It may
+    /// have stored and acknowledged messages it never published; a sink that sequences
+    /// deliveries checks the conversations it took seqs in (see
+    /// `redis::RedisSeq::allocations`). Must not block. The default does nothing.
+    fn node_died(&self, _node: &str) {}
 }
 
 /// Why routing failed.

@@ -122,6 +122,11 @@ impl Names {
     fn sessions_key(self, node: &str, user: &str) -> String {
         format!("{}:sessions:{user}", self.prefix(node))
     }
+    /// The conversations `node` took seqs in recently, for the deployment `namespace` (a sorted
+    /// set: conversation → when, ms since the epoch), read by the survivors when it dies.
+    fn allocs_key(self, node: &str, namespace: &str) -> String {
+        format!("{}:allocs:{namespace}", self.prefix(node))
+    }
     /// `PUBLISH`, or `SPUBLISH` (sharded) in cluster mode.
     fn publish_cmd(self) -> &'static str {
         if self.cluster {
@@ -223,6 +228,12 @@ struct Shared {
     /// Announcements of ours waiting to come back through the presence channel.
     echoes: DashMap<u64, tokio::sync::oneshot::Sender<()>>,
     next_echo: std::sync::atomic::AtomicU64,
+    /// This process's token, the value of its alive key: another process under the same node
+    /// id has another one, so its peers can tell a restart from a node that lived on.
+    incarnation: String,
+    /// The other nodes last seen alive, with their incarnation tokens (only the heartbeat task
+    /// uses it; the lock is never held across an await).
+    peers: std::sync::Mutex<HashMap<String, String>>,
 }
 
 /// The Redis-backed router. Dropping it stops its background tasks.
@@ -259,6 +270,8 @@ impl RedisRouter {
             ready,
             echoes: DashMap::new(),
             next_echo: std::sync::atomic::AtomicU64::new(0),
+            incarnation: format!("{:x}-{}", now_ms(), std::process::id()),
+            peers: std::sync::Mutex::new(HashMap::new()),
         });
         // A node starts with no sessions: forget what an earlier process with this id left.
         forget_node(&mut conn.clone(), names, &opts.node_id)
@@ -827,7 +840,7 @@ async fn announce(shared: &Shared, mut conn: Conn) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.cmd("SET")
         .arg(names.alive_key(node))
-        .arg(1)
+        .arg(&shared.incarnation)
         .arg("PX")
         .arg(ttl)
         .ignore();
@@ -920,6 +933,9 @@ async fn heartbeat(shared: Arc<Shared>, conn: Conn, stop: CancellationToken) {
             }
             Err(e) => tracing::warn!(error = %e, "redis heartbeat failed"),
         }
+        if let Err(e) = watch_peers(&shared, conn.clone()).await {
+            tracing::warn!(error = %e, "checking the other nodes' alive keys failed");
+        }
         if last_reconcile.elapsed() >= shared.opts.reconcile {
             last_reconcile = tokio::time::Instant::now();
             if let Err(e) = reconcile(&shared, conn.clone()).await {
@@ -927,6 +943,55 @@ async fn heartbeat(shared: Arc<Shared>, conn: Conn, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Reads the other nodes' alive keys (one `MGET`; the cluster client splits it by slot) and
+/// tells the sink about each node seen alive before whose key is now gone or carries another
+/// incarnation: that process died (or was restarted) and may have left acknowledged messages
+/// unpublished. Nodes are remembered here, not only in `chat:nodes` (which any survivor
+/// prunes), so every survivor notices every death.
+async fn watch_peers(shared: &Shared, mut conn: Conn) -> redis::RedisResult<()> {
+    let me = &shared.opts.node_id;
+    let mut nodes: Vec<String> = conn.smembers(NODES).await?;
+    if let Ok(peers) = shared.peers.lock() {
+        nodes.extend(peers.keys().cloned());
+    }
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes.retain(|n| n != me);
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = nodes.iter().map(|n| shared.names.alive_key(n)).collect();
+    let alive: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+    let mut died = Vec::new();
+    if let Ok(mut peers) = shared.peers.lock() {
+        for (node, token) in nodes.into_iter().zip(alive) {
+            let before = match token {
+                Some(token) => peers
+                    .insert(node.clone(), token.clone())
+                    .filter(|t| *t != token),
+                None => peers.remove(&node),
+            };
+            if before.is_some() {
+                died.push(node);
+            }
+        }
+    }
+    if let Some(sink) = shared.sink.get() {
+        for node in died {
+            tracing::warn!(node = %node, "a node stopped: checking what it may not have published");
+            sink.node_died(&node);
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs a Redis call, and once more after a short pause if the connection broke (the
@@ -947,13 +1012,28 @@ where
     }
 }
 
-/// Per-conversation sequence counters in Redis.
+/// Per-conversation sequence counters in Redis, and (for a node that takes seqs, see
+/// [`RedisSeq::recording`]) the record of the conversations it took them in.
 #[derive(Clone)]
 pub struct RedisSeq {
     conn: Conn,
+    names: Names,
     namespace: String,
     next: redis::Script,
     restore: redis::Script,
+    next_recorded: redis::Script,
+    restore_recorded: redis::Script,
+    record: Option<Arc<Record>>,
+}
+
+/// Where this node records the conversations it takes seqs in.
+struct Record {
+    /// The node's sorted set (conversation → ms of its last allocation).
+    key: String,
+    /// How long an entry stays.
+    keep: Duration,
+    /// When the set was last trimmed (ms since the epoch).
+    trimmed: std::sync::atomic::AtomicU64,
 }
 
 fn seq_key(namespace: &str, conv: &ConvId) -> String {
@@ -980,6 +1060,9 @@ impl RedisSeq {
             .map_err(unavailable)?;
         Ok(Self {
             conn,
+            names: Names {
+                cluster: mode == RedisMode::Cluster,
+            },
             namespace: namespace.to_owned(),
             next: redis::Script::new(
                 "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCR', KEYS[1]) else return false end",
@@ -987,56 +1070,180 @@ impl RedisSeq {
             restore: redis::Script::new(
                 "redis.call('SET', KEYS[1], ARGV[1], 'NX'); return redis.call('INCR', KEYS[1])",
             ),
+            // Standalone: the seq and its record in one script (one round trip).
+            next_recorded: redis::Script::new(
+                "redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2]); redis.call('PEXPIRE', KEYS[2], ARGV[3]); \
+                 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCR', KEYS[1]) else return false end",
+            ),
+            restore_recorded: redis::Script::new(
+                "redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]); redis.call('PEXPIRE', KEYS[2], ARGV[4]); \
+                 redis.call('SET', KEYS[1], ARGV[1], 'NX'); return redis.call('INCR', KEYS[1])",
+            ),
+            record: None,
         })
+    }
+
+    /// Makes every seq taken through this handle also record its conversation in `node`'s
+    /// allocation record (a sorted set, entries kept `keep`), in the same round trip as the
+    /// `INCR` (standalone: one script; cluster: the record's slot is another shard, so the two
+    /// requests go concurrently). When `node` dies, the survivors read the record
+    /// ([`RedisSeq::allocations`]) and deliver from the store what it acknowledged but never
+    /// published.
+    pub fn recording(mut self, node: &str, keep: Duration) -> Self {
+        self.record = Some(Arc::new(Record {
+            key: self.names.allocs_key(node, &self.namespace),
+            keep,
+            trimmed: std::sync::atomic::AtomicU64::new(0),
+        }));
+        self
+    }
+
+    /// The record's TTL: it outlives its newest entry by `keep`.
+    fn record_ttl(record: &Record) -> u64 {
+        (record.keep * 2).as_millis().max(1000) as u64
+    }
+
+    /// Records `conv` in the allocation record (cluster mode: its own request).
+    async fn record_alone(
+        &self,
+        record: &Record,
+        conv: &ConvId,
+        now: u64,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.zadd(&record.key, conv.as_str(), now)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&record.key)
+            .arg(Self::record_ttl(record))
+            .ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await
+    }
+
+    /// Drops entries older than `keep`, at most every `keep / 4`.
+    async fn trim(&self, record: &Record, now: u64) {
+        use std::sync::atomic::Ordering;
+        let every = (record.keep / 4).as_millis().max(1000) as u64;
+        let last = record.trimmed.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < every
+            || record
+                .trimmed
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let oldest = now.saturating_sub(record.keep.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<()> = redis::cmd("ZREMRANGEBYSCORE")
+            .arg(&record.key)
+            .arg("-inf")
+            .arg(format!("({oldest}"))
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "trimming the seq allocation record failed");
+        }
+    }
+
+    /// Runs a seq script, recording `conv` as [`RedisSeq::recording`] says. A failed record
+    /// only costs the crash repair for this message (logged), never the send.
+    async fn take<T: redis::FromRedisValue + Send>(
+        &self,
+        conv: &ConvId,
+        plain: &redis::Script,
+        recorded: &redis::Script,
+        args: &[u64],
+    ) -> redis::RedisResult<T> {
+        let key = seq_key(&self.namespace, conv);
+        let mut conn = self.conn.clone();
+        let Some(record) = &self.record else {
+            let mut inv = plain.key(&key);
+            for a in args {
+                inv.arg(*a);
+            }
+            return inv.invoke_async(&mut conn).await;
+        };
+        let now = now_ms();
+        self.trim(record, now).await;
+        if self.names.cluster {
+            let mut inv = plain.key(&key);
+            for a in args {
+                inv.arg(*a);
+            }
+            let (seq, recorded) = tokio::join!(
+                inv.invoke_async::<T>(&mut conn),
+                self.record_alone(record, conv, now)
+            );
+            if let Err(e) = recorded {
+                tracing::warn!(conv = %conv, error = %e, "recording a seq allocation failed");
+            }
+            return seq;
+        }
+        let mut inv = recorded.key(&key);
+        inv.key(&record.key);
+        for a in args {
+            inv.arg(*a);
+        }
+        inv.arg(now)
+            .arg(conv.as_str())
+            .arg(Self::record_ttl(record))
+            .invoke_async(&mut conn)
+            .await
     }
 
     /// The next seq, or `None` when the counter does not exist.
     pub async fn next(&self, conv: &ConvId) -> Result<Option<u64>, RouterError> {
-        let key = seq_key(&self.namespace, conv);
-        retry_once(|| {
-            let mut conn = self.conn.clone();
-            let key = key.clone();
-            async move {
-                self.next
-                    .key(key)
-                    .invoke_async::<Option<u64>>(&mut conn)
-                    .await
-            }
-        })
-        .await
+        retry_once(|| self.take(conv, &self.next, &self.next_recorded, &[])).await
     }
 
     /// The current value of each conversation's counter (the last seq handed out), `None`
-    /// where there is none; one round trip (a pipeline of `GET`s, so it also works when the
-    /// keys live on different Redis Cluster shards). Used by the receive side to notice seqs
-    /// it has not been sent (the tail of a conversation whose publisher died).
+    /// where there is none; one `MGET` per 1,000 (in a Redis Cluster the client splits it by
+    /// slot and sends the parts concurrently). Used by the receive side to notice seqs it has
+    /// not been sent (the tail of a conversation whose publisher died).
     pub async fn current(&self, convs: &[ConvId]) -> Result<Vec<Option<u64>>, RouterError> {
-        if convs.is_empty() {
-            return Ok(Vec::new());
+        let mut out = Vec::with_capacity(convs.len());
+        for chunk in convs.chunks(1000) {
+            let keys: Vec<String> = chunk.iter().map(|c| seq_key(&self.namespace, c)).collect();
+            let mut conn = self.conn.clone();
+            let values: Vec<Option<u64>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            out.extend(values);
         }
-        let mut pipe = redis::pipe();
-        for conv in convs {
-            pipe.get(seq_key(&self.namespace, conv));
-        }
+        Ok(out)
+    }
+
+    /// The conversations `node` recorded taking seqs in during the last `within` (see
+    /// [`RedisSeq::recording`]); a dead node's record outlives it by its `keep`.
+    pub async fn allocations(
+        &self,
+        node: &str,
+        within: Duration,
+    ) -> Result<Vec<ConvId>, RouterError> {
+        let key = self.names.allocs_key(node, &self.namespace);
+        let since = now_ms().saturating_sub(within.as_millis() as u64);
         let mut conn = self.conn.clone();
-        pipe.query_async(&mut conn).await.map_err(unavailable)
+        let convs: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(key)
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(convs
+            .into_iter()
+            .filter_map(|c| ConvId::parse(&c).ok())
+            .collect())
     }
 
     /// Creates the counter at `last` unless it exists, then returns the next seq.
     pub async fn restore(&self, conv: &ConvId, last: u64) -> Result<u64, RouterError> {
-        let key = seq_key(&self.namespace, conv);
-        retry_once(|| {
-            let mut conn = self.conn.clone();
-            let key = key.clone();
-            async move {
-                self.restore
-                    .key(key)
-                    .arg(last)
-                    .invoke_async::<u64>(&mut conn)
-                    .await
-            }
-        })
-        .await
+        let args = [last];
+        retry_once(|| self.take(conv, &self.restore, &self.restore_recorded, &args)).await
     }
 }
 
@@ -1155,6 +1362,249 @@ mod tests {
             assert_eq!(seq.restore(&conv, 5).await.unwrap(), 44);
         }
         assert!(slots.len() > 10);
+    }
+
+    /// Seqs taken through a recording handle leave their conversations in the node's record
+    /// (in both modes); `current` reads counters on any shards.
+    async fn allocation_record(mode: RedisMode, url: &str, urls: &[String]) {
+        let ns = format!("rec{}", rand_suffix());
+        let node = format!("n{}", rand_suffix());
+        let plain = RedisSeq::connect_with(mode, url, urls, &ns).await.unwrap();
+        let seq = plain.clone().recording(&node, Duration::from_secs(60));
+        let convs: Vec<ConvId> = (0..20)
+            .map(|i| ConvId::parse(&format!("group:rec{i}")).unwrap())
+            .collect();
+        for (i, conv) in convs.iter().enumerate() {
+            assert_eq!(seq.next(conv).await.unwrap(), None);
+            assert_eq!(seq.restore(conv, i as u64).await.unwrap(), i as u64 + 1);
+            assert_eq!(seq.next(conv).await.unwrap(), Some(i as u64 + 2));
+        }
+        let mut recorded = plain
+            .allocations(&node, Duration::from_secs(60))
+            .await
+            .unwrap();
+        recorded.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut want = convs.clone();
+        want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(recorded, want);
+        assert!(plain
+            .allocations("nobody", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty());
+        let current = plain.current(&convs).await.unwrap();
+        assert_eq!(
+            current,
+            (0..20).map(|i| Some(i + 2)).collect::<Vec<Option<u64>>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn seq_allocations_are_recorded() {
+        allocation_record(RedisMode::Standalone, &redis_url(), &[]).await;
+    }
+
+    #[tokio::test]
+    async fn cluster_seq_allocations_are_recorded() {
+        allocation_record(RedisMode::Cluster, "", &cluster_urls()).await;
+    }
+
+    /// A sink that only counts the deaths it is told about.
+    #[derive(Default)]
+    struct Deaths(std::sync::Mutex<Vec<String>>);
+
+    impl Sink for Deaths {
+        fn deliver(&self, _envelope: Arc<Envelope>) {}
+        fn node_died(&self, node: &str) {
+            self.0.lock().unwrap().push(node.to_owned());
+        }
+    }
+
+    /// When a node stops refreshing its alive key, the others are told once.
+    async fn peers_notice_a_death(a: RedisOptions, b: RedisOptions) {
+        let a = RedisRouter::connect(a).await.unwrap();
+        let deaths = Arc::new(Deaths::default());
+        a.attach(deaths.clone());
+        let b = RedisRouter::connect(b).await.unwrap();
+        let dead = b.node_id().to_owned();
+        // A sees B alive first.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(deaths.0.lock().unwrap().is_empty());
+        drop(b);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while deaths.0.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "death not noticed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(*deaths.0.lock().unwrap(), vec![dead]);
+    }
+
+    #[tokio::test]
+    async fn a_dead_node_is_noticed() {
+        peers_notice_a_death(opts("d"), opts("d")).await;
+    }
+
+    #[tokio::test]
+    async fn cluster_a_dead_node_is_noticed() {
+        peers_notice_a_death(cluster_opts("d"), cluster_opts("d")).await;
+    }
+
+    /// The send path's cost of the allocation record: `next` without and with it, A/B
+    /// interleaved, wall time per call (one connection, calls in sequence) and the Redis
+    /// server's own time per call (`INFO commandstats`, so use a Redis nobody else loads:
+    /// `CHATD_BENCH_REDIS_URL`). Run with `--ignored --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn bench_seq_next_with_and_without_the_record() {
+        let url = std::env::var("CHATD_BENCH_REDIS_URL").unwrap_or_else(|_| redis_url());
+        let ns = format!("bench{}", rand_suffix());
+        // CHATD_BENCH_CLUSTER=1: the test Redis Cluster instead (wall times only).
+        let cluster = std::env::var("CHATD_BENCH_CLUSTER").is_ok_and(|v| v == "1");
+        let plain = if cluster {
+            RedisSeq::connect_with(RedisMode::Cluster, "", &cluster_urls(), &ns)
+                .await
+                .unwrap()
+        } else {
+            RedisSeq::connect(&url, &ns).await.unwrap()
+        };
+        let recorded = plain
+            .clone()
+            .recording("bench-node", Duration::from_secs(60));
+        let convs: Vec<ConvId> = (0..1000)
+            .map(|i| ConvId::parse(&format!("group:b{i}")).unwrap())
+            .collect();
+        for c in &convs {
+            plain.restore(c, 0).await.unwrap();
+        }
+        let mut admin = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let n = 20_000usize;
+        for round in 0..4 {
+            for (label, seq) in [("without", &plain), ("with", &recorded)] {
+                if !cluster {
+                    let _: () = redis::cmd("CONFIG")
+                        .arg("RESETSTAT")
+                        .query_async(&mut admin)
+                        .await
+                        .unwrap();
+                }
+                let started = std::time::Instant::now();
+                for i in 0..n {
+                    seq.next(&convs[i % convs.len()]).await.unwrap();
+                }
+                let wall = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+                if cluster {
+                    eprintln!("round {round} {label:>7} the record: {wall:.1} us per next() (wall, cluster)");
+                    continue;
+                }
+                let stats: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                let server = stats
+                    .lines()
+                    .find(|l| l.starts_with("cmdstat_evalsha:"))
+                    .and_then(|l| l.split("usec_per_call=").nth(1))
+                    .and_then(|v| v.split(',').next())
+                    .unwrap_or("?")
+                    .to_owned();
+                eprintln!(
+                    "round {round} {label:>7} the record: {wall:.1} us per next() (wall), \
+                     {server} us per script call in Redis"
+                );
+            }
+        }
+    }
+
+    /// The tail check's cost at scale: reading 10,000 counters as one pipeline of `GET`s (the
+    /// earlier implementation) and as `MGET`s of 1,000 (the current one), A/B interleaved:
+    /// wall time per round and the Redis server's time per round (`INFO commandstats`; use a
+    /// Redis nobody else loads: `CHATD_BENCH_REDIS_URL`). Run with `--ignored --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn bench_tail_check_reads() {
+        let url = std::env::var("CHATD_BENCH_REDIS_URL").unwrap_or_else(|_| redis_url());
+        let ns = format!("bench{}", rand_suffix());
+        let seq = RedisSeq::connect(&url, &ns).await.unwrap();
+        let convs: Vec<ConvId> = (0..10_000)
+            .map(|i| ConvId::parse(&format!("group:t{i}")).unwrap())
+            .collect();
+        for c in convs.iter().step_by(2) {
+            seq.restore(c, 7).await.unwrap();
+        }
+        let mut admin = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let server_usec = |stats: &str| -> u64 {
+            stats
+                .lines()
+                .filter(|l| l.starts_with("cmdstat_get:") || l.starts_with("cmdstat_mget:"))
+                .filter_map(|l| l.split("usec=").nth(1))
+                .filter_map(|v| v.split(',').next())
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        };
+        async fn cpu_secs(admin: &mut redis::aio::MultiplexedConnection) -> f64 {
+            let info: String = redis::cmd("INFO")
+                .arg("cpu")
+                .query_async(admin)
+                .await
+                .unwrap();
+            info.lines()
+                .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+                .filter_map(|l| l.split(':').nth(1))
+                .filter_map(|v| v.trim().parse::<f64>().ok())
+                .sum()
+        }
+        let rounds = 20;
+        for round in 0..3 {
+            for label in ["GET pipeline", "MGET"] {
+                let _: () = redis::cmd("CONFIG")
+                    .arg("RESETSTAT")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                let cpu_before = cpu_secs(&mut admin).await;
+                let started = std::time::Instant::now();
+                for _ in 0..rounds {
+                    let values = if label == "MGET" {
+                        seq.current(&convs).await.unwrap()
+                    } else {
+                        let mut out = Vec::new();
+                        for chunk in convs.chunks(1000) {
+                            let mut pipe = redis::pipe();
+                            for conv in chunk {
+                                pipe.get(seq_key(&ns, conv));
+                            }
+                            let mut conn = seq.conn.clone();
+                            let v: Vec<Option<u64>> = pipe.query_async(&mut conn).await.unwrap();
+                            out.extend(v);
+                        }
+                        out
+                    };
+                    assert_eq!(values.len(), convs.len());
+                }
+                let wall = started.elapsed().as_secs_f64() * 1e3 / f64::from(rounds);
+                let cpu = (cpu_secs(&mut admin).await - cpu_before) * 1e3 / f64::from(rounds);
+                let stats: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                let server = server_usec(&stats) as f64 / 1e3 / f64::from(rounds);
+                eprintln!(
+                    "round {round} {label:>12}: 10,000 counters in {wall:.2} ms (wall), \
+                     {server:.2} ms in the commands, {cpu:.2} ms of Redis CPU"
+                );
+            }
+        }
     }
 
     #[tokio::test]
