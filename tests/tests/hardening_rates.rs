@@ -317,3 +317,45 @@ async fn a_flood_of_http_reads_gets_429_and_others_keep_reading() {
         .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn groups_that_members_are_added_to_are_capped() {
+    let node = Node::start_with(NodeOpts::default().env("CHATD_GROUPS__MAX_MEMBERS", 3));
+    let api = Api::new(&node);
+    for u in ["u1", "u2", "u3", "u4"] {
+        api.touch(u).await;
+    }
+    // Owner plus 3 initial members would be 4.
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/groups",
+            Some("mal"),
+            Some(serde_json::json!({"name": "too big", "members": ["u1", "u2", "u3"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let group = api.create_group("mal", "small", &["u1"]).await;
+    let add = |user: &'static str| {
+        let api = &api;
+        let path = format!("/v1/groups/{group}/members");
+        async move {
+            api.call(
+                reqwest::Method::POST,
+                &path,
+                Some("mal"),
+                Some(serde_json::json!({ "user": user })),
+            )
+            .await
+        }
+    };
+    let (status, body) = add("u2").await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    let (status, body) = add("u3").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    // The group still works for its members.
+    let mut mal = Client::connect(&node, "mal").await;
+    let ack = mal.send_group(&group, "c1", "still here").await;
+    assert!(is_ack(&ack), "{ack:?}");
+}
