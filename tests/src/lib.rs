@@ -750,3 +750,53 @@ pub fn service_script(script: &str, args: &[&str]) {
         .expect("run a service script");
     assert!(status.success(), "{script} {args:?} failed");
 }
+
+/// An innocent pair's direct messages while something else loads the node: `alice` sends to
+/// `bob` every 20 ms until `stop`; returns each round trip (send, ack, delivery).
+pub async fn round_trips_until(
+    mut alice: Client,
+    mut bob: Client,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Duration> {
+    let mut rtts = Vec::new();
+    let mut i = 0;
+    while !*stop.borrow() {
+        let t = Instant::now();
+        let body = format!("still here? {i}");
+        let ack = alice.send_dm("bob", &format!("rt{i}"), &body).await;
+        ack_seq(&ack);
+        let m = bob.next_message().await;
+        assert_eq!(m.body, body);
+        rtts.push(t.elapsed());
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rtts
+}
+
+/// The median and the slowest of some round trips.
+pub fn p50_max(rtts: &[Duration]) -> (Duration, Duration) {
+    let mut v = rtts.to_vec();
+    v.sort();
+    (v[v.len() / 2], *v.last().unwrap())
+}
+
+/// Samples a process's resident set size every 50 ms until `stop`; answers the peak, KiB.
+pub fn rss_peak_until(
+    pid: u32,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = 0;
+        while !*stop.borrow() {
+            peak = peak.max(proc_status_kib(pid, "VmRSS:"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak.max(proc_status_kib(pid, "VmRSS:"))
+    })
+}
+
+/// The `error.code` of a JSON error body (`""` when there is none).
+pub fn error_body_code(v: &serde_json::Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_default()
+}
