@@ -22,6 +22,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod compliance;
+
 /// The secret every test node signs with.
 pub const SECRET: &str = "e2e-test-secret-not-for-production";
 

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::compliance::{burst_padded, export_done};
 use testkit::*;
 
 /// How many answers of each HTTP status a flood got.
@@ -79,32 +80,6 @@ async fn flood(
         }
     }
     total
-}
-
-/// Sends `n` messages of about `len` bytes to `group`, pipelined, then waits for every ack.
-async fn seed(c: &mut Client, group: &str, n: usize, len: usize) {
-    let filler = "x".repeat(len);
-    for i in 0..n {
-        c.send(&protocol::ClientFrame::Send(protocol::SendFrame {
-            rid: Some(format!("seed{i}")),
-            client_msg_id: format!("seed{i}"),
-            to: protocol::Target::Group(protocol::GroupId::new(group)),
-            kind: protocol::MessageKind::Text,
-            body: format!("{i} {filler}"),
-            attachment: None,
-            mentions: vec![],
-            reply_to: None,
-        }))
-        .await;
-    }
-    let mut acked = 0;
-    while acked < n {
-        match c.recv().await {
-            protocol::ServerFrame::Ack { seq: Some(_), .. } => acked += 1,
-            protocol::ServerFrame::Error { code, message, .. } => panic!("{code:?}: {message}"),
-            _ => {}
-        }
-    }
 }
 
 /// The innocent side of a flood: the chat round trips, the node's memory, and ordinary
@@ -199,7 +174,7 @@ async fn a_flood_of_compliance_event_reads_gets_503_and_400_and_chat_stays_fast(
         .await;
     // 600 messages of 1 KiB: a page of every event is heavy (each event reads its message).
     let mut carol = Client::connect(&node, "carol").await;
-    seed(&mut carol, &g, 600, 1024).await;
+    burst_padded(&mut carol, &g, "seed", 600, 1024).await;
 
     let watch = Watch::start(&node).await;
     let http = reqwest::Client::new();
@@ -247,29 +222,6 @@ fn events_url_of(base: &str, after: &str, limit: usize) -> String {
     format!("{base}/v1/admin/compliance/events?after={after}&limit={limit}")
 }
 
-/// Waits until the export job is done; answers its status.
-async fn export_done(api: &Api, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let (s, status) = api
-            .call(
-                Method::GET,
-                "/v1/admin/compliance/exports",
-                Some("auditor"),
-                None,
-            )
-            .await;
-        assert_eq!(s, 200, "{status}");
-        match status["job"]["state"].as_str() {
-            Some("done") => return status,
-            Some("failed") => panic!("export failed: {status}"),
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "export not done: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Every event of the log through the API (pages of 1000, read until caught up).
 async fn log_len(api: &Api) -> u64 {
     let mut after = String::new();
@@ -315,7 +267,7 @@ async fn a_flood_of_export_starts_runs_one_job_at_a_time_and_exports_each_event_
         .create_group("carol", "archive me", &["dave", "erin"])
         .await;
     let mut carol = Client::connect(&node, "carol").await;
-    seed(&mut carol, &g, 400, 512).await;
+    burst_padded(&mut carol, &g, "seed", 400, 512).await;
 
     let watch = Watch::start(&node).await;
     let http = reqwest::Client::new();
@@ -384,7 +336,7 @@ async fn a_flood_of_retention_dry_runs_and_passes_gets_503_and_deletes_nothing()
         .create_group("carol", "old news", &["dave", "erin"])
         .await;
     let mut carol = Client::connect(&node, "carol").await;
-    seed(&mut carol, &g, 1000, 256).await;
+    burst_padded(&mut carol, &g, "seed", 1000, 256).await;
 
     let watch = Watch::start(&node).await;
     let http = reqwest::Client::new();
