@@ -73,6 +73,14 @@ impl NodeOpts {
         self.env.push((k.to_owned(), v.to_string()));
         self
     }
+
+    /// Several [`NodeOpts::env`] at once.
+    pub fn envs(mut self, extra: &[(&str, &str)]) -> Self {
+        for (k, v) in extra {
+            self = self.env(k, v);
+        }
+        self
+    }
 }
 
 impl Node {
@@ -799,6 +807,83 @@ pub fn rss_peak_until(
 }
 
 /// The `error.code` of a JSON error body (`""` when there is none).
-pub fn error_body_code(v: &serde_json::Value) -> &str {
+pub fn code(v: &serde_json::Value) -> &str {
     v["error"]["code"].as_str().unwrap_or_default()
+}
+
+/// Options of a node whose company administrator is `boss`.
+pub fn admin_opts() -> NodeOpts {
+    NodeOpts::default().env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
+}
+
+/// A node whose company administrator is `boss`, with `extra` environment.
+pub fn admin_node(extra: &[(&str, &str)]) -> Node {
+    Node::start_with(admin_opts().envs(extra))
+}
+
+/// `api.call` as `user`: status and JSON.
+pub async fn call(
+    api: &Api,
+    m: reqwest::Method,
+    path: &str,
+    user: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    api.call(m, path, Some(user), body).await
+}
+
+/// The (seq, ts) of an ack with a seq, or panics with the frame.
+pub fn ack_seq_ts(f: &ServerFrame) -> (u64, u64) {
+    match f {
+        ServerFrame::Ack {
+            seq: Some(s), ts, ..
+        } => (s.0, *ts),
+        other => panic!("expected an ack with a seq, got {other:?}"),
+    }
+}
+
+impl Client {
+    /// `history` of `conv` (the newest 200): (seqs newest first, `min_seq`).
+    pub async fn history_seqs(&mut self, conv: &protocol::ConvId) -> (Vec<u64>, Option<u64>) {
+        self.send(&ClientFrame::History {
+            rid: Some("h".into()),
+            conv: conv.clone(),
+            before_seq: None,
+            limit: Some(200),
+        })
+        .await;
+        match self
+            .recv_until(|f| matches!(f, ServerFrame::History { .. }))
+            .await
+        {
+            ServerFrame::History {
+                messages, min_seq, ..
+            } => (
+                messages.iter().map(|m| m.seq.0).collect(),
+                min_seq.map(|s| s.0),
+            ),
+            _ => unreachable!(),
+        }
+    }
+
+    /// `sync` of `conv` from seq 0 (one page of 100): (seqs oldest first, `min_seq`).
+    pub async fn sync_seqs(&mut self, conv: &protocol::ConvId) -> (Vec<u64>, Option<u64>) {
+        self.send(&ClientFrame::Sync {
+            rid: Some("s".into()),
+            cursors: [(conv.clone(), protocol::Seq(0))].into(),
+            limit: Some(100),
+        })
+        .await;
+        let ServerFrame::Synced { conversations, .. } = self
+            .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
+            .await
+        else {
+            unreachable!()
+        };
+        let part = conversations.into_iter().next().expect("a synced entry");
+        (
+            part.messages.iter().map(|m| m.seq.0).collect(),
+            part.min_seq.map(|s| s.0),
+        )
+    }
 }

@@ -63,7 +63,7 @@ async fn flood(
                             409 => "conflict",
                             _ => "bad_request",
                         };
-                        assert_eq!(error_body_code(&v), want, "{v}");
+                        assert_eq!(code(&v), want, "{v}");
                         assert_eq!(v["error"]["retry"], status == 503, "{v}");
                     }
                     *tally.entry(status).or_default() += 1;

@@ -7,44 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use protocol::{ClientFrame, ConvId, GroupId, ServerFrame};
+use protocol::{ConvId, GroupId};
 use reqwest::Method;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use testkit::compliance::*;
 use testkit::*;
-
-/// `history` of a conversation: (seqs newest first, min_seq).
-async fn history(c: &mut Client, conv: &ConvId) -> (Vec<u64>, Option<u64>) {
-    c.send(&ClientFrame::History {
-        rid: Some("h".into()),
-        conv: conv.clone(),
-        before_seq: None,
-        limit: Some(200),
-    })
-    .await;
-    match c
-        .recv_until(|f| matches!(f, ServerFrame::History { .. }))
-        .await
-    {
-        ServerFrame::History {
-            messages, min_seq, ..
-        } => (
-            messages.iter().map(|m| m.seq.0).collect(),
-            min_seq.map(|s| s.0),
-        ),
-        _ => unreachable!(),
-    }
-}
-
-fn ack_ts(f: &ServerFrame) -> u64 {
-    match f {
-        ServerFrame::Ack {
-            seq: Some(_), ts, ..
-        } => *ts,
-        other => panic!("expected an ack with a seq, got {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn a_retention_pass_killed_mid_way_is_finished_by_the_other_node_after_the_lease() {
@@ -79,10 +47,10 @@ async fn a_retention_pass_killed_mid_way_is_finished_by_the_other_node_after_the
         } else {
             (&mut ann, "a")
         };
-        old_ts = old_ts.max(ack_ts(&c.send_group(&g, &format!("{who}{i}"), "old").await));
+        old_ts = old_ts.max(ack_seq_ts(&c.send_group(&g, &format!("{who}{i}"), "old").await).1);
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
-    ack_ts(&ann.send_group(&g, "young", "young").await);
+    ack_seq_ts(&ann.send_group(&g, "young", "young").await);
 
     let (s, b) = api1
         .call(
@@ -118,7 +86,7 @@ async fn a_retention_pass_killed_mid_way_is_finished_by_the_other_node_after_the
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, min) = history(&mut ann, &conv).await;
+        let (_, min) = ann.history_seqs(&conv).await;
         if min.is_some_and(|m| m > 20) {
             break;
         }
@@ -136,7 +104,7 @@ async fn a_retention_pass_killed_mid_way_is_finished_by_the_other_node_after_the
             Some(json!({"as_of": as_of})),
         )
         .await;
-    assert_eq!((s, error_body_code(&b)), (503, "unavailable"), "{b}");
+    assert_eq!((s, code(&b)), (503, "unavailable"), "{b}");
     assert!(
         b["error"]["message"]
             .as_str()
@@ -162,7 +130,7 @@ async fn a_retention_pass_killed_mid_way_is_finished_by_the_other_node_after_the
         if s == 200 {
             break b;
         }
-        assert_eq!((s, error_body_code(&b)), (503, "unavailable"), "{b}");
+        assert_eq!((s, code(&b)), (503, "unavailable"), "{b}");
         assert!(Instant::now() < deadline, "the lease never expired: {b}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -183,7 +151,7 @@ async fn a_retention_pass_killed_mid_way_is_finished_by_the_other_node_after_the
 
     // Everything old is gone but hal's messages; the young one stays; the min seq is 81.
     let mut ann2 = Client::connect(&two, "ann").await;
-    let (seqs, min) = history(&mut ann2, &conv).await;
+    let (seqs, min) = ann2.history_seqs(&conv).await;
     let mut want = vec![81];
     want.extend(hals.iter().rev());
     assert_eq!((seqs, min), (want, Some(81)));
