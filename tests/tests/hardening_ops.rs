@@ -82,6 +82,20 @@ async fn flood(
     total
 }
 
+/// A node with a group of carol, dave and erin where carol sent `n` messages padded with
+/// `pad` bytes; answers the node, an API client, carol's session and the group id.
+async fn seeded(opts: NodeOpts, n: usize, pad: usize) -> (Node, Api, Client, String) {
+    let node = Node::start_with(opts);
+    let api = Api::new(&node);
+    for u in ["dave", "erin"] {
+        api.touch(u).await;
+    }
+    let g = api.create_group("carol", "busy", &["dave", "erin"]).await;
+    let mut carol = Client::connect(&node, "carol").await;
+    burst_padded(&mut carol, &g, "seed", n, pad).await;
+    (node, api, carol, g)
+}
+
 /// The innocent side of a flood: the chat round trips, the node's memory, and ordinary
 /// administrator requests, all measured while `attack` runs.
 struct Watch {
@@ -164,17 +178,8 @@ impl Watch {
 
 #[tokio::test]
 async fn a_flood_of_compliance_event_reads_gets_503_and_400_and_chat_stays_fast() {
-    let node = Node::start_with(opts());
-    let api = Api::new(&node);
-    for u in ["dave", "erin"] {
-        api.touch(u).await;
-    }
-    let g = api
-        .create_group("carol", "archive me", &["dave", "erin"])
-        .await;
     // 600 messages of 1 KiB: a page of every event is heavy (each event reads its message).
-    let mut carol = Client::connect(&node, "carol").await;
-    burst_padded(&mut carol, &g, "seed", 600, 1024).await;
+    let (node, api, _carol, _g) = seeded(opts(), 600, 1024).await;
 
     let watch = Watch::start(&node).await;
     let http = reqwest::Client::new();
@@ -254,20 +259,14 @@ async fn log_len(api: &Api) -> u64 {
 async fn a_flood_of_export_starts_runs_one_job_at_a_time_and_exports_each_event_once() {
     // Small batches with a pause between them: the job runs for a few seconds, so the flood
     // of starts meets it running.
-    let node = Node::start_with(
+    let (node, api, _carol, _g) = seeded(
         opts()
             .env("CHATD_COMPLIANCE__BATCH_EVENTS", 50)
             .env("CHATD_TEST_EXPORT_BATCH_DELAY_MS", 150),
-    );
-    let api = Api::new(&node);
-    for u in ["dave", "erin"] {
-        api.touch(u).await;
-    }
-    let g = api
-        .create_group("carol", "archive me", &["dave", "erin"])
-        .await;
-    let mut carol = Client::connect(&node, "carol").await;
-    burst_padded(&mut carol, &g, "seed", 400, 512).await;
+        400,
+        512,
+    )
+    .await;
 
     let watch = Watch::start(&node).await;
     let http = reqwest::Client::new();
@@ -327,16 +326,7 @@ async fn a_flood_of_export_starts_runs_one_job_at_a_time_and_exports_each_event_
 
 #[tokio::test]
 async fn a_flood_of_retention_dry_runs_and_passes_gets_503_and_deletes_nothing() {
-    let node = Node::start_with(opts());
-    let api = Api::new(&node);
-    for u in ["dave", "erin"] {
-        api.touch(u).await;
-    }
-    let g = api
-        .create_group("carol", "old news", &["dave", "erin"])
-        .await;
-    let mut carol = Client::connect(&node, "carol").await;
-    burst_padded(&mut carol, &g, "seed", 1000, 256).await;
+    let (node, api, mut carol, g) = seeded(opts(), 1000, 256).await;
 
     let watch = Watch::start(&node).await;
     let http = reqwest::Client::new();

@@ -558,34 +558,18 @@ impl ScyllaStore {
 
     /// Whether a message other than `skip` is stored in `lo..hi`.
     async fn remains(&self, conv: &ConvId, lo: u64, hi: u64, skip: &HashSet<u64>) -> Result<bool> {
-        let st = self.stmts().await?;
-        if lo >= hi {
-            return Ok(false);
-        }
-        for bucket in self.bucket(lo)..=self.bucket(hi - 1) {
-            let rows: Vec<(i64,)> = self
-                .rows(
-                    &st.select_range,
-                    (conv.as_str(), to_i64(bucket)?, to_i64(lo)?, to_i64(hi)?),
-                )
-                .await?;
-            for (s,) in rows {
-                if !skip.contains(&to_u64(s)?) {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
+        Ok(!self.kept_in(conv, lo, hi, skip, 1).await?.is_empty())
     }
 
     /// The buckets of `lo..hi` that still hold a message other than `skip` (see
-    /// `kept_buckets`).
+    /// `kept_buckets`), the lowest `max` of them.
     async fn kept_in(
         &self,
         conv: &ConvId,
         lo: u64,
         hi: u64,
         skip: &HashSet<u64>,
+        max: usize,
     ) -> Result<Vec<u64>> {
         let st = self.stmts().await?;
         let mut out = Vec::new();
@@ -604,6 +588,9 @@ impl ScyllaStore {
                     out.push(bucket);
                     break;
                 }
+            }
+            if out.len() >= max {
+                break;
             }
         }
         Ok(out)
@@ -1569,14 +1556,16 @@ impl Store for ScyllaStore {
         let skip: HashSet<u64> = targets.iter().copied().collect();
         // The buckets the raise passes that keep a message: listed before the raise, so a
         // reader that sees the new min seq finds them (`kept_buckets`).
-        let mut newly_kept = self.kept_in(conv, current, raised, &skip).await?;
+        let mut newly_kept = self
+            .kept_in(conv, current, raised, &skip, usize::MAX)
+            .await?;
         if was_kept {
             // Kept by a version without the list: list the buckets below too, once.
             let listed: Option<(i64,)> = self
                 .one(&st.select_kept_below, (conv.as_str(), i64::MAX))
                 .await?;
             if listed.is_none() {
-                newly_kept.extend(self.kept_in(conv, 1, current, &skip).await?);
+                newly_kept.extend(self.kept_in(conv, 1, current, &skip, usize::MAX).await?);
             }
         }
         let kept =
