@@ -22,6 +22,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod compliance;
+
 /// The secret every test node signs with.
 pub const SECRET: &str = "e2e-test-secret-not-for-production";
 
@@ -69,6 +71,14 @@ pub struct NodeOpts {
 impl NodeOpts {
     pub fn env(mut self, k: &str, v: impl ToString) -> Self {
         self.env.push((k.to_owned(), v.to_string()));
+        self
+    }
+
+    /// Several [`NodeOpts::env`] at once.
+    pub fn envs(mut self, extra: &[(&str, &str)]) -> Self {
+        for (k, v) in extra {
+            self = self.env(k, v);
+        }
         self
     }
 }
@@ -749,4 +759,131 @@ pub fn service_script(script: &str, args: &[&str]) {
         .status()
         .expect("run a service script");
     assert!(status.success(), "{script} {args:?} failed");
+}
+
+/// An innocent pair's direct messages while something else loads the node: `alice` sends to
+/// `bob` every 20 ms until `stop`; returns each round trip (send, ack, delivery).
+pub async fn round_trips_until(
+    mut alice: Client,
+    mut bob: Client,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Duration> {
+    let mut rtts = Vec::new();
+    let mut i = 0;
+    while !*stop.borrow() {
+        let t = Instant::now();
+        let body = format!("still here? {i}");
+        let ack = alice.send_dm("bob", &format!("rt{i}"), &body).await;
+        ack_seq(&ack);
+        let m = bob.next_message().await;
+        assert_eq!(m.body, body);
+        rtts.push(t.elapsed());
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rtts
+}
+
+/// The median and the slowest of some round trips.
+pub fn p50_max(rtts: &[Duration]) -> (Duration, Duration) {
+    let mut v = rtts.to_vec();
+    v.sort();
+    (v[v.len() / 2], *v.last().unwrap())
+}
+
+/// Samples a process's resident set size every 50 ms until `stop`; answers the peak, KiB.
+pub fn rss_peak_until(
+    pid: u32,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = 0;
+        while !*stop.borrow() {
+            peak = peak.max(proc_status_kib(pid, "VmRSS:"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak.max(proc_status_kib(pid, "VmRSS:"))
+    })
+}
+
+/// The `error.code` of a JSON error body (`""` when there is none).
+pub fn code(v: &serde_json::Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_default()
+}
+
+/// Options of a node whose company administrator is `boss`.
+pub fn admin_opts() -> NodeOpts {
+    NodeOpts::default().env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
+}
+
+/// A node whose company administrator is `boss`, with `extra` environment.
+pub fn admin_node(extra: &[(&str, &str)]) -> Node {
+    Node::start_with(admin_opts().envs(extra))
+}
+
+/// `api.call` as `user`: status and JSON.
+pub async fn call(
+    api: &Api,
+    m: reqwest::Method,
+    path: &str,
+    user: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    api.call(m, path, Some(user), body).await
+}
+
+/// The (seq, ts) of an ack with a seq, or panics with the frame.
+pub fn ack_seq_ts(f: &ServerFrame) -> (u64, u64) {
+    match f {
+        ServerFrame::Ack {
+            seq: Some(s), ts, ..
+        } => (s.0, *ts),
+        other => panic!("expected an ack with a seq, got {other:?}"),
+    }
+}
+
+impl Client {
+    /// `history` of `conv` (the newest 200): (seqs newest first, `min_seq`).
+    pub async fn history_seqs(&mut self, conv: &protocol::ConvId) -> (Vec<u64>, Option<u64>) {
+        self.send(&ClientFrame::History {
+            rid: Some("h".into()),
+            conv: conv.clone(),
+            before_seq: None,
+            limit: Some(200),
+        })
+        .await;
+        match self
+            .recv_until(|f| matches!(f, ServerFrame::History { .. }))
+            .await
+        {
+            ServerFrame::History {
+                messages, min_seq, ..
+            } => (
+                messages.iter().map(|m| m.seq.0).collect(),
+                min_seq.map(|s| s.0),
+            ),
+            _ => unreachable!(),
+        }
+    }
+
+    /// `sync` of `conv` from seq 0 (one page of 100): (seqs oldest first, `min_seq`).
+    pub async fn sync_seqs(&mut self, conv: &protocol::ConvId) -> (Vec<u64>, Option<u64>) {
+        self.send(&ClientFrame::Sync {
+            rid: Some("s".into()),
+            cursors: [(conv.clone(), protocol::Seq(0))].into(),
+            limit: Some(100),
+        })
+        .await;
+        let ServerFrame::Synced { conversations, .. } = self
+            .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
+            .await
+        else {
+            unreachable!()
+        };
+        let part = conversations.into_iter().next().expect("a synced entry");
+        (
+            part.messages.iter().map(|m| m.seq.0).collect(),
+            part.min_seq.map(|s| s.0),
+        )
+    }
 }

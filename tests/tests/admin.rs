@@ -9,26 +9,17 @@ use protocol::{
     UserId,
 };
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use testkit::*;
 
+/// A node with `boss` as company administrator and `rev` as reviewer.
 fn node_with(extra: &[(&str, &str)]) -> Node {
-    let mut opts = NodeOpts::default()
-        .env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
-        .env("CHATD_AUTH__REVIEWERS", r#"["rev"]"#);
-    for (k, v) in extra {
-        opts = opts.env(k, v);
-    }
-    Node::start_with(opts)
-}
-
-async fn call(api: &Api, m: Method, path: &str, user: &str, body: Option<Value>) -> (u16, Value) {
-    api.call(m, path, Some(user), body).await
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("")
+    Node::start_with(
+        admin_opts()
+            .env("CHATD_AUTH__REVIEWERS", r#"["rev"]"#)
+            .envs(extra),
+    )
 }
 
 async fn accounts(api: &Api, ids: &[&str]) {

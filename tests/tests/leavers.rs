@@ -15,22 +15,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use testkit::*;
 
-fn admin_node(extra: &[(&str, &str)]) -> Node {
-    let mut opts = NodeOpts::default().env("CHATD_AUTH__ADMINS", r#"["boss"]"#);
-    for (k, v) in extra {
-        opts = opts.env(k, v);
-    }
-    Node::start_with(opts)
-}
-
-async fn call(api: &Api, m: Method, path: &str, user: &str, body: Option<Value>) -> (u16, Value) {
-    api.call(m, path, Some(user), body).await
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("")
-}
-
 /// The role of each member of a group, as its owner sees it.
 async fn roles(api: &Api, group: &str, who: &str) -> Vec<(String, String)> {
     let (s, b) = call(api, Method::GET, &format!("/v1/groups/{group}"), who, None).await;

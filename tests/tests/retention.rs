@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use protocol::{ClientFrame, ConvId, GroupId, MessageKind, Seq, ServerFrame, Target};
+use protocol::{ClientFrame, ConvId, GroupId, MessageKind, Target};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -21,64 +21,10 @@ fn node_opts() -> NodeOpts {
         .env("CHATD_RETENTION__INTERVAL_SECS", 0)
 }
 
-/// The ack's (seq, ts).
-fn ack(f: &ServerFrame) -> (u64, u64) {
-    match f {
-        ServerFrame::Ack {
-            seq: Some(s), ts, ..
-        } => (s.0, *ts),
-        other => panic!("expected an ack with a seq, got {other:?}"),
-    }
-}
-
 async fn call(api: &Api, m: Method, path: &str, body: Option<Value>) -> Value {
     let (s, v) = api.call(m, path, Some("boss"), body).await;
     assert!((200..300).contains(&s), "{path}: {s} {v}");
     v
-}
-
-/// `history` of a conversation: (seqs newest first, min_seq).
-async fn history(c: &mut Client, conv: &ConvId) -> (Vec<u64>, Option<u64>) {
-    c.send(&ClientFrame::History {
-        rid: Some("h".into()),
-        conv: conv.clone(),
-        before_seq: None,
-        limit: Some(100),
-    })
-    .await;
-    match c
-        .recv_until(|f| matches!(f, ServerFrame::History { .. }))
-        .await
-    {
-        ServerFrame::History {
-            messages, min_seq, ..
-        } => (
-            messages.iter().map(|m| m.seq.0).collect(),
-            min_seq.map(|s| s.0),
-        ),
-        _ => unreachable!(),
-    }
-}
-
-/// `sync` from seq 0: (seqs oldest first, min_seq).
-async fn sync(c: &mut Client, conv: &ConvId) -> (Vec<u64>, Option<u64>) {
-    c.send(&ClientFrame::Sync {
-        rid: Some("s".into()),
-        cursors: [(conv.clone(), Seq(0))].into(),
-        limit: Some(100),
-    })
-    .await;
-    let ServerFrame::Synced { conversations, .. } = c
-        .recv_until(|f| matches!(f, ServerFrame::Synced { .. }))
-        .await
-    else {
-        unreachable!()
-    };
-    let part = conversations.into_iter().next().unwrap();
-    (
-        part.messages.iter().map(|m| m.seq.0).collect(),
-        part.min_seq.map(|s| s.0),
-    )
 }
 
 /// The report's entry for `conv`.
@@ -120,17 +66,17 @@ async fn a_pass_deletes_exactly_what_the_policy_says_and_nothing_under_a_hold() 
             "bob" => &mut bob,
             _ => &mut carol,
         };
-        let (seq, ts) = ack(&c.send_group(&g, &format!("old{i}"), "old news").await);
+        let (seq, ts) = ack_seq_ts(&c.send_group(&g, &format!("old{i}"), "old news").await);
         assert_eq!(seq, i as u64 + 1);
         old_ts = old_ts.max(ts);
     }
     for i in 0..3 {
-        ack(&ann.send_dm("bob", &format!("dm{i}"), "between us").await);
+        ack_seq_ts(&ann.send_dm("bob", &format!("dm{i}"), "between us").await);
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
     // New: seqs 9 and 10, after the cut.
-    let (_, new_ts) = ack(&ann.send_group(&g, "new0", "fresh").await);
-    ack(&bob.send_group(&g, "new1", "fresh").await);
+    let (_, new_ts) = ack_seq_ts(&ann.send_group(&g, "new0", "fresh").await);
+    ack_seq_ts(&bob.send_group(&g, "new1", "fresh").await);
     assert!(new_ts > old_ts);
     let as_of = old_ts + 1 + 3_600_000;
 
@@ -177,7 +123,7 @@ async fn a_pass_deletes_exactly_what_the_policy_says_and_nothing_under_a_hold() 
         .iter()
         .all(|c| c["conv"] != dm.as_str()));
     // Nothing was deleted by the dry run.
-    assert_eq!(history(&mut ann, &conv).await.0.len(), 10);
+    assert_eq!(ann.history_seqs(&conv).await.0.len(), 10);
 
     call(&api, Method::PUT, "/v1/admin/retention", Some(policies)).await;
     let saved = call(&api, Method::GET, "/v1/admin/retention", None).await;
@@ -199,15 +145,15 @@ async fn a_pass_deletes_exactly_what_the_policy_says_and_nothing_under_a_hold() 
 
     // Deleted: 1, 3, 4, 7, 8. Kept below the min seq: carol's (held) 2 and 6, pinned 5.
     assert_eq!(
-        history(&mut bob, &conv).await,
+        bob.history_seqs(&conv).await,
         (vec![10, 9, 6, 5, 2], Some(9))
     );
-    assert_eq!(sync(&mut bob, &conv).await, (vec![2, 5, 6, 9, 10], Some(9)));
+    assert_eq!(bob.sync_seqs(&conv).await, (vec![2, 5, 6, 9, 10], Some(9)));
     // Direct conversations keep forever: untouched, no min seq.
-    assert_eq!(history(&mut ann, &dm).await, (vec![3, 2, 1], None));
+    assert_eq!(ann.history_seqs(&dm).await, (vec![3, 2, 1], None));
     // Seqs go on, gap-free.
     assert_eq!(
-        ack(&carol.send_group(&g, "after", "still here").await).0,
+        ack_seq_ts(&carol.send_group(&g, "after", "still here").await).0,
         11
     );
 
@@ -254,10 +200,7 @@ async fn a_pass_deletes_exactly_what_the_policy_says_and_nothing_under_a_hold() 
     )
     .await;
     assert_eq!(entry(&run, &conv)["messages"], 2, "{run}");
-    assert_eq!(
-        history(&mut bob, &conv).await,
-        (vec![11, 10, 9, 5], Some(9))
-    );
+    assert_eq!(bob.history_seqs(&conv).await, (vec![11, 10, 9, 5], Some(9)));
     let holds = call(&api, Method::GET, "/v1/admin/holds", None).await;
     assert_eq!(holds[0]["released_by"], "boss");
 }
@@ -307,7 +250,7 @@ async fn a_file_nothing_references_is_deleted_and_a_referenced_one_kept() {
             reply_to: None,
         }))
         .await;
-        let (seq, ts) = ack(&ann.recv_until(|f| is_reply_to(f, &cmid)).await);
+        let (seq, ts) = ack_seq_ts(&ann.recv_until(|f| is_reply_to(f, &cmid)).await);
         old_ts = old_ts.max(ts);
         last_seq = seq;
     }
@@ -439,7 +382,7 @@ async fn a_recall_under_a_hold_keeps_the_content_until_the_release() {
         reply_to: None,
     }))
     .await;
-    let (seq, _) = ack(&ann.recv_until(|fr| is_reply_to(fr, "f")).await);
+    let (seq, _) = ack_seq_ts(&ann.recv_until(|fr| is_reply_to(fr, "f")).await);
     let (s, v) = api
         .call(
             Method::DELETE,
@@ -502,12 +445,12 @@ async fn the_schedule_runs_a_pass_without_being_asked() {
     .await;
     let mut ann = Client::connect(&node, "ann").await;
     for i in 0..3 {
-        ack(&ann.send_dm("bob", &format!("m{i}"), "soon gone").await);
+        ack_seq_ts(&ann.send_dm("bob", &format!("m{i}"), "soon gone").await);
     }
     let dm = ConvId::parse("dm:ann:bob").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (seqs, min) = history(&mut ann, &dm).await;
+        let (seqs, min) = ann.history_seqs(&dm).await;
         if seqs.is_empty() && min == Some(4) {
             break;
         }
@@ -518,7 +461,7 @@ async fn the_schedule_runs_a_pass_without_being_asked() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // The innocent side: sending still works, with the next seq.
-    assert_eq!(ack(&ann.send_dm("bob", "later", "hello").await).0, 4);
+    assert_eq!(ack_seq_ts(&ann.send_dm("bob", "later", "hello").await).0, 4);
     let (_, audit) = api
         .call(Method::GET, "/v1/audit?limit=50", Some("boss"), None)
         .await;
@@ -584,10 +527,10 @@ async fn cluster_mode_deletes_through_the_cql_store() {
     let mut ann = Client::connect(&node, "ann").await;
     let mut old_ts = 0;
     for i in 0..4 {
-        old_ts = old_ts.max(ack(&ann.send_dm("bob", &format!("o{i}"), "old").await).1);
+        old_ts = old_ts.max(ack_seq_ts(&ann.send_dm("bob", &format!("o{i}"), "old").await).1);
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
-    ack(&ann.send_dm("bob", "n0", "new").await);
+    ack_seq_ts(&ann.send_dm("bob", "n0", "new").await);
     call(
         &api,
         Method::PUT,
@@ -604,9 +547,9 @@ async fn cluster_mode_deletes_through_the_cql_store() {
     .await;
     assert_eq!(run["totals"]["messages"], 4, "{run}");
     let dm = ConvId::parse("dm:ann:bob").unwrap();
-    assert_eq!(history(&mut ann, &dm).await, (vec![5], Some(5)));
-    assert_eq!(sync(&mut ann, &dm).await, (vec![5], Some(5)));
-    assert_eq!(ack(&ann.send_dm("bob", "n1", "next").await).0, 6);
+    assert_eq!(ann.history_seqs(&dm).await, (vec![5], Some(5)));
+    assert_eq!(ann.sync_seqs(&dm).await, (vec![5], Some(5)));
+    assert_eq!(ack_seq_ts(&ann.send_dm("bob", "n1", "next").await).0, 6);
 }
 
 /// Measurement (ignored by default; `cargo test -p tests --test retention -- --ignored
@@ -628,7 +571,7 @@ async fn measure_a_pass_over_five_thousand_messages() {
     let mut ann = Client::connect(&node, "ann").await;
     let mut old_ts = 0;
     for i in 0..5000 {
-        old_ts = old_ts.max(ack(&ann.send_group(&g, &format!("m{i}"), "old").await).1);
+        old_ts = old_ts.max(ack_seq_ts(&ann.send_group(&g, &format!("m{i}"), "old").await).1);
     }
     call(
         &api,
@@ -659,7 +602,7 @@ async fn measure_a_pass_over_five_thousand_messages() {
     assert_eq!(run["totals"]["messages"], 5000);
     assert_eq!(dry["totals"]["messages"], 5000);
     let t = std::time::Instant::now();
-    let (seqs, min) = history(&mut ann, &ConvId::group(&GroupId::new(&g))).await;
+    let (seqs, min) = ann.history_seqs(&ConvId::group(&GroupId::new(&g))).await;
     let history_ms = t.elapsed().as_millis();
     assert!(seqs.is_empty());
     assert_eq!(min, Some(5001));

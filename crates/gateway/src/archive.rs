@@ -11,6 +11,39 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+/// What went wrong with an archive: one shape for the backup (`backup.rs`) and the metadata
+/// export (`meta_archive.rs`), whose callers print it (the CLI) or log it (the schedule).
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// Reading or writing a file.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    /// Not an archive of a kind, format or schema version this chatd reads (the message says
+    /// which, and what this chatd reads).
+    #[error("{0}")]
+    Mismatch(String),
+    /// The target already holds data and `--force` was not given (the message says where).
+    #[error("{0}")]
+    NotEmpty(String),
+    /// The archive is damaged or not a chatd archive.
+    #[error("invalid archive: {0}")]
+    Invalid(String),
+}
+
+/// Maps an I/O error to [`ArchiveError::Io`], saying what was being done.
+pub fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ArchiveError {
+    let context = context.into();
+    move |source| ArchiveError::Io { context, source }
+}
+
 /// One entry of an archive with its size and checksum.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileEntry {

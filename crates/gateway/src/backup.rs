@@ -17,7 +17,10 @@
 //! manifest, loads the pairs into a fresh database, and only then moves the result into the data
 //! directory. Secrets (`jwt.secret`) are not in the archive.
 
-use crate::archive::{check_entries, header_time, write_record, Hashing, HashingReader, Records};
+pub use crate::archive::ArchiveError as BackupError;
+use crate::archive::{
+    check_entries, header_time, io_err, write_record, Hashing, HashingReader, Records,
+};
 pub use crate::archive::{with_suffix, FileEntry};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -37,39 +40,12 @@ pub const FORMAT: u32 = 1;
 /// File name prefix of archives in `backup.dir`.
 const PREFIX: &str = "chatd-backup-";
 
-/// What went wrong with a backup or restore.
-#[derive(Debug, thiserror::Error)]
-pub enum BackupError {
-    /// Reading or writing a file.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The error.
-        source: io::Error,
-    },
-    /// The store failed.
-    #[error("store: {0}")]
-    Store(#[from] store::StoreError),
-    /// The archive is of another format or schema version.
-    #[error("the archive has format {format} and schema version {schema}; this chatd reads format {FORMAT}, schema {SCHEMA_VERSION}")]
-    Mismatch {
-        /// The archive's format.
-        format: u32,
-        /// The archive's schema version.
-        schema: u32,
-    },
-    /// The target is not empty and `--force` was not given.
-    #[error("{0} is not empty (use --force to replace its store and attachments)")]
-    NotEmpty(PathBuf),
-    /// The archive is damaged or not a chatd backup.
-    #[error("invalid archive: {0}")]
-    Invalid(String),
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> BackupError {
-    let context = context.into();
-    move |source| BackupError::Io { context, source }
+/// The refusal of a restore into `dir`, which holds data.
+fn not_empty(dir: &Path) -> BackupError {
+    BackupError::NotEmpty(format!(
+        "{} is not empty (use --force to replace its store and attachments)",
+        dir.display()
+    ))
 }
 
 /// The first entry of an archive.
@@ -95,6 +71,20 @@ pub struct Manifest {
     pub keyspaces: BTreeMap<String, u64>,
     /// Every entry but the header and the manifest.
     pub files: Vec<FileEntry>,
+}
+
+/// The one-line summary `chatd backup` and `chatd restore` print.
+impl std::fmt::Display for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs: u64 = self.keyspaces.values().sum();
+        write!(
+            f,
+            "schema {}, {pairs} store pairs, {} files, taken at {} ms",
+            self.header.schema_version,
+            self.files.len(),
+            self.header.created_at_ms
+        )
+    }
 }
 
 /// Where attachments live (`files.dir`, or `files/` in the data directory).
@@ -311,18 +301,19 @@ pub fn restore(
             .map_err(|e| BackupError::Invalid(format!("header.json: {e}")))?
     };
     if header.format != FORMAT || header.schema_version != SCHEMA_VERSION {
-        return Err(BackupError::Mismatch {
-            format: header.format,
-            schema: header.schema_version,
-        });
+        return Err(BackupError::Mismatch(format!(
+            "the archive has format {} and schema version {}; this chatd reads format \
+             {FORMAT}, schema {SCHEMA_VERSION}",
+            header.format, header.schema_version
+        )));
     }
     // 2. The target.
     if !force {
         if has_content(data_dir, &["jwt.secret"])? {
-            return Err(BackupError::NotEmpty(data_dir.to_path_buf()));
+            return Err(not_empty(data_dir));
         }
         if has_content(files, &[])? {
-            return Err(BackupError::NotEmpty(files.to_path_buf()));
+            return Err(not_empty(files));
         }
     }
     // 3. Stage every entry, hashing it.
@@ -549,7 +540,7 @@ mod tests {
         tar.into_inner().unwrap().finish().unwrap();
         let target = dir.path().join("data");
         let err = restore(&archive, &target, &target.join("files"), true).unwrap_err();
-        assert!(matches!(err, BackupError::Mismatch { .. }), "{err}");
+        assert!(matches!(err, BackupError::Mismatch(_)), "{err}");
         assert!(err.to_string().contains("schema version"), "{err}");
         assert!(!target.exists(), "nothing may be written");
     }

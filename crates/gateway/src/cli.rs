@@ -213,7 +213,7 @@ pub fn main() -> anyhow::Result<()> {
                 .context("opening the store (is the node still running? then drop --offline)")?;
                 let manifest = crate::backup::create(&store, &files, &out)?;
                 runtime.block_on(store::Store::close(&store))?;
-                print_manifest(&out, &manifest)
+                print_done(&out, &manifest)
             } else {
                 runtime.block_on(backup_online(&config, &out, url, token, admin))
             }
@@ -230,7 +230,7 @@ pub fn main() -> anyhow::Result<()> {
             let files = crate::backup::files_dir(&config);
             let manifest = crate::backup::restore(&from, &config.server.data_dir, &files, force)
                 .with_context(|| format!("restoring {}", from.display()))?;
-            print_manifest(&config.server.data_dir, &manifest)
+            print_done(&config.server.data_dir, &manifest)
         }
         Command::Export { out } => {
             init_tracing();
@@ -244,7 +244,7 @@ pub fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("exporting to {}", out.display()));
                 storage.store.close().await?;
-                print_export(&out, &result?)
+                print_done(&out, &result?)
             })
         }
         Command::Import { from, force } => {
@@ -263,7 +263,7 @@ pub fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("importing {}", from.display()));
                 storage.store.close().await?;
-                print_export(&from, &result?)
+                print_done(&from, &result?)
             })
         }
         Command::ExportCompliance { data_dir } => {
@@ -348,42 +348,11 @@ async fn wait_for_signal() {
     }
 }
 
-/// Prints what a backup or restore did, for the operator's log.
-fn print_manifest(
-    path: &std::path::Path,
-    manifest: &crate::backup::Manifest,
-) -> anyhow::Result<()> {
+/// Prints what a backup, restore, export or import did (its manifest's summary), for the
+/// operator's log.
+fn print_done(path: &std::path::Path, manifest: &dyn std::fmt::Display) -> anyhow::Result<()> {
     use std::io::Write;
-    let pairs: u64 = manifest.keyspaces.values().sum();
-    writeln!(
-        std::io::stdout(),
-        "{}: schema {}, {} store pairs, {} files, taken at {} ms",
-        path.display(),
-        manifest.header.schema_version,
-        pairs,
-        manifest.files.len(),
-        manifest.header.created_at_ms
-    )?;
-    Ok(())
-}
-
-/// Prints what an export or import did, for the operator's log.
-fn print_export(
-    path: &std::path::Path,
-    manifest: &crate::meta_archive::Manifest,
-) -> anyhow::Result<()> {
-    use std::io::Write;
-    let records: u64 = manifest.namespaces.values().sum();
-    writeln!(
-        std::io::stdout(),
-        "{}: {} records in {} namespaces, {} audit entries, {} held messages, exported at {} ms",
-        path.display(),
-        records,
-        manifest.namespaces.len(),
-        manifest.audit,
-        manifest.held,
-        manifest.header.created_at_ms
-    )?;
+    writeln!(std::io::stdout(), "{}: {manifest}", path.display())?;
     Ok(())
 }
 

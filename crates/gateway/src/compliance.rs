@@ -735,7 +735,11 @@ impl Exporter<'_> {
                 return Ok(());
             };
             let after = decode_cursor(&status.cursor)?;
+            // The job's pages count towards `compliance.max_concurrent_reads` with the API's
+            // (the job waits its turn; the semaphore is never closed).
+            let permit = read_permits(&self.config.compliance).acquire().await.ok();
             let page = read_page(self.sources, &after, batch_events).await?;
+            drop(permit);
             let finished = !page.has_more;
             if !page.records.is_empty() {
                 let number = status.batches + 1;
@@ -812,7 +816,12 @@ pub fn spawn_job(state: &AppState) -> bool {
     let Ok(guard) = RUNNING.try_lock() else {
         return false;
     };
-    let state = state.clone();
+    run_job(state.clone(), guard);
+    true
+}
+
+/// Runs the recorded job in the background, holding this process's job slot until it ends.
+fn run_job(state: AppState, guard: tokio::sync::MutexGuard<'static, ()>) {
     tokio::spawn(async move {
         let _guard = guard;
         let ex = Exporter {
@@ -831,7 +840,6 @@ pub fn spawn_job(state: &AppState) -> bool {
             }
         }
     });
-    true
 }
 
 /// Starts an export job (or finds the running one) and runs it here if no job runs in this
@@ -842,13 +850,17 @@ pub async fn start(state: &AppState, by: &UserId) -> Result<ExportStatus, ApiErr
         meta: &*state.meta,
         config: &state.config,
     };
-    let (status, _) = ex.begin(by.as_str()).await.map_err(export_api_error)?;
-    if !spawn_job(state) {
+    // The slot first: a job recorded as running must have a process that runs it (a job
+    // recorded while this process's previous one was ending would otherwise wait for a
+    // restart).
+    let Ok(guard) = RUNNING.try_lock() else {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             "an export is already running on this node; see GET /v1/admin/compliance/exports",
         ));
-    }
+    };
+    let (status, _) = ex.begin(by.as_str()).await.map_err(export_api_error)?;
+    run_job(state.clone(), guard);
     Ok(status)
 }
 

@@ -52,6 +52,9 @@ pub struct RetentionConfig {
     /// Most conversations listed one by one in a dry-run or run report (the totals count
     /// every conversation).
     pub report_conversations: usize,
+    /// Seconds a node's hold on the cluster's pass lease lasts without renewal (renewed every
+    /// fifth of it while the pass runs): how long a dead node's lease blocks the next pass.
+    pub lease_secs: u64,
 }
 
 impl Default for RetentionConfig {
@@ -60,6 +63,7 @@ impl Default for RetentionConfig {
             interval_secs: 3600,
             batch: 500,
             report_conversations: 1000,
+            lease_secs: 300,
         }
     }
 }

@@ -19,9 +19,10 @@
 //! holds metadata (unless forced), then reads it again and loads it: records in small
 //! batches, audit entries and held messages a few at a time concurrently.
 
+pub use crate::archive::ArchiveError as ExportError;
 use crate::archive::{
-    append_bytes, check_entries, with_suffix, write_record, FileEntry, Hashing, HashingReader,
-    Records,
+    append_bytes, check_entries, io_err, with_suffix, write_record, FileEntry, Hashing,
+    HashingReader, Records,
 };
 use futures_util::future::try_join_all;
 use serde::{Deserialize, Serialize};
@@ -50,36 +51,6 @@ const LOAD_BATCH_BYTES: usize = 16 * 1024;
 
 /// Audit entries or held messages written concurrently while loading.
 const LOAD_CONCURRENCY: usize = 32;
-
-/// What went wrong with an export or import.
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    /// Reading or writing a file.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The error.
-        source: io::Error,
-    },
-    /// The store failed.
-    #[error("store: {0}")]
-    Store(#[from] store::StoreError),
-    /// Not a metadata export of a format this chatd reads.
-    #[error("{0}")]
-    Mismatch(String),
-    /// The target already holds metadata and `--force` was not given.
-    #[error("the target store already holds metadata (accounts, records or audit entries); import into an empty keyspace, or use --force to merge into it")]
-    NotEmpty,
-    /// The archive is damaged.
-    #[error("invalid archive: {0}")]
-    Invalid(String),
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ExportError {
-    let context = context.into();
-    move |source| ExportError::Io { context, source }
-}
 
 fn join_err(e: tokio::task::JoinError) -> ExportError {
     ExportError::Io {
@@ -117,6 +88,22 @@ pub struct Manifest {
     pub held: u64,
     /// Every entry but the header and the manifest.
     pub files: Vec<FileEntry>,
+}
+
+/// The one-line summary `chatd export` and `chatd import` print.
+impl std::fmt::Display for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let records: u64 = self.namespaces.values().sum();
+        write!(
+            f,
+            "{records} records in {} namespaces, {} audit entries, {} held messages, \
+             exported at {} ms",
+            self.namespaces.len(),
+            self.audit,
+            self.held,
+            self.header.created_at_ms
+        )
+    }
 }
 
 /// What was counted while writing or loading.
@@ -416,7 +403,11 @@ pub async fn import(from: &Path, target: &Target, force: bool) -> Result<Manifes
         .await
         .map_err(join_err)??;
     if !force && !store::admin_export::is_empty(&*target.admin).await? {
-        return Err(ExportError::NotEmpty);
+        return Err(ExportError::NotEmpty(
+            "the target store already holds metadata (accounts, records or audit entries); \
+             import into an empty keyspace, or use --force to merge into it"
+                .into(),
+        ));
     }
     let (tx, mut rx) = mpsc::channel(CHANNEL);
     let path = from.to_path_buf();
@@ -548,7 +539,7 @@ mod tests {
         // Not again into a store that now holds metadata, unless forced.
         assert!(matches!(
             import(&out, &target(&dst), false).await,
-            Err(ExportError::NotEmpty)
+            Err(ExportError::NotEmpty(_))
         ));
         import(&out, &target(&dst), true).await.unwrap();
     }

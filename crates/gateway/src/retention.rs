@@ -57,10 +57,16 @@ const NS_CANDIDATE: &str = "retention_candidate";
 /// Namespace of the pass lease (one key, `pass`): which node runs a pass, until when.
 pub const NS_LEASE: &str = "retention_lease";
 
-/// How long a lease lasts without renewal; the pass renews it well before.
-const LEASE_MS: u64 = 5 * 60 * 1000;
-/// Renew the lease when it was taken this long ago.
-const RENEW_AFTER_MS: u64 = 60 * 1000;
+/// How long a lease lasts without renewal (`retention.lease_secs`); the pass renews it
+/// after a fifth of that.
+fn lease_ms(state: &AppState) -> u64 {
+    state
+        .config
+        .retention
+        .lease_secs
+        .max(1)
+        .saturating_mul(1000)
+}
 /// Most conversations with their own rule.
 const MAX_CONV_RULES: usize = 10_000;
 /// Longest age accepted (100 years), in seconds: ages are turned into milliseconds.
@@ -538,7 +544,7 @@ async fn pass(
         match &opts.only {
             Some(list) => {
                 for conv in list {
-                    let c = conversation(state, opts, &holds, conv, &mut candidates).await?;
+                    let c = conversation(state, opts, &holds, conv, &mut candidates, None).await?;
                     visit(c, report);
                 }
             }
@@ -550,7 +556,15 @@ async fn pass(
                         if let Some(l) = lease.as_deref_mut() {
                             l.renew(state).await?;
                         }
-                        let c = conversation(state, opts, &holds, conv, &mut candidates).await?;
+                        let c = conversation(
+                            state,
+                            opts,
+                            &holds,
+                            conv,
+                            &mut candidates,
+                            lease.as_deref_mut(),
+                        )
+                        .await?;
                         visit(c, report);
                     }
                     match page.last() {
@@ -617,6 +631,7 @@ async fn conversation(
     holds: &ActiveHolds,
     conv: &ConvId,
     candidates: &mut Candidates,
+    lease: Option<&mut Lease>,
 ) -> Result<ConvReport, ApiError> {
     let kind = kind_of(state, conv).await?;
     let rule = opts.policies.effective(conv, &kind);
@@ -654,6 +669,7 @@ async fn conversation(
         conv,
         candidates,
         c: &mut c,
+        lease,
     };
     if let Some(age) = rule.message_age_secs {
         let cut = opts.as_of.saturating_sub(age.saturating_mul(1000));
@@ -764,6 +780,8 @@ struct ConvPass<'a> {
     conv: &'a ConvId,
     candidates: &'a mut Candidates,
     c: &'a mut ConvReport,
+    /// The cluster lease of a real pass over every conversation, renewed between batches.
+    lease: Option<&'a mut Lease>,
 }
 
 impl ConvPass<'_> {
@@ -773,8 +791,12 @@ impl ConvPass<'_> {
             return Ok(());
         }
         if !self.opts.dry_run {
+            if let Some(l) = self.lease.as_deref_mut() {
+                l.renew(self.state).await?;
+            }
             let seqs: Vec<Seq> = gone.iter().map(|m| m.seq).collect();
             self.state.store.expire(self.conv, &seqs, min).await?;
+            test_batch_delay().await;
         }
         self.c.min_seq = self.c.min_seq.max(min);
         for m in &gone {
@@ -968,7 +990,7 @@ impl Lease {
         }
         let bytes = to_json(&LeaseRecord {
             node: node_name().to_owned(),
-            until: now + LEASE_MS,
+            until: now + lease_ms(state),
         })?;
         match state
             .meta
@@ -983,12 +1005,12 @@ impl Lease {
     /// Extends the lease when it is getting old; fails the pass if another node took it.
     async fn renew(&mut self, state: &AppState) -> Result<(), ApiError> {
         let now = now_ms();
-        if now.saturating_sub(self.taken) < RENEW_AFTER_MS {
+        if now.saturating_sub(self.taken) < lease_ms(state) / 5 {
             return Ok(());
         }
         let bytes = to_json(&LeaseRecord {
             node: node_name().to_owned(),
-            until: now + LEASE_MS,
+            until: now + lease_ms(state),
         })?;
         match state
             .meta
@@ -1025,6 +1047,21 @@ impl Lease {
         }
     }
 }
+
+/// Test builds (`--features test-hooks`): a pause after each deleting batch
+/// (`CHATD_TEST_RETENTION_BATCH_DELAY_MS`), so a test can kill a node mid-pass.
+#[cfg(feature = "test-hooks")]
+async fn test_batch_delay() {
+    if let Some(ms) = std::env::var("CHATD_TEST_RETENTION_BATCH_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+async fn test_batch_delay() {}
 
 /// Starts the scheduled pass (`retention.interval_secs` > 0): one every interval, the first
 /// one an interval after start, whatever the chat activity. Without a policy a pass reads

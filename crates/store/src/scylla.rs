@@ -556,18 +556,25 @@ impl ScyllaStore {
         Ok((min, kept))
     }
 
-    /// The lowest seq a read of `conv` needs to look at: 1 while messages remain below the
-    /// min seq, else the min seq (the deleted rows below are tombstones: not worth reading).
-    async fn read_from(&self, conv: &ConvId) -> Result<u64> {
-        let (min, kept) = self.floor(conv).await?;
-        Ok(if kept { 1 } else { min })
-    }
-
     /// Whether a message other than `skip` is stored in `lo..hi`.
     async fn remains(&self, conv: &ConvId, lo: u64, hi: u64, skip: &HashSet<u64>) -> Result<bool> {
+        Ok(!self.kept_in(conv, lo, hi, skip, 1).await?.is_empty())
+    }
+
+    /// The buckets of `lo..hi` that still hold a message other than `skip` (see
+    /// `kept_buckets`), the lowest `max` of them.
+    async fn kept_in(
+        &self,
+        conv: &ConvId,
+        lo: u64,
+        hi: u64,
+        skip: &HashSet<u64>,
+        max: usize,
+    ) -> Result<Vec<u64>> {
         let st = self.stmts().await?;
+        let mut out = Vec::new();
         if lo >= hi {
-            return Ok(false);
+            return Ok(out);
         }
         for bucket in self.bucket(lo)..=self.bucket(hi - 1) {
             let rows: Vec<(i64,)> = self
@@ -578,11 +585,37 @@ impl ScyllaStore {
                 .await?;
             for (s,) in rows {
                 if !skip.contains(&to_u64(s)?) {
-                    return Ok(true);
+                    out.push(bucket);
+                    break;
                 }
             }
+            if out.len() >= max {
+                break;
+            }
         }
-        Ok(false)
+        Ok(out)
+    }
+
+    /// The next bucket below `bucket` (or above it, `up`) that a read of `conv` must visit
+    /// when messages are kept below its min seq, whose bucket is `floor_bucket`: buckets
+    /// strictly below `floor_bucket` hold only kept messages, and only those listed in
+    /// `kept_buckets` hold any. `None`: nothing further down (up: `floor_bucket` is next).
+    async fn next_kept_bucket(
+        &self,
+        conv: &ConvId,
+        bucket: u64,
+        floor_bucket: u64,
+        up: bool,
+    ) -> Result<Option<u64>> {
+        let st = self.stmts().await?;
+        let (stmt, from) = if up {
+            (&st.select_kept_above, bucket)
+        } else {
+            (&st.select_kept_below, bucket)
+        };
+        let row: Option<(i64,)> = self.one(stmt, (conv.as_str(), to_i64(from)?)).await?;
+        let next = row.map(|(b,)| to_u64(b)).transpose()?;
+        Ok(next.filter(|b| *b < floor_bucket))
     }
 
     /// Failed appends waiting in the retry queue (not yet written).
@@ -1078,10 +1111,14 @@ impl Store for ScyllaStore {
         if top == 0 {
             return Ok(Page::default());
         }
-        let lo = self.read_from(conv).await?;
+        let (min, kept) = self.floor(conv).await?;
+        // While nothing is kept below the min seq, a read starts there (the rows below are
+        // tombstones); else it reaches down to seq 1, hopping over emptied buckets.
+        let lo = if kept { 1 } else { min };
         if top < lo {
             return Ok(Page::default());
         }
+        let floor_bucket = self.bucket(min);
         let want = limit.saturating_add(1);
         let mut out: Vec<Message> = Vec::with_capacity(want.min(1024));
         let first = self.bucket(top);
@@ -1100,12 +1137,24 @@ impl Store for ScyllaStore {
             for r in rows {
                 out.push(message_from_row(r)?);
             }
-            // An empty bucket below the first one means everything older has expired.
-            if out.len() >= want
-                || bucket == 0
-                || bucket <= self.bucket(lo)
-                || (got == 0 && bucket != first)
-            {
+            if out.len() >= want || bucket == 0 || bucket <= self.bucket(lo) {
+                break;
+            }
+            if kept && bucket <= floor_bucket {
+                // Below the min seq's bucket only the buckets with kept messages count.
+                match self
+                    .next_kept_bucket(conv, bucket, floor_bucket, false)
+                    .await?
+                {
+                    Some(b) => {
+                        bucket = b;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            // An empty bucket below the first one means everything older has expired (TTL).
+            if got == 0 && bucket != first {
                 break;
             }
             bucket -= 1;
@@ -1123,11 +1172,13 @@ impl Store for ScyllaStore {
         let Some(lo) = after.0.checked_add(1) else {
             return Ok(Page::default());
         };
-        let lo = lo.max(self.read_from(conv).await?);
+        let (min, kept) = self.floor(conv).await?;
+        let lo = lo.max(if kept { 1 } else { min });
         let (last, _) = self.meta(conv.as_str()).await?;
         if lo > last {
             return Ok(Page::default());
         }
+        let floor_bucket = self.bucket(min);
         let want = limit.saturating_add(1);
         let mut out: Vec<Message> = Vec::with_capacity(want.min(1024));
         let mut bucket = self.bucket(lo);
@@ -1146,7 +1197,14 @@ impl Store for ScyllaStore {
             if out.len() >= want || bucket >= last_bucket {
                 break;
             }
-            bucket += 1;
+            bucket = if kept && bucket < floor_bucket {
+                // Below the min seq's bucket only the buckets with kept messages count.
+                self.next_kept_bucket(conv, bucket, floor_bucket, true)
+                    .await?
+                    .unwrap_or(floor_bucket)
+            } else {
+                bucket + 1
+            };
         }
         let has_more = out.len() > limit;
         out.truncate(limit);
@@ -1496,11 +1554,29 @@ impl Store for ScyllaStore {
             .filter(|s| *s > 0 && *s < raised)
             .collect();
         let skip: HashSet<u64> = targets.iter().copied().collect();
-        let kept = (was_kept && self.remains(conv, 1, current, &skip).await?)
-            || self.remains(conv, current, raised, &skip).await?;
+        // The buckets the raise passes that keep a message: listed before the raise, so a
+        // reader that sees the new min seq finds them (`kept_buckets`).
+        let mut newly_kept = self
+            .kept_in(conv, current, raised, &skip, usize::MAX)
+            .await?;
+        if was_kept {
+            // Kept by a version without the list: list the buckets below too, once.
+            let listed: Option<(i64,)> = self
+                .one(&st.select_kept_below, (conv.as_str(), i64::MAX))
+                .await?;
+            if listed.is_none() {
+                newly_kept.extend(self.kept_in(conv, 1, current, &skip, usize::MAX).await?);
+            }
+        }
+        let kept =
+            (was_kept && self.remains(conv, 1, current, &skip).await?) || !newly_kept.is_empty();
         // The raise first: if a deletion below fails, the seqs at and above the minimum are
         // still all there. `kept` true before the raise, false only after it.
         if kept {
+            for b in &newly_kept {
+                self.exec(&st.insert_kept_bucket, (conv.as_str(), to_i64(*b)?))
+                    .await?;
+            }
             self.exec(&st.update_floor_kept, (true, conv.as_str()))
                 .await?;
         }
@@ -1511,6 +1587,9 @@ impl Store for ScyllaStore {
         if !kept {
             self.exec(&st.update_floor_kept, (false, conv.as_str()))
                 .await?;
+            if was_kept {
+                self.exec(&st.delete_kept_buckets, (conv.as_str(),)).await?;
+            }
         }
         self.remember_floor(conv, raised, kept);
         let c = conv.as_str();

@@ -209,6 +209,20 @@ async fn lost_seq_counter_is_recovered_from_the_store() {
     .await;
 }
 
+/// Kept messages below the min seq are read past whole buckets retention emptied (a bucket
+/// size of 4: the conformance check's seqs 16-47 are eight empty partitions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_hop_over_emptied_buckets_to_kept_messages() {
+    with_keyspace(
+        "kept",
+        |o| o.bucket_size = 4,
+        |store, _| async move {
+            store::conformance::reads_reach_kept_messages_past_emptied_buckets(&store).await;
+        },
+    )
+    .await;
+}
+
 /// History and sync page across partitions (a bucket size of 4 here), and the recovery
 /// path finds the highest seq in the newest bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

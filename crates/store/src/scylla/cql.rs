@@ -95,6 +95,14 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.conv_floor (
         conv text PRIMARY KEY, min_seq bigint, kept boolean
     )",
+    // Per conversation whose `conv_floor.kept` is true: the buckets below the min seq that
+    // still held a message retention kept when the min seq rose past them (a superset: an
+    // entry may outlive its messages until `kept` turns false, which drops the partition).
+    // `history` and `after` hop between them instead of reading the emptied partitions
+    // between (each a partition of tombstones).
+    "CREATE TABLE IF NOT EXISTS {ks}.kept_buckets (
+        conv text, bucket bigint, PRIMARY KEY (conv, bucket)
+    ) WITH CLUSTERING ORDER BY (bucket DESC)",
     // Compliance event log (crate::compliance): one partition per minute of commit time,
     // events in (ts, source, n) order, each written in the batch of the change it records.
     "CREATE TABLE IF NOT EXISTS {ks}.compliance_events (
@@ -208,6 +216,10 @@ pub(super) struct Statements {
     pub delete_message: PreparedStatement,
     pub select_convs_first: PreparedStatement,
     pub select_convs_after: PreparedStatement,
+    pub insert_kept_bucket: PreparedStatement,
+    pub select_kept_below: PreparedStatement,
+    pub select_kept_above: PreparedStatement,
+    pub delete_kept_buckets: PreparedStatement,
 }
 
 impl Statements {
@@ -462,6 +474,20 @@ impl Statements {
                 "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq >= ? AND seq < ?"
             ))
             .await?,
+            insert_kept_bucket: p(format!(
+                "INSERT INTO {ks}.kept_buckets (conv, bucket) VALUES (?, ?)"
+            ))
+            .await?,
+            select_kept_below: p(format!(
+                "SELECT bucket FROM {ks}.kept_buckets WHERE conv = ? AND bucket < ? LIMIT 1"
+            ))
+            .await?,
+            select_kept_above: p(format!(
+                "SELECT bucket FROM {ks}.kept_buckets WHERE conv = ? AND bucket > ? \
+                 ORDER BY bucket ASC LIMIT 1"
+            ))
+            .await?,
+            delete_kept_buckets: p(format!("DELETE FROM {ks}.kept_buckets WHERE conv = ?")).await?,
             select_older_from: p(format!(
                 "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq <= ? \
                  AND seq >= ? LIMIT ?"
