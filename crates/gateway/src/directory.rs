@@ -237,18 +237,14 @@ pub async fn scan_all<T: DeserializeOwned>(
     prefix: &str,
 ) -> Result<Vec<(String, T)>, ApiError> {
     let mut out = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = meta.scan(ns, prefix, &after, 1000).await?;
-        let done = page.len() < 1000;
+    let mut pages = store::Pages::new(&**meta, ns, prefix, 1000);
+    while let Some(page) = pages.next().await? {
         for (k, v) in page {
-            after.clone_from(&k);
-            out.push((k, from_json(&v)?));
-        }
-        if done {
-            return Ok(out);
+            let record = from_json(&v)?;
+            out.push((k, record));
         }
     }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -154,11 +154,9 @@ async fn may_read(state: &AppState, user: &UserId, r: &FileRecord) -> Result<boo
 /// The conversations recorded for a file in namespace `ns` (keys `file_id/conv`).
 async fn convs_of(state: &AppState, ns: &str, file_id: &str) -> Result<Vec<ConvId>, ApiError> {
     let prefix = format!("{file_id}/");
-    let mut after = String::new();
     let mut convs = Vec::new();
-    loop {
-        let page = state.meta.scan(ns, &prefix, &after, 200).await?;
-        let done = page.len() < 200;
+    let mut pages = store::Pages::new(&*state.meta, ns, &prefix, 200);
+    while let Some(page) = pages.next().await? {
         for (key, _) in page {
             if let Some(conv) = key
                 .strip_prefix(&prefix)
@@ -166,12 +164,9 @@ async fn convs_of(state: &AppState, ns: &str, file_id: &str) -> Result<Vec<ConvI
             {
                 convs.push(conv);
             }
-            after = key;
-        }
-        if done {
-            return Ok(convs);
         }
     }
+    Ok(convs)
 }
 
 /// The record of file `id` if `user` may read it: `not_found` or `forbidden` otherwise.

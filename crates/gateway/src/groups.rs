@@ -272,16 +272,9 @@ async fn scan_unit(
     prefix: &str,
 ) -> Result<Vec<(String, ())>, ApiError> {
     let mut out = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = state.meta.scan(ns, prefix, &after, 1000).await?;
-        let done = page.len() < 1000;
-        for (k, _) in page {
-            after.clone_from(&k);
-            out.push((k, ()));
-        }
-        if done {
-            return Ok(out);
-        }
+    let mut pages = store::Pages::new(&*state.meta, ns, prefix, 1000);
+    while let Some(page) = pages.next().await? {
+        out.extend(page.into_iter().map(|(k, _)| (k, ())));
     }
+    Ok(out)
 }

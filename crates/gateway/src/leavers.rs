@@ -411,12 +411,9 @@ pub async fn erase_due(state: &AppState) -> Result<usize, ApiError> {
     }
     let due_before = now_ms().saturating_sub(days.saturating_mul(day_ms()));
     let mut erased = 0;
-    let mut after = String::new();
-    loop {
-        let page = state.meta.scan(NS_LEAVER, "", &after, SCAN_PAGE).await?;
-        let last_page = page.len() < SCAN_PAGE;
+    let mut pages = store::Pages::new(&*state.meta, NS_LEAVER, "", SCAN_PAGE);
+    while let Some(page) = pages.next().await? {
         for (key, raw) in page {
-            after.clone_from(&key);
             let record: LeaverRecord = match from_json(&raw) {
                 Ok(r) => r,
                 Err(e) => {
@@ -442,10 +439,8 @@ pub async fn erase_due(state: &AppState) -> Result<usize, ApiError> {
                 return Ok(erased);
             }
         }
-        if last_page {
-            return Ok(erased);
-        }
     }
+    Ok(erased)
 }
 
 /// Anonymises one leaver's account unless it was re-activated or a legal hold applies.

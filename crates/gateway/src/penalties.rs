@@ -383,10 +383,8 @@ impl Penalties {
         let mut fresh: HashMap<UserId, Restriction> = HashMap::new();
         let mut overflow = false;
         let mut ended = Vec::new();
-        let mut after = String::new();
-        loop {
-            let page = self.meta.scan(NS_PENALTY, "", &after, PAGE).await?;
-            let done = page.len() < PAGE;
+        let mut pages = store::Pages::new(&*self.meta, NS_PENALTY, "", PAGE);
+        while let Some(page) = pages.next().await? {
             for (key, value) in page {
                 let r = decode_penalty(&key, &value)
                     .map(|r| r.restriction())
@@ -399,10 +397,6 @@ impl Penalties {
                     None if ended.len() < PAGE => ended.push((key.clone(), value)),
                     None => {}
                 }
-                after = key;
-            }
-            if done {
-                break;
             }
         }
         // Put in what the store holds first, then drop what it no longer holds, so a user

@@ -911,18 +911,11 @@ async fn files(
 /// Every key of `ns` under `prefix` (values ignored: shares are empty).
 async fn scan_keys(state: &AppState, ns: &str, prefix: &str) -> Result<Vec<String>, ApiError> {
     let mut out = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = state.meta.scan(ns, prefix, &after, 500).await?;
-        let done = page.len() < 500;
-        for (k, _) in page {
-            after.clone_from(&k);
-            out.push(k);
-        }
-        if done {
-            return Ok(out);
-        }
+    let mut pages = store::Pages::new(&*state.meta, ns, prefix, 500);
+    while let Some(page) = pages.next().await? {
+        out.extend(page.into_iter().map(|(k, _)| k));
     }
+    Ok(out)
 }
 
 /// Recalled content kept by a hold that no hold covers any more: deleted with its file

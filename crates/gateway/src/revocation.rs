@@ -116,24 +116,16 @@ impl Revocations {
             known.before = r.before;
         }
         let prefix = format!("{user}/");
-        let mut after = String::new();
-        loop {
-            let page = self
-                .meta
-                .scan(NS_REVOKED_TOKEN, &prefix, &after, 500)
-                .await?;
-            let done = page.len() < 500;
+        let mut pages = store::Pages::new(&*self.meta, NS_REVOKED_TOKEN, &prefix, 500);
+        while let Some(page) = pages.next().await? {
             for (key, value) in page {
                 if let Some(id) = key.strip_prefix(&prefix) {
                     let r: TokenRecord = decode(&value)?;
                     known.tokens.insert(id.into(), r.until);
                 }
-                after = key;
-            }
-            if done {
-                return Ok(known);
             }
         }
+        Ok(known)
     }
 
     /// What this node knows about the user, read from the store when the cache is stale.
@@ -232,10 +224,8 @@ impl Revocations {
         let now = crate::clock::now_secs();
         let mut removed = 0;
         for ns in [NS_REVOKED_TOKEN, NS_REVOKED_USER] {
-            let mut after = String::new();
-            loop {
-                let page = self.meta.scan(ns, "", &after, 500).await?;
-                let done = page.len() < 500;
+            let mut pages = store::Pages::new(&*self.meta, ns, "", 500);
+            while let Some(page) = pages.next().await? {
                 let mut expired = Vec::new();
                 for (key, value) in page {
                     let until = serde_json::from_slice::<serde_json::Value>(&value)
@@ -245,14 +235,10 @@ impl Revocations {
                     if until < now {
                         expired.push(MetaOp::delete(ns, &key));
                     }
-                    after = key;
                 }
                 removed += expired.len();
                 if !expired.is_empty() {
                     self.meta.apply(expired).await?;
-                }
-                if done {
-                    break;
                 }
             }
         }

@@ -529,6 +529,21 @@ pub async fn meta_records<S: MetaStore>(store: &S) {
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].0, "user:b");
     assert_eq!(store.scan(&ns, "", "", 10).await.unwrap().len(), 4);
+    // The paging walk: every record under the prefix once, in key order, whatever the page
+    // size (a full last page ends with one empty read, never an empty page).
+    for size in [1, 2, 3, 4] {
+        let mut pages = crate::Pages::new(store, &ns, "user:", size);
+        let mut walked = Vec::new();
+        while let Some(page) = pages.next().await.unwrap() {
+            assert!(!page.is_empty() && page.len() <= size);
+            walked.extend(page.into_iter().map(|(k, _)| k));
+        }
+        assert_eq!(
+            walked,
+            vec!["user:a", "user:b", "user:c"],
+            "pages of {size}"
+        );
+    }
     store
         .apply(vec![
             MetaOp::delete(&ns, "user:b"),

@@ -27,7 +27,7 @@ pub mod scylla;
 pub use admin_export::{AdminExport, AdminRecord};
 pub use compliance::{EventBody, EventId, EventPage, MemberChange, StoredEvent};
 pub use error::{BoxError, StoreError};
-pub use meta::{MetaOp, MetaStore, Swap};
+pub use meta::{MetaOp, MetaStore, Pages, Swap};
 pub use model::*;
 pub use review::{AuditEntry, AuditQuery, HeldMessage, ReviewStore};
 

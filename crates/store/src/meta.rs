@@ -101,6 +101,54 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn compare_and_delete(&self, ns: &str, key: &str, expected: Vec<u8>) -> Result<Swap>;
 }
 
+/// A walk over the records of one namespace under a key prefix, page by page in key order:
+/// the paging loop (remember the last key, stop after a short page) written once for every
+/// caller of [`MetaStore::scan`] that reads more than one page.
+pub struct Pages<'a> {
+    meta: &'a dyn MetaStore,
+    ns: &'a str,
+    prefix: &'a str,
+    after: String,
+    size: usize,
+    done: bool,
+}
+
+impl<'a> Pages<'a> {
+    /// Pages of at most `size` records (at least 1) of `ns` whose keys start with `prefix`.
+    pub fn new(meta: &'a dyn MetaStore, ns: &'a str, prefix: &'a str, size: usize) -> Self {
+        Self {
+            meta,
+            ns,
+            prefix,
+            after: String::new(),
+            size: size.max(1),
+            done: false,
+        }
+    }
+
+    /// The next page, or `None` after the last one. Never returns an empty page.
+    pub async fn next(&mut self) -> Result<Option<Vec<(String, Vec<u8>)>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .meta
+            .scan(self.ns, self.prefix, &self.after, self.size)
+            .await?;
+        self.done = page.len() < self.size;
+        match page.last() {
+            Some((key, _)) => {
+                self.after.clone_from(key);
+                Ok(Some(page))
+            }
+            None => {
+                self.done = true;
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// The upper bound of a key prefix for range scans: the prefix followed by the largest
 /// character, so every key starting with the prefix sorts below it.
 pub fn prefix_end(prefix: &str) -> String {
