@@ -24,6 +24,13 @@ fn opts() -> NodeOpts {
         .env("CHATD_COMPLIANCE__OFFICERS", r#"["auditor"]"#)
         .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
         .env("CHATD_LIMITS__SEND_BURST", 100_000)
+        // The per-account HTTP budgets would refuse most of each flood with 429 first
+        // (tests/tests/hardening_rates.rs); raised here so the floods reach the endpoints'
+        // own budgets, which hold for many accounts flooding at once.
+        .env("CHATD_LIMITS__HTTP_WRITES_PER_SEC", 100_000)
+        .env("CHATD_LIMITS__HTTP_WRITES_BURST", 100_000)
+        .env("CHATD_LIMITS__HTTP_READS_PER_SEC", 100_000)
+        .env("CHATD_LIMITS__HTTP_READS_BURST", 100_000)
 }
 
 /// `workers` tasks each send `make(worker, n)` (the n-th request of that worker) until `for_`
