@@ -253,7 +253,8 @@ describe('web app in chromium', () => {
     await row.getByRole('button', { name: 'Deactivate' }).waitFor();
     await root.getByLabel('Successor for the groups of a leaver').fill('carol');
     await row.getByRole('button', { name: 'Deactivate' }).click();
-    await row.getByRole('button', { name: 'Activate' }).waitFor();
+    // exact: a name match is otherwise a case-insensitive substring, and "Deactivate" contains it.
+    await row.getByRole('button', { name: 'Activate', exact: true }).waitFor();
     const detail = await admin.call<{ members: { user: string; role: string }[] }>('GET', `/v1/groups/${g.id}`);
     expect(detail.members.find((m) => m.role === 'owner')?.user).toBe('carol');
   });
