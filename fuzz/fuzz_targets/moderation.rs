@@ -43,6 +43,9 @@ fn rules() -> &'static Rules {
             .into_iter()
             .collect(),
             forbid_secret_markers: true,
+            // The group words' pinyin and initials forms too.
+            words_pinyin: true,
+            words_initials: true,
         };
         let group = GroupPolicy::compile(&spec, &shipped).unwrap_or_else(|e| panic!("group: {e}"));
         Rules { shipped, group }
