@@ -41,6 +41,13 @@ async fn innocent_dm(from: &mut Client, to: &mut Client, to_user: &str, cmid: &s
     );
 }
 
+/// The innocent pair: `ann`, who took no part in the attack, DMs `bob` on fresh sessions.
+async fn ann_dms_bob(node: &Node) {
+    let mut ann = Client::connect(node, "ann").await;
+    let mut bob = Client::connect(node, "bob").await;
+    innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
+}
+
 #[tokio::test]
 async fn many_sessions_of_one_account_share_one_message_budget() {
     let node = Node::start_with(
@@ -178,9 +185,7 @@ async fn a_flood_of_http_changes_gets_429_and_others_keep_working() {
     // Another user's change and chat still work.
     let id = api.create_group("ann", "ann's group", &[]).await;
     assert!(!id.is_empty());
-    let mut ann = Client::connect(&node, "ann").await;
-    let mut bob = Client::connect(&node, "bob").await;
-    innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
+    ann_dms_bob(&node).await;
 }
 
 #[tokio::test]
@@ -218,9 +223,7 @@ async fn uploads_never_take_the_disk_below_the_reserve() {
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
     assert_eq!(body["error"]["retry"], true, "{body}");
     // The node keeps serving chat.
-    let mut ann = Client::connect(&node, "ann").await;
-    let mut bob = Client::connect(&node, "bob").await;
-    innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
+    ann_dms_bob(&node).await;
 }
 
 #[tokio::test]
@@ -275,9 +278,7 @@ async fn a_flood_of_requests_on_one_session_is_rate_limited_and_the_session_stay
         .recv_until(|f| matches!(f, ServerFrame::Pong { .. }))
         .await;
     assert!(matches!(f, ServerFrame::Pong { .. }));
-    let mut ann = Client::connect(&node, "ann").await;
-    let mut bob = Client::connect(&node, "bob").await;
-    innocent_dm(&mut ann, &mut bob, "bob", "ann-1").await;
+    ann_dms_bob(&node).await;
 }
 
 #[tokio::test]

@@ -41,6 +41,8 @@ pub struct UserRates {
     http_writes: DefaultKeyedRateLimiter<UserId>,
     http_reads: DefaultKeyedRateLimiter<UserId>,
     upload_kib: DefaultKeyedRateLimiter<UserId>,
+    /// Checks so far, for [`UserRates::maybe_prune`].
+    checks: std::sync::atomic::AtomicU64,
 }
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -50,6 +52,10 @@ fn nz(n: u32) -> NonZeroU32 {
 fn keyed(per_sec: u32, burst: u32) -> DefaultKeyedRateLimiter<UserId> {
     RateLimiter::keyed(Quota::per_second(nz(per_sec)).allow_burst(nz(burst)))
 }
+
+/// Checks between two looks at the limiters' sizes: counting keys locks every shard of a
+/// limiter's map, which a send should not pay each time.
+const PRUNE_EVERY: u64 = 4096;
 
 fn prune(limiter: &DefaultKeyedRateLimiter<UserId>) {
     if limiter.len() > PRUNE_ABOVE {
@@ -71,6 +77,7 @@ impl UserRates {
                 .allow_burst(nz(day_kib)),
         );
         Self {
+            checks: std::sync::atomic::AtomicU64::new(0),
             upload_kib,
             // Never below one session's own limit: a single session keeps its full rate.
             messages: keyed(
@@ -84,12 +91,30 @@ impl UserRates {
         }
     }
 
+    /// Every [`PRUNE_EVERY`] checks, drops idle keys from each limiter that holds more than
+    /// [`PRUNE_ABOVE`] of them.
+    fn maybe_prune(&self) {
+        let n = self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            for limiter in [
+                &self.messages,
+                &self.deliveries,
+                &self.http_writes,
+                &self.http_reads,
+                &self.upload_kib,
+            ] {
+                prune(limiter);
+            }
+        }
+    }
+
     /// Charges one message to `recipients` members to `user`; `rate_limited` when either the
     /// user's message rate or their delivery rate is spent (nothing is charged then for the
     /// delivery budget; a refused message still counts as an attempt against the message rate).
     pub fn check_send(&self, user: &UserId, recipients: usize) -> Result<(), ApiError> {
-        prune(&self.messages);
-        prune(&self.deliveries);
+        self.maybe_prune();
         if self.messages.check_key(user).is_err() {
             return Err(ApiError::new(
                 ErrorCode::RateLimited,
@@ -112,7 +137,7 @@ impl UserRates {
     /// Charges an upload of `bytes` to `user`; `rate_limited` when their day's budget
     /// (`files.upload_bytes_per_day`) does not hold it.
     pub fn check_upload_bytes(&self, user: &UserId, bytes: u64) -> Result<(), ApiError> {
-        prune(&self.upload_kib);
+        self.maybe_prune();
         let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
         match self.upload_kib.check_key_n(user, nz(kib)) {
             Ok(Ok(())) => Ok(()),
@@ -126,7 +151,7 @@ impl UserRates {
     /// Charges one authenticated HTTP read (`GET`, `HEAD`) to `user`; `rate_limited` when
     /// their budget is spent.
     pub fn check_http_read(&self, user: &UserId) -> Result<(), ApiError> {
-        prune(&self.http_reads);
+        self.maybe_prune();
         self.http_reads.check_key(user).map_err(|_| {
             ApiError::new(
                 ErrorCode::RateLimited,
@@ -137,7 +162,7 @@ impl UserRates {
 
     /// Charges one mutating HTTP request to `user`; `rate_limited` when their budget is spent.
     pub fn check_http_write(&self, user: &UserId) -> Result<(), ApiError> {
-        prune(&self.http_writes);
+        self.maybe_prune();
         self.http_writes.check_key(user).map_err(|_| {
             ApiError::new(
                 ErrorCode::RateLimited,

@@ -1455,7 +1455,7 @@ mod tests {
     /// server's own time per call (`INFO commandstats`, so use a Redis nobody else loads:
     /// `CHATD_BENCH_REDIS_URL`). Run with `--ignored --nocapture`.
     #[tokio::test]
-    #[ignore]
+    #[ignore = "benchmark (prints timings, asserts little); scripts/test.sh runs it with --include-ignored"]
     async fn bench_seq_next_with_and_without_the_record() {
         let url = std::env::var("CHATD_BENCH_REDIS_URL").unwrap_or_else(|_| redis_url());
         let ns = format!("bench{}", rand_suffix());
@@ -1526,7 +1526,7 @@ mod tests {
     /// wall time per round and the Redis server's time per round (`INFO commandstats`; use a
     /// Redis nobody else loads: `CHATD_BENCH_REDIS_URL`). Run with `--ignored --nocapture`.
     #[tokio::test]
-    #[ignore]
+    #[ignore = "benchmark (prints timings, asserts little); scripts/test.sh runs it with --include-ignored"]
     async fn bench_tail_check_reads() {
         let url = std::env::var("CHATD_BENCH_REDIS_URL").unwrap_or_else(|_| redis_url());
         let ns = format!("bench{}", rand_suffix());
