@@ -111,10 +111,6 @@ impl Node {
             hub,
             membership,
             known_users: DashSet::new(),
-            upload_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
-                std::num::NonZeroU32::new(config.files.uploads_per_minute.max(1))
-                    .unwrap_or(std::num::NonZeroU32::MIN),
-            )),
             user_rates: crate::user_rates::UserRates::new(&config.limits, &config.files),
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 config.files.max_concurrent_uploads.max(1),

@@ -47,8 +47,6 @@ pub struct Inner {
     pub connections: Arc<Semaphore>,
     /// Sign-in attempts per user id (`auth.login_attempts_per_minute`).
     pub login_limiter: governor::DefaultKeyedRateLimiter<UserId>,
-    /// Uploads per user id (`files.uploads_per_minute`).
-    pub upload_limiter: governor::DefaultKeyedRateLimiter<UserId>,
     /// Per-user message, delivery and HTTP write rates across sessions (`limits.user_*`,
     /// `limits.http_writes_*`).
     pub user_rates: crate::user_rates::UserRates,

@@ -16,7 +16,7 @@
 //!   changes, announcements, uploads' records;
 //! - **HTTP reads** (`limits.http_reads_per_sec`, `limits.http_reads_burst`): every other
 //!   authenticated HTTP request (searches, listings, audit and history reads);
-//! - **upload bytes** (`files.upload_bytes_per_day`): bytes one user uploads per day, refilled
+//! - **uploads** (`files.uploads_per_minute`) and **upload bytes** (`files.upload_bytes_per_day`): bytes one user uploads per day, refilled
 //!   evenly, counted in KiB.
 //!
 //! Each refusal is `rate_limited` (HTTP 429, `retry: true`) and changes nothing. The limits are
@@ -41,6 +41,8 @@ pub struct UserRates {
     http_writes: DefaultKeyedRateLimiter<UserId>,
     http_reads: DefaultKeyedRateLimiter<UserId>,
     upload_kib: DefaultKeyedRateLimiter<UserId>,
+    uploads: DefaultKeyedRateLimiter<UserId>,
+    uploads_per_minute: u32,
     /// Checks so far, for [`UserRates::maybe_prune`].
     checks: std::sync::atomic::AtomicU64,
 }
@@ -77,6 +79,8 @@ impl UserRates {
                 .allow_burst(nz(day_kib)),
         );
         Self {
+            uploads: RateLimiter::keyed(Quota::per_minute(nz(files.uploads_per_minute))),
+            uploads_per_minute: files.uploads_per_minute,
             checks: std::sync::atomic::AtomicU64::new(0),
             upload_kib,
             // Never below one session's own limit: a single session keeps its full rate.
@@ -104,6 +108,7 @@ impl UserRates {
                 &self.http_writes,
                 &self.http_reads,
                 &self.upload_kib,
+                &self.uploads,
             ] {
                 prune(limiter);
             }
@@ -132,6 +137,21 @@ impl UserRates {
                 "this account's messages reach too many recipients per second; slow down and retry",
             )),
         }
+    }
+
+    /// Charges the start of an upload to `user`; `rate_limited` past
+    /// `files.uploads_per_minute`.
+    pub fn check_upload_start(&self, user: &UserId) -> Result<(), ApiError> {
+        self.maybe_prune();
+        self.uploads.check_key(user).map_err(|_| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} uploads in a minute (files.uploads_per_minute)",
+                    self.uploads_per_minute
+                ),
+            )
+        })
     }
 
     /// Charges an upload of `bytes` to `user`; `rate_limited` when their day's budget

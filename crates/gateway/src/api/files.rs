@@ -59,15 +59,7 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if state.upload_limiter.check_key(&me).is_err() {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "more than {} uploads in a minute (files.uploads_per_minute)",
-                state.config.files.uploads_per_minute
-            ),
-        ));
-    }
+    state.user_rates.check_upload_start(&me)?;
     let Some(_mine) = crate::budget::UserSlot::take(
         &state.uploads_by_user,
         &me,
