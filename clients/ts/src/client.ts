@@ -60,6 +60,11 @@ export interface ClientOptions {
   syncLimit?: number;
   /** The least wait before reconnecting after close 4002 (rate limited), ms. */
   rateLimitedDelayMs?: number;
+  /**
+   * How many times a request answered `rate_limited` (over the session's request budget) is
+   * sent again, after 250 ms × 2^attempt with jitter, before it rejects (default 4).
+   */
+  rateLimitedRetries?: number;
   /** Random source in [0, 1) (tests make it deterministic). */
   random?: () => number;
 }
@@ -111,7 +116,10 @@ const OPEN = 1;
  */
 export class ChatClient extends Emitter<ClientEvents> {
   private readonly opts: Required<
-    Pick<ClientOptions, 'backoff' | 'requestTimeoutMs' | 'syncLimit' | 'random' | 'rateLimitedDelayMs'>
+    Pick<
+      ClientOptions,
+      'backoff' | 'requestTimeoutMs' | 'syncLimit' | 'random' | 'rateLimitedDelayMs' | 'rateLimitedRetries'
+    >
   > &
     ClientOptions;
   private ws: SocketLike | null = null;
@@ -136,6 +144,7 @@ export class ChatClient extends Emitter<ClientEvents> {
       requestTimeoutMs: 15_000,
       syncLimit: 200,
       rateLimitedDelayMs: 5_000,
+      rateLimitedRetries: 4,
       random: Math.random,
       ...options,
     };
@@ -237,8 +246,27 @@ export class ChatClient extends Emitter<ClientEvents> {
     await this.request({ type: 'ping' });
   }
 
-  /** Sends a request frame and resolves with its reply (an `error` reply rejects). */
-  request(frame: Exclude<ClientFrame, SendFrame>): Promise<ServerFrame> {
+  /**
+   * Sends a request frame and resolves with its reply (an `error` reply rejects). A
+   * `rate_limited` reply is retried with exponential backoff and jitter (see
+   * `rateLimitedRetries`): the server refuses requests over the session's budget without
+   * closing it, and every request here is safe to repeat.
+   */
+  async request(frame: Exclude<ClientFrame, SendFrame>): Promise<ServerFrame> {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await this.requestOnce(frame);
+      } catch (e) {
+        const again =
+          e instanceof ChatError && e.code === 'rate_limited' && attempt < this.opts.rateLimitedRetries;
+        if (!again) throw e;
+        const wait = 250 * 2 ** attempt * (0.5 + this.opts.random());
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+  }
+
+  private requestOnce(frame: Exclude<ClientFrame, SendFrame>): Promise<ServerFrame> {
     return new Promise((resolve, reject) => {
       if (this._state !== 'open' || !this.ws) {
         reject(new ChatError('disconnected', 'not connected', true));

@@ -238,6 +238,30 @@ describe('ChatClient against a mock socket', () => {
     await ping;
   });
 
+  it('retries a request answered rate_limited with backoff, then gives up after the set retries', async () => {
+    const s = setup({ random: () => 0, rateLimitedRetries: 2 });
+    s.client.connect();
+    const sock = await connected(s);
+    const limited = (rid: string | undefined): ServerFrame => ({
+      type: 'error', rid, code: 'rate_limited', message: 'too many requests', retry: true,
+    });
+    const histories = () => sock.sent.filter((f) => f.type === 'history');
+    const h = s.client.history('dm:alice:bob');
+    sock.push(limited(sock.last('history').rid));
+    // Sent again (a fresh rid) after the back-off, and the second answer is the reply.
+    await until(() => histories().length === 2);
+    expect(histories()[1]!.rid).not.toBe(histories()[0]!.rid);
+    sock.push({ type: 'history', rid: sock.last('history').rid, conv: 'dm:alice:bob', messages: [], has_more: false });
+    await expect(h).resolves.toMatchObject({ has_more: false });
+    // Refused three times in a row: two retries, then the error reaches the caller.
+    const p = s.client.ping();
+    for (let n = 1; n <= 3; n += 1) {
+      await until(() => sock.sent.filter((f) => f.type === 'ping').length === n);
+      sock.push(limited(sock.last('ping').rid));
+    }
+    await expect(p).rejects.toMatchObject({ code: 'rate_limited', retry: true });
+  });
+
   it('refuses a send larger than max_frame_bytes locally', async () => {
     const s = setup();
     s.client.connect();
