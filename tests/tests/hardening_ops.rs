@@ -230,6 +230,74 @@ async fn a_flood_of_compliance_event_reads_gets_503_and_400_and_chat_stays_fast(
     assert_eq!(s, 200);
 }
 
+#[tokio::test]
+async fn slow_readers_of_compliance_pages_hold_their_read_slots_until_the_page_is_sent() {
+    // 600 messages of 8,000 characters: a page of every event is ~5 MB, more than the
+    // sockets' buffers, so a reader that stops reading keeps the rest of it unsent.
+    let (node, api, _carol, _g) = seeded(opts(), 600, 7900).await;
+    // Both read slots (`compliance.max_concurrent_reads` = 2) taken by readers that read the
+    // status line and then nothing more.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(stalled_reader(&node).await);
+    }
+    let (s, v) = api
+        .call(
+            Method::GET,
+            "/v1/admin/compliance/events?limit=10",
+            Some("boss"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 503, "the pages still being sent hold the two slots: {v}");
+    assert_eq!(code(&v), "unavailable");
+    // The slow readers give up: the slots come back.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, _) = api
+            .call(
+                Method::GET,
+                "/v1/admin/compliance/events?limit=10",
+                Some("boss"),
+                None,
+            )
+            .await;
+        if s == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slots never came back ({s})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And an innocent pair still chats.
+    let mut alice = Client::connect(&node, "alice").await;
+    let mut bob = Client::connect(&node, "bob").await;
+    let ack = alice.send_dm("bob", "still-here", "still here").await;
+    assert!(matches!(ack, protocol::ServerFrame::Ack { .. }), "{ack:?}");
+    assert_eq!(bob.next_message().await.body, "still here");
+}
+
+/// A raw HTTP/1.1 connection with a tiny receive buffer that asks for a page of 1000 events,
+/// reads the response's first bytes (status 200) and then stops reading.
+async fn stalled_reader(node: &Node) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: std::net::SocketAddr = node.http()["http://".len()..].parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/admin/compliance/events?limit=1000 HTTP/1.1\r\nHost: chatd\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        token("auditor")
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 512];
+    let n = stream.read(&mut head).await.unwrap();
+    let text = String::from_utf8_lossy(&head[..n]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    stream
+}
+
 fn events_url_of(base: &str, after: &str, limit: usize) -> String {
     format!("{base}/v1/admin/compliance/events?after={after}&limit={limit}")
 }

@@ -168,25 +168,35 @@ async fn held_copy(
 
 /// Reads up to `limit` records after `after`, refusing with 503 when
 /// `compliance.max_concurrent_reads` pages are already being read.
+///
+/// The read slot comes back with the page: the caller holds it until the page has been sent,
+/// so the slots bound the memory of pages in flight to slow readers too.
 pub async fn page_now(
     state: &AppState,
     after: &EventId,
     limit: usize,
-) -> Result<RecordPage, ApiError> {
+) -> Result<(RecordPage, ReadSlot), ApiError> {
     let max = state.config.compliance.max_page.clamp(1, MAX_EVENTS);
     if limit == 0 || limit > max {
         return Err(ApiError::bad_request(format!(
             "limit: between 1 and {max} (compliance.max_page)"
         )));
     }
-    let Ok(_permit) = read_permits(&state.config.compliance).try_acquire() else {
+    let Ok(permit) = read_permits(&state.config.compliance).try_acquire() else {
         crate::metrics::budget_refused("compliance_read");
         return Err(ApiError::new(
             ErrorCode::Unavailable,
             "compliance reads are busy on this node; retry shortly",
         ));
     };
-    read_page(Sources::of(state), after, limit).await
+    let page = read_page(Sources::of(state), after, limit).await?;
+    Ok((page, ReadSlot { _permit: permit }))
+}
+
+/// One of the node's `compliance.max_concurrent_reads` page-read slots, free again when
+/// dropped.
+pub struct ReadSlot {
+    _permit: tokio::sync::SemaphorePermit<'static>,
 }
 
 /// Reads up to `limit` records after `after`: the store's final events, each message

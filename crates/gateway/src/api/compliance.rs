@@ -6,11 +6,14 @@ use super::Caller;
 use crate::compliance::{self, ExportStatus};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde::Deserialize;
+use std::convert::Infallible;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -46,11 +49,14 @@ async fn events(
 ) -> Result<Response, ApiError> {
     compliance::require_officer(&state, &me)?;
     let after = compliance::decode_cursor(q.after.as_deref().unwrap_or(""))?;
-    let page = compliance::page_now(&state, &after, q.limit.unwrap_or(100)).await?;
-    let body = compliance::jsonl(&page.records)?;
+    let (page, slot) = compliance::page_now(&state, &after, q.limit.unwrap_or(100)).await?;
+    let jsonl = compliance::jsonl(&page.records)?;
+    let length = jsonl.len().to_string();
+    let body = sent_holding(jsonl, slot);
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
+            (header::CONTENT_LENGTH, length),
             (
                 header::HeaderName::from_static("chatd-next-cursor"),
                 compliance::encode_cursor(&page.next),
@@ -67,6 +73,23 @@ async fn events(
         body,
     )
         .into_response())
+}
+
+/// The bytes of a page as a response body that keeps the read slot until its last chunk is
+/// handed to the connection: a slow reader holds its slot, so the slots bound the memory of
+/// pages in flight (released when the client has taken all but the last 64 KiB).
+fn sent_holding(bytes: Vec<u8>, slot: compliance::ReadSlot) -> Body {
+    const CHUNK: usize = 64 * 1024;
+    let bytes = Bytes::from(bytes);
+    let chunks = (0..bytes.len().div_ceil(CHUNK)).map(move |i| {
+        let end = bytes.len().min((i + 1) * CHUNK);
+        Ok::<_, Infallible>(bytes.slice(i * CHUNK..end))
+    });
+    let stream = futures_util::stream::iter(chunks).chain(futures_util::stream::once(async move {
+        drop(slot);
+        Ok(Bytes::new())
+    }));
+    Body::from_stream(stream)
 }
 
 /// The export's progress: the cursor after the last exported event, batches and events so
