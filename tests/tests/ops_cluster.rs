@@ -27,7 +27,8 @@ async fn a_retention_pass_killed_mid_way_is_finished_by_the_other_node_after_the
     // Node one pauses after each batch: a pass over 80 old messages takes a few seconds.
     let mut one =
         Node::start_with(node_opts("ret1").env("CHATD_TEST_RETENTION_BATCH_DELAY_MS", 400));
-    let two = Node::start_with(node_opts("ret2"));
+    // Node two serves /metrics on its main listener (to administrators).
+    let two = Node::start_with(node_opts("ret2").env("CHATD_METRICS__LISTEN", ""));
     let api1 = Api::new(&one);
     let api2 = Api::new(&two);
     for u in ["ann", "hal", "bob"] {
@@ -111,6 +112,15 @@ async fn a_retention_pass_killed_mid_way_is_finished_by_the_other_node_after_the
             .unwrap()
             .contains("another node"),
         "{b}"
+    );
+    // The refusal is counted like the other budgets' refusals.
+    let (s, m) = api2.call(Method::GET, "/metrics", Some("boss"), None).await;
+    assert_eq!(s, 200);
+    assert!(
+        m.as_str()
+            .unwrap()
+            .contains("chatd_budget_refusals_total{budget=\"retention\"} 1"),
+        "{m}"
     );
     one.kill9();
     assert!(run1.await.unwrap().is_err(), "node one died mid-pass");

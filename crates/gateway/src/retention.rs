@@ -421,10 +421,11 @@ pub async fn run(state: &AppState, opts: PassOptions) -> Result<Report, ApiError
         match Lease::acquire(state).await? {
             Some(l) => Some(l),
             None => {
+                crate::metrics::budget_refused("retention");
                 return Err(ApiError::new(
                     ErrorCode::Unavailable,
                     "another node is running a retention pass; retry later",
-                ))
+                ));
             }
         }
     };
