@@ -13,20 +13,6 @@ use testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn admin_opts() -> NodeOpts {
-    NodeOpts::default().env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
-}
-
-/// The resident set size of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 async fn login(api: &Api, user: &str, password: &str) -> (u16, Value) {
     api.call(
         Method::POST,
@@ -51,40 +37,6 @@ async fn login_ok(api: &Api, user: &str, password: &str) -> String {
     panic!("sign-in stayed busy");
 }
 
-fn code(b: &Value) -> &str {
-    b["error"]["code"].as_str().unwrap_or_default()
-}
-
-/// Alice and Bob exchange direct messages until `stop`; returns each round trip (send to
-/// delivery).
-async fn chat_until(
-    mut alice: Client,
-    mut bob: Client,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<Duration> {
-    let mut rtts = Vec::new();
-    let mut i = 0;
-    while !*stop.borrow() {
-        let t = Instant::now();
-        let ack = alice.send_dm("bob", &format!("m{i}"), "still here?").await;
-        ack_seq(&ack);
-        let m = bob.next_message().await;
-        assert_eq!(m.body, "still here?");
-        rtts.push(t.elapsed());
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    rtts
-}
-
-fn describe(rtts: &[Duration]) -> (Duration, Duration) {
-    let mut v = rtts.to_vec();
-    v.sort();
-    let p50 = v[v.len() / 2];
-    let max = *v.last().unwrap();
-    (p50, max)
-}
-
 #[tokio::test]
 async fn a_flood_of_sign_ins_grows_memory_little_and_chat_keeps_flowing() {
     // The per-address limit would refuse most of the flood from one address at once: lifted
@@ -97,22 +49,10 @@ async fn a_flood_of_sign_ins_grows_memory_little_and_chat_keeps_flowing() {
     let alice = Client::connect(&node, "alice").await;
     let bob = Client::connect(&node, "bob").await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let chat = tokio::spawn(chat_until(alice, bob, stop.clone()));
+    let chat = tokio::spawn(round_trips_until(alice, bob, stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(node.pid());
-
-    let pid = node.pid();
-    let sampler = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let mut peak = 0;
-            while !*stop.borrow() {
-                peak = peak.max(rss_kib(pid));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            peak
-        }
-    });
+    let before = node.rss_kib();
+    let sampler = rss_peak_until(node.pid(), stop.clone());
     let started = Instant::now();
     let http = reqwest::Client::new();
     let attempts: Vec<_> = (0..200)
@@ -156,7 +96,7 @@ async fn a_flood_of_sign_ins_grows_memory_little_and_chat_keeps_flowing() {
     stop_tx.send(true).unwrap();
     let peak = sampler.await.unwrap();
     let rtts = chat.await.unwrap();
-    let (p50, max) = describe(&rtts);
+    let (p50, max) = p50_max(&rtts);
     let grew_mib = peak.saturating_sub(before) as f64 / 1024.0;
     eprintln!(
         "200 sign-ins in {flood:?}: {refused} checked (401), {busy} refused busy (503); \
