@@ -5,7 +5,7 @@
 
 use crate::post_commit;
 use crate::state::AppState;
-use protocol::{ConvId, EventKind, GroupId, ServerFrame, UserId};
+use protocol::{GroupId, ServerFrame, UserId};
 use router::Control;
 
 /// Drops cached copies of a group here and on every other node.
@@ -22,37 +22,7 @@ pub async fn user_changed(state: &AppState, user: &UserId) {
     post_commit::broadcast(&*state.router, control).await;
 }
 
-/// A group `event` frame with the fields most events use.
-pub fn group_event(
-    event: EventKind,
-    group: &GroupId,
-    actor: &UserId,
-    user: Option<UserId>,
-) -> ServerFrame {
-    ServerFrame::Event {
-        event,
-        conv: Some(ConvId::group(group)),
-        actor: Some(actor.clone()),
-        user,
-        seq: None,
-        until: None,
-        detail: None,
-    }
-}
-
 /// Sends a frame to the given users (best effort: a failure is logged and counted).
 pub async fn publish(state: &AppState, audience: Vec<UserId>, frame: ServerFrame) {
     post_commit::event(&*state.router, audience, frame).await;
-}
-
-/// Sends a membership `event` to the given users.
-pub async fn notify(
-    state: &AppState,
-    audience: Vec<UserId>,
-    event: EventKind,
-    group: &GroupId,
-    actor: &UserId,
-    user: Option<UserId>,
-) {
-    publish(state, audience, group_event(event, group, actor, user)).await;
 }

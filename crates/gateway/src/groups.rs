@@ -44,7 +44,7 @@ pub fn audit_entry(
 pub struct GroupChange {
     group: GroupId,
     actor: UserId,
-    members_changed: bool,
+    view_changed: bool,
     follow: FollowUps,
 }
 
@@ -54,14 +54,20 @@ impl GroupChange {
         GroupChange {
             group: group.clone(),
             actor: actor.clone(),
-            members_changed: false,
+            view_changed: false,
             follow: FollowUps::default(),
         }
     }
 
     /// The members or their roles changed: cached views of the group are dropped everywhere.
-    pub fn members_changed(mut self) -> Self {
-        self.members_changed = true;
+    pub fn members_changed(self) -> Self {
+        self.view_changed()
+    }
+
+    /// Something else the cached group view holds changed (the group's own moderation
+    /// rules): cached views of the group are dropped everywhere.
+    pub fn view_changed(mut self) -> Self {
+        self.view_changed = true;
         self
     }
 
@@ -103,7 +109,7 @@ impl GroupChange {
 
     /// Runs the follow-ups; call it right after the write that made the change durable.
     pub async fn commit(self, state: &AppState) {
-        if self.members_changed {
+        if self.view_changed {
             changed(state, &self.group).await;
         }
         post_commit::after_commit(&*state.review, &*state.router, self.follow).await;

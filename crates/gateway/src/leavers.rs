@@ -19,8 +19,8 @@ use crate::directory::{
     from_json, get_json, to_json, Account, AccountRecord, Status, NS_CREDENTIAL, NS_USER,
 };
 use crate::error::ApiError;
-use crate::events::{changed, group_event, notify, publish, user_changed};
-use crate::groups::{audit_entry, update_settings};
+use crate::events::user_changed;
+use crate::groups::{update_settings, GroupChange};
 use crate::membership::GroupView;
 use crate::post_commit::{self, Audit};
 use crate::state::{now_ms, AppState};
@@ -282,8 +282,9 @@ async fn hand_over(
             Ok(())
         })
         .await?;
-        state
-            .audit(audit_entry(by, "group.unban", id, Some(successor)))
+        GroupChange::new(id, by)
+            .audit("group.unban", Some(successor))
+            .commit(state)
             .await;
     }
     // The freshest view: the caller's may predate a concurrent change.
@@ -306,30 +307,30 @@ async fn hand_over(
         },
     ];
     state.store.put_members(id, members).await?;
-    changed(state, id).await;
-    let mut entry = audit_entry(by, "group.transfer", id, Some(successor));
-    entry.detail = Some(format!("from leaver {leaver}"));
-    state.audit(entry).await;
     let mut audience = view.members.as_ref().clone();
     if !was_member {
         audience.push(successor.clone());
-        notify(
-            state,
+    }
+    let mut change = GroupChange::new(id, by).members_changed().audit_detail(
+        "group.transfer",
+        Some(successor),
+        format!("from leaver {leaver}"),
+    );
+    if !was_member {
+        change = change.event(
             audience.clone(),
-            EventKind::MemberJoined,
-            id,
-            by,
-            Some(successor.clone()),
-        )
-        .await;
+            ServerFrame::event(EventKind::MemberJoined).user(successor.clone()),
+        );
     }
     for (user, role) in [(successor, "owner"), (leaver, "member")] {
-        let mut frame = group_event(EventKind::RoleChanged, id, by, Some(user.clone()));
-        if let ServerFrame::Event { detail, .. } = &mut frame {
-            *detail = Some(role.into());
-        }
-        publish(state, audience.clone(), frame).await;
+        change = change.event(
+            audience.clone(),
+            ServerFrame::event(EventKind::RoleChanged)
+                .user(user.clone())
+                .detail(role),
+        );
     }
+    change.commit(state).await;
     Ok(true)
 }
 

@@ -3,15 +3,16 @@
 //! and applied on every moderated path of the group (see [`crate::policy`]).
 
 use super::groups::authorize;
-use super::{changed, group_event, publish, ApiJson, Caller};
+use super::{ApiJson, Caller};
 use crate::directory::{get_json, to_json};
 use crate::error::{ApiError, ErrorBody};
+use crate::groups::GroupChange;
 use crate::membership::NS_GROUP_MODERATION;
-use crate::state::{now_ms, AppState};
+use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::Json;
 use moderation::GroupPolicySpec;
-use protocol::{ConvId, EventKind, GroupId, ServerFrame};
+use protocol::{EventKind, GroupId, ServerFrame};
 use std::collections::BTreeMap;
 use store::{MetaOp, Role};
 use utoipa_axum::router::OpenApiRouter;
@@ -88,20 +89,20 @@ async fn put_rules(
         MetaOp::put(NS_GROUP_MODERATION, id.as_str(), to_json(&spec)?)
     };
     state.meta.apply(vec![op]).await?;
-    changed(&state, &id).await;
-    let mut entry = store::AuditEntry::action(now_ms(), &me, "group.moderation");
-    entry.conv = Some(ConvId::group(&id));
-    entry.detail = Some(format!(
+    let detail = format!(
         "{} words, {} tightened",
         spec.words.len(),
         spec.tighten.len()
-    ));
-    state.audit(entry).await;
-    let mut frame = group_event(EventKind::GroupChanged, &id, &me, None);
-    if let ServerFrame::Event { detail, .. } = &mut frame {
-        *detail = Some("moderation_rules".into());
-    }
-    publish(&state, view.members.as_ref().clone(), frame).await;
+    );
+    GroupChange::new(&id, &me)
+        .view_changed()
+        .audit_detail("group.moderation", None, detail)
+        .event(
+            view.members.as_ref().clone(),
+            ServerFrame::event(EventKind::GroupChanged).detail("moderation_rules"),
+        )
+        .commit(&state)
+        .await;
     Ok(Json(spec))
 }
 

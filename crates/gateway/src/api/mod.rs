@@ -22,7 +22,6 @@ pub(crate) mod review;
 pub(crate) mod web;
 
 use crate::error::ApiError;
-pub(crate) use crate::events::{changed, group_event, publish};
 use crate::session::{auth_error, bearer};
 use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
