@@ -5,8 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use protocol::{ErrorCode, ServerFrame};
+use reqwest::Method;
+use serde_json::json;
 use std::time::{Duration, Instant};
-use testkit::{Api, Client, Node, NodeOpts};
+use testkit::{admin_opts, code, Api, Client, Node, NodeOpts};
 
 fn is_rate_limited(f: &ServerFrame) -> bool {
     matches!(
@@ -224,6 +226,60 @@ async fn uploads_never_take_the_disk_below_the_reserve() {
     assert_eq!(body["error"]["retry"], true, "{body}");
     // The node keeps serving chat.
     ann_dms_bob(&node).await;
+}
+
+#[tokio::test]
+async fn a_nearly_full_data_volume_refuses_writes_and_keeps_reads_and_admins_working() {
+    // A reserve larger than any disk: the data volume counts as nearly full from the start.
+    let node = Node::start_with(
+        admin_opts().env("CHATD_STORE__MIN_FREE_BYTES", 1_000_000_000_000_000_000u64),
+    );
+    let api = Api::new(&node);
+    api.touch("bob").await;
+    let mut ann = Client::connect(&node, "ann").await;
+    // A message: refused, retryable, and nothing stored.
+    match ann.send_dm("bob", "full-1", "hello?").await {
+        ServerFrame::Error { code, retry, .. } => {
+            assert_eq!(code, ErrorCode::Unavailable);
+            assert!(retry);
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    let conv = protocol::ConvId::direct(&"ann".into(), &"bob".into());
+    assert_eq!(ann.history_seqs(&conv).await.0, Vec::<u64>::new());
+    // An ordinary user's HTTP change: 503.
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some("ann"),
+            Some(json!({"name": "more data", "members": ["bob"]})),
+        )
+        .await;
+    assert_eq!((s, code(&b)), (503, "unavailable"), "{b}");
+    assert_eq!(b["error"]["retry"], true, "{b}");
+    // Reads go on, and a company administrator (who frees space) still changes things.
+    let (s, b) = api.call(Method::GET, "/v1/me", Some("ann"), None).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            "/v1/admin/retention",
+            Some("boss"),
+            Some(json!({"company": {"message_age_secs": 86_400}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // The session is still open: a ping answers.
+    ann.send(&protocol::ClientFrame::Ping {
+        rid: Some("p".into()),
+    })
+    .await;
+    assert!(matches!(
+        ann.recv_until(|f| matches!(f, ServerFrame::Pong { .. }))
+            .await,
+        ServerFrame::Pong { .. }
+    ));
 }
 
 #[tokio::test]

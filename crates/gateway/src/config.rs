@@ -472,6 +472,9 @@ pub struct StoreConfig {
     pub consistency: String,
     /// `scylla`: per-request timeout, ms.
     pub request_timeout_ms: u64,
+    /// `embedded`: least free space on the volume of `server.data_dir`; below it every write
+    /// a client asks for is refused with `unavailable` (0: off). See [`crate::disk`].
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -486,6 +489,7 @@ impl Default for StoreConfig {
             replication_factor: 3,
             consistency: "local_quorum".into(),
             request_timeout_ms: 5000,
+            min_free_bytes: 512 * 1024 * 1024,
         }
     }
 }

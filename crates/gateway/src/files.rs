@@ -70,21 +70,10 @@ pub async fn check_free_space(state: &AppState, size: u64) -> Result<(), ApiErro
         return Ok(());
     }
     let dir = files_dir(state);
-    let free = tokio::task::spawn_blocking(move || {
-        let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
-        for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
-            match rustix::fs::statvfs(d) {
-                Ok(st) => return Ok(st.f_bavail.saturating_mul(st.f_frsize)),
-                Err(e) => last = e.into(),
-            }
-        }
-        rustix::fs::statvfs(".")
-            .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
-            .map_err(|_| last)
-    })
-    .await
-    .map_err(|e| io_error(std::io::Error::other(e)))?
-    .map_err(io_error)?;
+    let free = tokio::task::spawn_blocking(move || crate::disk::free_bytes(&dir))
+        .await
+        .map_err(|e| io_error(std::io::Error::other(e)))?
+        .map_err(io_error)?;
     if free < min_free.saturating_add(size) {
         tracing::warn!(
             free,

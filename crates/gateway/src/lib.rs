@@ -15,6 +15,7 @@ pub mod compliance;
 pub mod config;
 pub mod directory;
 pub mod directory_admin;
+pub mod disk;
 pub mod error;
 pub mod events;
 #[cfg(feature = "test-hooks")]

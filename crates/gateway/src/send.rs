@@ -134,6 +134,7 @@ pub async fn send(
         Access::Group(view) => view.members.len(),
     };
     state.user_rates.check_send(me, recipients)?;
+    state.disk.check()?;
     crate::messages::check_mentions(&access, me, &req.mentions)?;
     let mut req = req;
     if let Some(a) = &req.attachment {

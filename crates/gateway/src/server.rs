@@ -112,6 +112,12 @@ impl Node {
             membership,
             known_users: DashSet::new(),
             user_rates: crate::user_rates::UserRates::new(&config.limits, &config.files),
+            // The CQL database manages its own disks; the guard watches the embedded store's.
+            disk: crate::disk::DiskGuard::new(if embedded.is_some() {
+                config.store.min_free_bytes
+            } else {
+                0
+            }),
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 config.files.max_concurrent_uploads.max(1),
             )),
@@ -187,6 +193,11 @@ impl Node {
         let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
         // Everything is open: ready from the first request the listener serves. (While the
         // store opens, nothing listens yet, so probes fail to connect.)
+        // Measured before the first request is served, so a full disk is refused from the start.
+        state
+            .disk
+            .spawn(state.config.server.data_dir.clone(), shutdown.clone())
+            .await;
         state.health.set_started();
         let serve = {
             let config = state.config.server.clone();

@@ -50,6 +50,8 @@ pub struct Inner {
     /// Per-user message, delivery and HTTP write rates across sessions (`limits.user_*`,
     /// `limits.http_writes_*`).
     pub user_rates: crate::user_rates::UserRates,
+    /// Refuses clients' writes while the data volume is nearly full (`store.min_free_bytes`).
+    pub disk: Arc<crate::disk::DiskGuard>,
     /// Permits for uploads being received (`files.max_concurrent_uploads`).
     pub uploads: Arc<Semaphore>,
     /// Uploads in progress per user (`files.max_concurrent_uploads_per_user`).

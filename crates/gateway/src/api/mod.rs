@@ -58,6 +58,12 @@ impl FromRequestParts<AppState> for Caller {
             state.user_rates.check_http_read(&user)?;
         } else {
             state.user_rates.check_http_write(&user)?;
+            // A nearly full data volume stops what adds data (POST, PUT, PATCH); deletions,
+            // and company administrators (who free space: retention, dissolving, deactivating),
+            // go on.
+            if parts.method != axum::http::Method::DELETE && !state.is_company_admin(&user) {
+                state.disk.check()?;
+            }
         }
         state.touch_user(&user).await?;
         Ok(Caller(user))
