@@ -381,6 +381,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     "CHATD_LIMITS__USER_DELIVERIES_BURST".into(),
                     "100000000".into(),
                 ),
+                (
+                    "CHATD_LIMITS__USER_MESSAGE_BYTES_PER_DAY".into(),
+                    "0".into(),
+                ),
                 ("CHATD_LIMITS__HTTP_WRITES_PER_SEC".into(), "100000".into()),
                 ("CHATD_LIMITS__HTTP_WRITES_BURST".into(), "100000".into()),
                 ("CHATD_LIMITS__HTTP_READS_PER_SEC".into(), "100000".into()),

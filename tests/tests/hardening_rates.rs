@@ -229,6 +229,36 @@ async fn uploads_never_take_the_disk_below_the_reserve() {
 }
 
 #[tokio::test]
+async fn message_bytes_are_held_to_a_daily_budget_per_account() {
+    // 20 KB a day: two messages of 8,000 characters fit, the third does not.
+    let node = Node::start_with(
+        NodeOpts::default().env("CHATD_LIMITS__USER_MESSAGE_BYTES_PER_DAY", 20_000),
+    );
+    let api = Api::new(&node);
+    api.touch("bob").await;
+    let mut mal = Client::connect(&node, "mal").await;
+    let big = "x".repeat(8000);
+    for i in 0..2 {
+        testkit::ack_seq(&mal.send_dm("bob", &format!("big{i}"), &big).await);
+    }
+    match mal.send_dm("bob", "big2", &big).await {
+        ServerFrame::Error { code, retry, .. } => {
+            assert_eq!(code, ErrorCode::RateLimited);
+            assert!(retry);
+        }
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+    let conv = protocol::ConvId::direct(&"bob".into(), &"mal".into());
+    assert_eq!(
+        mal.history_seqs(&conv).await.0.len(),
+        2,
+        "the third was not stored"
+    );
+    // Other accounts keep their own budget.
+    ann_dms_bob(&node).await;
+}
+
+#[tokio::test]
 async fn a_nearly_full_data_volume_refuses_writes_and_keeps_reads_and_admins_working() {
     // A reserve larger than any disk: the data volume counts as nearly full from the start.
     let node = Node::start_with(

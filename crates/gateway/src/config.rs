@@ -572,6 +572,9 @@ pub struct LimitsConfig {
     /// Burst allowance on top of `user_deliveries_per_sec`; a message to a larger group costs
     /// the whole burst.
     pub user_deliveries_burst: u32,
+    /// Bytes of message bodies one user may store per day on this node (refilled evenly;
+    /// 0: off): what one account may add to the message store.
+    pub user_message_bytes_per_day: u32,
     /// Sustained mutating HTTP requests (not `GET`/`HEAD`/`OPTIONS`) per second per user.
     pub http_writes_per_sec: u32,
     /// Burst allowance on top of `http_writes_per_sec`.
@@ -624,6 +627,7 @@ impl Default for LimitsConfig {
             user_send_burst: 200,
             user_deliveries_per_sec: 50_000,
             user_deliveries_burst: 100_000,
+            user_message_bytes_per_day: 256 * 1024 * 1024,
             http_writes_per_sec: 20,
             http_writes_burst: 200,
             http_reads_per_sec: 200,

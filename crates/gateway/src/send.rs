@@ -134,6 +134,7 @@ pub async fn send(
         Access::Group(view) => view.members.len(),
     };
     state.user_rates.check_send(me, recipients)?;
+    state.user_rates.check_message_bytes(me, req.body.len())?;
     state.disk.check()?;
     crate::messages::check_mentions(&access, me, &req.mentions)?;
     let mut req = req;

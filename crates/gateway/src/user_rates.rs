@@ -16,6 +16,9 @@
 //!   changes, announcements, uploads' records;
 //! - **HTTP reads** (`limits.http_reads_per_sec`, `limits.http_reads_burst`): every other
 //!   authenticated HTTP request (searches, listings, audit and history reads);
+//! - **message bytes** (`limits.user_message_bytes_per_day`): bytes of message bodies one user
+//!   stores per day, refilled evenly, so one account cannot fill the message store's disk
+//!   (see also [`crate::disk`]);
 //! - **uploads** (`files.uploads_per_minute`) and **upload bytes** (`files.upload_bytes_per_day`): bytes one user uploads per day, refilled
 //!   evenly, counted in KiB.
 //!
@@ -41,6 +44,8 @@ pub struct UserRates {
     http_writes: DefaultKeyedRateLimiter<UserId>,
     http_reads: DefaultKeyedRateLimiter<UserId>,
     upload_kib: DefaultKeyedRateLimiter<UserId>,
+    /// `None` when `limits.user_message_bytes_per_day` is 0 (off).
+    message_bytes: Option<DefaultKeyedRateLimiter<UserId>>,
     uploads: DefaultKeyedRateLimiter<UserId>,
     uploads_per_minute: u32,
     /// Checks so far, for [`UserRates::maybe_prune`].
@@ -53,6 +58,17 @@ fn nz(n: u32) -> NonZeroU32 {
 
 fn keyed(per_sec: u32, burst: u32) -> DefaultKeyedRateLimiter<UserId> {
     RateLimiter::keyed(Quota::per_second(nz(per_sec)).allow_burst(nz(burst)))
+}
+
+/// A limiter of `per_day` units a day, refilled evenly, the whole day's worth as its burst.
+fn keyed_per_day(per_day: u32) -> DefaultKeyedRateLimiter<UserId> {
+    let per_day = per_day.max(1);
+    let every = std::time::Duration::from_secs(86_400) / per_day;
+    RateLimiter::keyed(
+        Quota::with_period(every.max(std::time::Duration::from_nanos(1)))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(nz(per_day)),
+    )
 }
 
 /// Checks between two looks at the limiters' sizes: counting keys locks every shard of a
@@ -72,17 +88,13 @@ impl UserRates {
         let day_kib = u32::try_from(files.upload_bytes_per_day / 1024)
             .unwrap_or(u32::MAX)
             .max(1);
-        let per_kib = std::time::Duration::from_secs(86_400) / day_kib;
-        let upload_kib = RateLimiter::keyed(
-            Quota::with_period(per_kib.max(std::time::Duration::from_nanos(1)))
-                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                .allow_burst(nz(day_kib)),
-        );
         Self {
+            message_bytes: (limits.user_message_bytes_per_day > 0)
+                .then(|| keyed_per_day(limits.user_message_bytes_per_day)),
             uploads: RateLimiter::keyed(Quota::per_minute(nz(files.uploads_per_minute))),
             uploads_per_minute: files.uploads_per_minute,
             checks: std::sync::atomic::AtomicU64::new(0),
-            upload_kib,
+            upload_kib: keyed_per_day(day_kib),
             // Never below one session's own limit: a single session keeps its full rate.
             messages: keyed(
                 limits.user_send_per_sec.max(limits.send_per_sec),
@@ -112,6 +124,9 @@ impl UserRates {
             ] {
                 prune(limiter);
             }
+            if let Some(limiter) = &self.message_bytes {
+                prune(limiter);
+            }
         }
     }
 
@@ -135,6 +150,23 @@ impl UserRates {
             Ok(Err(_)) | Err(_) => Err(ApiError::new(
                 ErrorCode::RateLimited,
                 "this account's messages reach too many recipients per second; slow down and retry",
+            )),
+        }
+    }
+
+    /// Charges a message body of `bytes` to `user`; `rate_limited` when their day's budget
+    /// (`limits.user_message_bytes_per_day`) does not hold it.
+    pub fn check_message_bytes(&self, user: &UserId, bytes: usize) -> Result<(), ApiError> {
+        let Some(limiter) = &self.message_bytes else {
+            return Ok(());
+        };
+        let n = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+        match limiter.check_key_n(user, nz(n)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "this account stored its day's message bytes (limits.user_message_bytes_per_day); \
+                 retry later",
             )),
         }
     }
@@ -252,6 +284,32 @@ mod tests {
         r.check_upload_bytes(&a, 30 * 1024).unwrap();
         r.check_upload_bytes(&b, 100 * 1024).unwrap();
         assert!(r.check_upload_bytes(&b, 1).is_err());
+    }
+
+    #[test]
+    fn message_bytes_are_held_to_the_day_s_budget_and_zero_is_off() {
+        let limits = LimitsConfig {
+            user_message_bytes_per_day: 10_000,
+            ..LimitsConfig::default()
+        };
+        let r = UserRates::new(&limits, &FilesConfig::default());
+        let (a, b) = (UserId::new("a"), UserId::new("b"));
+        r.check_message_bytes(&a, 6_000).unwrap();
+        assert!(r.check_message_bytes(&a, 6_000).is_err());
+        r.check_message_bytes(&a, 3_000).unwrap();
+        r.check_message_bytes(&b, 10_000).unwrap();
+        // An empty body still costs a byte.
+        assert!(r.check_message_bytes(&b, 0).is_err());
+        let off = UserRates::new(
+            &LimitsConfig {
+                user_message_bytes_per_day: 0,
+                ..LimitsConfig::default()
+            },
+            &FilesConfig::default(),
+        );
+        for _ in 0..10 {
+            off.check_message_bytes(&a, usize::MAX).unwrap();
+        }
     }
 
     #[test]
