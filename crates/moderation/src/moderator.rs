@@ -15,7 +15,7 @@ use crate::detectors::{
 use crate::error::LoadError;
 use crate::escalation::EscalationConfig;
 use crate::group::{GroupPolicy, MAX_GROUP_WORDS};
-use crate::matcher::{Entry, Matcher, MatcherBuilder, RawMatch};
+use crate::matcher::{mix_all, Entry, Matcher, MatcherBuilder, RawMatch};
 use crate::normalize::{
     cjk_digit, fold_text, is_clause_break, is_one_char_repeated, normalize_pattern, normalize_with,
     FChar, Normalized, Separators, CLASS_DIGIT, CLASS_SEP,
@@ -422,8 +422,14 @@ enum Src {
 struct Scratch {
     f: Vec<FChar>,
     compact: Vec<u32>,
+    /// The characters of `compact`: what the patterns and the classifier read.
+    chars: Vec<char>,
+    /// [`crate::matcher::mix_all`] of `chars`.
+    hashes: Vec<u64>,
     rtl: Vec<(u32, u32)>,
     reversed: Vec<u32>,
+    reversed_chars: Vec<char>,
+    reversed_hashes: Vec<u64>,
     raw: Vec<RawMatch>,
     allow: Vec<(u32, u32)>,
     allow_max: Vec<u32>,
@@ -628,6 +634,10 @@ impl Moderator {
         let has_ext = ctx.has_external_member;
         let flags = fold_text(text, &self.seps, &mut s.f, &mut s.compact, &mut s.rtl);
         let f = &s.f;
+        let char_at = |&i: &u32| f.get(i as usize).map_or(crawdad::END_MARKER, |x| x.c);
+        s.chars.clear();
+        s.chars.extend(s.compact.iter().map(char_at));
+        mix_all(&s.chars, &mut s.hashes);
         s.raw.clear();
         s.cands.clear();
         s.allow.clear();
@@ -643,14 +653,20 @@ impl Moderator {
                     run.reverse();
                 }
             }
+            s.reversed_chars.clear();
+            s.reversed_chars.extend(s.reversed.iter().map(char_at));
+            mix_all(&s.reversed_chars, &mut s.reversed_hashes);
         }
-        let views: &[&[u32]] = if s.rtl.is_empty() {
-            &[&s.compact]
+        let views: &[(&[char], &[u64], &[u32])] = if s.rtl.is_empty() {
+            &[(&s.chars, &s.hashes, &s.compact)]
         } else {
-            &[&s.compact, &s.reversed]
+            &[
+                (&s.chars, &s.hashes, &s.compact),
+                (&s.reversed_chars, &s.reversed_hashes, &s.reversed),
+            ]
         };
-        for view in views {
-            self.matcher.scan(f, view, &mut s.raw);
+        for (chars, hashes, view) in views {
+            self.matcher.scan(chars, hashes, view, &mut s.raw);
         }
         let read_symbols = flags.has_alpha && self.policy.normalize.read_symbols;
         if read_symbols {
@@ -658,8 +674,8 @@ impl Moderator {
         }
         let group_words = s.raw.len();
         if let Some(g) = ctx.group {
-            for view in views {
-                g.matcher().scan(f, view, &mut s.raw);
+            for (chars, hashes, view) in views {
+                g.matcher().scan(chars, hashes, view, &mut s.raw);
             }
             if read_symbols {
                 g.matcher().scan_latin(f, &mut s.raw);
@@ -798,12 +814,7 @@ impl Moderator {
         // The offensive-language score, by band.
         let cc = &self.policy.classifier;
         if cc.enabled && s.compact.len() >= cc.min_chars {
-            let chars = s
-                .compact
-                .iter()
-                .filter_map(|&i| s.f.get(i as usize))
-                .map(|x| x.c);
-            let mut action = cc.action(Model::shipped().score_iter(chars), has_ext);
+            let mut action = cc.action(Model::shipped().score(&s.chars), has_ext);
             if action > Action::Allow {
                 if let Some(g) = ctx.group {
                     action = action.max(g.tightened(OFFENSIVE));
