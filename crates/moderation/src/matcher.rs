@@ -19,6 +19,11 @@ use std::collections::HashMap;
 
 use crawdad::Trie;
 
+// The per-character hash that the filter's probes combine: one multiply per character of
+// text, shared by the one-, two- and three-character probes of the positions around it and
+// by the classifier's n-gram buckets.
+use crate::classifier::{char_hash as mix, pair_key, triple_key};
+
 use crate::leet::LatinTrie;
 use crate::normalize::FChar;
 use crate::policy::Action;
@@ -138,25 +143,6 @@ pub(crate) struct Matcher {
     filter: Filter,
     /// The Latin deny patterns again, for symbols and wildcards read as letters.
     latin: LatinTrie,
-}
-
-/// The per-character hash that the filter's probes combine: one multiply per character of
-/// text, shared by the one-, two- and three-character probes of the positions around it.
-#[inline(always)]
-pub(crate) fn mix(c: char) -> u64 {
-    (u64::from(c as u32) ^ 0x5851_F42D_0000_0000).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// The probe key of a character pair (`a` then `b`, from their [`mix`] values).
-#[inline(always)]
-fn pair_key(ha: u64, hb: u64) -> u64 {
-    ha.rotate_left(23) ^ hb
-}
-
-/// The probe key of a character triple.
-#[inline(always)]
-fn triple_key(ha: u64, hb: u64, hc: u64) -> u64 {
-    ha.rotate_left(46) ^ hb.rotate_left(23) ^ hc
 }
 
 /// Remixes a probe key for a set over the same tuples as another (`two` next to

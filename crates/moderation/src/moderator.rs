@@ -814,7 +814,9 @@ impl Moderator {
         // The offensive-language score, by band.
         let cc = &self.policy.classifier;
         if cc.enabled && s.compact.len() >= cc.min_chars {
-            let mut action = cc.action(Model::shipped().score(&s.chars), has_ext);
+            // The hashes of the characters, which the matcher used too (see `char_hash`).
+            let hashes = s.hashes.get(..s.chars.len()).unwrap_or(&[]);
+            let mut action = cc.action(Model::shipped().score_hashed(hashes), has_ext);
             if action > Action::Allow {
                 if let Some(g) = ctx.group {
                     action = action.max(g.tightened(OFFENSIVE));
