@@ -130,8 +130,10 @@ impl Model {
 
     /// [`Model::score`] from the [`char_hash`] of each character (what the check does: the
     /// dictionary matcher needs the same hashes): the same n-grams and buckets as
-    /// [`for_each_feature`], so the same score bit for bit, in three tight passes with one
-    /// table load per n-gram.
+    /// [`for_each_feature`], so the same score bit for bit. One pass, three table loads per
+    /// character and no branch: the trigram key is the previous bigram key rotated once more
+    /// (`triple_key(a, b, c) == pair_key(pair_key(a, b), c)`), and the n-grams that would
+    /// start before the text (keys with a zero hash in them) are summed too, then taken back.
     #[inline]
     pub fn score_hashed(&self, hashes: &[u64]) -> f32 {
         let Ok(w) = <&[i8; 1 << BITS]>::try_from(self.weights.as_slice()) else {
@@ -139,15 +141,20 @@ impl Model {
             return sigmoid(self.bias);
         };
         let weight = |key: u64| i64::from(w[bucket(key)]);
-        let mut sum = 0i64;
+        let (mut sum, mut h1, mut bi1) = (0i64, 0u64, 0u64);
         for &h in hashes {
-            sum += weight(h);
+            let bi = pair_key(h1, h);
+            sum += weight(h) + weight(bi) + weight(pair_key(bi1, h));
+            h1 = h;
+            bi1 = bi;
         }
-        for p in hashes.windows(2) {
-            sum += weight(pair_key(p[0], p[1]));
-        }
-        for t in hashes.windows(3) {
-            sum += weight(triple_key(t[0], t[1], t[2]));
+        // The bigram and trigram summed at the first character and the trigram at the second
+        // do not exist.
+        if let Some(&h0) = hashes.first() {
+            sum -= weight(pair_key(0, h0)) + weight(pair_key(0, h0));
+            if let Some(&h1) = hashes.get(1) {
+                sum -= weight(pair_key(pair_key(0, h0), h1));
+            }
         }
         sigmoid(self.bias + self.scale * sum as f32 / norm(feature_count(hashes.len())))
     }

@@ -371,8 +371,7 @@ impl Matcher {
 
     /// Appends every (overlapping) match to `out`. `chars` is what patterns match against:
     /// the folded text's non-separator characters, whose indices in the folded text are
-    /// `compact` (same length); `hashes` is [`mix`] of each of `chars` followed by two zeros
-    /// (see [`mix_all`]).
+    /// `compact` (same length); `hashes` is [`mix`] of each of `chars` followed by two zeros.
     pub fn scan(&self, chars: &[char], hashes: &[u64], compact: &[u32], out: &mut Vec<RawMatch>) {
         match (self.filter.first.is_some(), self.filter.any_one) {
             (false, false) => self.scan_with::<false, false>(chars, hashes, compact, out),
@@ -431,14 +430,6 @@ impl Matcher {
     }
 }
 
-/// Fills `out` with [`mix`] of every character of `chars`, then two zeros (the look-ahead of
-/// the scan's last positions).
-pub(crate) fn mix_all(chars: &[char], out: &mut Vec<u64>) {
-    out.clear();
-    out.extend(chars.iter().map(|&c| mix(c)));
-    out.extend([0, 0]);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,8 +486,8 @@ mod tests {
                 fold_text(&text, &seps, &mut f, &mut compact, &mut Vec::new());
                 let mut got = Vec::new();
                 let chars: Vec<char> = compact.iter().map(|&i| f[i as usize].c).collect();
-                let mut hashes = Vec::new();
-                mix_all(&chars, &mut hashes);
+                let mut hashes: Vec<u64> = chars.iter().map(|&c| mix(c)).collect();
+                hashes.extend([0, 0]);
                 m.scan(&chars, &hashes, &compact, &mut got);
                 let mut got: Vec<(u32, u32, u32)> =
                     got.iter().map(|r| (r.entry, r.start, r.end)).collect();

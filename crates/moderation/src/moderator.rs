@@ -8,14 +8,14 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::classifier::Model;
+use crate::classifier::{char_hash, Model};
 use crate::detectors::{
     self, DetHit, DetScratch, DetectorSet, MaskKind, Scanner, DETECTORS, NOT_PERSONAL_BIT,
 };
 use crate::error::LoadError;
 use crate::escalation::EscalationConfig;
 use crate::group::{GroupPolicy, MAX_GROUP_WORDS};
-use crate::matcher::{mix_all, Entry, Matcher, MatcherBuilder, RawMatch};
+use crate::matcher::{Entry, Matcher, MatcherBuilder, RawMatch};
 use crate::normalize::{
     cjk_digit, fold_text, is_clause_break, is_one_char_repeated, normalize_pattern, normalize_with,
     FChar, Normalized, Separators, CLASS_DIGIT, CLASS_SEP,
@@ -424,7 +424,7 @@ struct Scratch {
     compact: Vec<u32>,
     /// The characters of `compact`: what the patterns and the classifier read.
     chars: Vec<char>,
-    /// [`crate::matcher::mix_all`] of `chars`.
+    /// [`char_hash`] of `chars`, then two zeros.
     hashes: Vec<u64>,
     rtl: Vec<(u32, u32)>,
     reversed: Vec<u32>,
@@ -443,6 +443,20 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Fills `chars` with the characters the matcher and the classifier read, and `hashes` with
+/// their [`char_hash`] followed by two zeros (the look-ahead of the scan's last positions).
+fn chars_and_hashes(
+    from: impl Iterator<Item = char>,
+    chars: &mut Vec<char>,
+    hashes: &mut Vec<u64>,
+) {
+    chars.clear();
+    chars.extend(from);
+    hashes.clear();
+    hashes.extend(chars.iter().map(|&c| char_hash(c)));
+    hashes.extend([0, 0]);
 }
 
 /// Latin word boundaries: a pattern that starts (ends) with a Latin letter or digit must not
@@ -635,9 +649,7 @@ impl Moderator {
         let flags = fold_text(text, &self.seps, &mut s.f, &mut s.compact, &mut s.rtl);
         let f = &s.f;
         let char_at = |&i: &u32| f.get(i as usize).map_or(crawdad::END_MARKER, |x| x.c);
-        s.chars.clear();
-        s.chars.extend(s.compact.iter().map(char_at));
-        mix_all(&s.chars, &mut s.hashes);
+        chars_and_hashes(s.compact.iter().map(char_at), &mut s.chars, &mut s.hashes);
         s.raw.clear();
         s.cands.clear();
         s.allow.clear();
@@ -653,9 +665,11 @@ impl Moderator {
                     run.reverse();
                 }
             }
-            s.reversed_chars.clear();
-            s.reversed_chars.extend(s.reversed.iter().map(char_at));
-            mix_all(&s.reversed_chars, &mut s.reversed_hashes);
+            chars_and_hashes(
+                s.reversed.iter().map(char_at),
+                &mut s.reversed_chars,
+                &mut s.reversed_hashes,
+            );
         }
         let views: &[(&[char], &[u64], &[u32])] = if s.rtl.is_empty() {
             &[(&s.chars, &s.hashes, &s.compact)]
