@@ -348,17 +348,14 @@ pub(crate) fn fold_text(
                 class: CLASS_OTHER,
             });
             // Fast path for a run of plain CJK text: the next three-byte characters that fold
-            // to themselves and do not repeat the last one, without the general dispatch.
-            while let (Some(&b0), Some(&b1), Some(&b2)) =
-                (bytes.get(next), bytes.get(next + 1), bytes.get(next + 2))
-            {
+            // to themselves and do not repeat the last one, without the general dispatch. They
+            // all go to the matcher: their `compact` indices are appended at the end, at once.
+            let base = out.len() as u32;
+            while let Some(&[b0, b1, b2]) = bytes.get(next..next + 3) {
                 if b0 & 0xF0 != 0xE0 || next + 3 > limit {
                     break;
                 }
-                let code = (u32::from(b0 & 0x0F) << 12)
-                    | (u32::from(b1 & 0x3F) << 6)
-                    | u32::from(b2 & 0x3F);
-                let Some(c) = char::from_u32(code) else {
+                let Some(c) = char::from_u32(decode3(b0, b1, b2)) else {
                     break;
                 };
                 if c == acc.last || !seps.is_plain(c) {
@@ -367,7 +364,6 @@ pub(crate) fn fold_text(
                 let start = next as u32;
                 next += 3;
                 acc.last = c;
-                compact.push(out.len() as u32);
                 out.push(FChar {
                     c,
                     start,
@@ -375,6 +371,7 @@ pub(crate) fn fold_text(
                     class: CLASS_OTHER,
                 });
             }
+            compact.extend(base..out.len() as u32);
             continue;
         }
         if ch.is_ascii() {
@@ -468,6 +465,12 @@ pub(crate) fn fold_text(
         fold_leet(out);
     }
     flags
+}
+
+/// The code point of a three-byte UTF-8 sequence.
+#[inline(always)]
+fn decode3(b0: u8, b1: u8, b2: u8) -> u32 {
+    (u32::from(b0 & 0x0F) << 12) | (u32::from(b1 & 0x3F) << 6) | u32::from(b2 & 0x3F)
 }
 
 /// What [`fold_text`] carries from one character to the next.
