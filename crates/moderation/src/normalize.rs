@@ -75,7 +75,7 @@ pub(crate) struct Separators {
     bmp: Box<[u64]>,
     /// One bit per non-ASCII BMP character that folds to itself, is no separator and so is
     /// class `OTHER` (8 KiB, stays in L1): the fast path for CJK text.
-    plain: Box<[u64]>,
+    plain: Box<[u64; 1024]>,
     /// Separators outside the BMP, sorted.
     other: Vec<char>,
 }
@@ -96,7 +96,7 @@ impl Separators {
         let mut s = Separators {
             ascii: 0,
             bmp: vec![0u64; 0x1_0000 / 64].into_boxed_slice(),
-            plain: vec![0u64; 0x1_0000 / 64].into_boxed_slice(),
+            plain: Box::new([0u64; 1024]),
             other: Vec::new(),
         };
         for c in chars
@@ -136,6 +136,13 @@ impl Separators {
             }
         }
         s
+    }
+
+    /// [`Separators::is_plain`] for a BMP code point (`code <= 0xFFFF`): one load, no
+    /// bounds check.
+    #[inline(always)]
+    fn is_plain_bmp(&self, code: u32) -> bool {
+        self.plain[(code as usize >> 6) & 1023] & (1u64 << (code & 63)) != 0
     }
 
     /// Whether `c` (non-ASCII, BMP) folds to itself and is class `OTHER`.
@@ -306,6 +313,7 @@ pub(crate) fn fold_text(
     let mut ri_left = 0usize;
     let mut ri_flag = false;
     let bytes = text.as_bytes();
+    let within_limit = bytes.get(..bytes.len().min(limit)).unwrap_or(bytes);
     let mut next = 0usize;
     while let Some(&b0) = bytes.get(next) {
         let i = next;
@@ -351,14 +359,19 @@ pub(crate) fn fold_text(
             // to themselves and do not repeat the last one, without the general dispatch. They
             // all go to the matcher: their `compact` indices are appended at the end, at once.
             let base = out.len() as u32;
-            while let Some(&[b0, b1, b2]) = bytes.get(next..next + 3) {
-                if b0 & 0xF0 != 0xE0 || next + 3 > limit {
+            while let Some(&[b0, b1, b2]) = within_limit.get(next..next + 3) {
+                if b0 & 0xF0 != 0xE0 {
                     break;
                 }
-                let Some(c) = char::from_u32(decode3(b0, b1, b2)) else {
+                let code = decode3(b0, b1, b2);
+                // A plain character is never a surrogate (those are not characters).
+                if !seps.is_plain_bmp(code) {
+                    break;
+                }
+                let Some(c) = char::from_u32(code) else {
                     break;
                 };
-                if c == acc.last || !seps.is_plain(c) {
+                if c == acc.last {
                     break;
                 }
                 let start = next as u32;
