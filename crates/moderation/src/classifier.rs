@@ -2,7 +2,8 @@
 //! normalized text) and a logistic-regression model, trained on the COLD dataset (see
 //! `docs/MODERATION.md`, "Offensive-language classifier").
 //!
-//! Inference is in-process and allocation-free: one table load per n-gram from a quantised
+//! Inference is in-process and allocation-free ([`Model::score`], [`Model::score_hashed`]; the
+//! slow path of a model of another size collects the characters): one table load per n-gram from a quantised
 //! weight table (`i8`, 2^18 buckets, 256 KiB) shipped inside the crate
 //! (`data/offense.bin`), no download at run time. The score is a probability in `0.0..=1.0`;
 //! the policy maps score bands to `warn` or `review` (see [`crate::policy::ClassifierConfig`]).
@@ -110,8 +111,7 @@ impl Model {
         if self.weights.len() != 1 << BITS {
             return self.score_iter(chars.iter().copied());
         }
-        let hashes: Vec<u64> = chars.iter().map(|&c| char_hash(c)).collect();
-        self.score_hashed(&hashes)
+        self.score_hashes(chars.iter().map(|&c| char_hash(c)), chars.len())
     }
 
     /// [`Model::score`] over characters given one by one: the same n-grams and buckets as
@@ -130,33 +130,40 @@ impl Model {
 
     /// [`Model::score`] from the [`char_hash`] of each character (what the check does: the
     /// dictionary matcher needs the same hashes): the same n-grams and buckets as
-    /// [`for_each_feature`], so the same score bit for bit. One pass, three table loads per
-    /// character and no branch: the trigram key is the previous bigram key rotated once more
-    /// (`triple_key(a, b, c) == pair_key(pair_key(a, b), c)`), and the n-grams that would
-    /// start before the text (keys with a zero hash in them) are summed too, then taken back.
+    /// [`for_each_feature`], so the same score bit for bit.
     #[inline]
     pub fn score_hashed(&self, hashes: &[u64]) -> f32 {
+        self.score_hashes(hashes.iter().copied(), hashes.len())
+    }
+
+    /// The score of the `n` characters whose [`char_hash`]es `hashes` yields. One pass, three
+    /// table loads per character and no branch in the loop: the trigram key is the previous
+    /// bigram key rotated once more (`triple_key(a, b, c) == pair_key(pair_key(a, b), c)`);
+    /// the first two characters, which start fewer n-grams, are taken before the loop.
+    #[inline(always)]
+    fn score_hashes(&self, hashes: impl Iterator<Item = u64>, n: usize) -> f32 {
         let Ok(w) = <&[i8; 1 << BITS]>::try_from(self.weights.as_slice()) else {
             // Not a model of this build (hand-made with another size): no weights apply.
             return sigmoid(self.bias);
         };
         let weight = |key: u64| i64::from(w[bucket(key)]);
-        let (mut sum, mut h1, mut bi1) = (0i64, 0u64, 0u64);
-        for &h in hashes {
-            let bi = pair_key(h1, h);
-            sum += weight(h) + weight(bi) + weight(pair_key(bi1, h));
-            h1 = h;
-            bi1 = bi;
-        }
-        // The bigram and trigram summed at the first character and the trigram at the second
-        // do not exist.
-        if let Some(&h0) = hashes.first() {
-            sum -= weight(pair_key(0, h0)) + weight(pair_key(0, h0));
-            if let Some(&h1) = hashes.get(1) {
-                sum -= weight(pair_key(pair_key(0, h0), h1));
+        let mut it = hashes;
+        let mut sum = 0i64;
+        if let Some(h0) = it.next() {
+            sum += weight(h0);
+            if let Some(h) = it.next() {
+                let mut bi1 = pair_key(h0, h);
+                sum += weight(h) + weight(bi1);
+                let mut h1 = h;
+                for h in it {
+                    let bi = pair_key(h1, h);
+                    sum += weight(h) + weight(bi) + weight(pair_key(bi1, h));
+                    h1 = h;
+                    bi1 = bi;
+                }
             }
         }
-        sigmoid(self.bias + self.scale * sum as f32 / norm(feature_count(hashes.len())))
+        sigmoid(self.bias + self.scale * sum as f32 / norm(feature_count(n)))
     }
 
     /// The score of a message text, normalized with the default separators.
