@@ -3,9 +3,11 @@
 //! detectors).
 //!
 //! The text is the sequence of folded characters that are not separators (no normalized
-//! string is built). The scan is *anchored and filtered*: at each position, small Bloom-style
-//! bit sets of the patterns' first characters, exact two-character patterns and
-//! three-character prefixes tell whether any pattern can start there; only then does a
+//! string is built). The scan is *anchored and filtered*: at each position, an exact set of
+//! the one-character patterns and small Bloom-style bit sets of the patterns' first two
+//! characters, the two-character patterns and the three-character prefixes tell whether any
+//! pattern can start there (their keys combine the characters' hashes, computed once per
+//! check and shared with the classifier: see [`crate::classifier::char_hash`]); only then does a
 //! common-prefix search walk the trie from its root, reporting every pattern that the text
 //! spells from that position. Exact (a filter false positive only costs a walk) and linear: a
 //! walk is bounded by the longest pattern. The trie is used instead of an Aho-Corasick
