@@ -78,7 +78,7 @@ fn main() {
                 let words = |v: &moderation::Verdict| {
                     v.hits
                         .iter()
-                        .filter(|h| h.category != "offensive" && h.action > Action::Allow)
+                        .filter(|h| &*h.category != "offensive" && h.action > Action::Allow)
                         .map(|h| (h.start, h.end, h.rule.clone()))
                         .collect::<Vec<_>>()
                 };

@@ -2,7 +2,8 @@
 //! normalized text) and a logistic-regression model, trained on the COLD dataset (see
 //! `docs/MODERATION.md`, "Offensive-language classifier").
 //!
-//! Inference is in-process and allocation-free: one table load per n-gram from a quantised
+//! Inference is in-process and allocation-free ([`Model::score`], [`Model::score_hashed`]; the
+//! slow path of a model of another size collects the characters): one table load per n-gram from a quantised
 //! weight table (`i8`, 2^18 buckets, 256 KiB) shipped inside the crate
 //! (`data/offense.bin`), no download at run time. The score is a probability in `0.0..=1.0`;
 //! the policy maps score bands to `warn` or `review` (see [`crate::policy::ClassifierConfig`]).
@@ -34,41 +35,57 @@ pub struct Model {
     pub weights: Vec<i8>,
 }
 
-const HASH_SEED: u32 = 0x811C_9DC5;
-
-/// One character of the n-gram hash.
+/// The hash of one character: one multiply. An n-gram's key combines the hashes of its
+/// characters by rotations and xor ([`pair_key`], [`triple_key`]), and its bucket is the top
+/// [`BITS`] bits of the key. The dictionary matcher's start filter probes with the same keys,
+/// so a check hashes each character once for both ([`crate::matcher`]). Changing any of
+/// these changes the buckets: retrain (`train_offense`) and re-run the dev report.
 #[inline(always)]
-fn step(h: u32, c: char) -> u32 {
-    let h = (h ^ c as u32).wrapping_mul(0x0100_0193);
-    h ^ (h >> 15)
+pub fn char_hash(c: char) -> u64 {
+    (u64::from(c as u32) ^ 0x5851_F42D_0000_0000).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// The bucket of a finished n-gram hash.
+/// The key of the character pair `a b`, from their [`char_hash`]es.
 #[inline(always)]
-fn finish(h: u32) -> usize {
-    (h.wrapping_mul(0x9E37_79B1) >> (32 - BITS)) as usize
+pub fn pair_key(ha: u64, hb: u64) -> u64 {
+    ha.rotate_left(23) ^ hb
 }
 
-/// The bucket of one n-gram: a multiplicative hash of its characters and its length.
+/// The key of the character triple `a b c`, from their [`char_hash`]es.
 #[inline(always)]
-fn bucket(chars: &[char]) -> usize {
-    let mut h: u32 = HASH_SEED ^ (chars.len() as u32);
-    for &c in chars {
-        h = step(h, c);
-    }
-    finish(h)
+pub fn triple_key(ha: u64, hb: u64, hc: u64) -> u64 {
+    ha.rotate_left(46) ^ hb.rotate_left(23) ^ hc
 }
 
-/// Calls `f` with the bucket of every n-gram (n = 1..=MAX_N) of `chars`.
+/// The bucket of an n-gram key.
+#[inline(always)]
+fn bucket(key: u64) -> usize {
+    (key >> (64 - BITS)) as usize
+}
+
+/// Calls `f` with the bucket of every n-gram (n = 1..=MAX_N) of `chars`: at each character,
+/// its unigram, then the bigram and the trigram that end there.
 #[inline(always)]
 pub fn for_each_feature(chars: &[char], mut f: impl FnMut(usize)) {
-    for i in 0..chars.len() {
-        for n in 1..=MAX_N {
-            if let Some(g) = chars.get(i..i + n) {
-                f(bucket(g));
-            }
+    let (mut h1, mut h2) = (0u64, 0u64);
+    for (i, &c) in chars.iter().enumerate() {
+        let h = char_hash(c);
+        f(bucket(h));
+        if i >= 1 {
+            f(bucket(pair_key(h1, h)));
         }
+        if i >= 2 {
+            f(bucket(triple_key(h2, h1, h)));
+        }
+        h2 = h1;
+        h1 = h;
     }
+}
+
+/// Number of n-grams (n = 1..=MAX_N) of a text of `n` characters.
+#[inline(always)]
+fn feature_count(n: usize) -> u32 {
+    (n + n.saturating_sub(1) + n.saturating_sub(2)) as u32
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -91,47 +108,62 @@ impl Model {
     /// The probability that the normalized characters `chars` are offensive.
     #[inline]
     pub fn score(&self, chars: &[char]) -> f32 {
-        self.score_iter(chars.iter().copied())
+        if self.weights.len() != 1 << BITS {
+            return self.score_iter(chars.iter().copied());
+        }
+        self.score_hashes(chars.iter().map(|&c| char_hash(c)), chars.len())
     }
 
-    /// [`Model::score`] over characters given one by one (what the check does, straight from
-    /// the folded text): the same n-grams and buckets as [`for_each_feature`], hashed in one
-    /// pass with the hash states of the n-grams in progress carried from one character to the
-    /// next, so the score is identical.
+    /// [`Model::score`] over characters given one by one: the same n-grams and buckets as
+    /// [`for_each_feature`], so the score is identical.
     #[inline]
     pub fn score_iter(&self, chars: impl IntoIterator<Item = char>) -> f32 {
-        let Ok(w) = <&[i8; 1 << BITS]>::try_from(self.weights.as_slice()) else {
-            // Not a model of this build (hand-made with another size): the slow path.
-            let v: Vec<char> = chars.into_iter().collect();
-            let mut sum = 0i64;
-            let mut n = 0u32;
-            for_each_feature(&v, |b| {
-                sum += i64::from(self.weights.get(b).copied().unwrap_or(0));
-                n += 1;
-            });
-            return sigmoid(self.bias + self.scale * sum as f32 / norm(n));
-        };
-        let weight = |h: u32| i64::from(w[finish(h)]);
-        let (mut sum, mut n) = (0i64, 0u32);
-        // Hash states after the previous character: a bigram started there, and a trigram
-        // started there and one started the character before (one character to go).
-        let (mut bi, mut tri1, mut tri2) = (0u32, 0u32, 0u32);
-        for (i, c) in chars.into_iter().enumerate() {
-            sum += weight(step(HASH_SEED ^ 1, c));
+        let v: Vec<char> = chars.into_iter().collect();
+        let mut sum = 0i64;
+        let mut n = 0u32;
+        for_each_feature(&v, |b| {
+            sum += i64::from(self.weights.get(b).copied().unwrap_or(0));
             n += 1;
-            if i >= 1 {
-                sum += weight(step(bi, c));
-                n += 1;
-            }
-            if i >= 2 {
-                sum += weight(step(tri2, c));
-                n += 1;
-            }
-            tri2 = step(tri1, c);
-            tri1 = step(HASH_SEED ^ 3, c);
-            bi = step(HASH_SEED ^ 2, c);
-        }
+        });
         sigmoid(self.bias + self.scale * sum as f32 / norm(n))
+    }
+
+    /// [`Model::score`] from the [`char_hash`] of each character (what the check does: the
+    /// dictionary matcher needs the same hashes): the same n-grams and buckets as
+    /// [`for_each_feature`], so the same score bit for bit.
+    #[inline]
+    pub fn score_hashed(&self, hashes: &[u64]) -> f32 {
+        self.score_hashes(hashes.iter().copied(), hashes.len())
+    }
+
+    /// The score of the `n` characters whose [`char_hash`]es `hashes` yields. One pass, three
+    /// table loads per character and no branch in the loop: the trigram key is the previous
+    /// bigram key rotated once more (`triple_key(a, b, c) == pair_key(pair_key(a, b), c)`);
+    /// the first two characters, which start fewer n-grams, are taken before the loop.
+    #[inline(always)]
+    fn score_hashes(&self, hashes: impl Iterator<Item = u64>, n: usize) -> f32 {
+        let Ok(w) = <&[i8; 1 << BITS]>::try_from(self.weights.as_slice()) else {
+            // Not a model of this build (hand-made with another size): no weights apply.
+            return sigmoid(self.bias);
+        };
+        let weight = |key: u64| i64::from(w[bucket(key)]);
+        let mut it = hashes;
+        let mut sum = 0i64;
+        if let Some(h0) = it.next() {
+            sum += weight(h0);
+            if let Some(h) = it.next() {
+                let mut bi1 = pair_key(h0, h);
+                sum += weight(h) + weight(bi1);
+                let mut h1 = h;
+                for h in it {
+                    let bi = pair_key(h1, h);
+                    sum += weight(h) + weight(bi) + weight(pair_key(bi1, h));
+                    h1 = h;
+                    bi1 = bi;
+                }
+            }
+        }
+        sigmoid(self.bias + self.scale * sum as f32 / norm(feature_count(n)))
     }
 
     /// The score of a message text, normalized with the default separators.
@@ -367,6 +399,12 @@ mod tests {
             }
         }
         // A model of another size takes the slow path with the same result.
+        let chars: Vec<char> = "你好傻逼垃圾的人".chars().collect();
+        let hashes: Vec<u64> = chars.iter().map(|&c| char_hash(c)).collect();
+        assert_eq!(
+            m.score_hashed(&hashes).to_bits(),
+            reference(m, &chars).to_bits()
+        );
         let small = Model {
             bias: m.bias,
             scale: m.scale,

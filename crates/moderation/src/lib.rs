@@ -44,6 +44,8 @@ pub mod policy;
 mod romanize;
 mod t2s_table;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 pub use escalation::{EscalationConfig, Escalator, LadderStep, Penalty, StepPenalty, ViolationLog};
@@ -69,10 +71,11 @@ pub struct CheckContext<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hit {
     /// Rule id: `deny/porn.txt:12`, `builtin:secret:1`, `group:3`, `detector:phone`...
-    /// Never the matched word itself (rule ids are safe to log and show to admins).
-    pub rule: String,
-    /// Category (`porn`, `confidential`, `phone`...).
-    pub category: String,
+    /// Never the matched word itself (rule ids are safe to log and show to admins). Shared
+    /// with the rule set, so a verdict's hits allocate no strings.
+    pub rule: Arc<str>,
+    /// Category (`porn`, `confidential`, `phone`...), shared like `rule`.
+    pub category: Arc<str>,
     /// The action this hit asks for.
     pub action: Action,
     /// Byte offset of the first matched character in the original text.

@@ -3,9 +3,11 @@
 //! detectors).
 //!
 //! The text is the sequence of folded characters that are not separators (no normalized
-//! string is built). The scan is *anchored and filtered*: at each position, small Bloom-style
-//! bit sets of the patterns' first characters, exact two-character patterns and
-//! three-character prefixes tell whether any pattern can start there; only then does a
+//! string is built). The scan is *anchored and filtered*: at each position, an exact set of
+//! the one-character patterns and small Bloom-style bit sets of the patterns' first two
+//! characters, the two-character patterns and the three-character prefixes tell whether any
+//! pattern can start there (their keys combine the characters' hashes, computed once per
+//! check and shared with the classifier: see [`crate::classifier::char_hash`]); only then does a
 //! common-prefix search walk the trie from its root, reporting every pattern that the text
 //! spells from that position. Exact (a filter false positive only costs a walk) and linear: a
 //! walk is bounded by the longest pattern. The trie is used instead of an Aho-Corasick
@@ -18,6 +20,11 @@
 use std::collections::HashMap;
 
 use crawdad::Trie;
+
+// The per-character hash that the filter's probes combine: one multiply per character of
+// text, shared by the one-, two- and three-character probes of the positions around it and
+// by the classifier's n-gram buckets.
+use crate::classifier::{char_hash as mix, pair_key, triple_key};
 
 use crate::leet::LatinTrie;
 use crate::normalize::FChar;
@@ -140,46 +147,47 @@ pub(crate) struct Matcher {
     latin: LatinTrie,
 }
 
-/// One-probe Bloom bit set over character tuples.
+/// Remixes a probe key for a set over the same tuples as another (`two` next to
+/// `pair_prefix`), so that a false positive of one is not always one of the other.
+#[inline(always)]
+fn remix(key: u64) -> u64 {
+    (key ^ (key >> 29)).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+}
+
+/// One-probe Bloom bit set over hashed character tuples (the top bits of the key).
 struct Bits {
     bits: Vec<u64>,
     shift: u32,
-    seed: u32,
 }
 
 impl Bits {
     /// About 16 bits per key, between 4 Kib and 2 Mib (256 KiB).
-    fn new(keys: usize, seed: u32) -> Bits {
+    fn new(keys: usize) -> Bits {
         let log = (keys.max(1) * 16)
             .next_power_of_two()
             .trailing_zeros()
             .clamp(12, 21);
         Bits {
             bits: vec![0; 1 << (log - 6)],
-            shift: 32 - log,
-            seed,
+            shift: 64 - log,
         }
     }
 
     #[inline(always)]
-    fn slot(&self, a: char, b: char, c: char) -> usize {
-        let h = (a as u32).wrapping_mul(0x9E37_79B1)
-            ^ (b as u32).wrapping_mul(0x85EB_CA77).rotate_left(11)
-            ^ (c as u32).wrapping_mul(0xC2B2_AE3D).rotate_left(22)
-            ^ self.seed;
-        (h.wrapping_mul(0x27D4_EB2F) >> self.shift) as usize
+    fn slot(&self, key: u64) -> usize {
+        (key >> self.shift) as usize
     }
 
-    fn insert(&mut self, a: char, b: char, c: char) {
-        let i = self.slot(a, b, c);
+    fn insert(&mut self, key: u64) {
+        let i = self.slot(key);
         if let Some(w) = self.bits.get_mut(i >> 6) {
             *w |= 1 << (i & 63);
         }
     }
 
     #[inline(always)]
-    fn contains(&self, a: char, b: char, c: char) -> bool {
-        let i = self.slot(a, b, c);
+    fn contains(&self, key: u64) -> bool {
+        let i = self.slot(key);
         self.bits
             .get(i >> 6)
             .is_some_and(|w| w & (1 << (i & 63)) != 0)
@@ -228,12 +236,14 @@ impl CharSet {
 /// add work.
 const FIRST_SET_MAX: usize = 1024;
 
-/// Which positions can start a pattern.
+/// Which positions can start a pattern. Most positions of real text are rejected by one probe
+/// of `pair_prefix` (a hash of the position's first two characters, from the per-character
+/// [`mix`] values the scan carries along); the one-character patterns are an exact set.
 struct Filter {
     /// First characters of all patterns, exactly, for small rule sets (see [`FIRST_SET_MAX`]).
     first: Option<CharSet>,
-    /// One-character patterns.
-    one: Bits,
+    /// One-character patterns, exactly (in the BMP).
+    one: CharSet,
     any_one: bool,
     /// First two characters of every pattern of two or more characters.
     pair_prefix: Bits,
@@ -242,8 +252,6 @@ struct Filter {
     /// First three characters of every pattern of three or more characters.
     three: Bits,
 }
-
-const NONE: char = '\0';
 
 impl Filter {
     fn new(patterns: &[String]) -> Filter {
@@ -257,27 +265,26 @@ impl Filter {
         });
         let mut f = Filter {
             first,
-            one: Bits::new(n / 16, 1),
+            one: CharSet::new(),
             any_one: false,
-            pair_prefix: Bits::new(n, 2),
-            two: Bits::new(n / 2, 3),
-            three: Bits::new(n, 4),
+            pair_prefix: Bits::new(n),
+            two: Bits::new(n / 2),
+            three: Bits::new(n),
         };
         for p in patterns {
             let mut it = p.chars();
-            let (a, b, c) = (it.next(), it.next(), it.next());
-            match (a, b, c) {
+            match (it.next(), it.next(), it.next()) {
                 (Some(a), None, _) => {
-                    f.one.insert(a, NONE, NONE);
+                    f.one.insert(a);
                     f.any_one = true;
                 }
                 (Some(a), Some(b), None) => {
-                    f.pair_prefix.insert(a, b, NONE);
-                    f.two.insert(a, b, NONE);
+                    f.pair_prefix.insert(pair_key(mix(a), mix(b)));
+                    f.two.insert(remix(pair_key(mix(a), mix(b))));
                 }
                 (Some(a), Some(b), Some(c)) => {
-                    f.pair_prefix.insert(a, b, NONE);
-                    f.three.insert(a, b, c);
+                    f.pair_prefix.insert(pair_key(mix(a), mix(b)));
+                    f.three.insert(triple_key(mix(a), mix(b), mix(c)));
                 }
                 _ => {}
             }
@@ -289,21 +296,32 @@ impl Filter {
         Filter::new(&[])
     }
 
-    /// Whether a pattern may start with `a`, followed by `b` and `c` (`NONE` past the end).
+    /// Whether a pattern may start with `a` (whose [`mix`] is `ha`), followed by the
+    /// characters hashed `hb` and `hc` (0 past the end of the text: a false positive there
+    /// only costs a trie walk). `FIRST` and `ONE` say whether [`Filter::first`] and
+    /// [`Filter::one`] are in use (the scan loop is compiled once for each case).
     #[inline(always)]
-    fn may_start(&self, a: char, b: char, c: char) -> bool {
-        if self.first.as_ref().is_some_and(|set| !set.contains(a)) {
+    fn may_start<const FIRST: bool, const ONE: bool>(
+        &self,
+        a: char,
+        ha: u64,
+        hb: u64,
+        hc: u64,
+    ) -> bool {
+        if FIRST && self.first.as_ref().is_some_and(|set| !set.contains(a)) {
             return false;
         }
-        (self.any_one && self.one.contains(a, NONE, NONE))
-            || (b != NONE
-                && self.pair_prefix.contains(a, b, NONE)
-                && (self.two.contains(a, b, NONE) || (c != NONE && self.three.contains(a, b, c))))
+        if ONE && self.one.contains(a) {
+            return true;
+        }
+        let pair = pair_key(ha, hb);
+        self.pair_prefix.contains(pair)
+            && (self.two.contains(remix(pair)) || self.three.contains(triple_key(ha, hb, hc)))
     }
 
     fn bytes(&self) -> usize {
         self.first.as_ref().map_or(0, |set| set.bmp.len() * 8)
-            + self.one.bytes()
+            + self.one.bmp.len() * 8
             + self.pair_prefix.bytes()
             + self.two.bytes()
             + self.three.bytes()
@@ -353,43 +371,63 @@ impl Matcher {
         self.latin.scan(text, out);
     }
 
-    /// Appends every (overlapping) match to `out`. `text` is the folded text and `compact`
-    /// the indices of its non-separator characters, which is what patterns match against.
-    pub fn scan(&self, text: &[FChar], compact: &[u32], out: &mut Vec<RawMatch>) {
+    /// Appends every (overlapping) match to `out`. `chars` is what patterns match against:
+    /// the folded text's non-separator characters, whose indices in the folded text are
+    /// `compact` (same length); `hashes` is [`mix`] of each of `chars` followed by two zeros.
+    pub fn scan(&self, chars: &[char], hashes: &[u64], compact: &[u32], out: &mut Vec<RawMatch>) {
+        match (self.filter.first.is_some(), self.filter.any_one) {
+            (false, false) => self.scan_with::<false, false>(chars, hashes, compact, out),
+            (false, true) => self.scan_with::<false, true>(chars, hashes, compact, out),
+            (true, false) => self.scan_with::<true, false>(chars, hashes, compact, out),
+            (true, true) => self.scan_with::<true, true>(chars, hashes, compact, out),
+        }
+    }
+
+    #[inline(always)]
+    fn scan_with<const FIRST: bool, const ONE: bool>(
+        &self,
+        chars: &[char],
+        hashes: &[u64],
+        compact: &[u32],
+        out: &mut Vec<RawMatch>,
+    ) {
         let Some(trie) = &self.trie else { return };
-        let n = compact.len();
-        let ch = |k: usize| {
-            compact
-                .get(k)
-                .and_then(|&i| text.get(i as usize))
-                .map_or(NONE, |f| f.c)
-        };
-        let (mut b, mut c) = (ch(0), ch(1));
-        for i in 0..n {
-            let a = b;
-            b = c;
-            c = ch(i + 2);
-            if !self.filter.may_start(a, b, c) {
+        for (i, (&a, h)) in chars.iter().zip(hashes.windows(3)).enumerate() {
+            let [ha, hb, hc] = [h[0], h[1], h[2]];
+            if !self.filter.may_start::<FIRST, ONE>(a, ha, hb, hc) {
                 continue;
             }
-            let Some(rest) = compact.get(i..) else { break };
-            let hay = rest
-                .iter()
-                .map(|&k| text.get(k as usize).map_or(crawdad::END_MARKER, |f| f.c))
-                .take_while(|&c| c != crawdad::END_MARKER);
-            for (entry, len) in trie.common_prefix_search(hay) {
-                let (Some(&start), Some(&last)) =
-                    (compact.get(i), compact.get((i + len).saturating_sub(1)))
-                else {
-                    continue;
-                };
-                // A reversed (right-to-left) view walks the text backwards.
-                out.push(RawMatch {
-                    entry,
-                    start: start.min(last),
-                    end: start.max(last) + 1,
-                });
-            }
+            self.walk(trie, chars, compact, i, out);
+        }
+    }
+
+    /// Reports the patterns that `chars` spells from position `i`.
+    #[inline(never)]
+    fn walk(
+        &self,
+        trie: &Trie,
+        chars: &[char],
+        compact: &[u32],
+        i: usize,
+        out: &mut Vec<RawMatch>,
+    ) {
+        let Some(rest) = chars.get(i..) else { return };
+        let hay = rest
+            .iter()
+            .copied()
+            .take_while(|&c| c != crawdad::END_MARKER);
+        for (entry, len) in trie.common_prefix_search(hay) {
+            let (Some(&start), Some(&last)) =
+                (compact.get(i), compact.get((i + len).saturating_sub(1)))
+            else {
+                continue;
+            };
+            // A reversed (right-to-left) view walks the text backwards.
+            out.push(RawMatch {
+                entry,
+                start: start.min(last),
+                end: start.max(last) + 1,
+            });
         }
     }
 }
@@ -449,7 +487,10 @@ mod tests {
                 let (mut f, mut compact) = (Vec::new(), Vec::new());
                 fold_text(&text, &seps, &mut f, &mut compact, &mut Vec::new());
                 let mut got = Vec::new();
-                m.scan(&f, &compact, &mut got);
+                let chars: Vec<char> = compact.iter().map(|&i| f[i as usize].c).collect();
+                let mut hashes: Vec<u64> = chars.iter().map(|&c| mix(c)).collect();
+                hashes.extend([0, 0]);
+                m.scan(&chars, &hashes, &compact, &mut got);
                 let mut got: Vec<(u32, u32, u32)> =
                     got.iter().map(|r| (r.entry, r.start, r.end)).collect();
                 got.sort_unstable();

@@ -6,8 +6,9 @@
 
 use std::cell::RefCell;
 use std::path::Path;
+use std::sync::Arc;
 
-use crate::classifier::Model;
+use crate::classifier::{char_hash, Model};
 use crate::detectors::{
     self, DetHit, DetScratch, DetectorSet, MaskKind, Scanner, DETECTORS, NOT_PERSONAL_BIT,
 };
@@ -40,7 +41,8 @@ pub const BUILTIN_SECRET_MARKERS: &[&str] = &[
 /// A deny rule: one line of a word list (or one built-in marker).
 #[derive(Clone, Debug)]
 pub(crate) struct Rule {
-    pub id: String,
+    /// Shared with every hit of the rule (a verdict clones it without allocating).
+    pub id: Arc<str>,
     pub category: u16,
     pub action: Option<Action>,
 }
@@ -118,11 +120,45 @@ pub struct Moderator {
     seps: Separators,
     matcher: Matcher,
     rules: Vec<Rule>,
-    categories: Vec<(String, CategoryPolicy)>,
+    categories: Vec<(Arc<str>, CategoryPolicy)>,
     policy: PolicyFile,
     stats: LoadStats,
     /// The detector scanners to run (each once, for its enabled detectors), from the policy.
     scanners: Vec<(&'static Scanner, DetectorSet)>,
+    /// Category and rule id strings of the hits that are not deny rules.
+    labels: Labels,
+}
+
+/// The category and rule id strings of detector and classifier hits, made once, so that a
+/// verdict's hits share them instead of allocating one string per hit.
+struct Labels {
+    /// Per detector (by [`Detector`] index): its category and its rule id.
+    detectors: Vec<(Arc<str>, Arc<str>)>,
+    offensive: Arc<str>,
+    classifier_rule: Arc<str>,
+    empty: Arc<str>,
+}
+
+impl Labels {
+    fn new() -> Labels {
+        Labels {
+            detectors: DETECTORS
+                .iter()
+                .map(|d| (Arc::from(d.name), Arc::from(d.rule_id)))
+                .collect(),
+            offensive: Arc::from(OFFENSIVE),
+            classifier_rule: Arc::from("classifier:offense"),
+            empty: Arc::from(""),
+        }
+    }
+
+    /// The category and rule id of a detector's hits.
+    fn detector(&self, d: Detector) -> (Arc<str>, Arc<str>) {
+        self.detectors
+            .get(d.index())
+            .cloned()
+            .unwrap_or_else(|| (Arc::from(d.as_str()), Arc::from(d.rule_id())))
+    }
 }
 
 impl std::fmt::Debug for Moderator {
@@ -139,7 +175,7 @@ pub struct ModeratorBuilder {
     seps: Separators,
     mb: MatcherBuilder,
     rules: Vec<Rule>,
-    categories: Vec<(String, CategoryPolicy)>,
+    categories: Vec<(Arc<str>, CategoryPolicy)>,
     policy: PolicyFile,
     stats: LoadStats,
 }
@@ -164,14 +200,14 @@ impl ModeratorBuilder {
     /// detectors' context words.
     pub fn new(policy: PolicyFile) -> ModeratorBuilder {
         let seps = Separators::new(&policy.normalize.separators);
-        let mut categories: Vec<(String, CategoryPolicy)> = policy
+        let mut categories: Vec<(Arc<str>, CategoryPolicy)> = policy
             .categories
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (Arc::from(k.as_str()), v.clone()))
             .collect();
-        if !categories.iter().any(|(k, _)| k == CONFIDENTIAL) {
+        if !categories.iter().any(|(k, _)| &**k == CONFIDENTIAL) {
             categories.push((
-                CONFIDENTIAL.to_string(),
+                Arc::from(CONFIDENTIAL),
                 CategoryPolicy {
                     action: Action::Warn,
                     external: Some(Action::Block),
@@ -208,11 +244,11 @@ impl ModeratorBuilder {
 
     /// The index of a category, adding it (action `block`) when the policy does not name it.
     fn category(&mut self, name: &str) -> u16 {
-        if let Some(i) = self.categories.iter().position(|(k, _)| k == name) {
+        if let Some(i) = self.categories.iter().position(|(k, _)| &**k == name) {
             return i as u16;
         }
         self.categories
-            .push((name.to_string(), CategoryPolicy::new(Action::Block)));
+            .push((Arc::from(name), CategoryPolicy::new(Action::Block)));
         (self.categories.len() - 1) as u16
     }
 
@@ -246,7 +282,7 @@ impl ModeratorBuilder {
         });
         let idx = self.rules.len() as u32;
         self.rules.push(Rule {
-            id,
+            id: Arc::from(id),
             category: cat,
             action,
         });
@@ -349,7 +385,7 @@ impl ModeratorBuilder {
             + self
                 .rules
                 .iter()
-                .map(|r| r.id.capacity() + std::mem::size_of::<Rule>())
+                .map(|r| r.id.len() + 16 + std::mem::size_of::<Rule>())
                 .sum::<usize>();
         let scanners = detectors::plan(|d| self.policy.detectors.get(d).enabled);
         Ok(Moderator {
@@ -360,6 +396,7 @@ impl ModeratorBuilder {
             policy: self.policy,
             stats,
             scanners,
+            labels: Labels::new(),
         })
     }
 }
@@ -385,8 +422,14 @@ enum Src {
 struct Scratch {
     f: Vec<FChar>,
     compact: Vec<u32>,
+    /// The characters of `compact`: what the patterns and the classifier read.
+    chars: Vec<char>,
+    /// [`char_hash`] of `chars`, then two zeros.
+    hashes: Vec<u64>,
     rtl: Vec<(u32, u32)>,
     reversed: Vec<u32>,
+    reversed_chars: Vec<char>,
+    reversed_hashes: Vec<u64>,
     raw: Vec<RawMatch>,
     allow: Vec<(u32, u32)>,
     allow_max: Vec<u32>,
@@ -400,6 +443,20 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Fills `chars` with the characters the matcher and the classifier read, and `hashes` with
+/// their [`char_hash`] followed by two zeros (the look-ahead of the scan's last positions).
+fn chars_and_hashes(
+    from: impl Iterator<Item = char>,
+    chars: &mut Vec<char>,
+    hashes: &mut Vec<u64>,
+) {
+    chars.clear();
+    chars.extend(from);
+    hashes.clear();
+    hashes.extend(chars.iter().map(|&c| char_hash(c)));
+    hashes.extend([0, 0]);
 }
 
 /// Latin word boundaries: a pattern that starts (ends) with a Latin letter or digit must not
@@ -502,6 +559,7 @@ impl Moderator {
                 policy: PolicyFile::default(),
                 stats: LoadStats::default(),
                 scanners: Vec::new(),
+                labels: Labels::new(),
             })
     }
 
@@ -527,7 +585,7 @@ impl Moderator {
 
     /// Names of all categories (configured, from deny files, and `confidential`).
     pub fn categories(&self) -> impl Iterator<Item = &str> {
-        self.categories.iter().map(|(k, _)| k.as_str())
+        self.categories.iter().map(|(k, _)| &**k)
     }
 
     /// The offensive-language score of `text` (`0.0..=1.0`, see [`crate::classifier`]), as
@@ -556,17 +614,33 @@ impl Moderator {
         })
     }
 
-    fn category_of<'a>(&'a self, src: &Src, group: Option<&'a GroupPolicy>) -> (&'a str, bool) {
+    /// The category, rule id and escalation flag of a hit (shared strings: no allocation but
+    /// for a group's own words).
+    fn label_of(&self, src: &Src, group: Option<&GroupPolicy>) -> (Arc<str>, Arc<str>, bool) {
         match src {
             Src::Rule(r) => {
-                let cat = self.rules.get(*r as usize).map_or(0, |r| r.category);
-                self.categories
-                    .get(cat as usize)
-                    .map_or(("", true), |(k, c)| (k.as_str(), c.escalate))
+                let rule = self.rules.get(*r as usize);
+                let cat = rule.map_or(0, |r| r.category);
+                let id = rule.map_or_else(|| self.labels.empty.clone(), |r| r.id.clone());
+                match self.categories.get(cat as usize) {
+                    Some((k, c)) => (k.clone(), id, c.escalate),
+                    None => (self.labels.empty.clone(), id, true),
+                }
             }
-            Src::Group(_) => (group.map_or("group", |g| g.category()), true),
-            Src::Det(d) => (d.det.as_str(), false),
-            Src::Classifier => (OFFENSIVE, false),
+            Src::Group(i) => (
+                Arc::from(group.map_or("group", |g| g.category())),
+                Arc::from(format!("group:{}", i + 1)),
+                true,
+            ),
+            Src::Det(d) => {
+                let (cat, rule) = self.labels.detector(d.det);
+                (cat, rule, false)
+            }
+            Src::Classifier => (
+                self.labels.offensive.clone(),
+                self.labels.classifier_rule.clone(),
+                false,
+            ),
         }
     }
 
@@ -574,6 +648,8 @@ impl Moderator {
         let has_ext = ctx.has_external_member;
         let flags = fold_text(text, &self.seps, &mut s.f, &mut s.compact, &mut s.rtl);
         let f = &s.f;
+        let char_at = |&i: &u32| f.get(i as usize).map_or(crawdad::END_MARKER, |x| x.c);
+        chars_and_hashes(s.compact.iter().map(char_at), &mut s.chars, &mut s.hashes);
         s.raw.clear();
         s.cands.clear();
         s.allow.clear();
@@ -589,14 +665,22 @@ impl Moderator {
                     run.reverse();
                 }
             }
+            chars_and_hashes(
+                s.reversed.iter().map(char_at),
+                &mut s.reversed_chars,
+                &mut s.reversed_hashes,
+            );
         }
-        let views: &[&[u32]] = if s.rtl.is_empty() {
-            &[&s.compact]
+        let views: &[(&[char], &[u64], &[u32])] = if s.rtl.is_empty() {
+            &[(&s.chars, &s.hashes, &s.compact)]
         } else {
-            &[&s.compact, &s.reversed]
+            &[
+                (&s.chars, &s.hashes, &s.compact),
+                (&s.reversed_chars, &s.reversed_hashes, &s.reversed),
+            ]
         };
-        for view in views {
-            self.matcher.scan(f, view, &mut s.raw);
+        for (chars, hashes, view) in views {
+            self.matcher.scan(chars, hashes, view, &mut s.raw);
         }
         let read_symbols = flags.has_alpha && self.policy.normalize.read_symbols;
         if read_symbols {
@@ -604,8 +688,8 @@ impl Moderator {
         }
         let group_words = s.raw.len();
         if let Some(g) = ctx.group {
-            for view in views {
-                g.matcher().scan(f, view, &mut s.raw);
+            for (chars, hashes, view) in views {
+                g.matcher().scan(chars, hashes, view, &mut s.raw);
             }
             if read_symbols {
                 g.matcher().scan_latin(f, &mut s.raw);
@@ -744,12 +828,9 @@ impl Moderator {
         // The offensive-language score, by band.
         let cc = &self.policy.classifier;
         if cc.enabled && s.compact.len() >= cc.min_chars {
-            let chars = s
-                .compact
-                .iter()
-                .filter_map(|&i| s.f.get(i as usize))
-                .map(|x| x.c);
-            let mut action = cc.action(Model::shipped().score_iter(chars), has_ext);
+            // The hashes of the characters, which the matcher used too (see `char_hash`).
+            let hashes = s.hashes.get(..s.chars.len()).unwrap_or(&[]);
+            let mut action = cc.action(Model::shipped().score_hashed(hashes), has_ext);
             if action > Action::Allow {
                 if let Some(g) = ctx.group {
                     action = action.max(g.tightened(OFFENSIVE));
@@ -788,7 +869,7 @@ impl Moderator {
                 };
                 if let Some(g) = ctx.group {
                     a = a.max(g.tightened(name));
-                    if g.forbids_secret_markers() && name == CONFIDENTIAL {
+                    if g.forbids_secret_markers() && &**name == CONFIDENTIAL {
                         a = Action::Block;
                     }
                 }
@@ -815,25 +896,16 @@ impl Moderator {
         v.action = action;
         v.hits.reserve(s.picked.len());
         for c in &s.picked {
-            let (cat, esc) = self.category_of(&c.src, ctx.group);
-            let rule = match &c.src {
-                Src::Rule(r) => self
-                    .rules
-                    .get(*r as usize)
-                    .map_or_else(String::new, |r| r.id.clone()),
-                Src::Group(i) => format!("group:{}", i + 1),
-                Src::Det(d) => d.det.rule_id().to_string(),
-                Src::Classifier => "classifier:offense".to_string(),
-            };
+            let (category, rule, esc) = self.label_of(&c.src, ctx.group);
             let (start, end) = span(c);
             if v.category.is_none() && c.action == action {
-                v.category = Some(cat.to_string());
-                v.rule = Some(rule.clone());
+                v.category = Some(category.to_string());
+                v.rule = Some(rule.to_string());
             }
             v.escalate |= esc && c.action >= Action::Warn;
             v.hits.push(Hit {
                 rule,
-                category: cat.to_string(),
+                category,
                 action: c.action,
                 start,
                 end,

@@ -75,7 +75,7 @@ pub(crate) struct Separators {
     bmp: Box<[u64]>,
     /// One bit per non-ASCII BMP character that folds to itself, is no separator and so is
     /// class `OTHER` (8 KiB, stays in L1): the fast path for CJK text.
-    plain: Box<[u64]>,
+    plain: Box<[u64; 1024]>,
     /// Separators outside the BMP, sorted.
     other: Vec<char>,
 }
@@ -96,7 +96,7 @@ impl Separators {
         let mut s = Separators {
             ascii: 0,
             bmp: vec![0u64; 0x1_0000 / 64].into_boxed_slice(),
-            plain: vec![0u64; 0x1_0000 / 64].into_boxed_slice(),
+            plain: Box::new([0u64; 1024]),
             other: Vec::new(),
         };
         for c in chars
@@ -136,6 +136,13 @@ impl Separators {
             }
         }
         s
+    }
+
+    /// [`Separators::is_plain`] for a BMP code point (`code <= 0xFFFF`): one load, no
+    /// bounds check.
+    #[inline(always)]
+    fn is_plain_bmp(&self, code: u32) -> bool {
+        self.plain[(code as usize >> 6) & 1023] & (1u64 << (code & 63)) != 0
     }
 
     /// Whether `c` (non-ASCII, BMP) folds to itself and is class `OTHER`.
@@ -306,6 +313,7 @@ pub(crate) fn fold_text(
     let mut ri_left = 0usize;
     let mut ri_flag = false;
     let bytes = text.as_bytes();
+    let within_limit = bytes.get(..bytes.len().min(limit)).unwrap_or(bytes);
     let mut next = 0usize;
     while let Some(&b0) = bytes.get(next) {
         let i = next;
@@ -348,26 +356,27 @@ pub(crate) fn fold_text(
                 class: CLASS_OTHER,
             });
             // Fast path for a run of plain CJK text: the next three-byte characters that fold
-            // to themselves and do not repeat the last one, without the general dispatch.
-            while let (Some(&b0), Some(&b1), Some(&b2)) =
-                (bytes.get(next), bytes.get(next + 1), bytes.get(next + 2))
-            {
-                if b0 & 0xF0 != 0xE0 || next + 3 > limit {
+            // to themselves and do not repeat the last one, without the general dispatch. They
+            // all go to the matcher: their `compact` indices are appended at the end, at once.
+            let base = out.len() as u32;
+            while let Some(&[b0, b1, b2]) = within_limit.get(next..next + 3) {
+                if b0 & 0xF0 != 0xE0 {
                     break;
                 }
-                let code = (u32::from(b0 & 0x0F) << 12)
-                    | (u32::from(b1 & 0x3F) << 6)
-                    | u32::from(b2 & 0x3F);
+                let code = decode3(b0, b1, b2);
+                // A plain character is never a surrogate (those are not characters).
+                if !seps.is_plain_bmp(code) {
+                    break;
+                }
                 let Some(c) = char::from_u32(code) else {
                     break;
                 };
-                if c == acc.last || !seps.is_plain(c) {
+                if c == acc.last {
                     break;
                 }
                 let start = next as u32;
                 next += 3;
                 acc.last = c;
-                compact.push(out.len() as u32);
                 out.push(FChar {
                     c,
                     start,
@@ -375,6 +384,7 @@ pub(crate) fn fold_text(
                     class: CLASS_OTHER,
                 });
             }
+            compact.extend(base..out.len() as u32);
             continue;
         }
         if ch.is_ascii() {
@@ -468,6 +478,12 @@ pub(crate) fn fold_text(
         fold_leet(out);
     }
     flags
+}
+
+/// The code point of a three-byte UTF-8 sequence.
+#[inline(always)]
+fn decode3(b0: u8, b1: u8, b2: u8) -> u32 {
+    (u32::from(b0 & 0x0F) << 12) | (u32::from(b1 & 0x3F) << 6) | u32::from(b2 & 0x3F)
 }
 
 /// What [`fold_text`] carries from one character to the next.

@@ -192,9 +192,9 @@ pub struct ClassifierConfig {
 impl Eq for ClassifierConfig {}
 
 /// Default band: about 2 % of the safe comments of COLD dev score at or above it.
-pub const DEFAULT_WARN_AT: f32 = 0.836;
+pub const DEFAULT_WARN_AT: f32 = 0.834;
 /// Default band: about 0.5 % of the safe comments of COLD dev score at or above it.
-pub const DEFAULT_REVIEW_AT: f32 = 0.954;
+pub const DEFAULT_REVIEW_AT: f32 = 0.948;
 
 impl Default for ClassifierConfig {
     fn default() -> Self {

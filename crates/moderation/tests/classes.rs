@@ -305,7 +305,7 @@ fn is_card(m: &Moderator, text: &str) -> bool {
     let v = m.check(text, &CTX);
     v.hits
         .iter()
-        .any(|h| h.category == "bank_card" && h.action > Action::Allow)
+        .any(|h| &*h.category == "bank_card" && h.action > Action::Allow)
 }
 
 #[test]

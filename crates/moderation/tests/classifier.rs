@@ -95,13 +95,13 @@ fn shipped_weights_reproduce_the_reported_dev_numbers() {
     let review = evaluate(&scored, cfg.review_at);
     let half = evaluate(&scored, 0.5);
     println!("warn band {warn:?}\nreview band {review:?}\nat 0.5 {half:?}");
-    // docs/MODERATION.md: warn flags 2.0 % of safe comments with 60.2 % offensive recall,
-    // review 0.5 % with 29.6 %, accuracy 89.8 % at 0.5.
+    // docs/MODERATION.md: warn flags 2.0 % of safe comments with 60.9 % offensive recall,
+    // review 0.5 % with 31.3 %, accuracy 89.6 % at 0.5.
     assert!(warn.false_positive_rate <= 0.0205, "{warn:?}");
-    assert!((warn.recall - 0.602).abs() < 0.005, "{warn:?}");
+    assert!((warn.recall - 0.609).abs() < 0.005, "{warn:?}");
     assert!(review.false_positive_rate <= 0.0055, "{review:?}");
-    assert!((review.recall - 0.296).abs() < 0.005, "{review:?}");
-    assert!((half.accuracy - 0.898).abs() < 0.003, "{half:?}");
+    assert!((review.recall - 0.313).abs() < 0.005, "{review:?}");
+    assert!((half.accuracy - 0.896).abs() < 0.003, "{half:?}");
     let t = threshold_for_fpr(&scored, 0.02);
     assert!((t - cfg.warn_at).abs() < 0.002, "{t}");
 }
