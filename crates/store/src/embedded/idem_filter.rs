@@ -11,6 +11,13 @@
 //! writer appends without the lookup; a "maybe" (a retry, or a false positive) falls back to
 //! the LSM lookup, which decides.
 //!
+//! The scan runs on a thread of its own so that opening the store does not wait for it
+//! (about 2 s per million keys, measured). Until its result arrives, a writer's filter holds
+//! only the keys written since open, says "maybe" to everything, and every append does the
+//! LSM lookup as before. The scan reads a snapshot taken after the writers started feeding
+//! their filters, so the union of the two holds every key: each key is either in the
+//! snapshot or written by the writer after open.
+//!
 //! Each writer thread owns the filter of its own conversations (a conversation's appends
 //! always go to the same writer), so it takes no lock. The filter is a split-block bloom
 //! filter (the Parquet/Impala layout: one 32-byte block per key, one bit in each of its
@@ -27,9 +34,10 @@ use std::hash::BuildHasher;
 const BITS_PER_KEY: usize = 16;
 /// Keys the first generation of a writer's filter is sized for, at least.
 const MIN_KEYS: usize = 1 << 16;
-/// Most bytes the filters of one store take together (split evenly between its writers):
-/// 64 MiB is the design load of ~32 million idempotency keys (one per message kept).
-pub const MAX_BYTES: usize = 64 << 20;
+/// Most bytes the filters of one store take together, for the keys on disk at open and as
+/// much again for the keys written since (each split evenly between the writers): 32 MiB is
+/// the design load of ~16 million idempotency keys (one per message kept).
+pub const MAX_BYTES: usize = 32 << 20;
 
 /// Salts of the split-block bloom filter (from the Parquet specification).
 const SALT: [u32; 8] = [
@@ -108,18 +116,47 @@ pub struct IdemFilter {
     gens: Vec<Generation>,
     /// Most bytes this filter may take.
     max_bytes: usize,
+    /// Whether it holds every key of the keyspace (else only those inserted, and it answers
+    /// "maybe" to everything until [`Self::absorb`] adds the scan's filter).
+    complete: bool,
 }
 
 impl IdemFilter {
-    /// An empty filter sized for `expected` keys (at least [`MIN_KEYS`]), never growing past
-    /// `max_bytes`.
+    /// An empty, complete filter (for an empty keyspace, or the scan's) sized for `expected`
+    /// keys (at least [`MIN_KEYS`]), never growing past `max_bytes`.
     pub fn new(expected: usize, max_bytes: usize) -> Self {
         let most = max_bytes * 8 / BITS_PER_KEY;
         let capacity = expected.max(MIN_KEYS).min(most.max(1));
         Self {
             gens: vec![Generation::new(capacity)],
             max_bytes,
+            complete: true,
         }
+    }
+
+    /// An empty filter for the keys written from now on, waiting for the scan of the keys
+    /// already on disk: it answers "maybe" until [`Self::absorb`].
+    pub fn awaiting_scan(max_bytes: usize) -> Self {
+        Self {
+            complete: false,
+            ..Self::new(0, max_bytes)
+        }
+    }
+
+    /// Adds the filter built by the scan: from now on this one holds every key and its "no"
+    /// is exact.
+    pub fn absorb(&mut self, scanned: IdemFilter) {
+        let mut gens = scanned.gens;
+        gens.append(&mut self.gens);
+        self.gens = gens;
+        self.max_bytes += scanned.max_bytes;
+        self.complete = true;
+    }
+
+    /// Whether [`Self::absorb`] still has to run (the scan's result has not arrived).
+    #[cfg(test)]
+    pub fn awaits_scan(&self) -> bool {
+        !self.complete
     }
 
     /// Records a key (by its [`hash`]).
@@ -144,7 +181,7 @@ impl IdemFilter {
     /// False when the key (by its [`hash`]) was certainly never inserted; true when it may
     /// have been.
     pub fn may_contain(&self, h: u64) -> bool {
-        self.gens.iter().any(|g| g.contains(h))
+        !self.complete || self.gens.iter().rev().any(|g| g.contains(h))
     }
 
     /// Bytes of memory the filter takes.
@@ -183,6 +220,25 @@ mod tests {
         let fp = (n..2 * n).filter(|i| f.may_contain(hash(&key(*i)))).count();
         // Each generation ~0.2 % at its design load; four checked on a miss.
         assert!(fp < n / 100, "{fp} false positives in {n}");
+    }
+
+    /// A filter waiting for the scan says "maybe" to everything; after absorbing the scan's
+    /// filter it knows the keys of both.
+    #[test]
+    fn absorbing_the_scan_completes_the_filter() {
+        let mut live = IdemFilter::awaiting_scan(MAX_BYTES);
+        live.insert(hash(b"new"));
+        assert!(live.awaits_scan());
+        assert!(live.may_contain(hash(b"anything")));
+        let mut scanned = IdemFilter::new(10, MAX_BYTES);
+        scanned.insert(hash(b"old"));
+        live.absorb(scanned);
+        assert!(!live.awaits_scan());
+        assert!(live.may_contain(hash(b"old")) && live.may_contain(hash(b"new")));
+        let fp = (0..10_000)
+            .filter(|i| live.may_contain(hash(format!("other{i}").as_bytes())))
+            .count();
+        assert!(fp < 100, "{fp}");
     }
 
     /// At its memory bound the filter stops growing and still has no false negatives.
