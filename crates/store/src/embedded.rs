@@ -35,11 +35,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// Memtable size per keyspace: small enough that the hot skiplist stays in cache.
-const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Memtable size per keyspace. Larger memtables mean fewer, larger flushes and less
+/// compaction: measured with 1M appends, 32 MiB took ~15 % less process CPU per append than
+/// 8 MiB (docs/BENCHMARKS.md). Only the keyspaces appends fill (messages, idempotency,
+/// compliance) grow that large: ~100 MiB plus the sealed ones being flushed.
+const MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
 
 pub mod dump;
 mod events;
+mod idem_filter;
 
 /// Separates the parts of a composite key; ids never contain a NUL byte.
 const SEP: u8 = 0;
@@ -82,11 +86,15 @@ struct Keyspaces {
     compliance: Keyspace,
     /// Compliance event ids and the ones not yet durable (readers stop below them).
     events: crate::compliance::Sequencer,
+    /// Set by [`Store::close`]: the idempotency scan stops early.
+    closing: std::sync::atomic::AtomicBool,
+    /// Writers that have absorbed the idempotency scan's filter (for tests and logs).
+    filters_complete: std::sync::atomic::AtomicUsize,
     /// Makes audit keys unique within a millisecond.
     audit_counter: std::sync::atomic::AtomicU64,
     /// Highest durable seq per conversation written since start; reads stop there. A
     /// conversation absent from the map has nothing newer than what was on disk at start.
-    durable: DashMap<String, u64>,
+    durable: DashMap<String, u64, FastHash>,
 }
 
 /// A conversation's retention state (see [`Keyspaces::floor`]).
@@ -110,17 +118,20 @@ type Job = Box<dyn FnOnce(&Keyspaces, &mut WriterState) -> Result<Finisher> + Se
 #[derive(Default)]
 struct WriterState {
     /// (conversation, seq) appended in the current batch, made visible after its sync.
-    touched: Vec<(String, u64)>,
+    touched: Vec<(Arc<str>, u64)>,
     /// Last seq per conversation, so an append needs no read for it. The writer is the only
-    /// one that changes it; the map is cleared when it grows past [`LAST_SEQ_CACHE`].
-    last_seq: std::collections::HashMap<String, u64>,
+    /// one that changes it; the map is cleared when it grows past [`LAST_SEQ_CACHE`]. Its
+    /// keys are shared with `touched` (no copy of the conversation id per append).
+    last_seq: std::collections::HashMap<Arc<str>, u64, FastHash>,
     /// The appends of the current batch, written by one atomic write batch at its end
     /// (one journal write for the whole group instead of one per message).
     appends: Option<fjall::OwnedWriteBatch>,
     /// Messages appended in the current batch (their encoding, shared with the write batch)
     /// by idempotency key, so that a retry within the same batch (not yet in the keyspaces)
     /// is still recognized.
-    pending: std::collections::HashMap<fjall::Slice, fjall::Slice>,
+    pending: std::collections::HashMap<fjall::Slice, fjall::Slice, FastHash>,
+    /// Reused buffer for building a key or encoding a message, copied once into its slice.
+    scratch: Vec<u8>,
     /// Set by the last job of [`Store::close`]: the writer ends after this batch.
     stop: bool,
     /// Items in the previous write batch: the next one starts with that capacity instead of
@@ -130,7 +141,14 @@ struct WriterState {
     events: Vec<u64>,
     /// The message events of the current batch, written as one record with its appends.
     message_events: events::MessageEvents,
+    /// Every idempotency key of this writer's conversations (on disk at open, or written
+    /// since): an append whose key it has certainly not seen needs no LSM lookup.
+    filter: idem_filter::IdemFilter,
 }
+
+/// The writer's maps hash with foldhash: their keys are ours (a conversation is always on the
+/// same writer), and SipHash showed in the append profile.
+type FastHash = foldhash::fast::RandomState;
 
 /// Most conversations whose last seq the writer keeps in memory.
 const LAST_SEQ_CACHE: usize = 1 << 20;
@@ -263,9 +281,42 @@ impl Keyspaces {
             compliance: ks("compliance")?,
             events: crate::compliance::Sequencer::new("", 0, 0),
             audit_counter: std::sync::atomic::AtomicU64::new(0),
-            durable: DashMap::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            filters_complete: std::sync::atomic::AtomicUsize::new(0),
+            durable: DashMap::with_hasher(FastHash::default()),
             db,
         })
+    }
+
+    /// The idempotency filter of each of `shards` writers, holding every idempotency key on
+    /// disk of the writer's conversations: one scan of the keyspace (a snapshot taken now).
+    /// `None` when the store is closing.
+    fn scan_idempotency(&self, shards: usize) -> Result<Option<Vec<idem_filter::IdemFilter>>> {
+        let started = std::time::Instant::now();
+        let expected = self.idempotency.approximate_len() / shards.max(1);
+        let max_bytes = idem_filter::MAX_BYTES / shards.max(1);
+        let mut filters: Vec<_> = (0..shards)
+            .map(|_| idem_filter::IdemFilter::new(expected, max_bytes))
+            .collect();
+        let mut keys = 0u64;
+        for g in self.idempotency.iter() {
+            let k = g.key().map_err(backend)?;
+            let conv = k.split(|b| *b == SEP).next().unwrap_or_default();
+            if let Some(f) = filters.get_mut(shard_of(conv, shards)) {
+                f.insert(idem_filter::hash(&k));
+            }
+            keys += 1;
+            if keys.is_multiple_of(4096) && self.closing.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+        }
+        tracing::info!(
+            keys,
+            bytes = filters.iter().map(|f| f.bytes()).sum::<usize>(),
+            ms = started.elapsed().as_millis() as u64,
+            "idempotency filter rebuilt"
+        );
+        Ok(Some(filters))
     }
 
     /// Fills the in-memory copy of the `min_seq` keyspace.
@@ -419,18 +470,40 @@ impl Keyspaces {
 
     fn append(&self, msg: NewMessage, state: &mut WriterState) -> Result<Appended> {
         let conv = msg.conv.as_str();
-        let idem_key = fjall::Slice::from(key(&[
+        // Built in the writer's scratch buffer: one allocation (the key's own) per key.
+        let scratch = &mut state.scratch;
+        scratch.clear();
+        for (i, part) in [
             conv.as_bytes(),
             msg.from.as_str().as_bytes(),
             msg.client_msg_id.as_bytes(),
-        ]));
-        if let Some(encoded) = state.pending.get(&idem_key) {
-            return Ok(Appended {
-                message: decode(encoded)?,
-                duplicate: true,
-            });
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                scratch.push(SEP);
+            }
+            scratch.extend_from_slice(part);
         }
-        if let Some(seq) = self.idempotency.get(&idem_key).map_err(backend)? {
+        let idem_key = fjall::Slice::from(scratch.as_slice());
+        // The filter holds every key written, in this batch or before: when it has certainly
+        // not seen this one (nearly always), neither the batch nor the keyspace has it.
+        let hash = idem_filter::hash(&idem_key);
+        let seen = state.filter.may_contain(hash);
+        if seen {
+            if let Some(encoded) = state.pending.get(&idem_key) {
+                return Ok(Appended {
+                    message: decode(encoded)?,
+                    duplicate: true,
+                });
+            }
+        }
+        let stored = match seen {
+            true => self.idempotency.get(&idem_key).map_err(backend)?,
+            false => None,
+        };
+        if let Some(seq) = stored {
             let seq = u64_at(&seq, 0)?;
             let message = match self.messages.get(msg_key(conv, seq)).map_err(backend)? {
                 Some(stored) => decode(&stored)?,
@@ -446,16 +519,20 @@ impl Keyspaces {
                 duplicate: true,
             });
         }
-        let last = match state.last_seq.get(conv) {
-            Some(last) => *last,
-            None => self.conv_meta(conv)?.0,
+        let (conv_key, last) = match state.last_seq.get_key_value(conv) {
+            Some((k, last)) => (k.clone(), *last),
+            None => {
+                let last = self.conv_meta(conv)?.0;
+                // Everything up to `last` is durable (synced by an earlier batch, or on disk
+                // at start), so readers may see it; the new seq becomes visible after this
+                // batch's sync. (A conversation in the last-seq cache has its entry already.)
+                if !self.durable.contains_key(conv) {
+                    self.durable.entry(conv.to_owned()).or_insert(last);
+                }
+                (Arc::<str>::from(conv), last)
+            }
         };
         let seq = last + 1;
-        // Everything up to `last` is durable (synced by an earlier batch, or on disk at
-        // start), so readers may see it; the new seq becomes visible after this batch's sync.
-        if !self.durable.contains_key(conv) {
-            self.durable.entry(conv.to_owned()).or_insert(last);
-        }
         // Its compliance event goes in the same atomic batch, in the batch's one record.
         state.message_events.push(&msg, seq);
         let capacity = state.batch_items;
@@ -464,6 +541,7 @@ impl Keyspaces {
             fjall::OwnedWriteBatch::with_capacity(self.db.clone(), capacity)
         });
         batch.insert(&self.idempotency, idem_key.clone(), seq.to_be_bytes());
+        state.filter.insert(hash);
         // The participants' conversation-list entries go in with the conversation's first
         // message (same atomic batch); writing them again with every message only piled up
         // versions of the same keys in the memtable (measured: the writer's hottest work).
@@ -476,23 +554,17 @@ impl Keyspaces {
                 );
             }
         }
-        let conv_owned = msg.conv.clone();
+        let message_key = msg_key(conv, seq);
         let message = msg.into_message(Seq(seq));
-        // Encoded once: the write batch and the in-batch retry check share the bytes.
-        let encoded = fjall::Slice::from(encode(&message)?);
-        batch.insert(
-            &self.messages,
-            msg_key(conv_owned.as_str(), seq),
-            encoded.clone(),
-        );
+        // Encoded once, into the scratch buffer: the write batch and the in-batch retry
+        // check share the bytes.
+        state.scratch.clear();
+        rmp_serde::encode::write_named(&mut state.scratch, &message)
+            .map_err(|e| StoreError::corrupt_with("encode", e))?;
+        let encoded = fjall::Slice::from(state.scratch.as_slice());
+        batch.insert(&self.messages, message_key, encoded.clone());
         state.pending.insert(idem_key, encoded);
-        let conv_key = conv_owned.to_string();
-        match state.last_seq.get_mut(&conv_key) {
-            Some(v) => *v = seq,
-            None => {
-                state.last_seq.insert(conv_key.clone(), seq);
-            }
-        }
+        state.last_seq.insert(conv_key.clone(), seq);
         state.touched.push((conv_key, seq));
         Ok(Appended {
             message,
@@ -569,14 +641,47 @@ impl EmbeddedStore {
         let max_batch = opts.max_batch.max(1);
         let mut jobs = Vec::with_capacity(shards);
         let mut writers = Vec::with_capacity(shards);
+        // With keys on disk, each writer starts with a filter of the keys it writes and gets
+        // the scan's filter of the rest when the scan is done (see `idem_filter`).
+        let scan = !ks.idempotency.is_empty().map_err(backend)?;
+        let mut scanned = Vec::with_capacity(shards);
         for shard in 0..shards {
             let (tx, rx) = mpsc::channel::<Job>(queue);
+            let (filter, from_scan) = if scan {
+                let (stx, srx) = std::sync::mpsc::sync_channel(1);
+                scanned.push(stx);
+                let max_bytes = idem_filter::MAX_BYTES / shards;
+                (idem_filter::IdemFilter::awaiting_scan(max_bytes), Some(srx))
+            } else {
+                (
+                    idem_filter::IdemFilter::new(0, idem_filter::MAX_BYTES / shards),
+                    None,
+                )
+            };
             let writer_ks = ks.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("store-writer-{shard}"))
-                .spawn(move || writer_loop(&writer_ks, rx, max_batch))
+                .spawn(move || writer_loop(&writer_ks, rx, max_batch, filter, from_scan))
                 .map_err(backend)?;
             jobs.push(tx);
+            writers.push(handle);
+        }
+        if scan {
+            let scan_ks = ks.clone();
+            let handle = std::thread::Builder::new()
+                .name("store-idem-scan".into())
+                .spawn(move || match scan_ks.scan_idempotency(shards) {
+                    Ok(Some(filters)) => {
+                        for (tx, f) in scanned.iter().zip(filters) {
+                            // A writer that has ended no longer needs it.
+                            let _ = tx.send(f);
+                        }
+                    }
+                    Ok(None) => {}
+                    // The writers keep doing the LSM lookup: slower, still exact.
+                    Err(e) => tracing::error!(error = %e, "idempotency filter scan failed"),
+                })
+                .map_err(backend)?;
             writers.push(handle);
         }
         Ok(Self {
@@ -588,12 +693,7 @@ impl EmbeddedStore {
 
     /// The queue of the writer that owns `conv` (its appends and recalls).
     fn shard(&self, conv: &str) -> &mpsc::Sender<Job> {
-        // FNV-1a: stable, cheap, and enough to spread conversation ids.
-        let h = conv.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        let n = self.jobs.len() as u64;
-        &self.jobs[(h % n) as usize]
+        &self.jobs[shard_of(conv.as_bytes(), self.jobs.len())]
     }
 
     /// Runs `f` on writer 0 in its next batch and waits until that batch is durable.
@@ -639,10 +739,39 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+/// The writer (of `shards`) that owns the conversation `conv`.
+fn shard_of(conv: &[u8], shards: usize) -> usize {
+    // FNV-1a: stable, cheap, and enough to spread conversation ids.
+    let h = conv.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (h % shards.max(1) as u64) as usize
+}
+
+fn writer_loop(
+    ks: &Keyspaces,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    filter: idem_filter::IdemFilter,
+    mut from_scan: Option<std::sync::mpsc::Receiver<idem_filter::IdemFilter>>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
-    let mut state = WriterState::default();
+    let mut state = WriterState {
+        filter,
+        ..WriterState::default()
+    };
     while let Some(first) = rx.blocking_recv() {
+        if let Some(scan) = &from_scan {
+            match scan.try_recv() {
+                Ok(scanned) => {
+                    state.filter.absorb(scanned);
+                    ks.filters_complete.fetch_add(1, Ordering::Relaxed);
+                    from_scan = None;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => from_scan = None,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+        }
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -717,7 +846,7 @@ fn run_batch(
     ks.events.done(&state.events);
     state.events.clear();
     for (conv, seq) in state.touched.iter() {
-        if let Some(mut v) = ks.durable.get_mut(conv.as_str()) {
+        if let Some(mut v) = ks.durable.get_mut(&**conv) {
             *v = (*v).max(*seq);
         }
     }
@@ -1038,6 +1167,7 @@ impl Store for EmbeddedStore {
     async fn close(&self) -> Result<()> {
         // A last job per writer, queued behind everything already sent, tells it to stop
         // after its batch is durable; then we wait for the threads to end.
+        self.ks.closing.store(true, Ordering::Relaxed);
         for queue in self.jobs.iter() {
             let _ = self
                 .write_on(queue, |_, state| {
@@ -1374,6 +1504,57 @@ mod tests {
                 .len(),
             10
         );
+    }
+
+    /// After a reopen, retries are duplicates both before the idempotency scan is done (the
+    /// writers do the LSM lookup) and after (the scan's filter has every key on disk).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retries_after_reopen_are_duplicates_before_and_after_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let convs: Vec<ConvId> = (0..5)
+            .map(|i| ConvId::group(&GroupId::new(format!("f{i}"))))
+            .collect();
+        let msg = |i: usize| {
+            crate::conformance::new_msg(&convs[i % 5], &format!("u{}", i % 3), &format!("k{i}"))
+        };
+        {
+            let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+            for i in 0..300 {
+                assert!(!store.append(msg(i)).await.unwrap().duplicate);
+            }
+            store.close().await.unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        // Maybe before the scan is done.
+        assert!(store.append(msg(7)).await.unwrap().duplicate);
+        let writers = store.jobs.len();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut fresh = 0;
+        // A writer takes the scan's filter at its next batch: keep appending until all have.
+        while store.ks.filters_complete.load(Ordering::Relaxed) < writers {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the scan never completed"
+            );
+            for c in &convs {
+                let m = crate::conformance::new_msg(c, "late", &format!("fresh{fresh}"));
+                assert!(!store.append(m).await.unwrap().duplicate);
+                fresh += 1;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for i in 0..300 {
+            let again = store.append(msg(i)).await.unwrap();
+            assert!(again.duplicate, "retry {i} after the scan");
+            assert_eq!(again.message.seq, Seq(i as u64 / 5 + 1));
+        }
+        let next = store
+            .append(crate::conformance::new_msg(&convs[0], "u0", "new"))
+            .await
+            .unwrap();
+        assert!(!next.duplicate);
+        assert_eq!(next.message.seq.0, 60 + fresh / 5 + 1);
+        store.close().await.unwrap();
     }
 
     /// The min seq and the last seq survive a restart, also when retention deleted every
