@@ -276,14 +276,17 @@ mod tests {
             let p = &p;
             async move {
                 let t = Instant::now();
-                for _ in 0..3 {
-                    let _ = p.verify("wrong horse 1".into(), stored.clone()).await;
-                }
+                let _ = p.verify("wrong horse 1".into(), stored).await;
                 t.elapsed()
             }
         };
-        let known = time(Some(h)).await;
-        let unknown = time(None).await;
+        // The fastest of five runs each, interleaved: a busy machine only ever adds time, so
+        // the minimums compare the work done, not the load at that moment.
+        let (mut known, mut unknown) = (Duration::MAX, Duration::MAX);
+        for _ in 0..5 {
+            known = known.min(time(Some(h.clone())).await);
+            unknown = unknown.min(time(None).await);
+        }
         let ratio = known.as_secs_f64() / unknown.as_secs_f64();
         assert!((0.5..2.0).contains(&ratio), "{known:?} vs {unknown:?}");
     }
