@@ -364,7 +364,7 @@ async fn backup_online(
     token: Option<String>,
     admin: Option<String>,
 ) -> anyhow::Result<()> {
-    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
     let base = url.unwrap_or_else(|| {
         format!(
@@ -382,16 +382,20 @@ async fn backup_online(
             auth.mint(&UserId::new(admin), Some(300))?
         }
     };
-    let resp = reqwest::Client::new()
-        .get(format!("{}/v1/admin/backup", base.trim_end_matches('/')))
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| format!("connecting to {base}"))?;
+    let resp = http_get(
+        &format!("{}/v1/admin/backup", base.trim_end_matches('/')),
+        &token,
+    )
+    .await
+    .with_context(|| format!("connecting to {base}"))?;
     let status = resp.status();
+    let mut body = resp.into_body();
     if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
-        anyhow::bail!("the node answered {status}: {body}");
+        let text = match body.collect().await {
+            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+            Err(_) => String::new(),
+        };
+        anyhow::bail!("the node answered {status}: {text}");
     }
     let partial = crate::backup::with_suffix(out, ".partial");
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -402,12 +406,13 @@ async fn backup_online(
     let mut file = tokio::fs::File::create(&partial)
         .await
         .with_context(|| format!("creating {}", partial.display()))?;
-    let mut body = resp.bytes_stream();
     let mut bytes = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("receiving the archive")?;
-        bytes += chunk.len() as u64;
-        file.write_all(&chunk).await?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("receiving the archive")?;
+        if let Ok(chunk) = frame.into_data() {
+            bytes += chunk.len() as u64;
+            file.write_all(&chunk).await?;
+        }
     }
     file.sync_all().await?;
     drop(file);
@@ -415,4 +420,47 @@ async fn backup_online(
     use std::io::Write;
     writeln!(std::io::stdout(), "{}: {bytes} bytes", out.display())?;
     Ok(())
+}
+
+/// One plain-HTTP/1.1 `GET` with a bearer token, for the online backup client: hyper's own
+/// client connection (the server already compiles hyper), no connection pool, no TLS (point
+/// `--url` at a listener without TLS, e.g. on loopback). The response body streams.
+async fn http_get(
+    url: &str,
+    token: &str,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    use hyper::header::{AUTHORIZATION, HOST};
+    let uri: hyper::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        other => anyhow::bail!(
+            "{url}: the online backup client speaks plain http only, not {}",
+            other.unwrap_or("a URL without a scheme")
+        ),
+    }
+    let authority = uri
+        .authority()
+        .with_context(|| format!("{url}: no host"))?
+        .clone();
+    // `[::1]` in a URL is the address `::1`.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    // Drives the connection; it ends when the response body has been read (or dropped).
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "backup client connection ended");
+        }
+    });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = hyper::Request::get(path)
+        .header(HOST, authority.as_str())
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    Ok(sender.send_request(request).await?)
 }
