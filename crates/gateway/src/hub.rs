@@ -315,15 +315,27 @@ impl Sink for Hub {
         if let Payload::Frame(ServerFrame::Message(m)) = &envelope.payload {
             crate::metrics::router_lag(m.ts);
         }
+        if let (Audience::Users(_), Payload::Frame(_)) = (&envelope.audience, &envelope.payload) {
+            // The router's envelope is usually ours alone: its frame moves into the shared
+            // frame instead of being cloned (a message's strings are a handful of allocations).
+            let Envelope {
+                audience: Audience::Users(users),
+                skip_session,
+                payload: Payload::Frame(frame),
+            } = Arc::try_unwrap(envelope).unwrap_or_else(|shared| (*shared).clone())
+            else {
+                return;
+            };
+            let shared = SharedFrame::new(frame);
+            let skip = skip_session.as_deref().map(|id| (id_hash(id), id));
+            self.each_session(&users, |s| match skip {
+                Some((hash, id)) if hash == s.id_hash && id == s.id => {}
+                _ => s.push(shared.clone()),
+            });
+            return;
+        }
         match (&envelope.audience, &envelope.payload) {
-            (Audience::Users(users), Payload::Frame(frame)) => {
-                let shared = SharedFrame::new(frame.clone());
-                let skip = envelope.skip_session.as_deref().map(|id| (id_hash(id), id));
-                self.each_session(users, |s| match skip {
-                    Some((hash, id)) if hash == s.id_hash && id == s.id => {}
-                    _ => s.push(shared.clone()),
-                });
-            }
+            (Audience::Users(_), Payload::Frame(_)) => {}
             (Audience::AllNodes, Payload::Frame(_)) => {
                 tracing::warn!("ignoring a frame addressed to all nodes");
             }

@@ -30,6 +30,17 @@ pub async fn append_and_deliver(
     let everyone = msg.mentions.iter().any(|m| m.as_str() == MENTION_ALL);
     let named: HashSet<UserId> = msg.mentions.iter().cloned().collect();
     let pump = state.pump.clone();
+    // A direct conversation's messages are delivered from the writer's thread without the
+    // pump's task hop where the router is in-process; every one of them takes that path, so
+    // their seq order holds (pump.rs).
+    let direct = msg.conv.group_id().is_none();
+    let push = move |e: Envelope| {
+        if direct {
+            pump.push_inline(e);
+        } else {
+            pump.push(e);
+        }
+    };
     let deliver: store::AfterAppend = Box::new(move |a: &store::Appended| {
         if a.duplicate {
             return;
@@ -46,14 +57,14 @@ pub async fn append_and_deliver(
         if !plain.is_empty() {
             let mut e = Envelope::frame(plain, ServerFrame::Message(a.message.clone()));
             e.skip_session.clone_from(&skip);
-            pump.push(e);
+            push(e);
         }
         if !flagged.is_empty() {
             let mut m = a.message.clone();
             m.mentioned = true;
             let mut e = Envelope::frame(flagged, ServerFrame::Message(m));
             e.skip_session = skip;
-            pump.push(e);
+            push(e);
         }
     });
     // A session's pipelined sends enter the store in send order (see order.rs).

@@ -162,6 +162,17 @@ pub trait Router: Send + Sync + 'static {
     /// transport (not once delivered: delivery is at-least-once with `sync` as the repair).
     async fn publish(&self, envelope: Envelope) -> Result<(), RouterError>;
 
+    /// Delivers `envelope` to this node's sink on the caller's thread, without a task hop,
+    /// when the router is in-process; otherwise hands it back for [`Router::publish`]. Lets
+    /// the send path skip the delivery queue where nothing leaves the process. The default
+    /// hands every envelope back.
+    // The envelope comes back by value on purpose: boxing it would cost an allocation on
+    // every publish of a router that hands everything back (cluster mode).
+    #[allow(clippy::result_large_err)]
+    fn publish_inline(&self, envelope: Envelope) -> Result<(), Envelope> {
+        Err(envelope)
+    }
+
     /// This node now holds a session of `user` (presence).
     async fn session_opened(&self, user: &UserId) -> Result<(), RouterError>;
 

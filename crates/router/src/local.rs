@@ -32,6 +32,16 @@ impl Router for LocalRouter {
         Ok(())
     }
 
+    fn publish_inline(&self, envelope: Envelope) -> Result<(), Envelope> {
+        match self.sink.get() {
+            Some(sink) => {
+                sink.deliver(Arc::new(envelope));
+                Ok(())
+            }
+            None => Err(envelope),
+        }
+    }
+
     async fn session_opened(&self, _user: &UserId) -> Result<(), RouterError> {
         Ok(())
     }
@@ -43,6 +53,37 @@ impl Router for LocalRouter {
 
 #[cfg(test)]
 mod tests {
+    use crate::{Envelope, Router, Sink};
+    use protocol::{ServerFrame, UserId};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Arc<Envelope>>>);
+
+    impl Sink for Recorder {
+        fn deliver(&self, envelope: Arc<Envelope>) {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(envelope);
+        }
+    }
+
+    #[test]
+    fn publish_inline_delivers_on_the_callers_thread_once_attached() {
+        let router = super::LocalRouter::new();
+        let envelope = Envelope::frame(vec![UserId::new("u1")], ServerFrame::Pong { rid: None });
+        // No sink yet: the envelope comes back for the queued path.
+        let back = router.publish_inline(envelope.clone());
+        assert_eq!(back, Err(envelope.clone()));
+        let sink = Arc::new(Recorder::default());
+        router.attach(sink.clone());
+        assert_eq!(router.publish_inline(envelope.clone()), Ok(()));
+        let got = sink.0.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(got.len(), 1);
+        assert_eq!(*got[0], envelope);
+    }
+
     #[tokio::test]
     async fn conformance() {
         crate::conformance::run_all(
