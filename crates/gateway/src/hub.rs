@@ -295,6 +295,25 @@ impl Hub {
             }
         }
     }
+    /// Hands a frame addressed to users to their sessions here (but the one it skips).
+    fn push_frame(&self, envelope: Arc<Envelope>) {
+        // The router's envelope is usually ours alone: its frame moves into the shared frame
+        // instead of being cloned (a message's strings are a handful of allocations).
+        let Envelope {
+            audience: Audience::Users(users),
+            skip_session,
+            payload: Payload::Frame(frame),
+        } = Arc::try_unwrap(envelope).unwrap_or_else(|shared| (*shared).clone())
+        else {
+            return;
+        };
+        let shared = SharedFrame::new(frame);
+        let skip = skip_session.as_deref().map(|id| (id_hash(id), id));
+        self.each_session(&users, |s| match skip {
+            Some((hash, id)) if hash == s.id_hash && id == s.id => {}
+            _ => s.push(shared.clone()),
+        });
+    }
 }
 
 impl Sink for Hub {
@@ -315,27 +334,8 @@ impl Sink for Hub {
         if let Payload::Frame(ServerFrame::Message(m)) = &envelope.payload {
             crate::metrics::router_lag(m.ts);
         }
-        if let (Audience::Users(_), Payload::Frame(_)) = (&envelope.audience, &envelope.payload) {
-            // The router's envelope is usually ours alone: its frame moves into the shared
-            // frame instead of being cloned (a message's strings are a handful of allocations).
-            let Envelope {
-                audience: Audience::Users(users),
-                skip_session,
-                payload: Payload::Frame(frame),
-            } = Arc::try_unwrap(envelope).unwrap_or_else(|shared| (*shared).clone())
-            else {
-                return;
-            };
-            let shared = SharedFrame::new(frame);
-            let skip = skip_session.as_deref().map(|id| (id_hash(id), id));
-            self.each_session(&users, |s| match skip {
-                Some((hash, id)) if hash == s.id_hash && id == s.id => {}
-                _ => s.push(shared.clone()),
-            });
-            return;
-        }
         match (&envelope.audience, &envelope.payload) {
-            (Audience::Users(_), Payload::Frame(_)) => {}
+            (Audience::Users(_), Payload::Frame(_)) => self.push_frame(envelope),
             (Audience::AllNodes, Payload::Frame(_)) => {
                 tracing::warn!("ignoring a frame addressed to all nodes");
             }
