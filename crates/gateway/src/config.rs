@@ -459,8 +459,9 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Queue in front of the store writer.
     pub queue: usize,
-    /// `embedded`: writer threads; conversations are spread over them (one per core is the
-    /// useful maximum).
+    /// `embedded`: writer threads; conversations are spread over them. One is cheapest per
+    /// message up to tens of thousands of appends a second (each thread pays its own wake-ups
+    /// and journal syncs); two give ~15 % more at saturation (docs/BENCHMARKS.md).
     pub writers: usize,
     /// `scylla`: contact points, `host:port`.
     pub cql_nodes: Vec<String>,
@@ -483,7 +484,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::Embedded,
             max_batch: 1024,
             queue: 8192,
-            writers: 2,
+            writers: 1,
             cql_nodes: vec!["127.0.0.1:9042".into()],
             keyspace: "chat".into(),
             replication_factor: 3,

@@ -150,6 +150,12 @@ impl SessionHandle {
 
     /// [`Self::reply`] for a frame already wrapped (e.g. one holding a reply budget).
     pub async fn reply_shared(&self, frame: Arc<SharedFrame>) {
+        // Nearly always there is room: then no send future and no cancellation future (whose
+        // registration takes the token's lock) is made.
+        let frame = match self.queue.try_send(frame) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
         tokio::select! {
             _ = self.queue.send(frame) => {}
             _ = self.cancel.cancelled() => {}

@@ -208,8 +208,9 @@ pub async fn send(
         // The share and retention's reference to the file, in one write.
         crate::retention::record_share(state, f, &conv, &id).await?;
     }
+    let audience = access.audience();
     let participants = match &access {
-        Access::Direct(_) => access.audience(),
+        Access::Direct(_) => audience.clone(),
         Access::Group(_) => Vec::new(),
     };
     let appended = crate::messages::append_and_deliver(
@@ -228,7 +229,7 @@ pub async fn send(
             participants,
             moderation: Some(note.as_ref().map_or("allow".into(), |n| n.action.clone())),
         },
-        access.audience(),
+        audience,
         Some(from.session.to_owned()),
         order,
     )

@@ -322,11 +322,15 @@ async fn read_frames(
     let mut last_frame = tokio::time::Instant::now();
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
+    // Made once: a new cancellation future per frame registers and unregisters with the
+    // token each time (a lock each way).
+    let closed = handle.closed();
+    tokio::pin!(closed);
     loop {
         let pending = in_flight.as_ref().map_or(0, |f| f.len());
         let reads_due = ctx.reads_due();
         let next = tokio::select! {
-            _ = handle.closed() => return,
+            _ = &mut closed => return,
             _ = &mut expiry => {
                 handle.close(close::TOKEN_EXPIRED, "token expired");
                 return;
@@ -486,11 +490,14 @@ async fn write_loop(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     // Grows at the first delivery: an idle session holds no batch buffer.
     let mut buffered = Vec::new();
+    // Made once, not per batch (see `read_frames`).
+    let closed = handle.closed();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
             // Closing wins over queued frames: they are dropped, the close frame goes next.
-            _ = handle.closed() => break,
+            _ = &mut closed => break,
             n = queue.recv_many(&mut buffered, batch) => {
                 if n == 0 {
                     break;
