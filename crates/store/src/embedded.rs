@@ -41,6 +41,15 @@ use tokio::sync::{mpsc, oneshot};
 /// compliance) grow that large: ~100 MiB plus the sealed ones being flushed.
 const MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
 
+/// fjall's background threads (memtable flushes and compaction): half the cores, at least one
+/// and at most four. fjall's own default (all cores up to four) lets a flush and a compaction
+/// take both cores of a small machine at once for a few hundred milliseconds, which every
+/// message waiting for a core then sees in its latency; the work itself is the same either way.
+fn background_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores / 2).clamp(1, 4)
+}
+
 pub mod dump;
 mod events;
 mod idem_filter;
@@ -256,6 +265,7 @@ impl Keyspaces {
 
     fn open_keyspaces(dir: &Path) -> Result<Self> {
         let db = Database::builder(dir.join("chat"))
+            .worker_threads(background_workers())
             .open()
             .map_err(backend)?;
         let ks = |name: &str| {
