@@ -176,8 +176,8 @@ pub async fn send(
             mentions: req.mentions,
             reply_to: req.reply_to,
             ts: now_ms(),
-            category: verdict.category.clone(),
-            rule: verdict.rule.clone(),
+            category: verdict.category.as_deref().map(str::to_owned),
+            rule: verdict.rule.as_deref().map(str::to_owned),
         };
         let (id, ts) = (held.id.clone(), held.ts);
         if let Some(a) = &held.attachment {
@@ -316,8 +316,8 @@ async fn moderate(
             conv: Some(conv.clone()),
             target: None,
             message: Some(req.client_msg_id.clone()),
-            rule: verdict.rule.clone(),
-            category: verdict.category.clone(),
+            rule: verdict.rule.as_deref().map(str::to_owned),
+            category: verdict.category.as_deref().map(str::to_owned),
             detail: None,
         })
         .await;
@@ -329,7 +329,7 @@ async fn moderate(
             .await;
         escalate(state, me, penalty, now).await;
     }
-    let category = verdict.category.clone();
+    let category = verdict.category.as_deref().map(str::to_owned);
     if verdict.action == Action::Block {
         return Err(ApiError::new(
             ErrorCode::Blocked,

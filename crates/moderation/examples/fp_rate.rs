@@ -108,7 +108,7 @@ fn report(name: &str, dir: &Path, cold: &[(u8, String)], data: &Path) {
             flagged[l] += 1;
             if l == 0 {
                 if let Some(r) = &v.rule {
-                    *by_rule.entry(r.clone()).or_default() += 1;
+                    *by_rule.entry(r.to_string()).or_default() += 1;
                 }
             }
         }

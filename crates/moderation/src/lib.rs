@@ -89,10 +89,11 @@ pub struct Hit {
 pub struct Verdict {
     /// The most severe action of all hits (`Allow` when nothing fired).
     pub action: Action,
-    /// Category of the first most severe hit: what a blocked sender is told.
-    pub category: Option<String>,
-    /// Rule id of the first most severe hit (for the audit log).
-    pub rule: Option<String>,
+    /// Category of the first most severe hit: what a blocked sender is told. Shared with the
+    /// hit (and the rule set), so a flagged message allocates no string for it.
+    pub category: Option<Arc<str>>,
+    /// Rule id of the first most severe hit (for the audit log), shared like `category`.
+    pub rule: Option<Arc<str>>,
     /// The text with every `mask` hit replaced by `*`; `Some` when `action` is `Mask`, and also
     /// for `Review` when some hit asked for masking (deliver this if the admin approves).
     pub masked_text: Option<String>,

@@ -899,8 +899,8 @@ impl Moderator {
             let (category, rule, esc) = self.label_of(&c.src, ctx.group);
             let (start, end) = span(c);
             if v.category.is_none() && c.action == action {
-                v.category = Some(category.to_string());
-                v.rule = Some(rule.to_string());
+                v.category = Some(category.clone());
+                v.rule = Some(rule.clone());
             }
             v.escalate |= esc && c.action >= Action::Warn;
             v.hits.push(Hit {
