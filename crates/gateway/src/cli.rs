@@ -146,13 +146,41 @@ async fn export_compliance(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The log filter from `CHATD_LOG` (a `target=level,...` list, as `DEFAULT_LOG`), or
+/// `DEFAULT_LOG` when it is unset or does not parse. A [`Targets`] filter rather than
+/// `EnvFilter`: the same directives without span/field filters, and without the regex engine
+/// `EnvFilter` compiles in (docs/BENCHMARKS.md, "First run").
+///
+/// [`Targets`]: tracing_subscriber::filter::Targets
+fn log_filter(value: Option<&str>) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    use tracing_subscriber::filter::Targets;
+    let fallback = || DEFAULT_LOG.parse::<Targets>().unwrap_or_default();
+    match value {
+        None => (fallback(), None),
+        Some(v) => match v.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (
+                fallback(),
+                Some(format!(
+                    "CHATD_LOG={v:?} is not a `target=level,...` list ({e}); using {DEFAULT_LOG:?}"
+                )),
+            ),
+        },
+    }
+}
+
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CHATD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal())
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let value = std::env::var("CHATD_LOG").ok();
+    let (filter, error) = log_filter(value.as_deref());
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+        .with(filter)
         .init();
+    if let Some(error) = error {
+        tracing::warn!("{error}");
+    }
 }
 
 fn raise_fd_limit() {
@@ -463,4 +491,32 @@ async fn http_get(
         .header(AUTHORIZATION, format!("Bearer {token}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;
     Ok(sender.send_request(request).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn log_filter_keeps_the_target_level_syntax() {
+        let (f, err) = log_filter(None);
+        assert!(err.is_none());
+        assert!(f.would_enable("chatd", &Level::INFO));
+        assert!(!f.would_enable("fjall::tree", &Level::INFO));
+        assert!(f.would_enable("lsm_tree", &Level::WARN));
+
+        let (f, err) = log_filter(Some("warn,gateway::session=debug,store=off"));
+        assert!(err.is_none());
+        assert!(!f.would_enable("gateway::hub", &Level::INFO));
+        assert!(f.would_enable("gateway::session", &Level::DEBUG));
+        assert!(!f.would_enable("store::embedded", &Level::ERROR));
+
+        // What only EnvFilter understood (span and field filters) falls back to the default
+        // and says so.
+        let (f, err) = log_filter(Some("gateway[session{user=1}]=trace"));
+        assert!(err.unwrap().contains("CHATD_LOG"));
+        assert!(f.would_enable("chatd", &Level::INFO));
+    }
 }
