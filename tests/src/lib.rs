@@ -74,6 +74,13 @@ impl NodeOpts {
         self
     }
 
+    /// Lifts the per-session send rate and burst out of the way, for tests that send faster
+    /// than a client may by default (pipelining, ordering, bulk set-up).
+    pub fn unthrottled_sends(self) -> Self {
+        self.env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
+            .env("CHATD_LIMITS__SEND_BURST", 100_000)
+    }
+
     /// Several [`NodeOpts::env`] at once.
     pub fn envs(mut self, extra: &[(&str, &str)]) -> Self {
         for (k, v) in extra {

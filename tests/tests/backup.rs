@@ -32,8 +32,7 @@ fn chatd(args: &[&str]) -> std::process::Output {
 async fn backup_under_load_then_restore_gives_back_every_conversation() {
     let opts = NodeOpts::default()
         .env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
-        .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
-        .env("CHATD_LIMITS__SEND_BURST", 100_000);
+        .unthrottled_sends();
     let src = tempfile::tempdir().unwrap();
     let mut node = Node::spawn(src.path(), opts.clone());
     let api = Api::new(&node);

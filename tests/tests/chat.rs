@@ -390,11 +390,7 @@ async fn images_and_files_carry_attachments_mentions_and_replies() {
 
 #[tokio::test]
 async fn racing_senders_are_delivered_in_seq_order() {
-    let node = Node::start_with(
-        NodeOpts::default()
-            .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
-            .env("CHATD_LIMITS__SEND_BURST", 100_000),
-    );
+    let node = Node::start_with(NodeOpts::default().unthrottled_sends());
     let api = Api::new(&node);
     let names = ["s1", "s2", "s3", "s4", "s5"];
     let mut senders = Vec::new();

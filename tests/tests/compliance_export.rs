@@ -16,8 +16,7 @@ fn opts() -> NodeOpts {
     NodeOpts::default()
         .env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
         .env("CHATD_COMPLIANCE__OFFICERS", r#"["auditor"]"#)
-        .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
-        .env("CHATD_LIMITS__SEND_BURST", 100_000)
+        .unthrottled_sends()
 }
 
 #[tokio::test]

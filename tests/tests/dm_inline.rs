@@ -46,11 +46,7 @@ async fn messages(client: &mut Client, n: usize) -> Vec<(u64, String, bool)> {
 
 #[tokio::test]
 async fn pipelined_dms_with_mentions_arrive_complete_in_order_and_flagged() {
-    let node = Node::start_with(
-        NodeOpts::default()
-            .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
-            .env("CHATD_LIMITS__SEND_BURST", 100_000),
-    );
+    let node = Node::start_with(NodeOpts::default().unthrottled_sends());
     let mut sender = Client::connect_device(&node, "alice", "phone").await;
     let mut other_device = Client::connect_device(&node, "alice", "laptop").await;
     let mut bob = Client::connect(&node, "bob").await;

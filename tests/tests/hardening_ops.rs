@@ -22,8 +22,7 @@ fn opts() -> NodeOpts {
     NodeOpts::default()
         .env("CHATD_AUTH__ADMINS", r#"["boss"]"#)
         .env("CHATD_COMPLIANCE__OFFICERS", r#"["auditor"]"#)
-        .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
-        .env("CHATD_LIMITS__SEND_BURST", 100_000)
+        .unthrottled_sends()
         // The per-account HTTP budgets would refuse most of each flood with 429 first
         // (tests/tests/hardening_rates.rs); raised here so the floods reach the endpoints'
         // own budgets, which hold for many accounts flooding at once.

@@ -226,8 +226,7 @@ async fn a_client_that_stops_reading_gets_close_4000() {
     let node = Node::start_with(
         NodeOpts::default()
             .env("CHATD_SERVER__OUTBOUND_QUEUE", 32)
-            .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
-            .env("CHATD_LIMITS__SEND_BURST", 100_000),
+            .unthrottled_sends(),
     );
     let api = Api::new(&node);
     api.touch("victim").await;
@@ -443,11 +442,7 @@ async fn recv_sized(c: &mut Client) -> (usize, ServerFrame) {
 
 #[tokio::test]
 async fn eight_concurrent_maximal_syncs_stay_within_the_memory_budget() {
-    let node = Node::start_with(
-        NodeOpts::default()
-            .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
-            .env("CHATD_LIMITS__SEND_BURST", 100_000),
-    );
+    let node = Node::start_with(NodeOpts::default().unthrottled_sends());
     let api = Api::new(&node);
     // 2 conversations x 500 messages of 8,000 three-byte characters (24 kB each): a
     // complete sync of them would be a 24 MB reply, eight of them 192 MB.

@@ -9,9 +9,7 @@ use testkit::*;
 #[tokio::test]
 async fn acked_messages_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = NodeOpts::default()
-        .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
-        .env("CHATD_LIMITS__SEND_BURST", 100_000);
+    let opts = NodeOpts::default().unthrottled_sends();
     let mut node = Node::spawn(dir.path(), opts.clone());
     let mut a = Client::connect(&node, "ann").await;
     let _b = Client::connect(&node, "bob").await;

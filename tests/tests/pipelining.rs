@@ -22,11 +22,7 @@ fn send(rid: &str, cmid: &str, to: Target, body: &str) -> ClientFrame {
 
 #[tokio::test]
 async fn pipelined_sends_are_stored_acked_and_delivered_in_send_order() {
-    let node = Node::start_with(
-        NodeOpts::default()
-            .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
-            .env("CHATD_LIMITS__SEND_BURST", 100_000),
-    );
+    let node = Node::start_with(NodeOpts::default().unthrottled_sends());
     let api = Api::new(&node);
     let mut alice = Client::connect(&node, "alice").await;
     let mut bob = Client::connect(&node, "bob").await;

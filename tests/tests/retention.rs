@@ -558,11 +558,7 @@ async fn cluster_mode_deletes_through_the_cql_store() {
 #[tokio::test]
 #[ignore = "a measurement, not a check: run with --ignored --nocapture (the test command runs it too)"]
 async fn measure_a_pass_over_five_thousand_messages() {
-    let node = Node::start_with(
-        node_opts()
-            .env("CHATD_LIMITS__SEND_PER_SEC", 100_000)
-            .env("CHATD_LIMITS__SEND_BURST", 100_000),
-    );
+    let node = Node::start_with(node_opts().unthrottled_sends());
     let api = Api::new(&node);
     for u in ["ann", "boss"] {
         api.touch(u).await;

@@ -301,6 +301,7 @@ impl Hub {
             }
         }
     }
+
     /// Hands a frame addressed to users to their sessions here (but the one it skips).
     fn push_frame(&self, envelope: Arc<Envelope>) {
         // The router's envelope is usually ours alone: its frame moves into the shared frame

@@ -27,9 +27,8 @@ impl Router for LocalRouter {
     }
 
     async fn publish(&self, envelope: Envelope) -> Result<(), RouterError> {
-        let sink = self.sink.get().ok_or(RouterError::NoSink)?;
-        sink.deliver(Arc::new(envelope));
-        Ok(())
+        self.publish_inline(envelope)
+            .map_err(|_| RouterError::NoSink)
     }
 
     fn publish_inline(&self, envelope: Envelope) -> Result<(), Envelope> {
