@@ -10,6 +10,8 @@
 //! Every token the server mints names its session with a random `sid` claim, so one token
 //! can be revoked (see [`crate::revocation`]); no token may live longer than
 //! `auth.max_token_lifetime_secs`, so a revocation record can be pruned after that time.
+//!
+//! The signatures themselves run on *ring* ([`crate::jwt_crypto`]).
 
 use crate::config::{AuthConfig, ServerConfig};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -119,6 +121,7 @@ pub fn public_key(pem: &[u8]) -> Result<(DecodingKey, Vec<Algorithm>), String> {
 impl Auth {
     /// Builds from a secret (HS256 only).
     pub fn new(secret: &[u8], cfg: &AuthConfig) -> Self {
+        crate::jwt_crypto::install();
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),

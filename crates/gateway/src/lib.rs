@@ -28,6 +28,7 @@ pub mod health;
 pub mod holdback;
 pub mod holds;
 pub mod hub;
+pub mod jwt_crypto;
 pub mod leavers;
 pub mod listener;
 pub mod membership;
