@@ -125,6 +125,19 @@ fn hmac_algorithm(alg: Algorithm) -> Option<hmac::Algorithm> {
     }
 }
 
+/// The RSA verification of an RS* or PS* algorithm (2048- to 8192-bit keys).
+fn rsa_parameters(alg: Algorithm) -> Option<&'static sig::RsaParameters> {
+    Some(match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
 fn new_signer(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>, Error> {
     let alg = *alg;
     if key.family() != alg.family() {
@@ -188,29 +201,15 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
                 check: Check::Hmac(hmac::Key::new(h, secret)),
             }));
         }
-        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
         Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
         Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
         Algorithm::EdDSA => &sig::ED25519,
-        _ => return Err(ErrorKind::InvalidAlgorithm.into()),
+        _ => rsa_parameters(alg).ok_or(ErrorKind::InvalidAlgorithm)?,
     };
     let check = match key.kind() {
         DecodingKeyKind::SecretOrDer(bytes) => Check::Public(public, bytes.clone()),
         DecodingKeyKind::RsaModulusExponent { n, e } => {
-            let params = match alg {
-                Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-                Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-                Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-                Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-                Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-                Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-                _ => return Err(ErrorKind::InvalidKeyFormat.into()),
-            };
+            let params = rsa_parameters(alg).ok_or(ErrorKind::InvalidKeyFormat)?;
             Check::RsaComponents(params, n.clone(), e.clone())
         }
     };
