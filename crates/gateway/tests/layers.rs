@@ -49,6 +49,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("post_commit", 1),
     ("faults", 1),
     ("auth", 1),
+    ("jwt_crypto", 1),
     ("signin", 1),
     ("hashing", 1),
     ("budget", 1),
