@@ -152,365 +152,161 @@ pub(super) fn valid_keyspace(ks: &str) -> bool {
 /// The message columns, in the order [`super::MessageRow`] reads them.
 const MSG_COLS: &str = "conv, seq, id, sender, kind, body, attachment, mentions, reply_to, ts";
 
-/// Every prepared statement, prepared once per store.
-pub(super) struct Statements {
-    pub insert_message: PreparedStatement,
-    pub insert_idem: PreparedStatement,
-    pub update_meta: PreparedStatement,
-    pub insert_user_conv: PreparedStatement,
-    pub select_idem: PreparedStatement,
-    pub select_message: PreparedStatement,
-    pub select_older: PreparedStatement,
-    pub select_newer: PreparedStatement,
-    pub select_top_seq: PreparedStatement,
-    pub select_meta: PreparedStatement,
-    pub select_user_convs: PreparedStatement,
-    pub select_cursors: PreparedStatement,
-    pub select_cursor: PreparedStatement,
-    pub update_cursor: PreparedStatement,
-    pub select_user: PreparedStatement,
-    pub insert_user: PreparedStatement,
-    pub select_group: PreparedStatement,
-    pub insert_group: PreparedStatement,
-    pub select_members: PreparedStatement,
-    pub select_member: PreparedStatement,
-    pub insert_member: PreparedStatement,
-    pub delete_member: PreparedStatement,
-    pub select_user_groups: PreparedStatement,
-    pub insert_user_group: PreparedStatement,
-    pub delete_user_group: PreparedStatement,
-    pub select_retention: PreparedStatement,
-    pub insert_retention: PreparedStatement,
-    pub delete_retention: PreparedStatement,
-    pub insert_audit: PreparedStatement,
-    pub insert_audit_day: PreparedStatement,
-    pub select_audit_days: PreparedStatement,
-    pub select_audit: PreparedStatement,
-    pub insert_held: PreparedStatement,
-    pub select_held_all: PreparedStatement,
-    pub select_held: PreparedStatement,
-    pub delete_held: PreparedStatement,
-    pub recall_message: PreparedStatement,
-    pub select_meta_kv: PreparedStatement,
-    pub scan_meta_kv: PreparedStatement,
-    pub insert_meta_kv: PreparedStatement,
-    pub insert_new_meta_kv: PreparedStatement,
-    pub swap_meta_kv: PreparedStatement,
-    pub delete_meta_kv: PreparedStatement,
-    // The compliance event log.
-    pub insert_event: PreparedStatement,
-    pub select_events: PreparedStatement,
-    pub upsert_source: PreparedStatement,
-    pub select_sources: PreparedStatement,
-    pub delete_source: PreparedStatement,
-    pub insert_origin: PreparedStatement,
-    pub select_origin: PreparedStatement,
-    pub delete_if_meta_kv: PreparedStatement,
-    // Retention.
-    pub select_floor: PreparedStatement,
-    pub update_floor: PreparedStatement,
-    pub update_floor_kept: PreparedStatement,
-    pub select_range: PreparedStatement,
-    pub select_older_from: PreparedStatement,
-    pub select_expiring: PreparedStatement,
-    pub delete_message: PreparedStatement,
-    pub select_convs_first: PreparedStatement,
-    pub select_convs_after: PreparedStatement,
-    pub insert_kept_bucket: PreparedStatement,
-    pub select_kept_below: PreparedStatement,
-    pub select_kept_above: PreparedStatement,
-    pub delete_kept_buckets: PreparedStatement,
+/// Declares [`Statements`], one prepared statement per field, from one list of names and CQL
+/// texts (`{ks}` is the keyspace), so that a statement's name and text are written once and
+/// preparing them is one loop rather than one `await` per field (which made `prepare` one of
+/// the store's largest state machines).
+macro_rules! statements {
+    ($($(#[$attr:meta])* $name:ident = $cql:literal;)*) => {
+        /// Every prepared statement, prepared once per store.
+        pub(super) struct Statements {
+            $($(#[$attr])* pub $name: PreparedStatement,)*
+        }
+
+        impl Statements {
+            /// The CQL text of every statement against keyspace `ks`, in field order.
+            fn texts(ks: &str) -> Vec<String> {
+                vec![$(format!($cql, ks = ks)),*]
+            }
+
+            /// How many statements there are.
+            const COUNT: usize = [$(stringify!($name)),*].len();
+
+            /// The statements from their prepared forms, given in field order; `None` unless
+            /// there is exactly one per field.
+            fn from_prepared(prepared: Vec<PreparedStatement>) -> Option<Self> {
+                let [$($name),*]: [PreparedStatement; Self::COUNT] = prepared.try_into().ok()?;
+                Some(Self { $($name),* })
+            }
+        }
+    };
+}
+
+statements! {
+    insert_message = "INSERT INTO {ks}.messages (conv, bucket, seq, id, sender, kind, body, \
+         attachment, mentions, reply_to, ts, client_msg_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?";
+    insert_idem = "INSERT INTO {ks}.idempotency (conv, sender, client_msg_id, seq, id) \
+         VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?";
+    update_meta = "UPDATE {ks}.conv_meta USING TIMESTAMP ? SET last_seq = ?, last_ts = ? \
+         WHERE conv = ?";
+    insert_user_conv = "INSERT INTO {ks}.user_convs (user_id, conv) VALUES (?, ?)";
+    select_idem = "SELECT seq, id FROM {ks}.idempotency \
+         WHERE conv = ? AND sender = ? AND client_msg_id = ?";
+    select_message =
+        "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq = ?";
+    select_older = "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? \
+         AND seq <= ? LIMIT ?";
+    select_newer = "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? \
+         AND seq >= ? ORDER BY seq ASC LIMIT ?";
+    select_top_seq = "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? LIMIT 1";
+    select_meta = "SELECT last_seq, last_ts FROM {ks}.conv_meta WHERE conv = ?";
+    select_user_convs = "SELECT conv FROM {ks}.user_convs WHERE user_id = ?";
+    select_cursors = "SELECT conv, seq FROM {ks}.read_cursors WHERE user_id = ?";
+    select_cursor = "SELECT seq FROM {ks}.read_cursors WHERE user_id = ? AND conv = ?";
+    update_cursor = "UPDATE {ks}.read_cursors USING TIMESTAMP ? SET seq = ? \
+         WHERE user_id = ? AND conv = ?";
+    select_user = "SELECT id FROM {ks}.chat_users WHERE id = ?";
+    insert_user = "INSERT INTO {ks}.chat_users (id, first_seen) VALUES (?, ?) USING TIMESTAMP ?";
+    select_group =
+        "SELECT id, name, kind, created_by, created_at FROM {ks}.chat_groups WHERE id = ?";
+    insert_group = "INSERT INTO {ks}.chat_groups (id, name, kind, created_by, created_at) \
+         VALUES (?, ?, ?, ?, ?)";
+    select_members = "SELECT user_id, role, joined_at FROM {ks}.members WHERE group_id = ?";
+    select_member = "SELECT user_id FROM {ks}.members WHERE group_id = ? AND user_id = ?";
+    insert_member =
+        "INSERT INTO {ks}.members (group_id, user_id, role, joined_at) VALUES (?, ?, ?, ?)";
+    delete_member = "DELETE FROM {ks}.members WHERE group_id = ? AND user_id = ?";
+    select_user_groups = "SELECT group_id FROM {ks}.user_groups WHERE user_id = ?";
+    insert_user_group = "INSERT INTO {ks}.user_groups (user_id, group_id) VALUES (?, ?)";
+    delete_user_group = "DELETE FROM {ks}.user_groups WHERE user_id = ? AND group_id = ?";
+    select_retention = "SELECT ttl_secs FROM {ks}.group_retention WHERE group_id = ?";
+    insert_retention = "INSERT INTO {ks}.group_retention (group_id, ttl_secs) VALUES (?, ?)";
+    delete_retention = "DELETE FROM {ks}.group_retention WHERE group_id = ?";
+    insert_audit = "INSERT INTO {ks}.audit (day, ts, uid, entry) VALUES (?, ?, ?, ?)";
+    insert_audit_day = "INSERT INTO {ks}.audit_days (shard, day) VALUES (0, ?)";
+    select_audit_days = "SELECT day FROM {ks}.audit_days WHERE shard = 0 AND day >= ? AND day <= ?";
+    select_audit = "SELECT entry FROM {ks}.audit WHERE day = ? AND ts >= ? AND ts < ?";
+    insert_held = "INSERT INTO {ks}.held (conv, id, ts, entry) VALUES (?, ?, ?, ?)";
+    select_held_all = "SELECT entry FROM {ks}.held WHERE conv = ?";
+    select_held = "SELECT entry FROM {ks}.held WHERE conv = ? AND id = ?";
+    delete_held = "DELETE FROM {ks}.held WHERE conv = ? AND id = ?";
+    recall_message = "UPDATE {ks}.messages USING TTL ? SET kind = 'recalled', body = '', \
+         attachment = null, mentions = null, reply_to = null \
+         WHERE conv = ? AND bucket = ? AND seq = ?";
+    select_meta_kv = "SELECT value FROM {ks}.meta WHERE ns = ? AND key = ?";
+    scan_meta_kv = "SELECT key, value FROM {ks}.meta WHERE ns = ? AND key >= ? AND key < ? LIMIT ?";
+    insert_meta_kv = "INSERT INTO {ks}.meta (ns, key, value) VALUES (?, ?, ?)";
+    /// The one lightweight transaction of the backend: creating an administrative
+    /// record (a user id, a group name) must not succeed twice. Rare, never on the
+    /// message path.
+    insert_new_meta_kv = "INSERT INTO {ks}.meta (ns, key, value) VALUES (?, ?, ?) IF NOT EXISTS";
+    /// The compare-and-swap of a record several nodes change (group settings):
+    /// also a lightweight transaction, also rare and off the message path.
+    swap_meta_kv = "UPDATE {ks}.meta SET value = ? WHERE ns = ? AND key = ? IF value = ?";
+    delete_meta_kv = "DELETE FROM {ks}.meta WHERE ns = ? AND key = ?";
+    insert_event = "INSERT INTO {ks}.compliance_events (bucket, ts, source, n, body) \
+         VALUES (?, ?, ?, ?, ?)";
+    select_events = "SELECT ts, source, n, body FROM {ks}.compliance_events \
+         WHERE bucket = ? AND (ts, source, n) > (?, ?, ?) LIMIT ?";
+    upsert_source = "INSERT INTO {ks}.compliance_sources (shard, source, floor, seen) \
+         VALUES (0, ?, ?, ?)";
+    select_sources = "SELECT source, floor, seen FROM {ks}.compliance_sources WHERE shard = 0";
+    delete_source = "DELETE FROM {ks}.compliance_sources WHERE shard = 0 AND source = ?";
+    /// The first registration's time, where readers start; the earliest write wins
+    /// (timestamp 2^50 - time).
+    insert_origin = "INSERT INTO {ks}.settings (name, value) VALUES ('compliance_origin', ?) \
+         USING TIMESTAMP ?";
+    select_origin = "SELECT value FROM {ks}.settings WHERE name = 'compliance_origin'";
+    /// Compare-and-delete (pruning ended moderation penalties): a lightweight
+    /// transaction, rare and off the message path.
+    delete_if_meta_kv = "DELETE FROM {ks}.meta WHERE ns = ? AND key = ? IF value = ?";
+    select_floor = "SELECT min_seq, kept FROM {ks}.conv_floor WHERE conv = ?";
+    update_floor_kept = "UPDATE {ks}.conv_floor SET kept = ? WHERE conv = ?";
+    select_range =
+        "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq >= ? AND seq < ?";
+    insert_kept_bucket = "INSERT INTO {ks}.kept_buckets (conv, bucket) VALUES (?, ?)";
+    select_kept_below =
+        "SELECT bucket FROM {ks}.kept_buckets WHERE conv = ? AND bucket < ? LIMIT 1";
+    select_kept_above = "SELECT bucket FROM {ks}.kept_buckets WHERE conv = ? AND bucket > ? \
+         ORDER BY bucket ASC LIMIT 1";
+    delete_kept_buckets = "DELETE FROM {ks}.kept_buckets WHERE conv = ?";
+    select_older_from = "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? \
+         AND seq <= ? AND seq >= ? LIMIT ?";
+    update_floor = "UPDATE {ks}.conv_floor USING TIMESTAMP ? SET min_seq = ? WHERE conv = ?";
+    select_expiring = "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq = ?";
+    delete_message = "DELETE FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq = ?";
+    select_convs_first = "SELECT conv FROM {ks}.conv_meta LIMIT ?";
+    select_convs_after = "SELECT conv FROM {ks}.conv_meta WHERE token(conv) > token(?) LIMIT ?";
 }
 
 impl Statements {
     /// Prepares every statement against keyspace `ks` (its tables must exist).
     pub(super) async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
-        let p = |cql: String| async move {
+        let texts = Self::texts(ks);
+        let mut prepared = Vec::with_capacity(texts.len());
+        for cql in texts {
             let mut s = session.prepare(cql).await.map_err(prepare_err)?;
             s.set_page_size(PAGE_SIZE);
             // Every statement here can be applied twice with the same effect (writes carry
-            // fixed values or timestamps), so the driver may retry them after a timeout.
+            // fixed values or timestamps), so the driver may retry them after a timeout...
             s.set_is_idempotent(true);
-            Ok::<_, StoreError>(s)
-        };
-        Ok(Self {
-            insert_message: p(format!(
-                "INSERT INTO {ks}.messages (conv, bucket, seq, id, sender, kind, body, attachment, \
-                 mentions, reply_to, ts, client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 USING TTL ?"
-            ))
-            .await?,
-            insert_idem: p(format!(
-                "INSERT INTO {ks}.idempotency (conv, sender, client_msg_id, seq, id) \
-                 VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
-            ))
-            .await?,
-            update_meta: p(format!(
-                "UPDATE {ks}.conv_meta USING TIMESTAMP ? SET last_seq = ?, last_ts = ? \
-                 WHERE conv = ?"
-            ))
-            .await?,
-            insert_user_conv: p(format!(
-                "INSERT INTO {ks}.user_convs (user_id, conv) VALUES (?, ?)"
-            ))
-            .await?,
-            select_idem: p(format!(
-                "SELECT seq, id FROM {ks}.idempotency \
-                 WHERE conv = ? AND sender = ? AND client_msg_id = ?"
-            ))
-            .await?,
-            select_message: p(format!(
-                "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq = ?"
-            ))
-            .await?,
-            select_older: p(format!(
-                "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq <= ? \
-                 LIMIT ?"
-            ))
-            .await?,
-            select_newer: p(format!(
-                "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq >= ? \
-                 ORDER BY seq ASC LIMIT ?"
-            ))
-            .await?,
-            select_top_seq: p(format!(
-                "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? LIMIT 1"
-            ))
-            .await?,
-            select_meta: p(format!(
-                "SELECT last_seq, last_ts FROM {ks}.conv_meta WHERE conv = ?"
-            ))
-            .await?,
-            select_user_convs: p(format!(
-                "SELECT conv FROM {ks}.user_convs WHERE user_id = ?"
-            ))
-            .await?,
-            select_cursors: p(format!(
-                "SELECT conv, seq FROM {ks}.read_cursors WHERE user_id = ?"
-            ))
-            .await?,
-            select_cursor: p(format!(
-                "SELECT seq FROM {ks}.read_cursors WHERE user_id = ? AND conv = ?"
-            ))
-            .await?,
-            update_cursor: p(format!(
-                "UPDATE {ks}.read_cursors USING TIMESTAMP ? SET seq = ? \
-                 WHERE user_id = ? AND conv = ?"
-            ))
-            .await?,
-            select_user: p(format!("SELECT id FROM {ks}.chat_users WHERE id = ?")).await?,
-            insert_user: p(format!(
-                "INSERT INTO {ks}.chat_users (id, first_seen) VALUES (?, ?) USING TIMESTAMP ?"
-            ))
-            .await?,
-            select_group: p(format!(
-                "SELECT id, name, kind, created_by, created_at FROM {ks}.chat_groups WHERE id = ?"
-            ))
-            .await?,
-            insert_group: p(format!(
-                "INSERT INTO {ks}.chat_groups (id, name, kind, created_by, created_at) \
-                 VALUES (?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            select_members: p(format!(
-                "SELECT user_id, role, joined_at FROM {ks}.members WHERE group_id = ?"
-            ))
-            .await?,
-            select_member: p(format!(
-                "SELECT user_id FROM {ks}.members WHERE group_id = ? AND user_id = ?"
-            ))
-            .await?,
-            insert_member: p(format!(
-                "INSERT INTO {ks}.members (group_id, user_id, role, joined_at) VALUES (?, ?, ?, ?)"
-            ))
-            .await?,
-            delete_member: p(format!(
-                "DELETE FROM {ks}.members WHERE group_id = ? AND user_id = ?"
-            ))
-            .await?,
-            select_user_groups: p(format!(
-                "SELECT group_id FROM {ks}.user_groups WHERE user_id = ?"
-            ))
-            .await?,
-            insert_user_group: p(format!(
-                "INSERT INTO {ks}.user_groups (user_id, group_id) VALUES (?, ?)"
-            ))
-            .await?,
-            delete_user_group: p(format!(
-                "DELETE FROM {ks}.user_groups WHERE user_id = ? AND group_id = ?"
-            ))
-            .await?,
-            select_retention: p(format!(
-                "SELECT ttl_secs FROM {ks}.group_retention WHERE group_id = ?"
-            ))
-            .await?,
-            insert_retention: p(format!(
-                "INSERT INTO {ks}.group_retention (group_id, ttl_secs) VALUES (?, ?)"
-            ))
-            .await?,
-            delete_retention: p(format!(
-                "DELETE FROM {ks}.group_retention WHERE group_id = ?"
-            ))
-            .await?,
-            insert_audit: p(format!(
-                "INSERT INTO {ks}.audit (day, ts, uid, entry) VALUES (?, ?, ?, ?)"
-            ))
-            .await?,
-            insert_audit_day: p(format!(
-                "INSERT INTO {ks}.audit_days (shard, day) VALUES (0, ?)"
-            ))
-            .await?,
-            select_audit_days: p(format!(
-                "SELECT day FROM {ks}.audit_days WHERE shard = 0 AND day >= ? AND day <= ?"
-            ))
-            .await?,
-            select_audit: p(format!(
-                "SELECT entry FROM {ks}.audit WHERE day = ? AND ts >= ? AND ts < ?"
-            ))
-            .await?,
-            insert_held: p(format!(
-                "INSERT INTO {ks}.held (conv, id, ts, entry) VALUES (?, ?, ?, ?)"
-            ))
-            .await?,
-            select_held_all: p(format!("SELECT entry FROM {ks}.held WHERE conv = ?")).await?,
-            select_held: p(format!(
-                "SELECT entry FROM {ks}.held WHERE conv = ? AND id = ?"
-            ))
-            .await?,
-            delete_held: p(format!("DELETE FROM {ks}.held WHERE conv = ? AND id = ?")).await?,
-            recall_message: p(format!(
-                "UPDATE {ks}.messages USING TTL ? SET kind = 'recalled', body = '', \
-                 attachment = null, mentions = null, reply_to = null \
-                 WHERE conv = ? AND bucket = ? AND seq = ?"
-            ))
-            .await?,
-            select_meta_kv: p(format!(
-                "SELECT value FROM {ks}.meta WHERE ns = ? AND key = ?"
-            ))
-            .await?,
-            scan_meta_kv: p(format!(
-                "SELECT key, value FROM {ks}.meta WHERE ns = ? AND key >= ? AND key < ? LIMIT ?"
-            ))
-            .await?,
-            insert_meta_kv: p(format!(
-                "INSERT INTO {ks}.meta (ns, key, value) VALUES (?, ?, ?)"
-            ))
-            .await?,
-            // The one lightweight transaction of the backend: creating an administrative
-            // record (a user id, a group name) must not succeed twice. Rare, never on the
-            // message path.
-            insert_new_meta_kv: {
-                let mut s = p(format!(
-                    "INSERT INTO {ks}.meta (ns, key, value) VALUES (?, ?, ?) IF NOT EXISTS"
-                ))
-                .await?;
-                s.set_is_idempotent(false);
-                s
-            },
-            // The compare-and-swap of a record several nodes change (group settings):
-            // also a lightweight transaction, also rare and off the message path.
-            swap_meta_kv: {
-                let mut s = p(format!(
-                    "UPDATE {ks}.meta SET value = ? WHERE ns = ? AND key = ? IF value = ?"
-                ))
-                .await?;
-                s.set_is_idempotent(false);
-                s
-            },
-            delete_meta_kv: p(format!("DELETE FROM {ks}.meta WHERE ns = ? AND key = ?")).await?,
-            insert_event: p(format!(
-                "INSERT INTO {ks}.compliance_events (bucket, ts, source, n, body) \
-                 VALUES (?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            select_events: p(format!(
-                "SELECT ts, source, n, body FROM {ks}.compliance_events \
-                 WHERE bucket = ? AND (ts, source, n) > (?, ?, ?) LIMIT ?"
-            ))
-            .await?,
-            upsert_source: p(format!(
-                "INSERT INTO {ks}.compliance_sources (shard, source, floor, seen) \
-                 VALUES (0, ?, ?, ?)"
-            ))
-            .await?,
-            select_sources: p(format!(
-                "SELECT source, floor, seen FROM {ks}.compliance_sources WHERE shard = 0"
-            ))
-            .await?,
-            delete_source: p(format!(
-                "DELETE FROM {ks}.compliance_sources WHERE shard = 0 AND source = ?"
-            ))
-            .await?,
-            // The first registration's time, where readers start; the earliest write wins
-            // (timestamp 2^50 - time).
-            insert_origin: p(format!(
-                "INSERT INTO {ks}.settings (name, value) VALUES ('compliance_origin', ?) \
-                 USING TIMESTAMP ?"
-            ))
-            .await?,
-            select_origin: p(format!(
-                "SELECT value FROM {ks}.settings WHERE name = 'compliance_origin'"
-            ))
-            .await?,
-            // Compare-and-delete (pruning ended moderation penalties): a lightweight
-            // transaction, rare and off the message path.
-            delete_if_meta_kv: {
-                let mut s = p(format!(
-                    "DELETE FROM {ks}.meta WHERE ns = ? AND key = ? IF value = ?"
-                ))
-                .await?;
-                s.set_is_idempotent(false);
-                s
-            },
-            select_floor: p(format!(
-                "SELECT min_seq, kept FROM {ks}.conv_floor WHERE conv = ?"
-            ))
-            .await?,
-            update_floor_kept: p(format!(
-                "UPDATE {ks}.conv_floor SET kept = ? WHERE conv = ?"
-            ))
-            .await?,
-            select_range: p(format!(
-                "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq >= ? AND seq < ?"
-            ))
-            .await?,
-            insert_kept_bucket: p(format!(
-                "INSERT INTO {ks}.kept_buckets (conv, bucket) VALUES (?, ?)"
-            ))
-            .await?,
-            select_kept_below: p(format!(
-                "SELECT bucket FROM {ks}.kept_buckets WHERE conv = ? AND bucket < ? LIMIT 1"
-            ))
-            .await?,
-            select_kept_above: p(format!(
-                "SELECT bucket FROM {ks}.kept_buckets WHERE conv = ? AND bucket > ? \
-                 ORDER BY bucket ASC LIMIT 1"
-            ))
-            .await?,
-            delete_kept_buckets: p(format!("DELETE FROM {ks}.kept_buckets WHERE conv = ?")).await?,
-            select_older_from: p(format!(
-                "SELECT {MSG_COLS} FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq <= ? \
-                 AND seq >= ? LIMIT ?"
-            ))
-            .await?,
-            update_floor: p(format!(
-                "UPDATE {ks}.conv_floor USING TIMESTAMP ? SET min_seq = ? WHERE conv = ?"
-            ))
-            .await?,
-            select_expiring: p(format!(
-                "SELECT seq FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq = ?"
-            ))
-            .await?,
-            delete_message: p(format!(
-                "DELETE FROM {ks}.messages WHERE conv = ? AND bucket = ? AND seq = ?"
-            ))
-            .await?,
-            select_convs_first: p(format!("SELECT conv FROM {ks}.conv_meta LIMIT ?")).await?,
-            select_convs_after: p(format!(
-                "SELECT conv FROM {ks}.conv_meta WHERE token(conv) > token(?) LIMIT ?"
-            ))
-            .await?,
-        })
+            prepared.push(s);
+        }
+        let mut statements = Self::from_prepared(prepared).ok_or_else(|| StoreError::Backend {
+            what: "cql prepare: not one prepared statement per declared one".into(),
+            source: None,
+        })?;
+        // ...except the lightweight transactions (compare-and-set), which must not be retried
+        // blindly: a retry after a timeout could see its own first write and report a conflict.
+        for lwt in [
+            &mut statements.insert_new_meta_kv,
+            &mut statements.swap_meta_kv,
+            &mut statements.delete_if_meta_kv,
+        ] {
+            lwt.set_is_idempotent(false);
+        }
+        Ok(statements)
     }
 }
 
