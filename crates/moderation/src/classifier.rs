@@ -59,7 +59,7 @@ pub fn triple_key(ha: u64, hb: u64, hc: u64) -> u64 {
 
 /// The bucket of an n-gram key.
 #[inline(always)]
-fn bucket(key: u64) -> usize {
+pub(crate) fn bucket(key: u64) -> usize {
     (key >> (64 - BITS)) as usize
 }
 
@@ -163,6 +163,20 @@ impl Model {
                 }
             }
         }
+        self.score_of_sum(sum, n)
+    }
+
+    /// The weight table when it has the size of this build (`None` for a hand-made model of
+    /// another size): what the check's fused pass reads (see [`crate::matcher`]).
+    #[inline]
+    pub(crate) fn table(&self) -> Option<&[i8; 1 << BITS]> {
+        <&[i8; 1 << BITS]>::try_from(self.weights.as_slice()).ok()
+    }
+
+    /// The score of `n` characters whose n-gram weights (from [`Model::table`]) add up to
+    /// `sum`: the same arithmetic as [`Model::score`], so the same score bit for bit.
+    #[inline]
+    pub(crate) fn score_of_sum(&self, sum: i64, n: usize) -> f32 {
         sigmoid(self.bias + self.scale * sum as f32 / norm(feature_count(n)))
     }
 

@@ -24,7 +24,7 @@ use crawdad::Trie;
 // The per-character hash that the filter's probes combine: one multiply per character of
 // text, shared by the one-, two- and three-character probes of the positions around it and
 // by the classifier's n-gram buckets.
-use crate::classifier::{char_hash as mix, pair_key, triple_key};
+use crate::classifier::{bucket, char_hash as mix, pair_key, triple_key, BITS};
 
 use crate::leet::LatinTrie;
 use crate::normalize::FChar;
@@ -308,15 +308,26 @@ impl Filter {
         hb: u64,
         hc: u64,
     ) -> bool {
+        self.may_start_keys::<FIRST, ONE>(a, pair_key(ha, hb), triple_key(ha, hb, hc))
+    }
+
+    /// [`Filter::may_start`] from the keys of the position's pair and triple (`pair_key(ha,
+    /// hb)`, `triple_key(ha, hb, hc)`), which the fused pass shares with the classifier.
+    #[inline(always)]
+    fn may_start_keys<const FIRST: bool, const ONE: bool>(
+        &self,
+        a: char,
+        pair: u64,
+        triple: u64,
+    ) -> bool {
         if FIRST && self.first.as_ref().is_some_and(|set| !set.contains(a)) {
             return false;
         }
         if ONE && self.one.contains(a) {
             return true;
         }
-        let pair = pair_key(ha, hb);
         self.pair_prefix.contains(pair)
-            && (self.two.contains(remix(pair)) || self.three.contains(triple_key(ha, hb, hc)))
+            && (self.two.contains(remix(pair)) || self.three.contains(triple))
     }
 
     fn bytes(&self) -> usize {
@@ -326,6 +337,16 @@ impl Filter {
             + self.two.bytes()
             + self.three.bytes()
     }
+}
+
+/// The weight table of the scan without the classifier (never read).
+static ZERO: [i8; 1 << BITS] = [0; 1 << BITS];
+
+/// The classifier's n-gram sum of `chars` alone (a matcher without patterns).
+fn score_sum(chars: &[char], w: &[i8; 1 << BITS]) -> i64 {
+    let mut sum = 0i64;
+    crate::classifier::for_each_feature(chars, |b| sum += i64::from(w[b & ((1 << BITS) - 1)]));
+    sum
 }
 
 /// One raw match: pattern `entry` covering folded characters `start..end`.
@@ -383,6 +404,104 @@ impl Matcher {
         }
     }
 
+    /// [`Matcher::scan`] of `chars` (no hashes needed: they are computed on the way) fused
+    /// with the classifier's n-gram sum: one pass computes each character's hash and the keys
+    /// of the pair and the triple that end there, probes the start filter with them and, when
+    /// `weights` is given, adds the weights of the three n-grams (the same keys: see
+    /// [`crate::classifier::char_hash`]). Returns the sum (0 without `weights`); the matches
+    /// are those of [`Matcher::scan`], in the same order.
+    pub fn scan_scored(
+        &self,
+        chars: &[char],
+        compact: &[u32],
+        weights: Option<&[i8; 1 << BITS]>,
+        out: &mut Vec<RawMatch>,
+    ) -> i64 {
+        let Some(trie) = &self.trie else {
+            return weights.map_or(0, |w| score_sum(chars, w));
+        };
+        let f = &self.filter;
+        match (f.first.is_some(), f.any_one, weights) {
+            (false, false, None) => {
+                self.fused::<false, false, false>(trie, chars, compact, &ZERO, out)
+            }
+            (false, true, None) => {
+                self.fused::<false, true, false>(trie, chars, compact, &ZERO, out)
+            }
+            (true, false, None) => {
+                self.fused::<true, false, false>(trie, chars, compact, &ZERO, out)
+            }
+            (true, true, None) => self.fused::<true, true, false>(trie, chars, compact, &ZERO, out),
+            (false, false, Some(w)) => {
+                self.fused::<false, false, true>(trie, chars, compact, w, out)
+            }
+            (false, true, Some(w)) => self.fused::<false, true, true>(trie, chars, compact, w, out),
+            (true, false, Some(w)) => self.fused::<true, false, true>(trie, chars, compact, w, out),
+            (true, true, Some(w)) => self.fused::<true, true, true>(trie, chars, compact, w, out),
+        }
+    }
+
+    /// The loop of [`Matcher::scan_scored`], compiled once per filter shape and with or
+    /// without the classifier. At character `j` it has the hashes of `j - 2`, `j - 1` and `j`:
+    /// the classifier's n-grams ending at `j` and the filter's position `j - 2`. The last two
+    /// positions are probed after the loop with zero hashes past the end, as
+    /// [`Matcher::scan`] does.
+    #[inline(always)]
+    fn fused<const FIRST: bool, const ONE: bool, const SCORE: bool>(
+        &self,
+        trie: &Trie,
+        chars: &[char],
+        compact: &[u32],
+        w: &[i8; 1 << BITS],
+        out: &mut Vec<RawMatch>,
+    ) -> i64 {
+        let weight = |key: u64| i64::from(w[bucket(key)]);
+        let f = &self.filter;
+        let (c0, c1) = match chars {
+            [] => return 0,
+            [c0] => {
+                let h0 = mix(*c0);
+                let pair = pair_key(h0, 0);
+                if f.may_start_keys::<FIRST, ONE>(*c0, pair, pair_key(pair, 0)) {
+                    self.walk(trie, chars, compact, 0, out);
+                }
+                return if SCORE { weight(h0) } else { 0 };
+            }
+            [c0, c1, ..] => (*c0, *c1),
+        };
+        let (mut a, mut b) = (c0, c1);
+        let mut hb = mix(c1);
+        // The pair `a b`, the filter's pair key of position `i` and the classifier's bigram
+        // ending at `b`.
+        let mut ab = pair_key(mix(c0), hb);
+        let mut sum = 0i64;
+        if SCORE {
+            sum = weight(mix(c0)) + weight(hb) + weight(ab);
+        }
+        let rest = chars.get(2..).unwrap_or(&[]);
+        for (i, &c) in rest.iter().enumerate() {
+            let h = mix(c);
+            let bc = pair_key(hb, h);
+            let abc = pair_key(ab, h);
+            if SCORE {
+                sum += weight(h) + weight(bc) + weight(abc);
+            }
+            if f.may_start_keys::<FIRST, ONE>(a, ab, abc) {
+                self.walk(trie, chars, compact, i, out);
+            }
+            (a, b, hb, ab) = (b, c, h, bc);
+        }
+        let n = chars.len();
+        if f.may_start_keys::<FIRST, ONE>(a, ab, pair_key(ab, 0)) {
+            self.walk(trie, chars, compact, n - 2, out);
+        }
+        let b0 = pair_key(hb, 0);
+        if f.may_start_keys::<FIRST, ONE>(b, b0, pair_key(b0, 0)) {
+            self.walk(trie, chars, compact, n - 1, out);
+        }
+        sum
+    }
+
     #[inline(always)]
     fn scan_with<const FIRST: bool, const ONE: bool>(
         &self,
@@ -435,6 +554,7 @@ impl Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classifier::{for_each_feature, Model};
     use crate::normalize::{fold_text, Separators};
 
     /// Every pattern that the compact text spells from every position, by brute force.
@@ -493,6 +613,21 @@ mod tests {
                 m.scan(&chars, &hashes, &compact, &mut got);
                 let mut got: Vec<(u32, u32, u32)> =
                     got.iter().map(|r| (r.entry, r.start, r.end)).collect();
+                // The fused pass finds the same matches in the same order, and the
+                // classifier's n-gram sum.
+                let w = Model::shipped().table().unwrap();
+                for weights in [None, Some(w)] {
+                    let mut fused = Vec::new();
+                    let sum = m.scan_scored(&chars, &compact, weights, &mut fused);
+                    let fused: Vec<(u32, u32, u32)> =
+                        fused.iter().map(|r| (r.entry, r.start, r.end)).collect();
+                    assert_eq!(fused, got, "{patterns:?} in {text:?}");
+                    let mut want = 0i64;
+                    if weights.is_some() {
+                        for_each_feature(&chars, |b| want += i64::from(w[b]));
+                    }
+                    assert_eq!(sum, want, "{text:?}");
+                }
                 got.sort_unstable();
                 // Patterns are stored in insertion order: entry i is patterns[i].
                 assert_eq!(

@@ -17,8 +17,8 @@ use crate::escalation::EscalationConfig;
 use crate::group::{GroupPolicy, MAX_GROUP_WORDS};
 use crate::matcher::{Entry, Matcher, MatcherBuilder, RawMatch};
 use crate::normalize::{
-    cjk_digit, fold_text, is_clause_break, is_one_char_repeated, normalize_pattern, normalize_with,
-    FChar, Normalized, Separators, CLASS_DIGIT, CLASS_SEP,
+    cjk_digit, fold_into, is_clause_break, is_one_char_repeated, normalize_pattern, normalize_with,
+    FChar, FoldBuf, Normalized, Separators, CLASS_DIGIT, CLASS_SEP,
 };
 use crate::policy::{
     Action, CategoryPolicy, Detector, GroupPolicySpec, PolicyFile, CONFIDENTIAL, OFFENSIVE,
@@ -420,11 +420,10 @@ enum Src {
 
 #[derive(Default)]
 struct Scratch {
-    f: Vec<FChar>,
-    compact: Vec<u32>,
-    /// The characters of `compact`: what the patterns and the classifier read.
-    chars: Vec<char>,
-    /// [`char_hash`] of `chars`, then two zeros.
+    /// The folded text, its matcher indices and characters.
+    fold: FoldBuf,
+    /// [`char_hash`] of the folded text's matcher characters, then two zeros: only for a
+    /// group's own words (the rule set's scan hashes as it goes).
     hashes: Vec<u64>,
     rtl: Vec<(u32, u32)>,
     reversed: Vec<u32>,
@@ -646,10 +645,10 @@ impl Moderator {
 
     fn check_with(&self, text: &str, ctx: &CheckContext<'_>, s: &mut Scratch) -> Verdict {
         let has_ext = ctx.has_external_member;
-        let flags = fold_text(text, &self.seps, &mut s.f, &mut s.compact, &mut s.rtl);
-        let f = &s.f;
+        let flags = fold_into(text, &self.seps, &mut s.fold, &mut s.rtl);
+        let f = s.fold.fchars();
+        let (compact, chars) = (s.fold.compact(), s.fold.chars());
         let char_at = |&i: &u32| f.get(i as usize).map_or(crawdad::END_MARKER, |x| x.c);
-        chars_and_hashes(s.compact.iter().map(char_at), &mut s.chars, &mut s.hashes);
         s.raw.clear();
         s.cands.clear();
         s.allow.clear();
@@ -657,7 +656,7 @@ impl Moderator {
         // Runs under a right-to-left override are displayed reversed: read them both ways.
         if !s.rtl.is_empty() {
             s.reversed.clear();
-            s.reversed.extend_from_slice(&s.compact);
+            s.reversed.extend_from_slice(compact);
             for &(a, b) in &s.rtl {
                 let from = s.reversed.partition_point(|&i| i < a);
                 let to = s.reversed.partition_point(|&i| i < b);
@@ -671,16 +670,21 @@ impl Moderator {
                 &mut s.reversed_hashes,
             );
         }
-        let views: &[(&[char], &[u64], &[u32])] = if s.rtl.is_empty() {
-            &[(&s.chars, &s.hashes, &s.compact)]
-        } else {
-            &[
-                (&s.chars, &s.hashes, &s.compact),
-                (&s.reversed_chars, &s.reversed_hashes, &s.reversed),
-            ]
-        };
-        for (chars, hashes, view) in views {
-            self.matcher.scan(chars, hashes, view, &mut s.raw);
+        // The text as read: scanned in one pass with the classifier's n-gram sum.
+        let cc = &self.policy.classifier;
+        let model = Model::shipped();
+        let scored = cc.enabled && compact.len() >= cc.min_chars;
+        let weights = model.table().filter(|_| scored);
+        let sum = self
+            .matcher
+            .scan_scored(chars, compact, weights, &mut s.raw);
+        if !s.rtl.is_empty() {
+            self.matcher.scan(
+                &s.reversed_chars,
+                &s.reversed_hashes,
+                &s.reversed,
+                &mut s.raw,
+            );
         }
         let read_symbols = flags.has_alpha && self.policy.normalize.read_symbols;
         if read_symbols {
@@ -688,6 +692,18 @@ impl Moderator {
         }
         let group_words = s.raw.len();
         if let Some(g) = ctx.group {
+            // A group's own words: its matcher probes with the hashes.
+            s.hashes.clear();
+            s.hashes.extend(chars.iter().map(|&c| char_hash(c)));
+            s.hashes.extend([0, 0]);
+            let views: &[(&[char], &[u64], &[u32])] = if s.rtl.is_empty() {
+                &[(chars, &s.hashes, compact)]
+            } else {
+                &[
+                    (chars, &s.hashes, compact),
+                    (&s.reversed_chars, &s.reversed_hashes, &s.reversed),
+                ]
+            };
             for (chars, hashes, view) in views {
                 g.matcher().scan(chars, hashes, view, &mut s.raw);
             }
@@ -826,18 +842,18 @@ impl Moderator {
         }
 
         // The offensive-language score, by band.
-        let cc = &self.policy.classifier;
-        if cc.enabled && s.compact.len() >= cc.min_chars {
-            // The hashes of the characters, which the matcher used too (see `char_hash`).
-            let hashes = s.hashes.get(..s.chars.len()).unwrap_or(&[]);
-            let mut action = cc.action(Model::shipped().score_hashed(hashes), has_ext);
+        if scored {
+            // The n-gram sum came with the scan (0 for a model of another size, whose
+            // weights do not apply: its bias alone, as `Model::score_hashed` gives).
+            let score = model.score_of_sum(sum, chars.len());
+            let mut action = cc.action(score, has_ext);
             if action > Action::Allow {
                 if let Some(g) = ctx.group {
                     action = action.max(g.tightened(OFFENSIVE));
                 }
                 s.picked.push(Cand {
-                    start: s.compact.first().copied().unwrap_or(0),
-                    end: s.compact.last().map_or(0, |&i| i + 1),
+                    start: compact.first().copied().unwrap_or(0),
+                    end: compact.last().map_or(0, |&i| i + 1),
                     action,
                     src: Src::Classifier,
                 });
@@ -883,7 +899,7 @@ impl Moderator {
     }
 
     fn decide(&self, text: &str, ctx: &CheckContext<'_>, s: &mut Scratch) -> Verdict {
-        let f = &s.f;
+        let f = s.fold.fchars();
         let span = |c: &Cand| -> (usize, usize) {
             let a = f.get(c.start as usize).map_or(0, |x| x.start as usize);
             let b = f
@@ -920,7 +936,7 @@ impl Moderator {
 
     /// The text with every `mask` candidate's characters replaced by `*`.
     fn mask(&self, text: &str, s: &mut Scratch) -> String {
-        let f = &s.f;
+        let f = s.fold.fchars();
         s.units.clear();
         for c in s.picked.iter().filter(|c| c.action == Action::Mask) {
             match &c.src {

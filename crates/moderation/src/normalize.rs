@@ -37,7 +37,7 @@ pub(crate) const CLASS_LEET: u8 = 8;
 pub(crate) const CLASS_OTHER: u8 = 0;
 
 /// One folded character and the original bytes it came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FChar {
     /// The folded character.
     pub c: char,
@@ -138,11 +138,10 @@ impl Separators {
         s
     }
 
-    /// [`Separators::is_plain`] for a BMP code point (`code <= 0xFFFF`): one load, no
-    /// bounds check.
+    /// The bit set of [`Separators::is_plain`], by code point (for the plain-CJK loop).
     #[inline(always)]
-    fn is_plain_bmp(&self, code: u32) -> bool {
-        self.plain[(code as usize >> 6) & 1023] & (1u64 << (code & 63)) != 0
+    fn plain_bits(&self) -> &[u64; 1024] {
+        &self.plain
     }
 
     /// Whether `c` (non-ASCII, BMP) folds to itself and is class `OTHER`.
@@ -298,16 +297,124 @@ pub(crate) fn fold_text(
     compact: &mut Vec<u32>,
     rtl: &mut Vec<(u32, u32)>,
 ) -> TextFlags {
+    let mut buf = FoldBuf::default();
+    let flags = fold_into(text, seps, &mut buf, rtl);
     out.clear();
+    out.extend_from_slice(buf.fchars());
     compact.clear();
+    compact.extend_from_slice(buf.compact());
+    flags
+}
+
+/// A folded text: the folded characters, the indices of those the matcher sees (`compact`)
+/// and those characters themselves (`chars[k]` is `fchars[compact[k]].c`: what the matcher
+/// and the classifier read, written as they are folded instead of gathered afterwards).
+/// Kept from one check to the next: the buffers only grow, and [`fold_into`] writes them by
+/// index up to a length of its own, so that its plain-CJK loop keeps every length in a
+/// register (a `Vec::push` may reallocate, which keeps the vector's length in memory).
+#[derive(Default)]
+pub(crate) struct FoldBuf {
+    f: Vec<FChar>,
+    compact: Vec<u32>,
+    chars: Vec<char>,
+    nf: usize,
+    nc: usize,
+}
+
+impl FoldBuf {
+    /// The folded characters.
+    #[inline]
+    pub fn fchars(&self) -> &[FChar] {
+        self.f.get(..self.nf).unwrap_or(&[])
+    }
+
+    /// The indices in [`FoldBuf::fchars`] of the characters the matcher sees.
+    #[inline]
+    pub fn compact(&self) -> &[u32] {
+        self.compact.get(..self.nc).unwrap_or(&[])
+    }
+
+    /// The characters the matcher sees (those of [`FoldBuf::compact`]).
+    #[inline]
+    pub fn chars(&self) -> &[char] {
+        self.chars.get(..self.nc).unwrap_or(&[])
+    }
+}
+
+/// Writes `x` at `i` of `v`, which is at most `v.len()` (appended when it is).
+#[inline(always)]
+fn put<T: Copy>(v: &mut Vec<T>, i: usize, x: T) {
+    match v.get_mut(i) {
+        Some(slot) => *slot = x,
+        None => v.push(x),
+    }
+}
+
+/// The writing side of [`fold_into`]: the buffers and the lengths written so far (locals,
+/// so they stay in registers).
+struct Sink<'a> {
+    f: &'a mut Vec<FChar>,
+    compact: &'a mut Vec<u32>,
+    chars: &'a mut Vec<char>,
+    nf: usize,
+    nc: usize,
+}
+
+impl Sink<'_> {
+    /// Appends a folded character.
+    #[inline(always)]
+    fn push(&mut self, x: FChar) {
+        put(self.f, self.nf, x);
+        self.nf += 1;
+    }
+
+    /// Gives the matcher the next folded character (call before [`Sink::push`]ing it).
+    #[inline(always)]
+    fn push_compact(&mut self, c: char) {
+        put(self.compact, self.nc, self.nf as u32);
+        put(self.chars, self.nc, c);
+        self.nc += 1;
+    }
+
+    /// Takes the last character back from the matcher.
+    #[inline(always)]
+    fn pop_compact(&mut self) {
+        self.nc = self.nc.saturating_sub(1);
+    }
+}
+
+/// [`fold_text`] into `buf`.
+pub(crate) fn fold_into(
+    text: &str,
+    seps: &Separators,
+    buf: &mut FoldBuf,
+    rtl: &mut Vec<(u32, u32)>,
+) -> TextFlags {
     rtl.clear();
-    out.reserve(text.len());
-    compact.reserve(text.len());
+    let limit = u32::MAX as usize;
+    // Room for one folded character per byte (more only after folds that expand, which
+    // append): the plain-CJK loop writes by index within it.
+    let room = text.len().min(limit) + 1;
+    if buf.f.len() < room {
+        buf.f.resize(room, FChar::default());
+    }
+    if buf.compact.len() < room {
+        buf.compact.resize(room, 0);
+    }
+    if buf.chars.len() < room {
+        buf.chars.resize(room, '\0');
+    }
+    let mut sink = Sink {
+        f: &mut buf.f,
+        compact: &mut buf.compact,
+        chars: &mut buf.chars,
+        nf: 0,
+        nc: 0,
+    };
     let table = table();
     // Kept in a local that is only ever passed to inlined functions, so that it lives in
     // registers (a closure capturing it kept it in memory on every character).
     let mut acc = Acc::default();
-    let limit = u32::MAX as usize;
     let mut rtl_from: Option<u32> = None;
     // Regional indicators: a run of exactly two is a flag (a separator), others are letters.
     let mut ri_left = 0usize;
@@ -343,13 +450,13 @@ pub(crate) fn fold_text(
         let (start, end) = (i as u32, end as u32);
         if seps.is_plain(ch) {
             if ch == acc.last {
-                continue_run(out, compact, &mut acc.run, ch, start, end, CLASS_OTHER);
+                continue_run(&mut sink, &mut acc.run, ch, start, end, CLASS_OTHER);
                 continue;
             }
             acc.last = ch;
             acc.run = 1;
-            compact.push(out.len() as u32);
-            out.push(FChar {
+            sink.push_compact(ch);
+            sink.push(FChar {
                 c: ch,
                 start,
                 end,
@@ -357,46 +464,36 @@ pub(crate) fn fold_text(
             });
             // Fast path for a run of plain CJK text: the next three-byte characters that fold
             // to themselves and do not repeat the last one, without the general dispatch. They
-            // all go to the matcher: their `compact` indices are appended at the end, at once.
-            let base = out.len() as u32;
-            while let Some(&[b0, b1, b2]) = within_limit.get(next..next + 3) {
-                if b0 & 0xF0 != 0xE0 {
-                    break;
+            // all go to the matcher. Written by index into the buffers' room (the run ends
+            // where it runs out: the general path appends).
+            let (nf, nc) = (sink.nf, sink.nc);
+            let k = match (
+                sink.f.get_mut(nf..),
+                sink.compact.get_mut(nc..),
+                sink.chars.get_mut(nc..),
+                within_limit.get(next..),
+            ) {
+                (Some(f), Some(compact), Some(chars), Some(rest)) => {
+                    plain_run(rest, next, seps.plain_bits(), ch, f, compact, chars, nf)
                 }
-                let code = decode3(b0, b1, b2);
-                // A plain character is never a surrogate (those are not characters).
-                if !seps.is_plain_bmp(code) {
-                    break;
-                }
-                let Some(c) = char::from_u32(code) else {
-                    break;
-                };
-                if c == acc.last {
-                    break;
-                }
-                let start = next as u32;
-                next += 3;
+                _ => 0,
+            };
+            if let Some(&c) = k.checked_sub(1).and_then(|j| sink.chars.get(nc + j)) {
                 acc.last = c;
-                out.push(FChar {
-                    c,
-                    start,
-                    end: next as u32,
-                    class: CLASS_OTHER,
-                });
             }
-            compact.extend(base..out.len() as u32);
+            next += 3 * k;
+            (sink.nf, sink.nc) = (nf + k, nc + k);
             continue;
         }
         if ch.is_ascii() {
             if ch == '\n' {
                 if let Some(from) = rtl_from.take() {
-                    rtl.push((from, out.len() as u32));
+                    rtl.push((from, sink.nf as u32));
                 }
             }
             push_folded(
                 &mut acc,
-                out,
-                compact,
+                &mut sink,
                 seps,
                 ch.to_ascii_lowercase(),
                 start,
@@ -406,11 +503,11 @@ pub(crate) fn fold_text(
         }
         match ch {
             '\u{202E}' | '\u{2067}' if rtl_from.is_none() => {
-                rtl_from = Some(out.len() as u32);
+                rtl_from = Some(sink.nf as u32);
             }
             '\u{202C}' | '\u{2069}' => {
                 if let Some(from) = rtl_from.take() {
-                    rtl.push((from, out.len() as u32));
+                    rtl.push((from, sink.nf as u32));
                 }
             }
             _ => {}
@@ -425,7 +522,7 @@ pub(crate) fn fold_text(
             }
             ri_left -= 1;
             if ri_flag {
-                out.push(FChar {
+                sink.push(FChar {
                     c: ch,
                     start,
                     end,
@@ -444,40 +541,100 @@ pub(crate) fn fold_text(
             match e >> 30 {
                 TAG_ONE => {
                     let c = char::from_u32(e & CHAR_MASK).unwrap_or(ch);
-                    push_folded(&mut acc, out, compact, seps, c, start, end);
+                    push_folded(&mut acc, &mut sink, seps, c, start, end);
                 }
                 TAG_DROP => {}
                 _ => {
                     let at = (e & CHAR_MASK) as usize;
                     let len = ((e >> 21) & 0xff) as usize;
                     for &c in table.many.get(at..at + len).unwrap_or(&[]) {
-                        push_folded(&mut acc, out, compact, seps, c, start, end);
+                        push_folded(&mut acc, &mut sink, seps, c, start, end);
                     }
                 }
             }
         } else {
             // Outside the BMP (emoji, mathematical letters): fold into a small buffer first.
-            let mut buf = ['\0'; 32];
+            let mut cbuf = ['\0'; 32];
             let mut k = 0usize;
             fold_char(ch, |c| {
-                if let Some(slot) = buf.get_mut(k) {
+                if let Some(slot) = cbuf.get_mut(k) {
                     *slot = c;
                     k += 1;
                 }
             });
-            for &c in buf.get(..k).unwrap_or(&[]) {
-                push_folded(&mut acc, out, compact, seps, c, start, end);
+            for &c in cbuf.get(..k).unwrap_or(&[]) {
+                push_folded(&mut acc, &mut sink, seps, c, start, end);
             }
         }
     }
     if let Some(from) = rtl_from {
-        rtl.push((from, out.len() as u32));
+        rtl.push((from, sink.nf as u32));
     }
+    let (nf, nc) = (sink.nf, sink.nc);
+    buf.nf = nf;
+    buf.nc = nc;
     let flags = acc.flags;
     if flags.has_digit && flags.has_alpha {
-        fold_leet(out);
+        if let Some(f) = buf.f.get_mut(..nf) {
+            fold_leet(f);
+        }
+        // Some digits now read as letters: the matcher's characters again.
+        let f = &buf.f;
+        for (c, &i) in buf.chars.iter_mut().zip(buf.compact.iter().take(nc)) {
+            *c = f.get(i as usize).map_or(crawdad::END_MARKER, |x| x.c);
+        }
     }
     flags
+}
+
+/// The plain-CJK loop of [`fold_into`], out of line so that all it carries stays in
+/// registers: from the start of `rest` (at byte `at` of the text), the three-byte characters
+/// that fold to themselves (one bit each in `plain`) and do not repeat the one before (`last`
+/// at first), written to `f`, `compact` (as indices from `nf` on) and `chars` until one of
+/// them is full. Returns how many it wrote.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn plain_run(
+    rest: &[u8],
+    at: usize,
+    plain: &[u64; 1024],
+    mut last: char,
+    f: &mut [FChar],
+    compact: &mut [u32],
+    chars: &mut [char],
+    nf: usize,
+) -> usize {
+    let mut k = 0usize;
+    let slots = f.iter_mut().zip(compact.iter_mut()).zip(chars.iter_mut());
+    for (((fslot, cslot), chslot), b) in slots.zip(rest.chunks_exact(3)) {
+        let &[b0, b1, b2] = b else { break };
+        if b0 & 0xF0 != 0xE0 {
+            break;
+        }
+        let code = decode3(b0, b1, b2);
+        if plain[(code as usize >> 6) & 1023] & (1u64 << (code & 63)) == 0 {
+            break;
+        }
+        // A plain character is never a surrogate (those are not characters).
+        let Some(c) = char::from_u32(code) else {
+            break;
+        };
+        if c == last {
+            break;
+        }
+        last = c;
+        let start = (at + 3 * k) as u32;
+        *cslot = (nf + k) as u32;
+        *chslot = c;
+        *fslot = FChar {
+            c,
+            start,
+            end: start + 3,
+            class: CLASS_OTHER,
+        };
+        k += 1;
+    }
+    k
 }
 
 /// The code point of a three-byte UTF-8 sequence.
@@ -496,13 +653,12 @@ struct Acc {
     run: u32,
 }
 
-/// Appends one folded character (from the original bytes `start..end`) to `out`, and to
-/// `compact` unless it is a separator or a repeat.
+/// Appends one folded character (from the original bytes `start..end`), and gives it to the
+/// matcher unless it is a separator or a repeat.
 #[inline(always)]
 fn push_folded(
     acc: &mut Acc,
-    out: &mut Vec<FChar>,
-    compact: &mut Vec<u32>,
+    sink: &mut Sink<'_>,
     seps: &Separators,
     c: char,
     start: u32,
@@ -518,14 +674,14 @@ fn push_folded(
     flags.digit_values += u32::from(class == CLASS_DIGIT || numeral);
     if class != CLASS_SEP {
         if c == acc.last && class != CLASS_DIGIT {
-            continue_run(out, compact, &mut acc.run, c, start, end, class);
+            continue_run(sink, &mut acc.run, c, start, end, class);
             return;
         }
         acc.last = c;
         acc.run = 1;
-        compact.push(out.len() as u32);
+        sink.push_compact(c);
     }
-    out.push(FChar {
+    sink.push(FChar {
         c,
         start,
         end,
@@ -537,24 +693,16 @@ fn push_folded(
 /// but not given to the matcher. Latin letters collapse from three repeats on (`fuuuck`, while
 /// `ass` keeps its double letter); other characters from two (`赌赌博博`).
 #[inline]
-fn continue_run(
-    out: &mut Vec<FChar>,
-    compact: &mut Vec<u32>,
-    run: &mut u32,
-    c: char,
-    start: u32,
-    end: u32,
-    class: u8,
-) {
+fn continue_run(sink: &mut Sink<'_>, run: &mut u32, c: char, start: u32, end: u32, class: u8) {
     *run += 1;
     if class == CLASS_ALPHA {
         if *run == 2 {
-            compact.push(out.len() as u32);
+            sink.push_compact(c);
         } else if *run == 3 {
-            compact.pop();
+            sink.pop_compact();
         }
     }
-    out.push(FChar {
+    sink.push(FChar {
         c,
         start,
         end,
@@ -942,6 +1090,41 @@ mod tests {
         assert_eq!(n("芸香"), "芸香");
         assert_eq!(n("予以"), "予以");
         assert_eq!(n("台湾"), "台湾");
+    }
+
+    #[test]
+    fn reused_fold_buffers_give_what_fresh_ones_give() {
+        let seps = Separators::default();
+        let mut reused = FoldBuf::default();
+        let mut rtl = Vec::new();
+        // Long and short texts in turn, folds that expand past one character per byte
+        // (`ﷺ` is 18 characters), repeats, leetspeak, separators, right-to-left overrides.
+        let texts = [
+            "ﷺﷺﷺﷺ法轮功法轮功",
+            "a",
+            "赌赌博博 s3x l33t ㎏㎏ 法*轮 fuuuck ass",
+            "",
+            "中文中文中文ﷺ中文中文中文中文中文",
+            "\u{202E}abc\u{202C}中文 138 1234 5678",
+            "ﷺ",
+        ];
+        for text in texts.iter().chain(texts.iter().rev()) {
+            let mut fresh = FoldBuf::default();
+            fold_into(text, &seps, &mut fresh, &mut rtl);
+            fold_into(text, &seps, &mut reused, &mut rtl);
+            assert_eq!(reused.fchars(), fresh.fchars(), "{text:?}");
+            assert_eq!(reused.compact(), fresh.compact(), "{text:?}");
+            assert_eq!(reused.chars(), fresh.chars(), "{text:?}");
+            let gathered: Vec<char> = fresh
+                .compact()
+                .iter()
+                .map(|&i| fresh.fchars()[i as usize].c)
+                .collect();
+            assert_eq!(fresh.chars(), gathered, "{text:?}");
+            let n: String = gathered.iter().collect();
+            assert_eq!(n, normalize(text).text);
+        }
+        assert_eq!(normalize("l33t s3x").text, "leetsex");
     }
 
     #[test]
