@@ -678,7 +678,7 @@ impl Default for ModerationConfig {
 impl Config {
     /// Defaults, then the file (if any), then the `CHATD_<SECTION>__<KEY>` environment
     /// variables (names with `__`; `CHATD_LOG` and `CHATD_CONFIG` are the binary's own).
-    /// How the layers merge and how environment values are typed: [`layers`].
+    /// How the layers merge and how environment values are typed: `config/layers.rs`.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         layers::load(file, std::env::vars_os())
     }
