@@ -3,8 +3,9 @@
 //! between section and key). Every key is documented in `config/default.toml` and
 //! `docs/CONFIG.md`; a test keeps the example file in step with this struct.
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+mod layers;
+
+pub use layers::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -675,18 +676,11 @@ impl Default for ModerationConfig {
 }
 
 impl Config {
-    /// Defaults, then the file (if any), then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            fig = fig.merge(Toml::file_exact(file));
-        }
-        // Only CHATD_<SECTION>__<KEY> variables are configuration; CHATD_LOG and CHATD_CONFIG
-        // are read by the binary itself.
-        let env = Env::prefixed("CHATD_")
-            .filter(|k| k.as_str().contains("__"))
-            .split("__");
-        fig.merge(env).extract().map_err(Box::new)
+    /// Defaults, then the file (if any), then the `CHATD_<SECTION>__<KEY>` environment
+    /// variables (names with `__`; `CHATD_LOG` and `CHATD_CONFIG` are the binary's own).
+    /// How the layers merge and how environment values are typed: `config/layers.rs`.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        layers::load(file, std::env::vars_os())
     }
 
     /// The configuration as TOML with secrets redacted, for the start-up log.
@@ -796,6 +790,246 @@ mod tests {
         assert!(
             err.contains("kafka") && err.contains("local") && err.contains("redis"),
             "{err}"
+        );
+    }
+
+    /// `layers::load` with `vars` as the whole environment.
+    fn load_with<T: serde::de::DeserializeOwned>(
+        file: Option<&Path>,
+        vars: &[(&str, &str)],
+    ) -> Result<T, ConfigError> {
+        let vars = vars.iter().map(|(k, v)| (k.into(), v.into()));
+        layers::load(file, vars.collect::<Vec<_>>())
+    }
+
+    fn toml_file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn nothing_set_is_the_defaults() {
+        let c: Config = load_with(None, &[("CHATD_LOG", "debug"), ("CHATD_CONFIG", "x")]).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment_merged_deeply() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = toml_file(
+            &dir,
+            "[server]\nlisten = \"0.0.0.0:1\"\nmax_connections = 7\n[auth]\nadmins = [\"a\"]\n",
+        );
+        let c: Config = load_with(
+            Some(&p),
+            &[
+                ("CHATD_SERVER__MAX_CONNECTIONS", "9"),
+                ("CHATD_AUTH__REVIEWERS", r#"["r"]"#),
+                ("chatd_limits__send_burst", "3"),
+            ],
+        )
+        .unwrap();
+        let mut want = Config::default();
+        want.server.listen = "0.0.0.0:1".into(); // the file
+        want.server.max_connections = 9; // the environment over the file
+        want.auth.admins = vec!["a".into()]; // the file, the section's other keys default
+        want.auth.reviewers = vec!["r".into()]; // the environment, beside the file's key
+        want.limits.send_burst = 3; // the prefix in any case, keys lower-cased
+        assert_eq!(c, want);
+    }
+
+    #[test]
+    fn unknown_keys_from_the_environment_are_refused() {
+        let err = load_with::<Config>(None, &[("CHATD_NOSUCH__KEY", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("nosuch (from CHATD_NOSUCH__KEY): unknown field `nosuch`"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = toml_file(&dir, "[server]\nlisten = \"x:1\"\n");
+        let err = load_with::<Config>(Some(&p), &[("CHATD_SERVER__LISTEN_ADRESS", "y:1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "server.listen_adress (from CHATD_SERVER__LISTEN_ADRESS): unknown field"
+            ),
+            "{err}"
+        );
+        let err = load_with::<Config>(None, &[("CHATD_SERVER__LISTEN__X", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("server.listen (from CHATD_SERVER__LISTEN__X)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn environment_values_are_typed_by_their_key() {
+        let c: Config = load_with(
+            None,
+            &[
+                ("CHATD_AUTH__JWT_SECRET", "123456"),
+                ("CHATD_AUTH__JWT_ISSUER", "true"),
+                ("CHATD_SERVER__MAX_CONNECTIONS", "8080"),
+                ("CHATD_SERVER__LISTEN", "8080"),
+                ("CHATD_SERVER__TCP_NODELAY", "false"),
+                ("CHATD_SERVER__TLS_CERT_FILE", "/etc/chatd/cert.pem"),
+                ("CHATD_AUTH__ADMINS", r#"["a", "b"]"#),
+                ("CHATD_STORE__CQL_NODES", "[]"),
+                ("CHATD_STORE__BACKEND", "scylla"),
+                ("CHATD_ROUTER__REDIS_MODE", "cluster"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("123456"));
+        assert_eq!(c.auth.jwt_issuer.as_deref(), Some("true"));
+        assert_eq!(c.server.max_connections, 8080);
+        assert_eq!(c.server.listen, "8080");
+        assert!(!c.server.tcp_nodelay);
+        assert_eq!(
+            c.server.tls_cert_file.as_deref(),
+            Some(Path::new("/etc/chatd/cert.pem"))
+        );
+        assert_eq!(c.auth.admins, ["a", "b"]);
+        assert!(c.store.cql_nodes.is_empty());
+        assert_eq!(c.store.backend, StoreBackend::Scylla);
+        assert_eq!(c.router.redis_mode, RedisMode::Cluster);
+    }
+
+    /// Key types the configuration may grow: optional numbers and flags (default `None`, so
+    /// absent from any serialized defaults), lists of numbers, floats.
+    #[derive(Debug, Default, PartialEq, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Other {
+        s: OtherSection,
+    }
+
+    #[derive(Debug, Default, PartialEq, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct OtherSection {
+        n: Option<u64>,
+        b: Option<bool>,
+        v: Vec<u32>,
+        f: f64,
+        i: i32,
+    }
+
+    #[test]
+    fn optional_and_other_types_from_the_environment() {
+        let o: Other = load_with(
+            None,
+            &[
+                ("CHATD_S__N", "42"),
+                ("CHATD_S__B", "true"),
+                ("CHATD_S__V", "[1, 2]"),
+                ("CHATD_S__F", "0.5"),
+                ("CHATD_S__I", "-3"),
+            ],
+        )
+        .unwrap();
+        let want = OtherSection {
+            n: Some(42),
+            b: Some(true),
+            v: vec![1, 2],
+            f: 0.5,
+            i: -3,
+        };
+        assert_eq!(o.s, want);
+        let err = load_with::<Other>(None, &[("CHATD_S__N", "-1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("s.n (from CHATD_S__N): expected an integer (u64)"),
+            "{err}"
+        );
+        let err = load_with::<Other>(None, &[("CHATD_S__B", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("s.b (from CHATD_S__B): expected `true` or `false`"),
+            "{err}"
+        );
+        let err = load_with::<Other>(None, &[("CHATD_S__V", "1,2")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("s.v (from CHATD_S__V): expected a TOML value"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_where_its_value_came_from() {
+        let err = load_with::<Config>(None, &[("CHATD_SERVER__MAX_CONNECTIONS", "many-secret")])
+            .unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(
+                "server.max_connections (from CHATD_SERVER__MAX_CONNECTIONS): expected an integer (u64)"
+            ),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("many-secret"),
+            "the value is echoed: {shown}"
+        );
+        assert!(matches!(err, ConfigError::Invalid { .. }));
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = toml_file(&dir, "[server]\nmax_connections = \"x\"\n");
+        let err = load_with::<Config>(Some(&p), &[]).unwrap_err().to_string();
+        let want = format!(
+            "server.max_connections (from {}): invalid type",
+            p.display()
+        );
+        assert!(err.starts_with(&want), "{err}");
+        // The environment's value replaces the file's bad one: no error.
+        let c: Config = load_with(Some(&p), &[("CHATD_SERVER__MAX_CONNECTIONS", "2")]).unwrap();
+        assert_eq!(c.server.max_connections, 2);
+
+        let p = toml_file(&dir, "[server]\nlisten = \"a:1\"\nmax_connections =\n");
+        let err = load_with::<Config>(Some(&p), &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+        let err = err.to_string();
+        assert!(err.starts_with(&format!("{}: ", p.display())), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+
+        let p = toml_file(&dir, "[server]\nlisten = \"a:1\"\n");
+        let err = load_with::<Config>(Some(&p), &[("CHATD_SERVER__LISTEN__PORT", "2")])
+            .unwrap_err()
+            .to_string();
+        let want = format!(
+            "server.listen (from {}): a value that is not a table, while CHATD_SERVER__LISTEN__PORT set keys below it",
+            p.display()
+        );
+        assert_eq!(err, want);
+
+        let missing = dir.path().join("none.toml");
+        let err = load_with::<Config>(Some(&missing), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("reading {}", missing.display())),
+            "{err}"
+        );
+
+        let err = load_with::<Config>(
+            None,
+            &[
+                ("CHATD_SERVER__LISTEN", "a:1"),
+                ("chatd_server__listen", "b:1"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "server.listen is set by both CHATD_SERVER__LISTEN and chatd_server__listen"
         );
     }
 }

@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// `GET /v1/admin/compliance/events` parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// The `chatd-next-cursor` of the previous page, or a record's `cursor` (absent: the
     /// start of the log).

@@ -130,6 +130,7 @@ async fn create_user(
 
 /// `GET /v1/users` filters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UserQuery {
     /// Part of the name or id (case-insensitive).
     q: Option<String>,

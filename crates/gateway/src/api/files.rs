@@ -37,6 +37,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// `POST /v1/files` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// The file name shown to people (1..=255 characters).
     name: Option<String>,

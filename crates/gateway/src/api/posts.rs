@@ -20,6 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// `GET /v1/posts` filters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PostQuery {
     /// Only posts in this state.
     state: Option<PostState>,

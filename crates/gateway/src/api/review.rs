@@ -28,6 +28,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// `?conv=` of the review list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConvQuery {
     conv: String,
 }
@@ -203,6 +204,7 @@ fn require_company_admin(state: &AppState, me: &UserId) -> Result<(), ApiError> 
 
 /// `GET /v1/audit` filters, as query parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
     user: Option<String>,
     group: Option<String>,
@@ -307,6 +309,7 @@ async fn lift(
 
 /// `?revoke=` of a disconnect.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DisconnectQuery {
     /// Also revoke every token of the user issued up to now (they must sign in again; with an
     /// identity provider, get a new token). Without it the clients may reconnect.
