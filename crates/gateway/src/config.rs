@@ -802,6 +802,14 @@ mod tests {
         layers::load(file, vars.collect::<Vec<_>>())
     }
 
+    /// The error `layers::load` gives, as shown.
+    fn load_err<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+        file: Option<&Path>,
+        vars: &[(&str, &str)],
+    ) -> String {
+        load_with::<T>(file, vars).unwrap_err().to_string()
+    }
+
     fn toml_file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
         let p = dir.path().join("c.toml");
         std::fs::write(&p, text).unwrap();
@@ -841,27 +849,21 @@ mod tests {
 
     #[test]
     fn unknown_keys_from_the_environment_are_refused() {
-        let err = load_with::<Config>(None, &[("CHATD_NOSUCH__KEY", "1")])
-            .unwrap_err()
-            .to_string();
+        let err = load_err::<Config>(None, &[("CHATD_NOSUCH__KEY", "1")]);
         assert!(
             err.starts_with("nosuch (from CHATD_NOSUCH__KEY): unknown field `nosuch`"),
             "{err}"
         );
         let dir = tempfile::tempdir().unwrap();
         let p = toml_file(&dir, "[server]\nlisten = \"x:1\"\n");
-        let err = load_with::<Config>(Some(&p), &[("CHATD_SERVER__LISTEN_ADRESS", "y:1")])
-            .unwrap_err()
-            .to_string();
+        let err = load_err::<Config>(Some(&p), &[("CHATD_SERVER__LISTEN_ADRESS", "y:1")]);
         assert!(
             err.starts_with(
                 "server.listen_adress (from CHATD_SERVER__LISTEN_ADRESS): unknown field"
             ),
             "{err}"
         );
-        let err = load_with::<Config>(None, &[("CHATD_SERVER__LISTEN__X", "1")])
-            .unwrap_err()
-            .to_string();
+        let err = load_err::<Config>(None, &[("CHATD_SERVER__LISTEN__X", "1")]);
         assert!(
             err.starts_with("server.listen (from CHATD_SERVER__LISTEN__X)"),
             "{err}"
@@ -940,23 +942,17 @@ mod tests {
             i: -3,
         };
         assert_eq!(o.s, want);
-        let err = load_with::<Other>(None, &[("CHATD_S__N", "-1")])
-            .unwrap_err()
-            .to_string();
+        let err = load_err::<Other>(None, &[("CHATD_S__N", "-1")]);
         assert!(
             err.starts_with("s.n (from CHATD_S__N): expected an integer (u64)"),
             "{err}"
         );
-        let err = load_with::<Other>(None, &[("CHATD_S__B", "yes")])
-            .unwrap_err()
-            .to_string();
+        let err = load_err::<Other>(None, &[("CHATD_S__B", "yes")]);
         assert!(
             err.starts_with("s.b (from CHATD_S__B): expected `true` or `false`"),
             "{err}"
         );
-        let err = load_with::<Other>(None, &[("CHATD_S__V", "1,2")])
-            .unwrap_err()
-            .to_string();
+        let err = load_err::<Other>(None, &[("CHATD_S__V", "1,2")]);
         assert!(
             err.starts_with("s.v (from CHATD_S__V): expected a TOML value"),
             "{err}"
@@ -982,7 +978,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let p = toml_file(&dir, "[server]\nmax_connections = \"x\"\n");
-        let err = load_with::<Config>(Some(&p), &[]).unwrap_err().to_string();
+        let err = load_err::<Config>(Some(&p), &[]);
         let want = format!(
             "server.max_connections (from {}): invalid type",
             p.display()
@@ -1000,9 +996,7 @@ mod tests {
         assert!(err.contains("line 3"), "{err}");
 
         let p = toml_file(&dir, "[server]\nlisten = \"a:1\"\n");
-        let err = load_with::<Config>(Some(&p), &[("CHATD_SERVER__LISTEN__PORT", "2")])
-            .unwrap_err()
-            .to_string();
+        let err = load_err::<Config>(Some(&p), &[("CHATD_SERVER__LISTEN__PORT", "2")]);
         let want = format!(
             "server.listen (from {}): a value that is not a table, while CHATD_SERVER__LISTEN__PORT set keys below it",
             p.display()
@@ -1010,23 +1004,19 @@ mod tests {
         assert_eq!(err, want);
 
         let missing = dir.path().join("none.toml");
-        let err = load_with::<Config>(Some(&missing), &[])
-            .unwrap_err()
-            .to_string();
+        let err = load_err::<Config>(Some(&missing), &[]);
         assert!(
             err.starts_with(&format!("reading {}", missing.display())),
             "{err}"
         );
 
-        let err = load_with::<Config>(
+        let err = load_err::<Config>(
             None,
             &[
                 ("CHATD_SERVER__LISTEN", "a:1"),
                 ("chatd_server__listen", "b:1"),
             ],
-        )
-        .unwrap_err()
-        .to_string();
+        );
         assert_eq!(
             err,
             "server.listen is set by both CHATD_SERVER__LISTEN and chatd_server__listen"

@@ -453,20 +453,14 @@ impl Walk<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalize::{fold_text, Separators};
+    use crate::normalize::{fold, Separators};
 
     fn hits(patterns: &[&str], text: &str) -> Vec<String> {
         let t = LatinTrie::new(patterns.iter().enumerate().map(|(i, p)| (*p, i as u32)));
-        let (mut f, mut compact) = (Vec::new(), Vec::new());
-        fold_text(
-            text,
-            &Separators::default(),
-            &mut f,
-            &mut compact,
-            &mut Vec::new(),
-        );
+        let buf = fold(text, &Separators::default());
+        let f = buf.fchars();
         let mut out = Vec::new();
-        t.scan(&f, &mut out);
+        t.scan(f, &mut out);
         out.iter()
             .map(|m| {
                 let a = f[m.start as usize].start as usize;

@@ -555,7 +555,7 @@ impl Matcher {
 mod tests {
     use super::*;
     use crate::classifier::{for_each_feature, Model};
-    use crate::normalize::{fold_text, Separators};
+    use crate::normalize::{fold, Separators};
 
     /// Every pattern that the compact text spells from every position, by brute force.
     fn naive(patterns: &[String], f: &[FChar], compact: &[u32]) -> Vec<(u32, u32, u32)> {
@@ -604,13 +604,13 @@ mod tests {
             for _ in 0..20 {
                 let len = rand(24);
                 let text: String = (0..len).map(|_| alphabet[rand(alphabet.len())]).collect();
-                let (mut f, mut compact) = (Vec::new(), Vec::new());
-                fold_text(&text, &seps, &mut f, &mut compact, &mut Vec::new());
+                let buf = fold(&text, &seps);
+                let (f, compact) = (buf.fchars(), buf.compact());
                 let mut got = Vec::new();
                 let chars: Vec<char> = compact.iter().map(|&i| f[i as usize].c).collect();
                 let mut hashes: Vec<u64> = chars.iter().map(|&c| mix(c)).collect();
                 hashes.extend([0, 0]);
-                m.scan(&chars, &hashes, &compact, &mut got);
+                m.scan(&chars, &hashes, compact, &mut got);
                 let mut got: Vec<(u32, u32, u32)> =
                     got.iter().map(|r| (r.entry, r.start, r.end)).collect();
                 // The fused pass finds the same matches in the same order, and the
@@ -618,7 +618,7 @@ mod tests {
                 let w = Model::shipped().table().unwrap();
                 for weights in [None, Some(w)] {
                     let mut fused = Vec::new();
-                    let sum = m.scan_scored(&chars, &compact, weights, &mut fused);
+                    let sum = m.scan_scored(&chars, compact, weights, &mut fused);
                     let fused: Vec<(u32, u32, u32)> =
                         fused.iter().map(|r| (r.entry, r.start, r.end)).collect();
                     assert_eq!(fused, got, "{patterns:?} in {text:?}");
@@ -632,7 +632,7 @@ mod tests {
                 // Patterns are stored in insertion order: entry i is patterns[i].
                 assert_eq!(
                     got,
-                    naive(&patterns, &f, &compact),
+                    naive(&patterns, f, compact),
                     "{patterns:?} in {text:?}"
                 );
             }

@@ -282,28 +282,11 @@ fn is_regional_indicator(c: char) -> bool {
     ('\u{1F1E6}'..='\u{1F1FF}').contains(&c)
 }
 
-/// Folds `text` into `out` (cleared first), and the indices of the characters the
-/// dictionary matcher sees into `compact`: no separators, runs of one CJK character (or of
-/// three or more of one Latin letter) collapsed to one character, digits inside Latin words
-/// read as the letters they stand for (leetspeak). `rtl` receives the ranges of `out` that a
-/// right-to-left override (U+202E, U+2067) displays reversed.
-///
-/// Texts longer than `u32::MAX` bytes are folded up to the last character boundary before
-/// that limit (the gateway caps messages far below it).
-pub(crate) fn fold_text(
-    text: &str,
-    seps: &Separators,
-    out: &mut Vec<FChar>,
-    compact: &mut Vec<u32>,
-    rtl: &mut Vec<(u32, u32)>,
-) -> TextFlags {
+/// [`fold_into`] a fresh buffer: for one-off folds (rule patterns, [`normalize`], tests).
+pub(crate) fn fold(text: &str, seps: &Separators) -> FoldBuf {
     let mut buf = FoldBuf::default();
-    let flags = fold_into(text, seps, &mut buf, rtl);
-    out.clear();
-    out.extend_from_slice(buf.fchars());
-    compact.clear();
-    compact.extend_from_slice(buf.compact());
-    flags
+    fold_into(text, seps, &mut buf, &mut Vec::new());
+    buf
 }
 
 /// A folded text: the folded characters, the indices of those the matcher sees (`compact`)
@@ -383,7 +366,14 @@ impl Sink<'_> {
     }
 }
 
-/// [`fold_text`] into `buf`.
+/// Folds `text` into `buf`: the folded characters, and the indices of the characters the
+/// dictionary matcher sees with those characters: no separators, runs of one CJK character
+/// (or of three or more of one Latin letter) collapsed to one character, digits inside Latin
+/// words read as the letters they stand for (leetspeak). `rtl` receives the ranges of the
+/// folded characters that a right-to-left override (U+202E, U+2067) displays reversed.
+///
+/// Texts longer than `u32::MAX` bytes are folded up to the last character boundary before
+/// that limit (the gateway caps messages far below it).
 pub(crate) fn fold_into(
     text: &str,
     seps: &Separators,
@@ -643,7 +633,7 @@ fn decode3(b0: u8, b1: u8, b2: u8) -> u32 {
     (u32::from(b0 & 0x0F) << 12) | (u32::from(b1 & 0x3F) << 6) | u32::from(b2 & 0x3F)
 }
 
-/// What [`fold_text`] carries from one character to the next.
+/// What [`fold_into`] carries from one character to the next.
 #[derive(Default)]
 struct Acc {
     flags: TextFlags,
@@ -1006,11 +996,10 @@ pub fn normalize(text: &str) -> Normalized {
 }
 
 pub(crate) fn normalize_with(text: &str, seps: &Separators) -> Normalized {
-    let mut f = Vec::new();
-    let mut compact = Vec::new();
-    fold_text(text, seps, &mut f, &mut compact, &mut Vec::new());
+    let buf = fold(text, seps);
+    let f = buf.fchars();
     let mut n = Normalized::default();
-    for fc in compact.iter().filter_map(|&i| f.get(i as usize)) {
+    for fc in buf.compact().iter().filter_map(|&i| f.get(i as usize)) {
         n.text.push(fc.c);
         n.offsets.push(fc.start as usize..fc.end as usize);
     }
@@ -1020,10 +1009,9 @@ pub(crate) fn normalize_with(text: &str, seps: &Separators) -> Normalized {
 /// Whether a rule pattern is one character repeated (`大大`, `真真真`): collapsed, it would
 /// be that single character and match everywhere it occurs, so such entries are skipped.
 pub(crate) fn is_one_char_repeated(p: &str, seps: &Separators) -> bool {
-    let (mut f, mut compact) = (Vec::new(), Vec::new());
-    fold_text(p, seps, &mut f, &mut compact, &mut Vec::new());
-    let words = f.iter().filter(|x| x.class != CLASS_SEP).count();
-    compact.len() == 1 && words > 1
+    let buf = fold(p, seps);
+    let words = buf.fchars().iter().filter(|x| x.class != CLASS_SEP).count();
+    buf.compact().len() == 1 && words > 1
 }
 
 /// Normalizes a rule pattern (a deny word, an allow phrase, a marker) exactly the way messages

@@ -469,6 +469,16 @@ macro_rules! parse_number {
     )*};
 }
 
+/// Sequence, tuple, map and struct methods: the value read as a TOML value
+/// ([`EnvDe::toml`]), then that value's own deserializer.
+macro_rules! via_toml {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, DeError> {
+            self.toml()?.$method($($arg,)* visitor).map_err(DeError::from_toml)
+        }
+    )*};
+}
+
 impl EnvDe<'_> {
     /// The value as a TOML value (`["a", "b"]`, `{ k = 1 }`), for sequences and maps.
     fn toml(&self) -> Result<toml::Value, DeError> {
@@ -516,48 +526,10 @@ impl<'de> de::Deserializer<'de> for EnvDe<'_> {
         visitor.visit_newtype_struct(self)
     }
 
-    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        self.toml()?
-            .deserialize_seq(visitor)
-            .map_err(DeError::from_toml)
-    }
-
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
-        self.toml()?
-            .deserialize_tuple(len, visitor)
-            .map_err(DeError::from_toml)
-    }
-
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
-        self.toml()?
-            .deserialize_tuple_struct(name, len, visitor)
-            .map_err(DeError::from_toml)
-    }
-
-    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        self.toml()?
-            .deserialize_map(visitor)
-            .map_err(DeError::from_toml)
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
-        self.toml()?
-            .deserialize_struct(name, fields, visitor)
-            .map_err(DeError::from_toml)
+    via_toml! {
+        deserialize_seq(); deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize); deserialize_map();
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]);
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
