@@ -53,6 +53,7 @@ fn background_workers() -> usize {
 pub mod dump;
 mod events;
 mod idem_filter;
+mod reaper;
 
 /// Separates the parts of a composite key; ids never contain a NUL byte.
 const SEP: u8 = 0;
@@ -301,6 +302,25 @@ impl Keyspaces {
     /// The idempotency filter of each of `shards` writers, holding every idempotency key on
     /// disk of the writer's conversations: one scan of the keyspace (a snapshot taken now).
     /// `None` when the store is closing.
+    /// Every keyspace (for the reaper, which watches all their memtables).
+    fn all(&self) -> [&Keyspace; 13] {
+        [
+            &self.messages,
+            &self.idempotency,
+            &self.user_convs,
+            &self.read,
+            &self.users,
+            &self.groups,
+            &self.members,
+            &self.user_groups,
+            &self.audit,
+            &self.held,
+            &self.meta,
+            &self.min_seqs,
+            &self.compliance,
+        ]
+    }
+
     fn scan_idempotency(&self, shards: usize) -> Result<Option<Vec<idem_filter::IdemFilter>>> {
         let started = std::time::Instant::now();
         let expected = self.idempotency.approximate_len() / shards.max(1);
@@ -694,6 +714,7 @@ impl EmbeddedStore {
                 .map_err(backend)?;
             writers.push(handle);
         }
+        writers.push(reaper::spawn(Arc::downgrade(&ks)).map_err(backend)?);
         Ok(Self {
             ks,
             jobs: jobs.into(),
