@@ -639,7 +639,7 @@ fn fold_impl<const FAST: bool>(
     flags
 }
 
-/// What [`plain_run`] wrote (small enough to come back in registers).
+/// What [`plain_run`] wrote.
 #[derive(Default)]
 struct Run {
     /// Folded characters written, one per three-byte input character read.
