@@ -73,9 +73,9 @@ pub(crate) struct Separators {
     ascii: u128,
     /// One bit per Basic Multilingual Plane character (8 KiB).
     bmp: Box<[u64]>,
-    /// One bit per non-ASCII BMP character that folds to itself, is no separator and so is
-    /// class `OTHER` (8 KiB, stays in L1): the fast path for CJK text.
-    plain: Box<[u64; 1024]>,
+    /// Two bits per BMP character (16 KiB, stays in L1): its `FAST_*` kind, what the plain-CJK
+    /// loop of [`fold_into`] does with it.
+    fast: Box<[u64; 2048]>,
     /// Separators outside the BMP, sorted.
     other: Vec<char>,
 }
@@ -96,7 +96,7 @@ impl Separators {
         let mut s = Separators {
             ascii: 0,
             bmp: vec![0u64; 0x1_0000 / 64].into_boxed_slice(),
-            plain: Box::new([0u64; 1024]),
+            fast: Box::new([0u64; 2048]),
             other: Vec::new(),
         };
         for c in chars
@@ -122,34 +122,54 @@ impl Separators {
         s.other.dedup();
         let table = table();
         for code in 0x80u32..0x1_0000 {
-            let idx = code as usize;
-            let identity = table.bmp.get(idx).is_some_and(|&e| e == code)
-                && char::from_u32(code).is_some_and(|c| cjk_digit(c).is_none());
-            let sep = s
-                .bmp
-                .get(idx >> 6)
-                .is_some_and(|w| w & (1 << (code & 63)) != 0);
-            if identity && !sep {
-                if let Some(w) = s.plain.get_mut(idx >> 6) {
-                    *w |= 1 << (code & 63);
+            let (Some(c), Some(&e)) = (char::from_u32(code), table.bmp.get(code as usize)) else {
+                continue;
+            };
+            // Only characters that fold to one character (`TAG_ONE`: the entry is that
+            // character) and whose folding sets no flag but the numeral's.
+            let Some(folded) = char::from_u32(e).filter(|_| e >> 30 == TAG_ONE) else {
+                continue;
+            };
+            let kind = if fast_fold(code) != folded as u32 {
+                FAST_STOP
+            } else if s.contains(folded) {
+                if folded == '@' {
+                    FAST_STOP
+                } else {
+                    FAST_SEP
                 }
+            } else if folded == c {
+                if cjk_digit(c).is_some() {
+                    FAST_NUMERAL
+                } else {
+                    FAST_PLAIN
+                }
+            } else {
+                FAST_STOP
+            };
+            if let Some(w) = s.fast.get_mut(code as usize >> 5) {
+                *w |= kind << ((code & 31) * 2);
             }
         }
         s
     }
 
-    /// The bit set of [`Separators::is_plain`], by code point (for the plain-CJK loop).
+    /// The `FAST_*` kinds of [`Separators::fast_kind`], two bits per code point (for the
+    /// plain-CJK loop).
     #[inline(always)]
-    fn plain_bits(&self) -> &[u64; 1024] {
-        &self.plain
+    fn fast_bits(&self) -> &[u64; 2048] {
+        &self.fast
     }
 
-    /// Whether `c` (non-ASCII, BMP) folds to itself and is class `OTHER`.
+    /// The `FAST_*` kind of a BMP character (`FAST_STOP` outside the BMP).
     #[inline(always)]
-    fn is_plain(&self, c: char) -> bool {
-        self.plain
-            .get(c as usize >> 6)
-            .is_some_and(|w| w & (1u64 << (c as u32 & 63)) != 0)
+    fn fast_kind(&self, c: char) -> u64 {
+        let code = c as u32;
+        if code < 0x1_0000 {
+            fast_kind(&self.fast, code)
+        } else {
+            FAST_STOP
+        }
     }
 
     fn insert(&mut self, c: char) {
@@ -226,6 +246,35 @@ pub(crate) fn cjk_digit(c: char) -> Option<u8> {
         '九' => 9,
         _ => return None,
     })
+}
+
+/// Kind of a BMP character for the plain-CJK loop: anything it does not handle (ASCII,
+/// characters that fold to something else or to nothing, `@`).
+const FAST_STOP: u64 = 0;
+/// Kind: folds to itself, class `OTHER`, no Chinese numeral (most CJK text).
+const FAST_PLAIN: u64 = 1;
+/// Kind: folds to one separator other than `@` (`，` -> `,`, `。`, `？` -> `?`, `“`).
+const FAST_SEP: u64 = 2;
+/// Kind: a Chinese numeral that folds to itself (`一`, `二`, `两`...): as `FAST_PLAIN`, and it
+/// counts for [`TextFlags::has_numeral`] and [`TextFlags::digit_values`].
+const FAST_NUMERAL: u64 = 3;
+
+/// What a character of a `FAST_*` kind other than `FAST_STOP` folds to: the full-width
+/// forms of ASCII punctuation (U+FF01..U+FF5E, `，` `？` `！`) to the ASCII character, all
+/// others to themselves (characters that fold otherwise are `FAST_STOP`).
+#[inline(always)]
+fn fast_fold(code: u32) -> u32 {
+    if code.wrapping_sub(0xFF01) < 0x5E {
+        code - 0xFEE0
+    } else {
+        code
+    }
+}
+
+/// The `FAST_*` kind of the BMP code point `code` in the two-bit table `fast`.
+#[inline(always)]
+fn fast_kind(fast: &[u64; 2048], code: u32) -> u64 {
+    (fast[(code as usize >> 5) & 2047] >> ((code & 31) * 2)) & 3
 }
 
 impl Default for Separators {
@@ -380,6 +429,18 @@ pub(crate) fn fold_into(
     buf: &mut FoldBuf,
     rtl: &mut Vec<(u32, u32)>,
 ) -> TextFlags {
+    fold_impl::<true>(text, seps, buf, rtl)
+}
+
+/// [`fold_into`], with its plain-CJK loop (`FAST`) or without it: every character through
+/// the general path (the tests compare the two).
+#[inline(always)]
+fn fold_impl<const FAST: bool>(
+    text: &str,
+    seps: &Separators,
+    buf: &mut FoldBuf,
+    rtl: &mut Vec<(u32, u32)>,
+) -> TextFlags {
     rtl.clear();
     let limit = u32::MAX as usize;
     // Room for one folded character per byte (more only after folds that expand, which
@@ -438,42 +499,43 @@ pub(crate) fn fold_into(
             break;
         }
         let (start, end) = (i as u32, end as u32);
-        if seps.is_plain(ch) {
-            if ch == acc.last {
-                continue_run(&mut sink, &mut acc.run, ch, start, end, CLASS_OTHER);
-                continue;
-            }
-            acc.last = ch;
-            acc.run = 1;
-            sink.push_compact(ch);
-            sink.push(FChar {
-                c: ch,
-                start,
-                end,
-                class: CLASS_OTHER,
-            });
-            // Fast path for a run of plain CJK text: the next three-byte characters that fold
-            // to themselves and do not repeat the last one, without the general dispatch. They
-            // all go to the matcher. Written by index into the buffers' room (the run ends
-            // where it runs out: the general path appends).
+        if FAST && len == 3 && seps.fast_kind(ch) != FAST_STOP {
+            // Fast path for a run of CJK text from this character on: the three-byte
+            // characters that fold to themselves, the Chinese numerals and the separators
+            // that fold to one character (`，` `。` `？`), without the general dispatch.
+            // Written by index into the buffers' room (the run ends where it runs out: the
+            // general path appends).
             let (nf, nc) = (sink.nf, sink.nc);
-            let k = match (
+            let run = match (
                 sink.f.get_mut(nf..),
                 sink.compact.get_mut(nc..),
                 sink.chars.get_mut(nc..),
-                within_limit.get(next..),
+                within_limit.get(i..),
             ) {
-                (Some(f), Some(compact), Some(chars), Some(rest)) => {
-                    plain_run(rest, next, seps.plain_bits(), ch, f, compact, chars, nf)
-                }
-                _ => 0,
+                (Some(f), Some(compact), Some(chars), Some(rest)) => plain_run(
+                    rest,
+                    start,
+                    seps.fast_bits(),
+                    acc.last,
+                    (f, compact, chars),
+                    nf as u32,
+                ),
+                _ => Run::default(),
             };
-            if let Some(&c) = k.checked_sub(1).and_then(|j| sink.chars.get(nc + j)) {
-                acc.last = c;
+            if run.folded > 0 {
+                let (folded, matched) = (run.folded as usize, run.matched as usize);
+                if let Some(&c) = matched.checked_sub(1).and_then(|m| sink.chars.get(nc + m)) {
+                    // `run` only counts for Latin letters: after a CJK character its value
+                    // is never read before a new character resets it.
+                    acc.last = c;
+                    acc.run = 1;
+                }
+                acc.flags.has_numeral |= run.numerals > 0;
+                acc.flags.digit_values += run.numerals;
+                next = i + 3 * folded;
+                (sink.nf, sink.nc) = (nf + folded, nc + matched);
+                continue;
             }
-            next += 3 * k;
-            (sink.nf, sink.nc) = (nf + k, nc + k);
-            continue;
         }
         if ch.is_ascii() {
             if ch == '\n' {
@@ -577,54 +639,102 @@ pub(crate) fn fold_into(
     flags
 }
 
+/// What [`plain_run`] wrote.
+#[derive(Default)]
+struct Run {
+    /// Folded characters written, one per three-byte input character read.
+    folded: u32,
+    /// Characters given to the matcher.
+    matched: u32,
+    /// How many of the characters were Chinese numerals.
+    numerals: u32,
+}
+
 /// The plain-CJK loop of [`fold_into`], out of line so that all it carries stays in
 /// registers: from the start of `rest` (at byte `at` of the text), the three-byte characters
-/// that fold to themselves (one bit each in `plain`) and do not repeat the one before (`last`
-/// at first), written to `f`, `compact` (as indices from `nf` on) and `chars` until one of
-/// them is full. Returns how many it wrote.
+/// of a `FAST_*` kind other than `FAST_STOP` (`fast`, two bits each), folded exactly as
+/// [`push_folded`] would (by [`fast_fold`]): written to the first slice of `out` (the folded
+/// characters), and those that are no separator and do not repeat the one before (`last` at
+/// first) to the second (as indices from `nf` on) and the third. Stops at the first other
+/// character or when a slice is full.
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
 fn plain_run(
     rest: &[u8],
-    at: usize,
-    plain: &[u64; 1024],
+    at: u32,
+    fast: &[u64; 2048],
     mut last: char,
-    f: &mut [FChar],
-    compact: &mut [u32],
-    chars: &mut [char],
-    nf: usize,
-) -> usize {
-    let mut k = 0usize;
-    let slots = f.iter_mut().zip(compact.iter_mut()).zip(chars.iter_mut());
-    for (((fslot, cslot), chslot), b) in slots.zip(rest.chunks_exact(3)) {
+    out: (&mut [FChar], &mut [u32], &mut [char]),
+    nf: u32,
+) -> Run {
+    let (f, compact, chars) = out;
+    // One bound for the three slices and the input (the matcher's index `j` never passes
+    // the folded characters' `k`).
+    let n = f
+        .len()
+        .min(compact.len())
+        .min(chars.len())
+        .min(rest.len() / 3);
+    let (Some(f), Some(compact), Some(chars), Some(rest)) = (
+        f.get_mut(..n),
+        compact.get_mut(..n),
+        chars.get_mut(..n),
+        rest.get(..3 * n),
+    ) else {
+        return Run::default();
+    };
+    let (mut k, mut j, mut numerals) = (0u32, 0usize, 0u32);
+    for (fslot, b) in f.iter_mut().zip(rest.chunks_exact(3)) {
         let &[b0, b1, b2] = b else { break };
         if b0 & 0xF0 != 0xE0 {
             break;
         }
         let code = decode3(b0, b1, b2);
-        if plain[(code as usize >> 6) & 1023] & (1u64 << (code & 63)) == 0 {
+        let kind = fast_kind(fast, code);
+        if kind == FAST_STOP {
             break;
         }
-        // A plain character is never a surrogate (those are not characters).
-        let Some(c) = char::from_u32(code) else {
-            break;
-        };
-        if c == last {
-            break;
+        let start = at + 3 * k;
+        if kind == FAST_SEP {
+            let Some(c) = char::from_u32(fast_fold(code)) else {
+                break;
+            };
+            *fslot = FChar {
+                c,
+                start,
+                end: start + 3,
+                class: CLASS_SEP,
+            };
+        } else {
+            // A character of a kind is never a surrogate (those are not characters).
+            let Some(c) = char::from_u32(code) else {
+                break;
+            };
+            if kind == FAST_NUMERAL {
+                numerals += 1;
+            }
+            if c != last {
+                let (Some(cslot), Some(chslot)) = (compact.get_mut(j), chars.get_mut(j)) else {
+                    break;
+                };
+                *cslot = nf.wrapping_add(k);
+                *chslot = c;
+                j += 1;
+                last = c;
+            }
+            *fslot = FChar {
+                c,
+                start,
+                end: start + 3,
+                class: CLASS_OTHER,
+            };
         }
-        last = c;
-        let start = (at + 3 * k) as u32;
-        *cslot = (nf + k) as u32;
-        *chslot = c;
-        *fslot = FChar {
-            c,
-            start,
-            end: start + 3,
-            class: CLASS_OTHER,
-        };
         k += 1;
     }
-    k
+    Run {
+        folded: k,
+        matched: j as u32,
+        numerals,
+    }
 }
 
 /// The code point of a three-byte UTF-8 sequence.
@@ -1113,6 +1223,64 @@ mod tests {
             assert_eq!(n, normalize(text).text);
         }
         assert_eq!(normalize("l33t s3x").text, "leetsex");
+    }
+
+    /// Folds `text` both ways, with the plain-CJK loop and through the general path only,
+    /// and asserts the same folded characters, matcher characters, flags and right-to-left
+    /// ranges.
+    fn assert_fast_is_general(text: &str, seps: &Separators, reused: &mut FoldBuf) {
+        let (mut rtl_fast, mut rtl_slow) = (Vec::new(), Vec::new());
+        let mut slow = FoldBuf::default();
+        let fast_flags = fold_impl::<true>(text, seps, reused, &mut rtl_fast);
+        let slow_flags = fold_impl::<false>(text, seps, &mut slow, &mut rtl_slow);
+        assert_eq!(reused.fchars(), slow.fchars(), "{text:?}");
+        assert_eq!(reused.compact(), slow.compact(), "{text:?}");
+        assert_eq!(reused.chars(), slow.chars(), "{text:?}");
+        assert_eq!(
+            format!("{fast_flags:?}"),
+            format!("{slow_flags:?}"),
+            "{text:?}"
+        );
+        assert_eq!(rtl_fast, rtl_slow, "{text:?}");
+    }
+
+    #[test]
+    fn plain_cjk_loop_folds_what_the_general_path_folds() {
+        // Plain CJK, Chinese numerals (兩 and 〇 fold to something else), CJK and full-width
+        // punctuation (`，` -> `,`, `＠` -> `@` sets a flag, `｡` folds outside the full-width
+        // ASCII block, `…` expands), full-width letters, traditional characters, repeats,
+        // ASCII, two- and four-byte characters, invisible and right-to-left controls, a
+        // separator configured by the policy.
+        let alphabet: Vec<char> =
+            "中文赌博哈哈一二两兩三〇零幺九，。？！、：；（）“”《》…｡＠ｆＡ１輪\
+            a1@ .\né а😀🇨🇳\u{200B}\u{202E}\u{202C}ﷺ㎏"
+                .chars()
+                .collect();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rand = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for seps in [Separators::default(), Separators::new("一，")] {
+            let mut reused = FoldBuf::default();
+            for round in 0..3000 {
+                let len = rand(if round % 10 == 0 { 200 } else { 24 });
+                let text: String = (0..len).map(|_| alphabet[rand(alphabet.len())]).collect();
+                assert_fast_is_general(&text, &seps, &mut reused);
+            }
+            // Every BMP character of three bytes, in runs between plain characters, and
+            // repeated.
+            let all: String = (0x800u32..0x1_0000)
+                .filter_map(char::from_u32)
+                .flat_map(|c| [c, '中', c, c, '，'])
+                .collect();
+            for chunk in all.as_bytes().chunks(3 * 5 * 400) {
+                let text = std::str::from_utf8(chunk).unwrap();
+                assert_fast_is_general(text, &seps, &mut reused);
+            }
+        }
     }
 
     #[test]
