@@ -315,7 +315,9 @@ function Composer({ conv }: { conv: string }) {
   const s = useStore();
   const [text, setText] = useState('');
   const [reply, setReply] = useState<Message | null>(null);
-  const [suggest, setSuggest] = useState<string[]>([]);
+  // The text after an `@` being typed (lower case), or null: the suggestions follow both it and
+  // the member list, so they appear even when the group arrives after the `@` was typed.
+  const [query, setQuery] = useState<string | null>(null);
   const [pick, setPick] = useState(0);
   const input = useRef<HTMLTextAreaElement>(null);
   const file = useRef<HTMLInputElement>(null);
@@ -326,6 +328,10 @@ function Composer({ conv }: { conv: string }) {
   };
   const group = conv.startsWith('group:') ? s.groups.get(conv.slice(6)) : undefined;
   const members = useMemo(() => (group?.members ?? []).map((m) => m.user).filter((u) => u !== s.me?.user), [group]);
+  const suggest = useMemo(
+    () => (query === null || !group ? [] : ['all', ...members].filter((u) => u.toLowerCase().startsWith(query)).slice(0, 8)),
+    [query, group, members],
+  );
 
   const onInput = (v: string) => {
     setText(v);
@@ -335,12 +341,8 @@ function Composer({ conv }: { conv: string }) {
       s.client?.typing(conv);
     }
     const at = /@([\w.@-]*)$/.exec(v.slice(0, input.current?.selectionStart ?? v.length));
-    if (at && group) {
-      const q = at[1]!.toLowerCase();
-      const all = ['all', ...members];
-      setSuggest(all.filter((u) => u.toLowerCase().startsWith(q)).slice(0, 8));
-      setPick(0);
-    } else setSuggest([]);
+    setQuery(at ? at[1]!.toLowerCase() : null);
+    setPick(0);
   };
 
   const choose = (u: string) => {
@@ -348,7 +350,7 @@ function Composer({ conv }: { conv: string }) {
     const pos = el?.selectionStart ?? text.length;
     const before = text.slice(0, pos).replace(/@([\w.@-]*)$/, `@${u} `);
     setText(before + text.slice(pos));
-    setSuggest([]);
+    setQuery(null);
     el?.focus();
   };
 
@@ -379,7 +381,7 @@ function Composer({ conv }: { conv: string }) {
         return;
       }
       if (e.key === 'Escape') {
-        setSuggest([]);
+        setQuery(null);
         return;
       }
     }
