@@ -123,3 +123,15 @@ impl Verdict {
         self.masked_text.as_deref().unwrap_or(original)
     }
 }
+
+/// A seeded xorshift generator for the unit tests' random texts: each call gives a number
+/// below `n` (the same sequence for the same seed, so a failure reproduces).
+#[cfg(test)]
+pub(crate) fn test_rng(mut x: u64) -> impl FnMut(usize) -> usize {
+    move |n| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    }
+}

@@ -578,13 +578,7 @@ mod tests {
     fn scan_finds_exactly_the_patterns_a_brute_force_search_finds() {
         let seps = Separators::default();
         let alphabet: Vec<char> = "赌博法轮功口交ab xyz，".chars().collect();
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut rand = |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
-        };
+        let mut rand = crate::test_rng(0x9E37_79B9_7F4A_7C15);
         for round in 0..200 {
             let mut mb = MatcherBuilder::default();
             let mut patterns: Vec<String> = Vec::new();

@@ -1256,13 +1256,7 @@ mod tests {
             a1@ .\né а😀🇨🇳\u{200B}\u{202E}\u{202C}ﷺ㎏"
                 .chars()
                 .collect();
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut rand = |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
-        };
+        let mut rand = crate::test_rng(0x9E37_79B9_7F4A_7C15);
         for seps in [Separators::default(), Separators::new("一，")] {
             let mut reused = FoldBuf::default();
             for round in 0..3000 {
