@@ -31,7 +31,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
-use store::embedded::dump::SCHEMA_VERSION;
+use store::embedded::dump::{MIN_SCHEMA_VERSION, SCHEMA_VERSION};
 use store::embedded::EmbeddedStore;
 
 /// Version of the archive layout described in the module documentation.
@@ -300,10 +300,12 @@ pub fn restore(
         serde_json::from_slice(&buf)
             .map_err(|e| BackupError::Invalid(format!("header.json: {e}")))?
     };
-    if header.format != FORMAT || header.schema_version != SCHEMA_VERSION {
+    if header.format != FORMAT
+        || !(MIN_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&header.schema_version)
+    {
         return Err(BackupError::Mismatch(format!(
             "the archive has format {} and schema version {}; this chatd reads format \
-             {FORMAT}, schema {SCHEMA_VERSION}",
+             {FORMAT}, schema {MIN_SCHEMA_VERSION} to {SCHEMA_VERSION}",
             header.format, header.schema_version
         )));
     }

@@ -53,6 +53,7 @@ fn background_workers() -> usize {
 pub mod dump;
 mod events;
 mod idem_filter;
+mod idem_key;
 mod reaper;
 
 /// Separates the parts of a composite key; ids never contain a NUL byte.
@@ -63,8 +64,13 @@ struct Keyspaces {
     db: Database,
     /// `conv \0 seq(be)` -> MessagePack of [`Message`].
     messages: Keyspace,
-    /// `conv \0 sender \0 client_msg_id` -> seq(be). Kept as long as the message.
+    /// The hashed key of (conv, sender, client_msg_id) -> seq(be) (see [`idem_key`]; older
+    /// data directories also hold the written-out `conv \0 sender \0 client_msg_id`). Kept
+    /// as long as the message.
     idempotency: Keyspace,
+    /// Whether the idempotency keyspace holds legacy (written-out) keys, which a lookup then
+    /// tries too. Set at open; only appends of this version's form follow.
+    legacy_idem: bool,
     /// `user \0 conv` for the direct conversations a user takes part in.
     user_convs: Keyspace,
     /// `user \0 conv` -> read cursor seq(be).
@@ -255,6 +261,11 @@ fn suffix(k: &[u8], prefix_len: usize) -> &[u8] {
 impl Keyspaces {
     fn open(dir: &Path) -> Result<Self> {
         let mut ks = Self::open_keyspaces(dir)?;
+        // Hashed keys (first byte 0x01) sort before every legacy key (a conversation id), so
+        // the last key tells whether any legacy key is left.
+        if let Some(g) = ks.idempotency.last_key_value() {
+            ks.legacy_idem = idem_key::is_legacy(&g.key().map_err(backend)?);
+        }
         // Event ids continue after the newest one on disk (the last of a record's run).
         if let Some(g) = ks.compliance.last_key_value() {
             let (k, v) = g.into_inner().map_err(backend)?;
@@ -278,6 +289,7 @@ impl Keyspaces {
         Ok(Self {
             messages: ks("messages")?,
             idempotency: ks("idempotency")?,
+            legacy_idem: false,
             user_convs: ks("user_convs")?,
             read: ks("read_cursors")?,
             users: ks("users")?,
@@ -331,9 +343,12 @@ impl Keyspaces {
         let mut keys = 0u64;
         for g in self.idempotency.iter() {
             let k = g.key().map_err(backend)?;
-            let conv = k.split(|b| *b == SEP).next().unwrap_or_default();
-            if let Some(f) = filters.get_mut(shard_of(conv, shards)) {
-                f.insert(idem_filter::hash(&k));
+            // A legacy key goes in as the hashed key it stands for: appends look that up.
+            let Some((tag, hashed)) = idem_key::normalize(&k) else {
+                return Err(StoreError::corrupt("idempotency key of no known form"));
+            };
+            if let Some(f) = filters.get_mut(shard_of_tag(tag, shards)) {
+                f.insert(idem_filter::hash(&hashed));
             }
             keys += 1;
             if keys.is_multiple_of(4096) && self.closing.load(Ordering::Relaxed) {
@@ -500,29 +515,15 @@ impl Keyspaces {
 
     fn append(&self, msg: NewMessage, state: &mut WriterState) -> Result<Appended> {
         let conv = msg.conv.as_str();
-        // Built in the writer's scratch buffer: one allocation (the key's own) per key.
-        let scratch = &mut state.scratch;
-        scratch.clear();
-        for (i, part) in [
-            conv.as_bytes(),
-            msg.from.as_str().as_bytes(),
-            msg.client_msg_id.as_bytes(),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if i > 0 {
-                scratch.push(SEP);
-            }
-            scratch.extend_from_slice(part);
-        }
-        let idem_key = fjall::Slice::from(scratch.as_slice());
+        let (from, client_id) = (msg.from.as_str().as_bytes(), msg.client_msg_id.as_bytes());
+        // Twenty bytes, kept inline by fjall: no allocation for the key.
+        let dedup_key = fjall::Slice::from(&idem_key::hashed(conv.as_bytes(), from, client_id)[..]);
         // The filter holds every key written, in this batch or before: when it has certainly
         // not seen this one (nearly always), neither the batch nor the keyspace has it.
-        let hash = idem_filter::hash(&idem_key);
+        let hash = idem_filter::hash(&dedup_key);
         let seen = state.filter.may_contain(hash);
         if seen {
-            if let Some(encoded) = state.pending.get(&idem_key) {
+            if let Some(encoded) = state.pending.get(&dedup_key) {
                 return Ok(Appended {
                     message: decode(encoded)?,
                     duplicate: true,
@@ -530,13 +531,29 @@ impl Keyspaces {
             }
         }
         let stored = match seen {
-            true => self.idempotency.get(&idem_key).map_err(backend)?,
+            true => match self.idempotency.get(&dedup_key).map_err(backend)? {
+                None if self.legacy_idem => {
+                    idem_key::legacy_into(&mut state.scratch, conv.as_bytes(), from, client_id);
+                    self.idempotency.get(&state.scratch[..]).map_err(backend)?
+                }
+                found => found,
+            },
             false => None,
         };
         if let Some(seq) = stored {
             let seq = u64_at(&seq, 0)?;
             let message = match self.messages.get(msg_key(conv, seq)).map_err(backend)? {
-                Some(stored) => decode(&stored)?,
+                Some(stored) => {
+                    let message: Message = decode(&stored)?;
+                    // A key is 128 bits of SHA-256: two triples sharing one is not expected
+                    // in the life of the universe, but it would show here first.
+                    if message.from != msg.from {
+                        return Err(StoreError::corrupt(format!(
+                            "{conv} seq {seq}: idempotency key of another sender"
+                        )));
+                    }
+                    message
+                }
                 // Stored once and deleted by retention since: still a duplicate (its key
                 // stays, see `Store::expire`), answered with its place only.
                 None if seq < self.floor(conv).min => {
@@ -570,7 +587,7 @@ impl Keyspaces {
         let batch = state.appends.get_or_insert_with(|| {
             fjall::OwnedWriteBatch::with_capacity(self.db.clone(), capacity)
         });
-        batch.insert(&self.idempotency, idem_key.clone(), seq.to_be_bytes());
+        batch.insert(&self.idempotency, dedup_key.clone(), seq.to_be_bytes());
         state.filter.insert(hash);
         // The participants' conversation-list entries go in with the conversation's first
         // message (same atomic batch); writing them again with every message only piled up
@@ -593,7 +610,7 @@ impl Keyspaces {
             .map_err(|e| StoreError::corrupt_with("encode", e))?;
         let encoded = fjall::Slice::from(state.scratch.as_slice());
         batch.insert(&self.messages, message_key, encoded.clone());
-        state.pending.insert(idem_key, encoded);
+        state.pending.insert(dedup_key, encoded);
         state.last_seq.insert(conv_key.clone(), seq);
         state.touched.push((conv_key, seq));
         Ok(Appended {
@@ -772,11 +789,13 @@ impl EmbeddedStore {
 
 /// The writer (of `shards`) that owns the conversation `conv`.
 fn shard_of(conv: &[u8], shards: usize) -> usize {
-    // FNV-1a: stable, cheap, and enough to spread conversation ids.
-    let h = conv.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    (h % shards.max(1) as u64) as usize
+    shard_of_tag(idem_key::conv_tag(conv), shards)
+}
+
+/// The writer of the conversations with this tag (the tag is in their idempotency keys, so
+/// the startup scan can file each key with its writer).
+fn shard_of_tag(tag: u32, shards: usize) -> usize {
+    tag as usize % shards.max(1)
 }
 
 fn writer_loop(
@@ -1585,6 +1604,88 @@ mod tests {
             .unwrap();
         assert!(!next.duplicate);
         assert_eq!(next.message.seq.0, 60 + fresh / 5 + 1);
+        store.close().await.unwrap();
+    }
+
+    /// A data directory written before idempotency keys were hashed keeps its written-out
+    /// keys: retries of its messages are still duplicates (before and after the startup
+    /// scan, with two writers so the scan must file each legacy key with its writer), and
+    /// new messages get new seqs and hashed keys.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn legacy_idempotency_keys_still_catch_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let convs: Vec<ConvId> = (0..5)
+            .map(|i| ConvId::group(&GroupId::new(format!("l{i}"))))
+            .collect();
+        let msg = |i: usize| {
+            crate::conformance::new_msg(&convs[i % 5], &format!("u{}", i % 3), &format!("k{i}"))
+        };
+        let two = EmbeddedOptions {
+            writers: 2,
+            ..EmbeddedOptions::default()
+        };
+        {
+            let store = EmbeddedStore::open(dir.path(), two.clone()).unwrap();
+            for i in 0..300 {
+                assert!(!store.append(msg(i)).await.unwrap().duplicate);
+            }
+            store.close().await.unwrap();
+        }
+        {
+            // Rewrite every key in the form an older chatd wrote.
+            let ks = Keyspaces::open(dir.path()).unwrap();
+            assert!(!ks.legacy_idem);
+            let mut batch = ks.db.batch();
+            let mut legacy = Vec::new();
+            for i in 0..300 {
+                let m = msg(i);
+                let (conv, from) = (m.conv.as_str().as_bytes(), m.from.as_str().as_bytes());
+                let hashed = idem_key::hashed(conv, from, m.client_msg_id.as_bytes());
+                let seq = ks
+                    .idempotency
+                    .get(hashed)
+                    .unwrap()
+                    .expect("hashed key written");
+                idem_key::legacy_into(&mut legacy, conv, from, m.client_msg_id.as_bytes());
+                batch.remove(&ks.idempotency, hashed.to_vec());
+                batch.insert(&ks.idempotency, legacy.clone(), seq);
+            }
+            batch.commit().unwrap();
+            ks.db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path(), two).unwrap();
+        assert!(store.ks.legacy_idem);
+        assert!(store.append(msg(7)).await.unwrap().duplicate);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut fresh = 0;
+        while store.ks.filters_complete.load(Ordering::Relaxed) < store.jobs.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the scan never completed"
+            );
+            for c in &convs {
+                let m = crate::conformance::new_msg(c, "late", &format!("fresh{fresh}"));
+                assert!(!store.append(m).await.unwrap().duplicate);
+                fresh += 1;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for i in 0..300 {
+            let again = store.append(msg(i)).await.unwrap();
+            assert!(again.duplicate, "retry {i} of a legacy key after the scan");
+            assert_eq!(again.message.seq, Seq(i as u64 / 5 + 1));
+        }
+        let next = store
+            .append(crate::conformance::new_msg(&convs[0], "u0", "new"))
+            .await
+            .unwrap();
+        assert!(!next.duplicate);
+        assert_eq!(next.message.seq.0, 60 + fresh / 5 + 1);
+        let k = idem_key::hashed(convs[0].as_str().as_bytes(), b"u0", b"new");
+        assert!(
+            store.ks.idempotency.get(k).unwrap().is_some(),
+            "new keys are hashed"
+        );
         store.close().await.unwrap();
     }
 

@@ -13,9 +13,13 @@ use fjall::{Database, KeyspaceCreateOptions, PersistMode, Readable};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// Version of the embedded keyspaces' layout (names, key and value encodings). A restore
-/// refuses a dump of another version; bump it with any change that needs a migration.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the embedded keyspaces' layout (names, key and value encodings). Bump it with
+/// any change an older chatd would misread. 2: idempotency keys hashed (`idem_key`).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest layout this version still reads as it is: version 1's written-out idempotency
+/// keys are looked up as they are (see `idem_key`).
+pub const MIN_SCHEMA_VERSION: u32 = 1;
 
 /// Pairs written per atomic batch while loading.
 const LOAD_BATCH: usize = 10_000;

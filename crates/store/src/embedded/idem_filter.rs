@@ -1,7 +1,7 @@
 //! The idempotency filter: answers "was this idempotency key ever written?" with **no** for
 //! almost every new message, so the common append needs no LSM lookup.
 //!
-//! Every append checks its idempotency key (`conv \0 sender \0 client_msg_id`) before it
+//! Every append checks its idempotency key (the hashed form of `embedded::idem_key`) before it
 //! takes a seq, and nearly every check is a miss. In fjall a miss still walks the active and
 //! sealed memtables' skiplists (measured: ~11 % of the process's CPU in the append
 //! benchmark); on-disk tables answer it from their own bloom filters. This filter is a bloom
