@@ -3,11 +3,15 @@
 //! (load generator and fjall's background threads included), so the cost per append can be
 //! read even when other processes share the machine.
 //!
-//! `cargo run --release -p store --example append_throughput -- [writers] [per_writer] [convs] [writer threads]`
+//! `cargo run --release -p store --example append_throughput -- [writers] [per_writer] [convs] [writer threads] [id length]`
+//!
+//! With an id length (e.g. 36, a UUID's), the appends go to direct conversations between
+//! users whose ids are that long, with client ids as long: the key lengths of a deployment
+//! whose ids are UUIDs. Without one, group conversations `g<n>` and ids `u<n>`, `c<n>`.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use protocol::{ConvId, GroupId};
+use protocol::{ConvId, GroupId, UserId};
 use std::time::{Duration, Instant};
 use store::embedded::{EmbeddedOptions, EmbeddedStore};
 use store::Store;
@@ -57,6 +61,7 @@ fn main() {
         ..defaults
     };
     let writer_threads = opts.writers;
+    let id_len = args.get(4).copied().unwrap_or(0);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), opts).unwrap();
@@ -70,8 +75,16 @@ fn main() {
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(per_writer);
                 for i in 0..per_writer {
-                    let conv = ConvId::group(&GroupId::new(format!("g{}", (w * 7 + i) % convs)));
-                    let m = store::conformance::new_msg(&conv, &format!("u{w}"), &format!("c{i}"));
+                    let peer = (w * 7 + i) % convs;
+                    let m = if id_len == 0 {
+                        let conv = ConvId::group(&GroupId::new(format!("g{peer}")));
+                        store::conformance::new_msg(&conv, &format!("u{w}"), &format!("c{i}"))
+                    } else {
+                        let user = |n: usize| UserId::new(format!("{n:0>id_len$}"));
+                        let conv = ConvId::direct(&user(peer), &user(convs + peer));
+                        let from = format!("{w:0>id_len$}");
+                        store::conformance::new_msg(&conv, &from, &format!("{i:0>id_len$}"))
+                    };
                     let t = Instant::now();
                     s.append(m).await.unwrap();
                     lat.push(t.elapsed());
@@ -90,7 +103,7 @@ fn main() {
         let n = lat.len();
         let pct = |p: f64| lat[((n as f64 * p) as usize).min(n - 1)].as_secs_f64() * 1e3;
         println!(
-            "writers={writers} appends={n} conversations={convs} writer_threads={writer_threads}"
+            "writers={writers} appends={n} conversations={convs} writer_threads={writer_threads} id_len={id_len}"
         );
         println!(
             "throughput      {:>10.0} durable appends/s (wall {wall:.2} s)",
