@@ -80,10 +80,12 @@ fn main() {
                         let conv = ConvId::group(&GroupId::new(format!("g{peer}")));
                         store::conformance::new_msg(&conv, &format!("u{w}"), &format!("c{i}"))
                     } else {
-                        let user = |n: usize| UserId::new(format!("{n:0>id_len$}"));
-                        let conv = ConvId::direct(&user(peer), &user(convs + peer));
-                        let from = format!("{w:0>id_len$}");
-                        store::conformance::new_msg(&conv, &from, &format!("{i:0>id_len$}"))
+                        let id = |n: usize| format!("{n:0>id_len$}");
+                        let conv = ConvId::direct(
+                            &UserId::new(id(peer)),
+                            &UserId::new(id(convs + peer)),
+                        );
+                        store::conformance::new_msg(&conv, &id(w), &id(i))
                     };
                     let t = Instant::now();
                     s.append(m).await.unwrap();

@@ -1577,16 +1577,28 @@ mod tests {
         let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
         // Maybe before the scan is done.
         assert!(store.append(msg(7)).await.unwrap().duplicate);
-        let writers = store.jobs.len();
+        retries_are_duplicates_after_the_scan(&store, &convs, msg, "").await;
+        store.close().await.unwrap();
+    }
+
+    /// Appends fresh messages to `convs` until every writer has its scanned filter, then
+    /// checks that the 300 messages `msg` made (60 per conversation) are duplicates with
+    /// their old seqs and that a new message follows everything appended.
+    async fn retries_are_duplicates_after_the_scan(
+        store: &EmbeddedStore,
+        convs: &[ConvId],
+        msg: impl Fn(usize) -> NewMessage,
+        what: &str,
+    ) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut fresh = 0;
         // A writer takes the scan's filter at its next batch: keep appending until all have.
-        while store.ks.filters_complete.load(Ordering::Relaxed) < writers {
+        while store.ks.filters_complete.load(Ordering::Relaxed) < store.jobs.len() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the scan never completed"
             );
-            for c in &convs {
+            for c in convs {
                 let m = crate::conformance::new_msg(c, "late", &format!("fresh{fresh}"));
                 assert!(!store.append(m).await.unwrap().duplicate);
                 fresh += 1;
@@ -1595,7 +1607,7 @@ mod tests {
         }
         for i in 0..300 {
             let again = store.append(msg(i)).await.unwrap();
-            assert!(again.duplicate, "retry {i} after the scan");
+            assert!(again.duplicate, "retry {i} {what}after the scan");
             assert_eq!(again.message.seq, Seq(i as u64 / 5 + 1));
         }
         let next = store
@@ -1604,7 +1616,6 @@ mod tests {
             .unwrap();
         assert!(!next.duplicate);
         assert_eq!(next.message.seq.0, 60 + fresh / 5 + 1);
-        store.close().await.unwrap();
     }
 
     /// A data directory written before idempotency keys were hashed keeps its written-out
@@ -1656,31 +1667,7 @@ mod tests {
         let store = EmbeddedStore::open(dir.path(), two).unwrap();
         assert!(store.ks.legacy_idem);
         assert!(store.append(msg(7)).await.unwrap().duplicate);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let mut fresh = 0;
-        while store.ks.filters_complete.load(Ordering::Relaxed) < store.jobs.len() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the scan never completed"
-            );
-            for c in &convs {
-                let m = crate::conformance::new_msg(c, "late", &format!("fresh{fresh}"));
-                assert!(!store.append(m).await.unwrap().duplicate);
-                fresh += 1;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        for i in 0..300 {
-            let again = store.append(msg(i)).await.unwrap();
-            assert!(again.duplicate, "retry {i} of a legacy key after the scan");
-            assert_eq!(again.message.seq, Seq(i as u64 / 5 + 1));
-        }
-        let next = store
-            .append(crate::conformance::new_msg(&convs[0], "u0", "new"))
-            .await
-            .unwrap();
-        assert!(!next.duplicate);
-        assert_eq!(next.message.seq.0, 60 + fresh / 5 + 1);
+        retries_are_duplicates_after_the_scan(&store, &convs, msg, "of a legacy key ").await;
         let k = idem_key::hashed(convs[0].as_str().as_bytes(), b"u0", b"new");
         assert!(
             store.ks.idempotency.get(k).unwrap().is_some(),
