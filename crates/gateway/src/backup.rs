@@ -525,14 +525,14 @@ mod tests {
         assert!(safe_rel("files/../../x").is_none());
     }
 
-    #[test]
-    fn another_schema_version_is_refused_before_anything_is_written() {
+    /// Restores an archive holding nothing but a header of `schema_version`.
+    fn restore_header_only(schema_version: u32) -> (BackupError, bool) {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("old.tar.gz");
         let header = Header {
             format: FORMAT,
             chatd_version: "0.0.1".into(),
-            schema_version: SCHEMA_VERSION + 1,
+            schema_version,
             created_at_ms: 1,
         };
         let file = File::create(&archive).unwrap();
@@ -542,9 +542,30 @@ mod tests {
         tar.into_inner().unwrap().finish().unwrap();
         let target = dir.path().join("data");
         let err = restore(&archive, &target, &target.join("files"), true).unwrap_err();
+        (err, target.exists())
+    }
+
+    #[test]
+    fn another_schema_version_is_refused_before_anything_is_written() {
+        let (err, written) = restore_header_only(SCHEMA_VERSION + 1);
         assert!(matches!(err, BackupError::Mismatch(_)), "{err}");
         assert!(err.to_string().contains("schema version"), "{err}");
-        assert!(!target.exists(), "nothing may be written");
+        assert!(!written, "nothing may be written");
+    }
+
+    /// Version 1 archives (idempotency keys written out) are still read; a version below
+    /// the oldest readable one is refused like a newer one.
+    #[test]
+    fn older_schema_versions_this_chatd_reads_pass_the_version_check() {
+        for version in MIN_SCHEMA_VERSION..=SCHEMA_VERSION {
+            let (err, _) = restore_header_only(version);
+            // Past the header, this archive has no manifest: that is what stops it.
+            assert!(matches!(err, BackupError::Invalid(_)), "{version}: {err}");
+            assert!(err.to_string().contains("manifest"), "{version}: {err}");
+        }
+        let (err, written) = restore_header_only(MIN_SCHEMA_VERSION - 1);
+        assert!(matches!(err, BackupError::Mismatch(_)), "{err}");
+        assert!(!written, "nothing may be written");
     }
 
     #[test]
