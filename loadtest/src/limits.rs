@@ -164,13 +164,30 @@ const TICKS: f64 = 100.0;
 
 /// CPU seconds (user + system) a process has used.
 pub fn cpu_secs(pid: &str) -> Option<f64> {
+    cpu_times(pid).map(|t| t.user + t.system)
+}
+
+/// CPU time a process has used so far, split into user and system (kernel) seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTimes {
+    /// Seconds in user code.
+    pub user: f64,
+    /// Seconds in the kernel on the process's behalf (system calls, page faults).
+    pub system: f64,
+}
+
+/// User and system CPU seconds of a process so far (`/proc/<pid>/stat`).
+pub fn cpu_times(pid: &str) -> Option<CpuTimes> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &text[text.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS)
+    Some(CpuTimes {
+        user: utime / TICKS,
+        system: stime / TICKS,
+    })
 }
 
 /// Resident memory of a process, KiB.
@@ -307,6 +324,8 @@ mod tests {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
         assert!(cpu_secs("self").is_some());
+        let t = cpu_times("self").unwrap();
+        assert!(t.user >= 0.0 && t.system >= 0.0);
         assert!(nofile_of(me).unwrap() > 0);
         let (busy, total) = machine_cpu().unwrap();
         assert!(total >= busy);

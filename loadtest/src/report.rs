@@ -22,6 +22,9 @@ pub struct Sample {
     pub client_cpu_pct: f64,
     /// CPU of the server, percent of one core.
     pub server_cpu_pct: Option<f64>,
+    /// The part of `server_cpu_pct` spent in the kernel (system time).
+    #[serde(default)]
+    pub server_sys_pct: Option<f64>,
     /// Server resident memory.
     pub server_rss_kib: Option<u64>,
     /// Whole machine busy, percent of all cores.
@@ -98,6 +101,10 @@ pub struct ServerStats {
     pub rss_per_connection_kib: Option<f64>,
     /// Mean CPU during the traffic, percent of one core.
     pub cpu_mean_pct: Option<f64>,
+    /// The part of `cpu_mean_pct` spent in the kernel (system time): what the server's system
+    /// calls (socket I/O, `fdatasync`) and context switches cost, apart from its own code.
+    #[serde(default)]
+    pub cpu_sys_mean_pct: Option<f64>,
     /// Highest CPU in one second.
     pub cpu_peak_pct: Option<f64>,
 }
@@ -287,6 +294,8 @@ pub fn build(i: Inputs<'_>) -> Report {
         planned_delivered_per_sec: plan.planned_delivery_rate() + 0.0,
     };
     let samples = i.samples;
+    let in_traffic =
+        |x: &Sample| x.t >= traffic_start as f64 && x.t <= traffic_start as f64 + window;
     let peak = samples.iter().max_by_key(|x| x.connected);
     let server = ServerStats {
         pid: i.server_pid,
@@ -301,8 +310,14 @@ pub fn build(i: Inputs<'_>) -> Report {
         cpu_mean_pct: mean(
             samples
                 .iter()
-                .filter(|x| x.t >= traffic_start as f64 && x.t <= traffic_start as f64 + window)
+                .filter(|x| in_traffic(x))
                 .filter_map(|x| x.server_cpu_pct),
+        ),
+        cpu_sys_mean_pct: mean(
+            samples
+                .iter()
+                .filter(|x| in_traffic(x))
+                .filter_map(|x| x.server_sys_pct),
         ),
         cpu_peak_pct: samples
             .iter()
@@ -458,11 +473,12 @@ pub fn table(r: &Report) -> String {
     let fmt_opt = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
     let _ = writeln!(
         o,
-        "  server             rss base {} KiB, peak {} KiB, per connection {} KiB; cpu mean {}%, peak {}%",
+        "  server             rss base {} KiB, peak {} KiB, per connection {} KiB; cpu mean {}% (system {}%), peak {}%",
         sv.rss_base_kib.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
         sv.rss_peak_kib.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
         fmt_opt(sv.rss_per_connection_kib),
         fmt_opt(sv.cpu_mean_pct),
+        fmt_opt(sv.cpu_sys_mean_pct),
         fmt_opt(sv.cpu_peak_pct),
     );
     let cl = &r.client;
@@ -513,23 +529,45 @@ pub struct Comparison {
     pub throughput_target_met: bool,
     /// Whether chatd's p99 is <= 1.5x.
     pub p99_target_met: bool,
+    /// chatd's server CPU per delivered message, µs (mean CPU over the traffic divided by
+    /// delivered/s); `None` when the CPU was not sampled.
+    #[serde(default)]
+    pub cpu_per_delivery_us: Option<f64>,
+    /// The same for the bare broadcaster.
+    #[serde(default)]
+    pub ceiling_cpu_per_delivery_us: Option<f64>,
+    /// chatd's CPU per delivery divided by the broadcaster's (informational: what a
+    /// delivery costs with persistence, moderation and authorization against without).
+    #[serde(default)]
+    pub cpu_ratio: Option<f64>,
+}
+
+/// Server CPU per delivered message, µs.
+fn cpu_per_delivery_us(r: &Report) -> Option<f64> {
+    let delivered = r.throughput.delivered_per_sec;
+    let cpu = r.server.cpu_mean_pct?;
+    (delivered > 0.0).then(|| cpu / 100.0 / delivered * 1e6)
 }
 
 /// Compares chatd with the ceiling.
 pub fn compare(chatd: &Report, ceiling: &Report) -> Comparison {
     let tr = chatd.throughput.delivered_per_sec / ceiling.throughput.delivered_per_sec.max(1e-9);
     let pr = chatd.e2e_latency.p99_ms / ceiling.e2e_latency.p99_ms.max(1e-9);
+    let (c, b) = (cpu_per_delivery_us(chatd), cpu_per_delivery_us(ceiling));
     Comparison {
         throughput_ratio: tr,
         p99_ratio: pr,
         throughput_target_met: tr >= 0.8,
         p99_target_met: pr <= 1.5,
+        cpu_per_delivery_us: c,
+        ceiling_cpu_per_delivery_us: b,
+        cpu_ratio: c.zip(b).filter(|(_, b)| *b > 0.0).map(|(c, b)| c / b),
     }
 }
 
 /// The comparison as text.
 pub fn comparison_table(c: &Comparison, chatd: &Report, ceiling: &Report) -> String {
-    format!(
+    let mut o = format!(
         "== chatd vs bare broadcaster\n  delivered/s        chatd {:.0}  ceiling {:.0}  ratio {:.2} (target >= 0.80: {})\n  p99 send->delivery chatd {:.2} ms  ceiling {:.2} ms  ratio {:.2} (target <= 1.50: {})\n",
         chatd.throughput.delivered_per_sec,
         ceiling.throughput.delivered_per_sec,
@@ -539,5 +577,58 @@ pub fn comparison_table(c: &Comparison, chatd: &Report, ceiling: &Report) -> Str
         ceiling.e2e_latency.p99_ms,
         c.p99_ratio,
         if c.p99_target_met { "met" } else { "MISSED" },
-    )
+    );
+    if let (Some(a), Some(b), Some(r)) = (
+        c.cpu_per_delivery_us,
+        c.ceiling_cpu_per_delivery_us,
+        c.cpu_ratio,
+    ) {
+        let _ = writeln!(
+            o,
+            "  server CPU/delivery chatd {a:.1} us  ceiling {b:.1} us  ratio {r:.2}"
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(delivered_per_sec: f64, cpu_pct: Option<f64>, p99_ms: f64) -> Report {
+        let mut r = Report::default();
+        r.throughput.delivered_per_sec = delivered_per_sec;
+        r.server.cpu_mean_pct = cpu_pct;
+        r.e2e_latency.p99_ms = p99_ms;
+        r
+    }
+
+    #[test]
+    fn the_comparison_puts_cpu_per_delivery_side_by_side() {
+        // 10,000 deliveries/s at 80 % of a core is 80 µs each; at 32 % it is 32 µs.
+        let (chatd, ceiling) = (
+            run(10_000.0, Some(80.0), 3.0),
+            run(10_000.0, Some(32.0), 1.0),
+        );
+        let c = compare(&chatd, &ceiling);
+        assert!((c.cpu_per_delivery_us.unwrap() - 80.0).abs() < 1e-9);
+        assert!((c.ceiling_cpu_per_delivery_us.unwrap() - 32.0).abs() < 1e-9);
+        assert!((c.cpu_ratio.unwrap() - 2.5).abs() < 1e-9);
+        assert!((c.p99_ratio - 3.0).abs() < 1e-9);
+        let text = comparison_table(&c, &chatd, &ceiling);
+        assert!(
+            text.contains("server CPU/delivery chatd 80.0 us  ceiling 32.0 us  ratio 2.50"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn without_cpu_samples_or_deliveries_there_is_no_cpu_ratio() {
+        let c = compare(&run(10_000.0, None, 1.0), &run(10_000.0, Some(30.0), 1.0));
+        assert_eq!((c.cpu_per_delivery_us, c.cpu_ratio), (None, None));
+        let c = compare(&run(10_000.0, Some(50.0), 1.0), &run(0.0, Some(30.0), 1.0));
+        assert_eq!((c.ceiling_cpu_per_delivery_us, c.cpu_ratio), (None, None));
+        let text = comparison_table(&c, &run(1.0, None, 1.0), &run(1.0, None, 1.0));
+        assert!(!text.contains("CPU/delivery"), "{text}");
+    }
 }

@@ -540,12 +540,17 @@ async fn monitor(
                     client += c - prev;
                 }
             }
-            let mut server_cpu = None;
+            let (mut server_cpu, mut server_sys) = (None, None);
             if let Some(pid) = target.server_pid {
-                let key = format!("server{pid}");
-                if let Some(c) = limits::cpu_secs(&pid.to_string()) {
-                    let prev = last_cpu.insert(key, c).unwrap_or(c);
-                    server_cpu = Some((c - prev) / wall * 100.0);
+                if let Some(c) = limits::cpu_times(&pid.to_string()) {
+                    let user = last_cpu.insert(format!("server{pid}"), c.user);
+                    let system = last_cpu.insert(format!("server{pid}sys"), c.system);
+                    let (user, system) = (
+                        c.user - user.unwrap_or(c.user),
+                        c.system - system.unwrap_or(c.system),
+                    );
+                    server_cpu = Some((user + system) / wall * 100.0);
+                    server_sys = Some(system / wall * 100.0);
                 }
             }
             let machine = limits::machine_cpu();
@@ -561,6 +566,7 @@ async fn monitor(
                 connected: p.connected,
                 client_cpu_pct: client / wall * 100.0,
                 server_cpu_pct: server_cpu,
+                server_sys_pct: server_sys,
                 server_rss_kib: target.server_pid.and_then(limits::rss_kib),
                 machine_busy_pct: machine_busy,
             });

@@ -78,6 +78,14 @@ fn churn_against_a_spawned_node_is_complete_and_compared_with_the_ceiling() {
     assert!(stdout.contains("chatd vs bare broadcaster"), "{stdout}");
     let combined = read_report(out.path());
     assert!(combined["comparison"]["throughput_ratio"].as_f64().unwrap() > 0.0);
+    // Both servers were spawned, so both were sampled: CPU per delivery is compared too.
+    assert!(
+        combined["comparison"]["cpu_ratio"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "{}",
+        combined["comparison"]
+    );
     for target in ["chatd", "ceiling"] {
         let dir = out.path().join(target);
         let r = read_report(&dir);
