@@ -612,6 +612,13 @@ pub struct LimitsConfig {
     pub requests_per_sec: u32,
     /// Burst allowed above `requests_per_sec`.
     pub requests_burst: u32,
+    /// Sustained WebSocket frames per second one session's socket is read at, of any type
+    /// and whether or not they decode, one more for each full 8 KiB in a frame; past it (and
+    /// `frames_burst`) the server stops reading that socket until the budget refills. Never
+    /// below the send, request and ephemeral limits together.
+    pub frames_per_sec: u32,
+    /// Burst allowed above `frames_per_sec`.
+    pub frames_burst: u32,
     /// Most users in one message's `mentions`.
     pub max_mentions: usize,
     /// Largest HTTP request body, bytes.
@@ -646,6 +653,8 @@ impl Default for LimitsConfig {
             typing_interval_ms: 3000,
             requests_per_sec: 50,
             requests_burst: 200,
+            frames_per_sec: 200,
+            frames_burst: 500,
             max_mentions: 100,
             max_http_body: 1024 * 1024,
         }

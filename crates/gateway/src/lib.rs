@@ -43,6 +43,7 @@ pub mod policy;
 pub mod post_commit;
 pub mod posts;
 pub mod pump;
+pub mod read_budget;
 pub mod retention;
 pub mod revocation;
 pub mod send;

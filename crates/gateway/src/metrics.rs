@@ -290,6 +290,7 @@ struct Handles {
     closes: Vec<Counter>,
     frames_in: Vec<Counter>,
     frames_in_invalid: Counter,
+    reads_paused: Counter,
     command: Vec<Histogram>,
     frames_out: [Counter; 2],
     queue_depth: Histogram,
@@ -322,6 +323,7 @@ impl Handles {
                 .map(|t| counter!("chatd_frames_in_total", "type" => *t))
                 .collect(),
             frames_in_invalid: counter!("chatd_frames_in_total", "type" => "invalid"),
+            reads_paused: counter!("chatd_session_reads_paused_total"),
             command: ClientFrame::TYPES
                 .iter()
                 .map(|t| histogram!("chatd_command_duration_seconds", "type" => *t))
@@ -404,6 +406,14 @@ pub fn session_closed(codec: Codec, code: Option<u16>) {
 pub fn frame_in_invalid() {
     if let Some(h) = handles() {
         h.frames_in_invalid.increment(1);
+    }
+}
+
+/// A session spent its read budget (`limits.frames_per_sec`): its socket is not read until
+/// the budget refills.
+pub fn session_reads_paused() {
+    if let Some(h) = handles() {
+        h.reads_paused.increment(1);
     }
 }
 

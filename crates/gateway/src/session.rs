@@ -11,6 +11,7 @@ use crate::auth::{now_secs, AuthError};
 use crate::error::ApiError;
 use crate::hub::{Registration, SessionHandle, SharedFrame, TokenRef};
 use crate::ops::{self, SessionCtx};
+use crate::read_budget::ReadBudget;
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -289,6 +290,26 @@ async fn linger(mut stream: futures_util::stream::SplitStream<WebSocket>) {
     let _ = tokio::time::timeout_at(deadline, drain).await;
 }
 
+/// Payload bytes of a WebSocket message, for the read budget.
+fn ws_len(m: &WsMessage) -> usize {
+    match m {
+        WsMessage::Text(t) => t.len(),
+        WsMessage::Binary(b) | WsMessage::Ping(b) | WsMessage::Pong(b) => b.len(),
+        WsMessage::Close(_) => 0,
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(
+    a: Option<tokio::time::Instant>,
+    b: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Sleeps until `due`, or forever without one.
 async fn sleep_until(due: Option<tokio::time::Instant>) {
     match due {
@@ -326,9 +347,15 @@ async fn read_frames(
     // token each time (a lock each way).
     let closed = handle.closed();
     tokio::pin!(closed);
+    // Every frame read costs from the session's read budget; past it, reading pauses.
+    let mut budget = ReadBudget::default();
     loop {
         let pending = in_flight.as_ref().map_or(0, |f| f.len());
         let reads_due = ctx.reads_due();
+        // Paused while the budget is spent (the clock is read only then).
+        let paused_until = budget
+            .resume_at(&state.config.limits, last_frame)
+            .filter(|t| *t > tokio::time::Instant::now());
         let next = tokio::select! {
             _ = &mut closed => return,
             _ = &mut expiry => {
@@ -351,11 +378,15 @@ async fn read_frames(
                 idle_timer.as_mut().reset(base + idle);
                 continue;
             }
-            _ = sleep_until(reads_due), if reads_due.is_some() => {
-                ops::flush_reads(state, ctx, false).await;
+            // One timer for both: the held-back read cursors, and the end of a read pause
+            // (a second timer would grow every session's state).
+            _ = sleep_until(earliest(reads_due, paused_until)), if reads_due.is_some() || paused_until.is_some() => {
+                if reads_due.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    ops::flush_reads(state, ctx, false).await;
+                }
                 continue;
             }
-            next = stream.next(), if pending < depth => next,
+            next = stream.next(), if pending < depth && paused_until.is_none() => next,
         };
         last_frame = tokio::time::Instant::now();
         let message = match next {
@@ -367,6 +398,10 @@ async fn read_frames(
             }
             Some(Ok(m)) => m,
         };
+        budget.charge(&state.config.limits, ws_len(&message), last_frame);
+        if budget.resume_at(&state.config.limits, last_frame).is_some() {
+            crate::metrics::session_reads_paused();
+        }
         let (data, codec) = match message {
             WsMessage::Text(t) => (bytes::Bytes::from(t), Codec::Json),
             WsMessage::Binary(b) => (b, Codec::MsgPack),

@@ -1,0 +1,155 @@
+//! How fast one session's socket is read: every inbound WebSocket frame, whatever its type
+//! (text, binary, ping, pong) and whether or not it decodes, costs from one budget
+//! (`limits.frames_per_sec`, burst `limits.frames_burst`), one unit per frame plus one per
+//! full [`UNIT_BYTES`] in it.
+//!
+//! The per-request limits (`send_per_sec`, `requests_per_sec`, `ephemeral_per_sec`) answer
+//! frames the session already made the server read, decode and reply to; a client that sends
+//! WebSocket pings, or frames that do not decode, passes none of them and could keep a core
+//! busy from one session (measured: ~200,000 pings/s or ~440,000 undecodable frames/s from
+//! one socket took 93–95 % of a core; docs/SECURITY.md, "Frames that no request limit
+//! sees"). Past the budget the reader simply stops reading the socket until the budget has
+//! refilled: TCP flow control then slows the client down, nothing is refused or dropped, and
+//! a well-behaved client, which stays far below it, never notices.
+//!
+//! The budget is a GCRA (the rule `governor` implements for the other limits) kept in the
+//! reader's own state: no lock, no shared clock, 8 bytes per session.
+
+use crate::config::LimitsConfig;
+use std::sync::OnceLock;
+use tokio::time::{Duration, Instant};
+
+/// Bytes of a frame that cost one more unit (a 64 KiB frame costs 9).
+pub const UNIT_BYTES: usize = 8 * 1024;
+
+/// One session's read budget: the GCRA's theoretical arrival time of the next unit, in
+/// nanoseconds since [`epoch`], and nothing else (the rate comes from the configuration at
+/// each use): every session carries it, so it is kept to 8 bytes.
+#[derive(Debug, Default)]
+pub struct ReadBudget {
+    tat_ns: u64,
+}
+
+/// The instant budgets count from (the first use in this process).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn to_ns(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The rate of `limits`: time per unit, and how far ahead of now the theoretical arrival
+/// time may run before reads pause (the burst). Never below what the per-request limits
+/// together let a session send, so raising those, as a benchmark does, never leaves reads
+/// capped here.
+fn rate(limits: &LimitsConfig) -> (Duration, Duration) {
+    let per_sec = limits
+        .frames_per_sec
+        .max(
+            limits
+                .send_per_sec
+                .saturating_add(limits.requests_per_sec)
+                .saturating_add(limits.ephemeral_per_sec),
+        )
+        .max(1);
+    let burst = limits.frames_burst.max(
+        limits
+            .send_burst
+            .saturating_add(limits.requests_burst)
+            .saturating_add(limits.ephemeral_burst),
+    );
+    let interval = Duration::from_secs(1) / per_sec;
+    (interval, interval.saturating_mul(burst))
+}
+
+impl ReadBudget {
+    /// Charges a frame of `len` bytes read at `now`.
+    pub fn charge(&mut self, limits: &LimitsConfig, len: usize, now: Instant) {
+        let (interval, _) = rate(limits);
+        let units = u32::try_from(1 + len / UNIT_BYTES).unwrap_or(u32::MAX);
+        let cost = u64::try_from(interval.saturating_mul(units).as_nanos()).unwrap_or(u64::MAX);
+        self.tat_ns = self.tat_ns.max(to_ns(now)).saturating_add(cost);
+    }
+
+    /// When the next frame may be read, if that is later than `since` (the last charge's
+    /// `now`): `None` while the budget has room, without reading the clock.
+    pub fn resume_at(&self, limits: &LimitsConfig, since: Instant) -> Option<Instant> {
+        let (_, slack) = rate(limits);
+        let slack = u64::try_from(slack.as_nanos()).unwrap_or(u64::MAX);
+        let resume = self.tat_ns.checked_sub(slack)?;
+        (resume > to_ns(since)).then(|| epoch() + Duration::from_nanos(resume))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_sec: u32, burst: u32) -> LimitsConfig {
+        LimitsConfig {
+            frames_per_sec: per_sec,
+            frames_burst: burst,
+            send_per_sec: 1,
+            send_burst: 1,
+            requests_per_sec: 1,
+            requests_burst: 1,
+            ephemeral_per_sec: 1,
+            ephemeral_burst: 1,
+            ..LimitsConfig::default()
+        }
+    }
+
+    /// Charges a frame at `now` and says when the next may be read.
+    fn read(b: &mut ReadBudget, l: &LimitsConfig, len: usize, now: Instant) -> Option<Instant> {
+        b.charge(l, len, now);
+        b.resume_at(l, now)
+    }
+
+    #[test]
+    fn a_burst_is_read_at_once_then_reads_follow_the_rate() {
+        let start = Instant::now() + Duration::from_secs(1);
+        let (l, mut b) = (limits(100, 10), ReadBudget::default());
+        // The burst (10 units) passes without a pause...
+        for _ in 0..10 {
+            assert_eq!(read(&mut b, &l, 10, start), None);
+        }
+        // ...and from then on each frame pauses reads for one interval (10 ms at 100/s).
+        let resume = read(&mut b, &l, 10, start).expect("the budget is spent");
+        assert_eq!(resume - start, Duration::from_millis(10));
+        let resume2 = read(&mut b, &l, 10, resume).expect("still spent");
+        assert_eq!(resume2 - resume, Duration::from_millis(10));
+        // After a quiet second the whole burst is back.
+        let later = resume2 + Duration::from_secs(1);
+        for _ in 0..10 {
+            assert_eq!(read(&mut b, &l, 10, later), None);
+        }
+    }
+
+    #[test]
+    fn large_frames_cost_more() {
+        let start = Instant::now() + Duration::from_secs(1);
+        let (l, mut b) = (limits(100, 10), ReadBudget::default());
+        // 64 KiB: 9 units; a second one overdraws the 10-unit burst by 8 units.
+        assert_eq!(read(&mut b, &l, 64 * 1024, start), None);
+        let resume = read(&mut b, &l, 64 * 1024, start).expect("overdrawn");
+        assert_eq!(resume - start, Duration::from_millis(80));
+    }
+
+    #[test]
+    fn never_below_what_the_request_limits_allow() {
+        let l = LimitsConfig {
+            frames_per_sec: 10,
+            frames_burst: 10,
+            send_per_sec: 1_000_000,
+            send_burst: 1_000_000,
+            ..LimitsConfig::default()
+        };
+        let start = Instant::now();
+        let mut b = ReadBudget::default();
+        for _ in 0..100_000 {
+            assert_eq!(read(&mut b, &l, 100, start), None);
+        }
+    }
+}
