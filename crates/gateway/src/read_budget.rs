@@ -23,7 +23,7 @@ use tokio::time::{Duration, Instant};
 pub const UNIT_BYTES: usize = 8 * 1024;
 
 /// One session's read budget: the GCRA's theoretical arrival time of the next unit, in
-/// nanoseconds since [`epoch`], and nothing else (the rate comes from the configuration at
+/// nanoseconds since a process-wide epoch, and nothing else (the rate comes from the configuration at
 /// each use): every session carries it, so it is kept to 8 bytes.
 #[derive(Debug, Default)]
 pub struct ReadBudget {
