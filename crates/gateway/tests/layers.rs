@@ -54,6 +54,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("hashing", 1),
     ("budget", 1),
     ("user_rates", 1),
+    ("read_budget", 1),
     ("disk", 1),
     ("backends", 1),
     ("listener", 1),
