@@ -489,6 +489,7 @@ async fn monitor(
     let mut last_sample = Instant::now();
     let self_pid = std::process::id().to_string();
     let mut last_cpu: BTreeMap<String, f64> = BTreeMap::new();
+    let mut last_server_cpu: Option<limits::CpuTimes> = None;
     let mut last_machine = limits::machine_cpu();
     let mut stopped = false;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -541,17 +542,14 @@ async fn monitor(
                 }
             }
             let (mut server_cpu, mut server_sys) = (None, None);
-            if let Some(pid) = target.server_pid {
-                if let Some(c) = limits::cpu_times(&pid.to_string()) {
-                    let user = last_cpu.insert(format!("server{pid}"), c.user);
-                    let system = last_cpu.insert(format!("server{pid}sys"), c.system);
-                    let (user, system) = (
-                        c.user - user.unwrap_or(c.user),
-                        c.system - system.unwrap_or(c.system),
-                    );
-                    server_cpu = Some((user + system) / wall * 100.0);
-                    server_sys = Some(system / wall * 100.0);
-                }
+            if let Some(c) = target
+                .server_pid
+                .and_then(|pid| limits::cpu_times(&pid.to_string()))
+            {
+                let prev = last_server_cpu.replace(c).unwrap_or(c);
+                let (user, system) = (c.user - prev.user, c.system - prev.system);
+                server_cpu = Some((user + system) / wall * 100.0);
+                server_sys = Some(system / wall * 100.0);
             }
             let machine = limits::machine_cpu();
             let machine_busy = match (last_machine, machine) {

@@ -179,6 +179,19 @@ impl Node {
         self.child.id()
     }
 
+    /// CPU time (user + system) the child has used, in clock ticks (1/100 s; `/proc/<pid>/stat`,
+    /// Linux only).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
     /// The child's resident set size in KiB (`VmRSS` in `/proc/<pid>/status`; Linux only).
     pub fn rss_kib(&self) -> u64 {
         proc_status_kib(self.pid(), "VmRSS:")

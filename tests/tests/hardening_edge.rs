@@ -640,18 +640,6 @@ async fn a_client_that_stops_reading_its_responses_is_cut_off() {
     );
 }
 
-/// CPU time (user + system) of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_the_accept_loop_neither_dies_nor_spins() {
     // No reserve at 80 files: sessions plus the store's own files exhaust the descriptors,
@@ -679,13 +667,12 @@ async fn out_of_file_descriptors_the_accept_loop_neither_dies_nor_spins() {
     }
     assert!(sessions.len() > 20, "only {} sessions", sessions.len());
     // While descriptors are exhausted, the node backs off instead of spinning.
-    let pid = node.child.id();
-    let before = cpu_ticks(pid);
+    let before = node.cpu_ticks();
     let waiting: Vec<_> = (0..20)
         .map(|_| std::net::TcpStream::connect(node.addr))
         .collect();
     std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_ticks(pid) - before;
+    let used = node.cpu_ticks() - before;
     // 2 s at 100 ticks/s: a spinning loop would use ~200.
     assert!(used < 100, "{used} ticks in 2 s");
     drop(waiting);

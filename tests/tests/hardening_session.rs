@@ -688,18 +688,6 @@ async fn read_and_typing_floods_are_coalesced() {
     assert_eq!(c.read_seq, Seq(5));
 }
 
-/// CPU time (user + system) of a process, in clock ticks (1/100 s).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 /// A session that floods WebSocket pings and frames that do not decode (neither passes a
 /// per-request limit) is read at `limits.frames_per_sec`: the server's CPU stays low, the
 /// attacker gets no more replies than the budget allows, and another pair's DMs stay fast.
@@ -722,22 +710,19 @@ async fn a_flood_of_pings_and_undecodable_frames_is_read_at_the_frame_budget() {
     let errors = Arc::new(AtomicU64::new(0));
     let counted = errors.clone();
     let reader = tokio::spawn(async move {
+        const MARK: &[u8] = b"bad_request";
         let mut chunk = vec![0u8; 65536];
-        let mut tail = Vec::new();
+        let mut buf = Vec::new();
         while let Ok(Ok(n)) = tokio::time::timeout(WAIT, rx.read(&mut chunk)).await {
             if n == 0 {
                 break;
             }
-            tail.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&tail).to_string();
-            let found = text.matches("bad_request").count() as u64;
+            buf.extend_from_slice(&chunk[..n]);
+            let found = buf.windows(MARK.len()).filter(|w| *w == MARK).count() as u64;
             counted.fetch_add(found, Ordering::Relaxed);
-            // Keep a short tail in case a marker is split across reads.
-            let keep = tail.len().min(16);
-            tail.drain(..tail.len() - keep);
-            if found > 0 {
-                tail.clear();
-            }
+            // Keep what may be the start of a marker split across reads (too short to hold
+            // a whole one, so nothing is counted twice).
+            buf.drain(..buf.len().saturating_sub(MARK.len() - 1));
         }
     });
 
@@ -765,7 +750,7 @@ async fn a_flood_of_pings_and_undecodable_frames_is_read_at_the_frame_budget() {
         (written, tx)
     });
 
-    let cpu_before = cpu_ticks(node.pid());
+    let cpu_before = node.cpu_ticks();
     let started = Instant::now();
     let mut worst = Duration::ZERO;
     let mut i = 0;
@@ -780,7 +765,7 @@ async fn a_flood_of_pings_and_undecodable_frames_is_read_at_the_frame_budget() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = started.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks(node.pid()) - cpu_before) as f64 / 100.0 / secs;
+    let cpu = (node.cpu_ticks() - cpu_before) as f64 / 100.0 / secs;
     let answered = errors.load(Ordering::Relaxed);
     // Frames read from the attacker's socket since it connected (its `hello` came before).
     let read_for = started.elapsed().as_secs_f64() + 1.0;

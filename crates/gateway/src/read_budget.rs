@@ -23,11 +23,48 @@ use tokio::time::{Duration, Instant};
 pub const UNIT_BYTES: usize = 8 * 1024;
 
 /// One session's read budget: the GCRA's theoretical arrival time of the next unit, in
-/// nanoseconds since a process-wide epoch, and nothing else (the rate comes from the configuration at
-/// each use): every session carries it, so it is kept to 8 bytes.
+/// nanoseconds since a process-wide epoch, and nothing else (the rate is the node's
+/// [`ReadRate`]): every session carries it, so it is kept to 8 bytes.
 #[derive(Debug, Default)]
 pub struct ReadBudget {
     tat_ns: u64,
+}
+
+/// The read rate of a node's configuration, worked out once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadRate {
+    /// Nanoseconds one unit is worth.
+    interval_ns: u64,
+    /// How far ahead of now the theoretical arrival time may run before reads pause (the
+    /// burst), nanoseconds.
+    slack_ns: u64,
+}
+
+impl ReadRate {
+    /// The rate of `limits`, never below what the per-request limits together let a session
+    /// send, so raising those, as a benchmark does, never leaves reads capped here.
+    pub fn of(limits: &LimitsConfig) -> Self {
+        let per_sec = limits
+            .frames_per_sec
+            .max(
+                limits
+                    .send_per_sec
+                    .saturating_add(limits.requests_per_sec)
+                    .saturating_add(limits.ephemeral_per_sec),
+            )
+            .max(1);
+        let burst = limits.frames_burst.max(
+            limits
+                .send_burst
+                .saturating_add(limits.requests_burst)
+                .saturating_add(limits.ephemeral_burst),
+        );
+        let interval_ns = 1_000_000_000 / u64::from(per_sec);
+        Self {
+            interval_ns,
+            slack_ns: interval_ns.saturating_mul(u64::from(burst)),
+        }
+    }
 }
 
 /// The instant budgets count from (the first use in this process).
@@ -40,45 +77,22 @@ fn to_ns(t: Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The rate of `limits`: time per unit, and how far ahead of now the theoretical arrival
-/// time may run before reads pause (the burst). Never below what the per-request limits
-/// together let a session send, so raising those, as a benchmark does, never leaves reads
-/// capped here.
-fn rate(limits: &LimitsConfig) -> (Duration, Duration) {
-    let per_sec = limits
-        .frames_per_sec
-        .max(
-            limits
-                .send_per_sec
-                .saturating_add(limits.requests_per_sec)
-                .saturating_add(limits.ephemeral_per_sec),
-        )
-        .max(1);
-    let burst = limits.frames_burst.max(
-        limits
-            .send_burst
-            .saturating_add(limits.requests_burst)
-            .saturating_add(limits.ephemeral_burst),
-    );
-    let interval = Duration::from_secs(1) / per_sec;
-    (interval, interval.saturating_mul(burst))
-}
-
 impl ReadBudget {
-    /// Charges a frame of `len` bytes read at `now`.
-    pub fn charge(&mut self, limits: &LimitsConfig, len: usize, now: Instant) {
-        let (interval, _) = rate(limits);
-        let units = u32::try_from(1 + len / UNIT_BYTES).unwrap_or(u32::MAX);
-        let cost = u64::try_from(interval.saturating_mul(units).as_nanos()).unwrap_or(u64::MAX);
-        self.tat_ns = self.tat_ns.max(to_ns(now)).saturating_add(cost);
+    /// Charges a frame of `len` bytes read at `now`; `true` when reading must now pause
+    /// (see [`Self::resume_at`]).
+    pub fn charge(&mut self, rate: ReadRate, len: usize, now: Instant) -> bool {
+        let units = u64::try_from(1 + len / UNIT_BYTES).unwrap_or(u64::MAX);
+        self.tat_ns = self
+            .tat_ns
+            .max(to_ns(now))
+            .saturating_add(rate.interval_ns.saturating_mul(units));
+        self.resume_at(rate, now).is_some()
     }
 
     /// When the next frame may be read, if that is later than `since` (the last charge's
     /// `now`): `None` while the budget has room, without reading the clock.
-    pub fn resume_at(&self, limits: &LimitsConfig, since: Instant) -> Option<Instant> {
-        let (_, slack) = rate(limits);
-        let slack = u64::try_from(slack.as_nanos()).unwrap_or(u64::MAX);
-        let resume = self.tat_ns.checked_sub(slack)?;
+    pub fn resume_at(&self, rate: ReadRate, since: Instant) -> Option<Instant> {
+        let resume = self.tat_ns.checked_sub(rate.slack_ns)?;
         (resume > to_ns(since)).then(|| epoch() + Duration::from_nanos(resume))
     }
 }
@@ -103,8 +117,11 @@ mod tests {
 
     /// Charges a frame at `now` and says when the next may be read.
     fn read(b: &mut ReadBudget, l: &LimitsConfig, len: usize, now: Instant) -> Option<Instant> {
-        b.charge(l, len, now);
-        b.resume_at(l, now)
+        let rate = ReadRate::of(l);
+        let paused = b.charge(rate, len, now);
+        let resume = b.resume_at(rate, now);
+        assert_eq!(paused, resume.is_some());
+        resume
     }
 
     #[test]

@@ -101,6 +101,7 @@ impl Node {
         let pump = crate::pump::DeliveryPump::start(router.clone(), 65_536, shutdown.clone());
         let state = AppState(Arc::new(Inner {
             replies: crate::budget::ReplyBudgets::new(&config.limits),
+            read_rate: crate::read_budget::ReadRate::of(&config.limits),
             pump,
             auth,
             store,

@@ -299,17 +299,6 @@ fn ws_len(m: &WsMessage) -> usize {
     }
 }
 
-/// The earlier of two optional instants.
-fn earliest(
-    a: Option<tokio::time::Instant>,
-    b: Option<tokio::time::Instant>,
-) -> Option<tokio::time::Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// Sleeps until `due`, or forever without one.
 async fn sleep_until(due: Option<tokio::time::Instant>) {
     match due {
@@ -354,8 +343,11 @@ async fn read_frames(
         let reads_due = ctx.reads_due();
         // Paused while the budget is spent (the clock is read only then).
         let paused_until = budget
-            .resume_at(&state.config.limits, last_frame)
+            .resume_at(state.read_rate, last_frame)
             .filter(|t| *t > tokio::time::Instant::now());
+        // One timer for both: the held-back read cursors, and the end of a read pause (a
+        // second timer would grow every session's state).
+        let wake_at = reads_due.into_iter().chain(paused_until).min();
         let next = tokio::select! {
             _ = &mut closed => return,
             _ = &mut expiry => {
@@ -378,9 +370,7 @@ async fn read_frames(
                 idle_timer.as_mut().reset(base + idle);
                 continue;
             }
-            // One timer for both: the held-back read cursors, and the end of a read pause
-            // (a second timer would grow every session's state).
-            _ = sleep_until(earliest(reads_due, paused_until)), if reads_due.is_some() || paused_until.is_some() => {
+            _ = sleep_until(wake_at), if wake_at.is_some() => {
                 if reads_due.is_some_and(|t| t <= tokio::time::Instant::now()) {
                     ops::flush_reads(state, ctx, false).await;
                 }
@@ -398,8 +388,7 @@ async fn read_frames(
             }
             Some(Ok(m)) => m,
         };
-        budget.charge(&state.config.limits, ws_len(&message), last_frame);
-        if budget.resume_at(&state.config.limits, last_frame).is_some() {
+        if budget.charge(state.read_rate, ws_len(&message), last_frame) {
             crate::metrics::session_reads_paused();
         }
         let (data, codec) = match message {

@@ -23,6 +23,8 @@ pub struct Inner {
     pub config: Config,
     /// Memory budgets of heavy replies (`limits.reply_max_bytes` and friends).
     pub replies: Arc<crate::budget::ReplyBudgets>,
+    /// How fast each session's socket is read (`limits.frames_per_sec`), worked out once.
+    pub read_rate: crate::read_budget::ReadRate,
     /// Token checking.
     pub auth: Auth,
     /// Persistence.
