@@ -54,6 +54,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub env: Vec<(String, String)>,
     log: mpsc::Receiver<String>,
+    /// The metrics listener's address, once read from the log (which is drained as read).
+    metrics: std::sync::OnceLock<SocketAddr>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -170,6 +172,7 @@ impl Node {
             data_dir: data_dir.to_path_buf(),
             env: opts.env,
             log: rx,
+            metrics: std::sync::OnceLock::new(),
             _tmp: None,
         }
     }
@@ -190,6 +193,34 @@ impl Node {
             .split_whitespace()
             .collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// The address of the node's metrics listener (from its `metrics_addr=` log line).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        if let Some(addr) = self.metrics.get() {
+            return *addr;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for line in self.log_lines() {
+                if let Some(rest) = line.split("metrics_addr=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                    return *self.metrics.get_or_init(|| addr);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not log metrics_addr"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The current value of one metric series (`name{labels}` as rendered), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.metrics_addr());
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        metric_value(&text, series)
     }
 
     /// The child's resident set size in KiB (`VmRSS` in `/proc/<pid>/status`; Linux only).
@@ -906,4 +937,13 @@ impl Client {
             part.min_seq.map(|s| s.0),
         )
     }
+}
+
+/// The value of one series (`name{labels}` exactly as rendered) in a Prometheus text
+/// exposition, 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
 }

@@ -5,27 +5,9 @@
 use protocol::close;
 use reqwest::Method;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::*;
-
-/// The metrics listener's address, from the node's log.
-fn metrics_addr(node: &Node) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for line in node.log_lines() {
-            if let Some(rest) = line.split("metrics_addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node did not log metrics_addr"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 async fn scrape(url: &str) -> String {
     let resp = reqwest::get(url).await.unwrap();
@@ -35,18 +17,10 @@ async fn scrape(url: &str) -> String {
     resp.text().await.unwrap()
 }
 
-/// The value of one series (`name{labels}` exactly as rendered), 0 when absent.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn metrics_count_sessions_frames_sends_and_logins() {
     let node = Node::start();
-    let addr = metrics_addr(&node);
+    let addr = node.metrics_addr();
     let url = format!("http://{addr}/metrics");
     let before = scrape(&url).await;
     assert!(before.contains("# TYPE chatd_sessions gauge"), "{before}");
@@ -82,43 +56,43 @@ async fn metrics_count_sessions_frames_sends_and_logins() {
 
     let text = scrape(&url).await;
     assert_eq!(
-        value(&text, "chatd_sessions{codec=\"json\"}"),
+        metric_value(&text, "chatd_sessions{codec=\"json\"}"),
         2.0,
         "{text}"
     );
-    assert!(value(&text, "chatd_sessions_opened_total{codec=\"json\"}") >= 2.0);
-    assert!(value(&text, "chatd_frames_in_total{type=\"send\"}") >= 6.0);
-    assert!(value(&text, "chatd_send_outcomes_total{outcome=\"acked\"}") >= 5.0);
-    assert!(value(&text, "chatd_send_outcomes_total{outcome=\"duplicate\"}") >= 1.0);
+    assert!(metric_value(&text, "chatd_sessions_opened_total{codec=\"json\"}") >= 2.0);
+    assert!(metric_value(&text, "chatd_frames_in_total{type=\"send\"}") >= 6.0);
+    assert!(metric_value(&text, "chatd_send_outcomes_total{outcome=\"acked\"}") >= 5.0);
+    assert!(metric_value(&text, "chatd_send_outcomes_total{outcome=\"duplicate\"}") >= 1.0);
     assert!(
-        value(&text, "chatd_send_ack_seconds_count") >= 6.0,
+        metric_value(&text, "chatd_send_ack_seconds_count") >= 6.0,
         "{text}"
     );
     assert!(text.contains("chatd_send_ack_seconds_bucket{le=\"0.001\"}"));
-    assert!(value(&text, "chatd_command_duration_seconds_count{type=\"send\"}") >= 6.0);
+    assert!(metric_value(&text, "chatd_command_duration_seconds_count{type=\"send\"}") >= 6.0);
     // Each DM reaches bob (ann's own session is skipped) at least once.
-    assert!(value(&text, "chatd_fanout_deliveries_total") >= 5.0);
-    assert!(value(&text, "chatd_frames_out_total{codec=\"json\"}") >= 12.0);
-    assert!(value(&text, "chatd_router_published_total{result=\"ok\"}") >= 5.0);
-    assert!(value(&text, "chatd_router_received_total{payload=\"frame\"}") >= 5.0);
+    assert!(metric_value(&text, "chatd_fanout_deliveries_total") >= 5.0);
+    assert!(metric_value(&text, "chatd_frames_out_total{codec=\"json\"}") >= 12.0);
+    assert!(metric_value(&text, "chatd_router_published_total{result=\"ok\"}") >= 5.0);
+    assert!(metric_value(&text, "chatd_router_received_total{payload=\"frame\"}") >= 5.0);
     // Every DM went through the router to this node's hub: each has a lag sample.
-    assert!(value(&text, "chatd_router_lag_seconds_count") >= 5.0);
-    assert!(value(&text, "chatd_store_append_batch_size_count") >= 1.0);
-    assert!(value(&text, "chatd_store_commit_seconds_count") >= 1.0);
+    assert!(metric_value(&text, "chatd_router_lag_seconds_count") >= 5.0);
+    assert!(metric_value(&text, "chatd_store_append_batch_size_count") >= 1.0);
+    assert!(metric_value(&text, "chatd_store_commit_seconds_count") >= 1.0);
     assert!(
-        value(
+        metric_value(
             &text,
             "chatd_moderation_verdicts_total{action=\"allow\",category=\"none\"}"
         ) >= 5.0
     );
-    assert!(value(&text, "chatd_logins_total{result=\"refused\"}") >= 1.0);
+    assert!(metric_value(&text, "chatd_logins_total{result=\"refused\"}") >= 1.0);
 
     // A session that ends leaves the gauge.
     drop(b);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = scrape(&url).await;
-        if value(&text, "chatd_sessions{codec=\"json\"}") == 1.0 {
+        if metric_value(&text, "chatd_sessions{codec=\"json\"}") == 1.0 {
             break;
         }
         assert!(Instant::now() < deadline, "{text}");

@@ -21,6 +21,7 @@ pub mod events;
 #[cfg(feature = "test-hooks")]
 pub mod faults;
 pub mod files;
+pub mod frame_meter;
 pub mod group_admin;
 pub mod groups;
 pub mod hashing;
@@ -53,3 +54,4 @@ pub mod signin;
 pub mod state;
 pub mod tls;
 pub mod user_rates;
+pub mod ws_handshake;

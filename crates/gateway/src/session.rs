@@ -11,9 +11,8 @@ use crate::auth::{now_secs, AuthError};
 use crate::error::ApiError;
 use crate::hub::{Registration, SessionHandle, SharedFrame, TokenRef};
 use crate::ops::{self, SessionCtx};
-use crate::read_budget::ReadBudget;
 use crate::state::AppState;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use crate::ws_handshake::{Socket, WsHandshake};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -25,6 +24,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 use tracing::Instrument;
 
 /// Query parameters of `GET /ws`.
@@ -75,7 +77,7 @@ pub async fn upgrade(
     State(state): State<AppState>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: WsHandshake,
 ) -> Response {
     if !crate::listener::origin_allowed(&state.config.server.allowed_origins, &headers) {
         return ApiError::forbidden(
@@ -125,11 +127,15 @@ pub async fn upgrade(
     let device = device_name(query.device.as_deref(), &headers);
     let limits = &state.config.limits;
     let server = &state.config.server;
-    ws.max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes))
         .read_buffer_size(server.ws_read_buffer)
-        .write_buffer_size(server.ws_write_buffer)
-        .on_upgrade(move |socket| run(state, socket, user, codec, device, token_ref, permit))
+        .write_buffer_size(server.ws_write_buffer);
+    let rate = state.read_rate;
+    ws.accept(config, rate, move |socket| {
+        run(state, socket, user, codec, device, token_ref, permit)
+    })
 }
 
 fn to_ws(codec: Codec, bytes: bytes::Bytes) -> WsMessage {
@@ -145,7 +151,7 @@ fn to_ws(codec: Codec, bytes: bytes::Bytes) -> WsMessage {
 
 async fn run(
     state: AppState,
-    socket: WebSocket,
+    socket: Socket,
     user: UserId,
     codec: Codec,
     device: Box<str>,
@@ -195,7 +201,7 @@ async fn run(
                 let _ = sink.send(to_ws(codec, codec.encode(&frame))).await;
                 let _ = sink
                     .send(WsMessage::Close(Some(CloseFrame {
-                        code: close::RATE_LIMITED,
+                        code: CloseCode::from(close::RATE_LIMITED),
                         reason: Utf8Bytes::from_static("too many sessions"),
                     })))
                     .await;
@@ -247,10 +253,10 @@ type InFlight<'a> = FuturesOrdered<
 /// Reads the session's frames until it ends; returns the read half (see [`linger`]).
 async fn read_loop(
     state: &AppState,
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    mut stream: futures_util::stream::SplitStream<Socket>,
     handle: &Arc<SessionHandle>,
     token_exp: u64,
-) -> futures_util::stream::SplitStream<WebSocket> {
+) -> futures_util::stream::SplitStream<Socket> {
     let ctx = SessionCtx::new(
         handle.clone(),
         state.config.limits.send_per_sec,
@@ -272,7 +278,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// kernel drop the close frame it has not read yet; so when the WebSocket layer stops reading
 /// after the broken frame (its stream ends or repeats the error), the socket is still held
 /// open until the deadline.
-async fn linger(mut stream: futures_util::stream::SplitStream<WebSocket>) {
+async fn linger(mut stream: futures_util::stream::SplitStream<Socket>) {
     let deadline = tokio::time::Instant::now() + LINGER;
     let drain = async {
         loop {
@@ -290,15 +296,6 @@ async fn linger(mut stream: futures_util::stream::SplitStream<WebSocket>) {
     let _ = tokio::time::timeout_at(deadline, drain).await;
 }
 
-/// Payload bytes of a WebSocket message, for the read budget.
-fn ws_len(m: &WsMessage) -> usize {
-    match m {
-        WsMessage::Text(t) => t.len(),
-        WsMessage::Binary(b) | WsMessage::Ping(b) | WsMessage::Pong(b) => b.len(),
-        WsMessage::Close(_) => 0,
-    }
-}
-
 /// Sleeps until `due`, or forever without one.
 async fn sleep_until(due: Option<tokio::time::Instant>) {
     match due {
@@ -310,7 +307,7 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 async fn read_frames(
     state: &AppState,
     ctx: &SessionCtx,
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    stream: &mut futures_util::stream::SplitStream<Socket>,
     handle: &Arc<SessionHandle>,
     token_exp: u64,
 ) {
@@ -336,18 +333,9 @@ async fn read_frames(
     // token each time (a lock each way).
     let closed = handle.closed();
     tokio::pin!(closed);
-    // Every frame read costs from the session's read budget; past it, reading pauses.
-    let mut budget = ReadBudget::default();
     loop {
         let pending = in_flight.as_ref().map_or(0, |f| f.len());
         let reads_due = ctx.reads_due();
-        // Paused while the budget is spent (the clock is read only then).
-        let paused_until = budget
-            .resume_at(state.read_rate, last_frame)
-            .filter(|t| *t > tokio::time::Instant::now());
-        // One timer for both: the held-back read cursors, and the end of a read pause (a
-        // second timer would grow every session's state).
-        let wake_at = reads_due.into_iter().chain(paused_until).min();
         let next = tokio::select! {
             _ = &mut closed => return,
             _ = &mut expiry => {
@@ -370,13 +358,12 @@ async fn read_frames(
                 idle_timer.as_mut().reset(base + idle);
                 continue;
             }
-            _ = sleep_until(wake_at), if wake_at.is_some() => {
-                if reads_due.is_some_and(|t| t <= tokio::time::Instant::now()) {
-                    ops::flush_reads(state, ctx, false).await;
-                }
+            _ = sleep_until(reads_due), if reads_due.is_some() => {
+                ops::flush_reads(state, ctx, false).await;
                 continue;
             }
-            next = stream.next(), if pending < depth && paused_until.is_none() => next,
+            // The socket under `stream` is read at the session's frame budget (frame_meter.rs).
+            next = stream.next(), if pending < depth => next,
         };
         last_frame = tokio::time::Instant::now();
         let message = match next {
@@ -388,15 +375,12 @@ async fn read_frames(
             }
             Some(Ok(m)) => m,
         };
-        if budget.charge(state.read_rate, ws_len(&message), last_frame) {
-            crate::metrics::session_reads_paused();
-        }
         let (data, codec) = match message {
             WsMessage::Text(t) => (bytes::Bytes::from(t), Codec::Json),
             WsMessage::Binary(b) => (b, Codec::MsgPack),
             WsMessage::Close(_) => return,
             // Pings are answered by the WebSocket layer; any frame counts as liveness.
-            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
         };
         #[cfg(feature = "test-hooks")]
         if data.as_ref() == b"__panic__" {
@@ -476,13 +460,7 @@ async fn drain(in_flight: &mut Option<InFlight<'_>>, handle: &SessionHandle) -> 
 /// frame over the limit is 1009, invalid UTF-8 in a text message 1007, any other RFC 6455
 /// violation (unmasked client frame, reserved opcode or bits, bad fragmentation, a control
 /// frame too long or fragmented) 1002; a broken connection gets 1001 (nobody reads it).
-fn read_error_close(e: axum::Error) -> (u16, &'static str) {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    let inner = e.into_inner();
-    let Some(e) = inner.downcast_ref::<WsError>() else {
-        tracing::debug!(error = %inner, "read error");
-        return (close::GOING_AWAY, "read error");
-    };
+fn read_error_close(e: WsError) -> (u16, &'static str) {
     match e {
         WsError::Capacity(_) => (close::TOO_LARGE, "frame too large"),
         WsError::Utf8(_) => (close::INVALID_PAYLOAD, "invalid UTF-8 in a text frame"),
@@ -504,7 +482,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, WsMessage>,
+    mut sink: futures_util::stream::SplitSink<Socket, WsMessage>,
     mut queue: mpsc::Receiver<Arc<SharedFrame>>,
     handle: Arc<SessionHandle>,
     batch: usize,
@@ -562,7 +540,7 @@ async fn write_loop(
     // within the deadline.
     let goodbye = async {
         sink.send(WsMessage::Close(Some(CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: Utf8Bytes::from(reason),
         })))
         .await?;
@@ -586,7 +564,7 @@ enum Written {
 /// Runs one write against the peer, bounded by [`WRITE_TIMEOUT`] and the session's closing.
 async fn bounded_write<F>(write: F, handle: &SessionHandle) -> Written
 where
-    F: std::future::Future<Output = Result<(), axum::Error>>,
+    F: std::future::Future<Output = Result<(), WsError>>,
 {
     let mut write = std::pin::pin!(write);
     // Most writes finish at the first poll: those need no timer.

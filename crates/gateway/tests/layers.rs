@@ -55,6 +55,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("budget", 1),
     ("user_rates", 1),
     ("read_budget", 1),
+    ("frame_meter", 1),
+    ("ws_handshake", 1),
     ("disk", 1),
     ("backends", 1),
     ("listener", 1),
