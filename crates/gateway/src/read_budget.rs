@@ -1,19 +1,20 @@
-//! How fast one session's socket is read: every inbound WebSocket frame, whatever its type
-//! (text, binary, ping, pong) and whether or not it decodes, costs from one budget
-//! (`limits.frames_per_sec`, burst `limits.frames_burst`), one unit per frame plus one per
-//! full [`UNIT_BYTES`] in it.
+//! How fast one session's socket is read: every inbound WebSocket frame on the wire, whatever
+//! its type (text, binary, continuation, ping, pong, close) and whether or not its message
+//! decodes, costs from one budget (`limits.frames_per_sec`, burst `limits.frames_burst`), one
+//! unit per frame plus one per full [`UNIT_BYTES`] in it. [`crate::frame_meter`] charges it,
+//! under the WebSocket layer, so a message cut into many fragments pays for each.
 //!
 //! The per-request limits (`send_per_sec`, `requests_per_sec`, `ephemeral_per_sec`) answer
 //! frames the session already made the server read, decode and reply to; a client that sends
 //! WebSocket pings, or frames that do not decode, passes none of them and could keep a core
 //! busy from one session (measured: ~200,000 pings/s or ~440,000 undecodable frames/s from
 //! one socket took 93–95 % of a core; docs/SECURITY.md, "Frames that no request limit
-//! sees"). Past the budget the reader simply stops reading the socket until the budget has
+//! sees"). Past the budget the socket is simply not read until the budget has
 //! refilled: TCP flow control then slows the client down, nothing is refused or dropped, and
 //! a well-behaved client, which stays far below it, never notices.
 //!
 //! The budget is a GCRA (the rule `governor` implements for the other limits) kept in the
-//! reader's own state: no lock, no shared clock, 8 bytes per session.
+//! session's socket wrapper (`frame_meter::Metered`): no lock, no shared clock, 8 bytes per session.
 
 use crate::config::LimitsConfig;
 use std::sync::OnceLock;
