@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::hub::{Registration, SessionHandle, SharedFrame, TokenRef};
 use crate::ops::{self, SessionCtx};
 use crate::state::AppState;
-use crate::ws_handshake::{Socket, WsHandshake};
+use crate::ws_handshake::{SocketSink, SocketStream, WsHandshake};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -133,8 +133,16 @@ pub async fn upgrade(
         .read_buffer_size(server.ws_read_buffer)
         .write_buffer_size(server.ws_write_buffer);
     let rate = state.read_rate;
-    ws.accept(config, rate, move |socket| {
-        run(state, socket, user, codec, device, token_ref, permit)
+    ws.accept(config, rate, move |sink, stream| {
+        run(
+            state,
+            (sink, stream),
+            user,
+            codec,
+            device,
+            token_ref,
+            permit,
+        )
     })
 }
 
@@ -151,7 +159,7 @@ fn to_ws(codec: Codec, bytes: bytes::Bytes) -> WsMessage {
 
 async fn run(
     state: AppState,
-    socket: Socket,
+    (mut sink, stream): (SocketSink, SocketStream),
     user: UserId,
     codec: Codec,
     device: Box<str>,
@@ -171,7 +179,6 @@ async fn run(
             token,
             state.config.server.outbound_queue,
         );
-        let (mut sink, stream) = socket.split();
         // `hello` is queued before the session is registered for deliveries, so it is always
         // the first frame (the queue is empty: this never waits).
         handle
@@ -253,10 +260,10 @@ type InFlight<'a> = FuturesOrdered<
 /// Reads the session's frames until it ends; returns the read half (see [`linger`]).
 async fn read_loop(
     state: &AppState,
-    mut stream: futures_util::stream::SplitStream<Socket>,
+    mut stream: SocketStream,
     handle: &Arc<SessionHandle>,
     token_exp: u64,
-) -> futures_util::stream::SplitStream<Socket> {
+) -> SocketStream {
     let ctx = SessionCtx::new(
         handle.clone(),
         state.config.limits.send_per_sec,
@@ -278,7 +285,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// kernel drop the close frame it has not read yet; so when the WebSocket layer stops reading
 /// after the broken frame (its stream ends or repeats the error), the socket is still held
 /// open until the deadline.
-async fn linger(mut stream: futures_util::stream::SplitStream<Socket>) {
+async fn linger(mut stream: SocketStream) {
     let deadline = tokio::time::Instant::now() + LINGER;
     let drain = async {
         loop {
@@ -307,7 +314,7 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 async fn read_frames(
     state: &AppState,
     ctx: &SessionCtx,
-    stream: &mut futures_util::stream::SplitStream<Socket>,
+    stream: &mut SocketStream,
     handle: &Arc<SessionHandle>,
     token_exp: u64,
 ) {
@@ -482,7 +489,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<Socket, WsMessage>,
+    mut sink: SocketSink,
     mut queue: mpsc::Receiver<Arc<SharedFrame>>,
     handle: Arc<SessionHandle>,
     batch: usize,

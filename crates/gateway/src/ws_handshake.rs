@@ -16,15 +16,24 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Version};
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::StreamExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// A session's WebSocket: the upgraded connection, read at the frame budget.
 pub type Socket = WebSocketStream<Metered<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// The write half of a session's [`Socket`].
+pub type SocketSink = SplitSink<Socket, Message>;
+
+/// The read half of a session's [`Socket`].
+pub type SocketStream = SplitStream<Socket>;
 
 /// A checked upgrade request, ready to be accepted.
 pub struct WsHandshake {
@@ -81,11 +90,16 @@ impl<S: Send + Sync> FromRequestParts<S> for WsHandshake {
 }
 
 impl WsHandshake {
-    /// Answers 101 and, once the connection is switched, runs `session` on its socket (in a
-    /// task of its own, as the response must be sent first).
+    /// Answers 101 and, once the connection is switched, runs `session` on its socket's two
+    /// halves (in a task of its own, as the response must be sent first).
+    ///
+    /// The socket is split here, before the session starts, so the session's future holds two
+    /// pointers rather than the whole socket (an async function keeps its arguments for its
+    /// whole life): with the socket, the session task took the next allocator size class,
+    /// 1 KiB more per idle connection (docs/BENCHMARKS.md, "Every frame on the wire").
     pub fn accept<F, Fut>(self, config: WebSocketConfig, rate: ReadRate, session: F) -> Response
     where
-        F: FnOnce(Socket) -> Fut + Send + 'static,
+        F: FnOnce(SocketSink, SocketStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let Self {
@@ -101,7 +115,9 @@ impl WsHandshake {
                 }
             };
             let io = Metered::new(TokioIo::new(upgraded), rate);
-            session(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await).await;
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            let (sink, stream) = socket.split();
+            session(sink, stream).await;
         });
         let mut response = Body::empty().into_response();
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
