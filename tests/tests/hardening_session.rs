@@ -694,17 +694,13 @@ async fn read_and_typing_floods_are_coalesced() {
 /// Before the read budget one such socket took 93-95 % of a core.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_pings_and_undecodable_frames_is_read_at_the_frame_budget() {
-    let node = Node::start_with(
-        NodeOpts::default()
-            .env("CHATD_LIMITS__FRAMES_PER_SEC", 200)
-            .env("CHATD_LIMITS__FRAMES_BURST", 500),
-    );
+    let node = Node::start_with(frame_budget(NodeOpts::default()));
     let api = Api::new(&node);
     api.touch("bob").await;
     let mut ann = Client::connect(&node, "ann").await;
     let mut bob = Client::connect(&node, "bob").await;
     let (stream, _) = raw_ws(&node, "mal").await;
-    let (mut rx, mut tx) = stream.into_split();
+    let (mut rx, tx) = stream.into_split();
 
     // The attacker's replies: count the `bad_request` errors (one per undecodable frame read).
     let errors = Arc::new(AtomicU64::new(0));
@@ -734,41 +730,11 @@ async fn a_flood_of_pings_and_undecodable_frames_is_read_at_the_frame_budget() {
             burst.extend(frame(0x81, true, br#"{"type":"nonsense"}"#));
         }
     }
-    let flood_for = Duration::from_secs(3);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopping = stop.clone();
-    let writer = tokio::spawn(async move {
-        let mut written = 0u64;
-        while !stopping.load(Ordering::Relaxed) {
-            // The server stops reading: the write blocks once the socket buffers are full.
-            match tokio::time::timeout(Duration::from_millis(200), tx.write_all(&burst)).await {
-                Ok(Ok(())) => written += 2000,
-                Ok(Err(_)) => break,
-                Err(_) => {}
-            }
-        }
-        (written, tx)
-    });
-
-    let cpu_before = node.cpu_ticks();
-    let started = Instant::now();
-    let mut worst = Duration::ZERO;
-    let mut i = 0;
-    while started.elapsed() < flood_for {
-        let t = Instant::now();
-        let ack = ann.send_dm("bob", &format!("during-{i}"), "hello").await;
-        assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
-        bob.recv_until(|f| matches!(f, ServerFrame::Message(_)))
-            .await;
-        worst = worst.max(t.elapsed());
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let cpu = (node.cpu_ticks() - cpu_before) as f64 / 100.0 / secs;
+    let (stop, writer) = flood(tx, burst, 2000);
+    let (worst, cpu, secs) = innocent_dms(&node, &mut ann, &mut bob).await;
     let answered = errors.load(Ordering::Relaxed);
     // Frames read from the attacker's socket since it connected (its `hello` came before).
-    let read_for = started.elapsed().as_secs_f64() + 1.0;
+    let read_for = secs + 1.0;
     stop.store(true, Ordering::Relaxed);
     let (written, _tx) = writer.await.unwrap();
     eprintln!(
@@ -877,38 +843,9 @@ async fn endless_message_against(node: &Node, ann_node: &Node, bob_node: &Node, 
         .cycle()
         .take(empty.len() * 16384)
         .collect();
-    let flood_for = Duration::from_secs(3);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopping = stop.clone();
-    let writer = tokio::spawn(async move {
-        let mut written = 0u64;
-        while !stopping.load(Ordering::Relaxed) {
-            match tokio::time::timeout(Duration::from_millis(200), tx.write_all(&burst)).await {
-                Ok(Ok(())) => written += 16384,
-                Ok(Err(_)) => break,
-                Err(_) => {}
-            }
-        }
-        (written, tx)
-    });
-
     let paused_before = node.metric("chatd_session_reads_paused_total").await;
-    let cpu_before = node.cpu_ticks();
-    let started = Instant::now();
-    let mut worst = Duration::ZERO;
-    let mut i = 0;
-    while started.elapsed() < flood_for {
-        let t = Instant::now();
-        let ack = ann.send_dm("bob", &format!("during-{i}"), "hello").await;
-        assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
-        bob.recv_until(|f| matches!(f, ServerFrame::Message(_)))
-            .await;
-        worst = worst.max(t.elapsed());
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let cpu = (node.cpu_ticks() - cpu_before) as f64 / 100.0 / secs;
+    let (stop, writer) = flood(tx, burst, 16384);
+    let (worst, cpu, secs) = innocent_dms(node, &mut ann, &mut bob).await;
     stop.store(true, Ordering::Relaxed);
     let (written, _tx) = writer.await.unwrap();
     let paused = node.metric("chatd_session_reads_paused_total").await - paused_before;
@@ -932,4 +869,53 @@ async fn endless_message_against(node: &Node, ann_node: &Node, bob_node: &Node, 
         worst < Duration::from_millis(500),
         "an innocent DM took {worst:?}"
     );
+}
+
+/// Writes `burst` (`frames` frames) to `tx` over and over until the returned flag is set; the
+/// task returns how many frames went out, and the write half (kept open until then).
+fn flood(
+    mut tx: tokio::net::tcp::OwnedWriteHalf,
+    burst: Vec<u8>,
+    frames: u64,
+) -> (
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<(u64, tokio::net::tcp::OwnedWriteHalf)>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    let writer = tokio::spawn(async move {
+        let mut written = 0u64;
+        while !stopping.load(Ordering::Relaxed) {
+            // The server stops reading: the write blocks once the socket buffers are full.
+            match tokio::time::timeout(Duration::from_millis(200), tx.write_all(&burst)).await {
+                Ok(Ok(())) => written += frames,
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
+        }
+        (written, tx)
+    });
+    (stop, writer)
+}
+
+/// For 3 s, ann sends bob a DM every 50 ms, each acked and delivered; returns the slowest
+/// round trip, `node`'s CPU meanwhile (share of a core) and the seconds it ran.
+async fn innocent_dms(node: &Node, ann: &mut Client, bob: &mut Client) -> (Duration, f64, f64) {
+    let cpu_before = node.cpu_ticks();
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        let ack = ann.send_dm("bob", &format!("during-{i}"), "hello").await;
+        assert!(matches!(ack, ServerFrame::Ack { .. }), "{ack:?}");
+        bob.recv_until(|f| matches!(f, ServerFrame::Message(_)))
+            .await;
+        worst = worst.max(t.elapsed());
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = (node.cpu_ticks() - cpu_before) as f64 / 100.0 / secs;
+    (worst, cpu, secs)
 }

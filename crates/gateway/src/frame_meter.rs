@@ -270,17 +270,7 @@ mod tests {
     #[tokio::test]
     async fn reads_pause_once_the_frames_exceed_the_budget() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let limits = crate::config::LimitsConfig {
-            frames_per_sec: 100,
-            frames_burst: 10,
-            send_per_sec: 1,
-            send_burst: 1,
-            requests_per_sec: 1,
-            requests_burst: 1,
-            ephemeral_per_sec: 1,
-            ephemeral_burst: 1,
-            ..Default::default()
-        };
+        let limits = crate::read_budget::test_limits(100, 10);
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let mut metered = Metered::new(server, ReadRate::of(&limits));
         let mut flood = vec![0x01, 0x80, 1, 2, 3, 4];

@@ -98,23 +98,26 @@ impl ReadBudget {
     }
 }
 
+/// Limits with the given frame budget and every request limit at 1/s, so the frame budget
+/// is what counts (for tests here and in `frame_meter`).
+#[cfg(test)]
+pub(crate) fn test_limits(per_sec: u32, burst: u32) -> LimitsConfig {
+    LimitsConfig {
+        frames_per_sec: per_sec,
+        frames_burst: burst,
+        send_per_sec: 1,
+        send_burst: 1,
+        requests_per_sec: 1,
+        requests_burst: 1,
+        ephemeral_per_sec: 1,
+        ephemeral_burst: 1,
+        ..LimitsConfig::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limits(per_sec: u32, burst: u32) -> LimitsConfig {
-        LimitsConfig {
-            frames_per_sec: per_sec,
-            frames_burst: burst,
-            send_per_sec: 1,
-            send_burst: 1,
-            requests_per_sec: 1,
-            requests_burst: 1,
-            ephemeral_per_sec: 1,
-            ephemeral_burst: 1,
-            ..LimitsConfig::default()
-        }
-    }
 
     /// Charges a frame at `now` and says when the next may be read.
     fn read(b: &mut ReadBudget, l: &LimitsConfig, len: usize, now: Instant) -> Option<Instant> {
@@ -128,7 +131,7 @@ mod tests {
     #[test]
     fn a_burst_is_read_at_once_then_reads_follow_the_rate() {
         let start = Instant::now() + Duration::from_secs(1);
-        let (l, mut b) = (limits(100, 10), ReadBudget::default());
+        let (l, mut b) = (test_limits(100, 10), ReadBudget::default());
         // The burst (10 units) passes without a pause...
         for _ in 0..10 {
             assert_eq!(read(&mut b, &l, 10, start), None);
@@ -148,7 +151,7 @@ mod tests {
     #[test]
     fn large_frames_cost_more() {
         let start = Instant::now() + Duration::from_secs(1);
-        let (l, mut b) = (limits(100, 10), ReadBudget::default());
+        let (l, mut b) = (test_limits(100, 10), ReadBudget::default());
         // 64 KiB: 9 units; a second one overdraws the 10-unit burst by 8 units.
         assert_eq!(read(&mut b, &l, 64 * 1024, start), None);
         let resume = read(&mut b, &l, 64 * 1024, start).expect("overdrawn");
