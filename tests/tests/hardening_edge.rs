@@ -715,3 +715,55 @@ async fn an_upgrade_after_its_deadline_gets_503_json() {
     // A prompt client is upgraded as usual.
     Client::connect(&node, "prompt").await;
 }
+
+/// Every way an upgrade request can be broken gets 400 with the JSON error body and says what
+/// was wrong, before any token is looked at (the gateway's own handshake, ws_handshake.rs).
+#[tokio::test]
+async fn broken_upgrade_requests_get_400_json_saying_why() {
+    let node = Node::start();
+    let good = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    // (header, its broken value or "" to leave it out, what the answer says).
+    let cases = [
+        ("Connection", "keep-alive", "Connection: upgrade"),
+        ("Upgrade", "h2c", "Upgrade: websocket"),
+        ("Sec-WebSocket-Version", "8", "must be 13"),
+        ("Sec-WebSocket-Version", "", "must be 13"),
+        ("Sec-WebSocket-Key", "", "Sec-WebSocket-Key is missing"),
+    ];
+    for (header, broken, says) in cases {
+        let mut req = format!("GET /ws?token={} HTTP/1.1\r\nHost: x\r\n", token("ann"));
+        for (name, value) in good {
+            let value = if name == header { broken } else { value };
+            if !value.is_empty() {
+                req.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        req.push_str("\r\n");
+        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&out).contains("}}") {
+            let k = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("no answer")
+                .unwrap();
+            assert!(k > 0, "closed: {}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..k]);
+        }
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "{header}: {text}");
+        assert!(
+            text.contains("\"code\":\"bad_request\""),
+            "{header}: {text}"
+        );
+        assert!(text.contains(says), "{header}: {text}");
+    }
+    // The same request with nothing broken is upgraded.
+    Client::connect(&node, "ann").await;
+}
